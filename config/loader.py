@@ -1,0 +1,471 @@
+"""Read, expand and validate the admin config file.
+
+Every problem is collected with its field path (`models.gpt-4o.cost.input: '0,15' is not a
+decimal`) and reported together, so an admin fixes a file in one pass. Nothing here
+imports `proxy` or `metering`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from config import pricedb
+from config.schema import (
+    CAP_ACTIONS,
+    CAP_MODES,
+    INTERVALS,
+    PROVIDER_KINDS,
+    TOKEN_TYPES,
+    CapConfig,
+    Config,
+    CustomerConfig,
+    ModelConfig,
+    ModelPrice,
+    PlanConfig,
+    ProviderConfig,
+    RateLimitConfig,
+    Secret,
+    ServerConfig,
+    StorageConfig,
+    Tiers,
+    TierStep,
+    WebhookConfig,
+)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+
+
+class ConfigError(Exception):
+    """The config file is invalid; `problems` holds one "path: what is wrong" per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid config\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def default_config_path() -> Path:
+    """The config shipped inside the package (echo model, one demo customer)."""
+    return Path(str(resources.files("config").joinpath("default.yaml")))
+
+
+def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a config file; raise ConfigError naming every problem."""
+    source = str(path) if path is not None else str(default_config_path())
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+    return parse_config(text, source=source, env=os.environ if env is None else env)
+
+
+def parse_config(text: str, *, source: str = "<string>", env: dict[str, str] | os._Environ) -> Config:
+    """Validate YAML text; `env` supplies `${VAR}` values."""
+    try:
+        data = yaml.load(text, Loader=_DecimalLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    reader = _Reader(env)
+    config = reader.config(data, source)
+    if reader.problems:
+        raise ConfigError(source, reader.problems)
+    return config
+
+
+class _DecimalLoader(yaml.SafeLoader):
+    """YAML floats become exact Decimals built from their source text (0.15 stays 0.15)."""
+
+
+_DecimalLoader.add_constructor(
+    "tag:yaml.org,2002:float",
+    lambda loader, node: Decimal(loader.construct_scalar(node).replace("_", "")),
+)
+
+_MISSING = object()
+
+
+class _Reader:
+    """Walks the parsed YAML, converting values and collecting problems by path."""
+
+    def __init__(self, env):
+        self.env = env
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- scalars -----------------------------------------------------------------
+
+    def expand(self, value: Any, path: str) -> Any:
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def substitute(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.fail(path, f"environment variable {name} is not set (write ${{{name}:-default}} to allow that)")
+            return ""
+
+        return _ENV_REF.sub(substitute, value)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {_kind(value)}")
+            return {}
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(path, f"key {key!r} must be a string")
+            elif allowed is not None and key not in allowed:
+                self.fail(f"{path}.{key}", f"unknown field (expected one of: {', '.join(allowed)})")
+        return {k: v for k, v in value.items() if isinstance(k, str)}
+
+    def string(self, data: dict, key: str, path: str, default: Any = _MISSING) -> Any:
+        value = self.expand(data.get(key, _MISSING), f"{path}.{key}")
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                self.fail(f"{path}.{key}", "is required")
+                return ""
+            return default
+        if not isinstance(value, str):
+            self.fail(f"{path}.{key}", f"must be a string, got {_kind(value)}")
+            return "" if default is _MISSING else default
+        return value
+
+    def choice(self, data: dict, key: str, path: str, options: tuple[str, ...], default: str) -> str:
+        value = self.string(data, key, path, default)
+        if value not in options:
+            self.fail(f"{path}.{key}", f"{value!r} is not one of: {', '.join(options)}")
+            return default
+        return value
+
+    def integer(self, data: dict, key: str, path: str, default: Any = _MISSING, minimum: int = 0) -> Any:
+        value = self.expand(data.get(key, _MISSING), f"{path}.{key}")
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                self.fail(f"{path}.{key}", "is required")
+            return None if default is _MISSING else default
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{path}.{key}", f"{value!r} is not an integer")
+            return None if default is _MISSING else default
+        if value < minimum:
+            self.fail(f"{path}.{key}", f"{value} must be at least {minimum}")
+            return None if default is _MISSING else default
+        return value
+
+    def decimal(self, data: dict, key: str, path: str, default: Any = _MISSING) -> Any:
+        value = self.expand(data.get(key, _MISSING), f"{path}.{key}")
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                self.fail(f"{path}.{key}", "is required")
+            return None if default is _MISSING else default
+        return self.to_decimal(value, f"{path}.{key}")
+
+    def to_decimal(self, value: Any, path: str) -> Decimal | None:
+        if isinstance(value, bool):
+            self.fail(path, f"{value!r} is not a decimal")
+            return None
+        try:
+            number = Decimal(value) if isinstance(value, (int, str, Decimal)) else None
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite():
+            self.fail(path, f"{value!r} is not a decimal")
+            return None
+        if number < 0:
+            self.fail(path, f"{value} must not be negative")
+            return None
+        return number
+
+    def number(self, data: dict, key: str, path: str, default: float) -> float:
+        value = self.decimal(data, key, path, Decimal(str(default)))
+        return float(value) if value is not None else default
+
+    def timestamp(self, data: dict, key: str, path: str) -> datetime | None:
+        value = self.expand(data.get(key), f"{path}.{key}")
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            parsed = value
+        else:
+            try:
+                parsed = datetime.fromisoformat(str(value))
+            except ValueError:
+                self.fail(f"{path}.{key}", f"{value!r} is not an ISO-8601 date or time")
+                return None
+        if not isinstance(parsed, datetime):  # a YAML date
+            parsed = datetime(parsed.year, parsed.month, parsed.day)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+    # -- sections ----------------------------------------------------------------
+
+    def config(self, data: Any, source: str) -> Config:
+        root = self.mapping(
+            data, "(top level)",
+            ("server", "storage", "providers", "models", "plans", "customers", "webhooks"),
+        )
+        server = self.server(self.mapping(root.get("server"), "server"), "server")
+        storage = self.storage(self.mapping(root.get("storage"), "storage"), "storage")
+        providers = self.named(root, "providers", self.provider)
+        if not providers:
+            self.fail("providers", "at least one provider is required")
+        models = self.named(root, "models", lambda d, p, n: self.model(d, p, n, providers))
+        plans = self.named(root, "plans", self.plan)
+        customers = self.named(root, "customers", lambda d, p, n: self.customer(d, p, n, plans, models))
+        self.check_unique_keys(customers)
+        webhooks = None
+        if root.get("webhooks") is not None:
+            hooks = self.mapping(root["webhooks"], "webhooks", ("url", "secret"))
+            secret = self.string(hooks, "secret", "webhooks", None)
+            webhooks = WebhookConfig(url=self.string(hooks, "url", "webhooks"), secret=Secret(secret) if secret else None)
+        return Config(source=source, server=server, storage=storage, providers=providers, models=models,
+                      plans=plans, customers=customers, webhooks=webhooks)
+
+    def named(self, root: dict, section: str, build: Callable[[dict, str, str], Any]) -> dict:
+        entries = self.mapping(root.get(section), section)
+        built = {}
+        for name, body in entries.items():
+            path = f"{section}.{name}"
+            if not _NAME.match(name):
+                self.fail(path, "names may hold letters, digits and . _ : / @ - only")
+                continue
+            item = build(self.mapping(body, path), path, name)
+            if item is not None:
+                built[name] = item
+        return built
+
+    def server(self, data: dict, path: str) -> ServerConfig:
+        self.mapping(data, path, ("host", "port", "admin_key", "max_body_bytes", "connect_timeout", "read_timeout"))
+        admin_key = self.string(data, "admin_key", path, None)
+        if admin_key is not None and admin_key and len(admin_key) < 16:
+            self.fail(f"{path}.admin_key", "must be at least 16 characters")
+        port = self.integer(data, "port", path, 8080)
+        if port > 65535:
+            self.fail(f"{path}.port", f"{port} is not a TCP port")
+        return ServerConfig(
+            host=self.string(data, "host", path, "127.0.0.1"),
+            port=port,
+            admin_key=Secret(admin_key) if admin_key else None,
+            max_body_bytes=self.integer(data, "max_body_bytes", path, 8 * 1024 * 1024, minimum=1024),
+            connect_timeout=self.number(data, "connect_timeout", path, 10.0),
+            read_timeout=self.number(data, "read_timeout", path, 600.0),
+        )
+
+    def storage(self, data: dict, path: str) -> StorageConfig:
+        self.mapping(data, path, ("ledger", "counters", "journal", "flush_interval", "flush_batch"))
+        ledger = self.string(data, "ledger", path, "sqlite:///payware.db")
+        if not ledger.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            self.fail(f"{path}.ledger", f"{ledger!r} must be sqlite:///FILE or postgresql://…")
+        counters = self.string(data, "counters", path, "memory")
+        if counters != "memory" and not counters.startswith(("redis://", "rediss://", "unix://")):
+            self.fail(f"{path}.counters", f"{counters!r} must be 'memory' or a redis:// URL")
+        return StorageConfig(
+            ledger=ledger,
+            counters=counters,
+            journal=self.string(data, "journal", path, "./payware.journal"),
+            flush_interval=self.number(data, "flush_interval", path, 0.2),
+            flush_batch=self.integer(data, "flush_batch", path, 500, minimum=1),
+        )
+
+    def provider(self, data: dict, path: str, name: str) -> ProviderConfig:
+        self.mapping(data, path, ("kind", "base_url", "api_key"))
+        kind = self.choice(data, "kind", path, PROVIDER_KINDS, "openai")
+        if kind == "echo":
+            return ProviderConfig(name=name, kind=kind, base_url=None, api_key=None)
+        base_url = self.string(data, "base_url", path)
+        if base_url and not base_url.startswith(("http://", "https://")):
+            self.fail(f"{path}.base_url", f"{base_url!r} must start with http:// or https://")
+        api_key = self.string(data, "api_key", path)
+        if "api_key" in data and not api_key:
+            self.fail(f"{path}.api_key", "is empty")
+        return ProviderConfig(name=name, kind=kind, base_url=base_url.rstrip("/"), api_key=Secret(api_key))
+
+    def model(self, data: dict, path: str, name: str, providers: dict) -> ModelConfig | None:
+        self.mapping(data, path, ("provider", "upstream", "mode", "cost", "max_output_tokens"))
+        provider = self.string(data, "provider", path)
+        if provider and provider not in providers:
+            self.fail(f"{path}.provider", f"{provider!r} is not a configured provider")
+        upstream = self.string(data, "upstream", path, name)
+        known = pricedb.lookup(upstream)
+        mode = self.choice(data, "mode", path, ("chat", "completion", "embedding"),
+                           (known or {}).get("mode") if (known or {}).get("mode") in ("chat", "completion", "embedding") else "chat")
+        prices = self.prices(data.get("cost"), f"{path}.cost", upstream, known)
+        max_output = self.integer(data, "max_output_tokens", path, None, minimum=1)
+        if max_output is None and known and isinstance(known.get("max_output_tokens"), int):
+            max_output = known["max_output_tokens"]
+        if not prices:
+            return None
+        return ModelConfig(name=name, provider=provider, upstream=upstream, mode=mode,
+                           prices=tuple(prices), max_output_tokens=max_output)
+
+    def prices(self, value: Any, path: str, upstream: str, known: dict | None) -> list[ModelPrice]:
+        if value is None:
+            price = pricedb.price_of(known) if known else None
+            if price is None:
+                self.fail(path, f"no price for {upstream!r} in the config or in litellm's price database "
+                                "(a model is never billed at $0 by accident: give `cost`)")
+                return []
+            return [price]
+        entries = value if isinstance(value, list) else [value]
+        prices = []
+        for i, entry in enumerate(entries):
+            where = f"{path}[{i}]" if isinstance(value, list) else path
+            item = self.mapping(entry, where, ("input", "cached_input", "output", "effective_from"))
+            input_price = self.decimal(item, "input", where)
+            output_price = self.decimal(item, "output", where, Decimal(0))
+            cached = self.decimal(item, "cached_input", where, input_price)
+            if input_price is None or output_price is None or cached is None:
+                continue
+            prices.append(ModelPrice(input=input_price, cached_input=cached, output=output_price,
+                                     effective_from=self.timestamp(item, "effective_from", where)))
+        dated = [p for p in prices if p.effective_from is None]
+        if len(dated) > 1:
+            self.fail(path, "only one price may lack effective_from")
+        prices.sort(key=lambda p: (p.effective_from is not None, p.effective_from or datetime.min))
+        return prices
+
+    def plan(self, data: dict, path: str, name: str) -> PlanConfig | None:
+        self.mapping(data, path, ("interval", "currency", "base_fee", "included", "price", "tiers", "threshold"))
+        interval = self.choice(data, "interval", path, INTERVALS, "monthly")
+        price = self.mapping(data.get("price"), f"{path}.price",
+                             ("markup", "per_million", "models", "metrics", "per_request"))
+        markup = self.decimal(price, "markup", f"{path}.price", None)
+        per_million = self.token_prices(price.get("per_million"), f"{path}.price.per_million")
+        model_prices = {
+            model: self.token_prices(body, f"{path}.price.models.{model}")
+            for model, body in self.mapping(price.get("models"), f"{path}.price.models").items()
+        }
+        metric_prices = {
+            metric: self.to_decimal(self.expand(v, f"{path}.price.metrics.{metric}"), f"{path}.price.metrics.{metric}")
+            for metric, v in self.mapping(price.get("metrics"), f"{path}.price.metrics").items()
+        }
+        included = {}
+        for metric, amount in self.mapping(data.get("included"), f"{path}.included").items():
+            included[metric] = self.integer({metric: amount}, metric, f"{path}.included")
+        tiers = self.tiers(data.get("tiers"), f"{path}.tiers")
+        if markup is None and not per_million and not model_prices and tiers is None:
+            self.fail(f"{path}.price", "give price.markup, price.per_million, price.models or tiers")
+        threshold = self.decimal(data, "threshold", path, None)
+        if interval == "threshold" and not threshold:
+            self.fail(f"{path}.threshold", "is required (and above 0) when interval is 'threshold'")
+        return PlanConfig(
+            name=name, interval=interval, currency=self.string(data, "currency", path, "USD"),
+            base_fee=self.decimal(data, "base_fee", path, Decimal(0)) or Decimal(0),
+            included={k: v for k, v in included.items() if v is not None},
+            markup=markup, per_million=per_million, model_prices=model_prices,
+            metric_prices={k: v for k, v in metric_prices.items() if v is not None},
+            request_fee=self.decimal(price, "per_request", f"{path}.price", Decimal(0)) or Decimal(0),
+            tiers=tiers, threshold=threshold,
+        )
+
+    def token_prices(self, value: Any, path: str) -> dict[str, Decimal]:
+        prices = {}
+        for kind, amount in self.mapping(value, path, TOKEN_TYPES).items():
+            number = self.to_decimal(self.expand(amount, f"{path}.{kind}"), f"{path}.{kind}")
+            if number is not None:
+                prices[kind] = number
+        return prices
+
+    def tiers(self, value: Any, path: str) -> Tiers | None:
+        if value is None:
+            return None
+        data = self.mapping(value, path, ("metric", "mode", "steps"))
+        raw_steps = data.get("steps")
+        if not isinstance(raw_steps, list) or not raw_steps:
+            self.fail(f"{path}.steps", "must be a non-empty list")
+            return None
+        steps, previous = [], 0
+        for i, raw in enumerate(raw_steps):
+            where = f"{path}.steps[{i}]"
+            step = self.mapping(raw, where, ("up_to", "per_million", "flat_fee"))
+            up_to = self.integer(step, "up_to", where, None, minimum=1)
+            last = i == len(raw_steps) - 1
+            if up_to is None and not last:
+                self.fail(f"{where}.up_to", "only the last step may be unbounded")
+            if up_to is not None and up_to <= previous:
+                self.fail(f"{where}.up_to", f"{up_to} must be above the previous step's {previous}")
+            if last and up_to is not None:
+                self.fail(f"{where}.up_to", "the last step must be unbounded (up_to: null)")
+            per_million = self.decimal(step, "per_million", where)
+            steps.append(TierStep(up_to=up_to, per_million=per_million or Decimal(0),
+                                  flat_fee=self.decimal(step, "flat_fee", where, Decimal(0)) or Decimal(0)))
+            previous = up_to or previous
+        return Tiers(metric=self.string(data, "metric", path, "tokens"),
+                     mode=self.choice(data, "mode", path, ("graduated", "volume"), "graduated"),
+                     steps=tuple(steps))
+
+    def customer(self, data: dict, path: str, name: str, plans: dict, models: dict) -> CustomerConfig:
+        self.mapping(data, path, ("plan", "cap", "rate_limit", "keys", "models", "anchor_day"))
+        plan = self.string(data, "plan", path)
+        if plan and plan not in plans:
+            self.fail(f"{path}.plan", f"{plan!r} is not a configured plan")
+        cap = None
+        if data.get("cap") is not None:
+            raw = self.mapping(data["cap"], f"{path}.cap", ("amount", "action", "mode"))
+            amount = self.decimal(raw, "amount", f"{path}.cap")
+            cap = CapConfig(amount=amount or Decimal(0),
+                            action=self.choice(raw, "action", f"{path}.cap", CAP_ACTIONS, "block"),
+                            mode=self.choice(raw, "mode", f"{path}.cap", CAP_MODES, "hard"))
+        rate = None
+        if data.get("rate_limit") is not None:
+            raw = self.mapping(data["rate_limit"], f"{path}.rate_limit", ("rpm", "tpm"))
+            rate = RateLimitConfig(rpm=self.integer(raw, "rpm", f"{path}.rate_limit", None, minimum=1),
+                                   tpm=self.integer(raw, "tpm", f"{path}.rate_limit", None, minimum=1))
+        keys = []
+        raw_keys = data.get("keys", [])
+        if not isinstance(raw_keys, list):
+            self.fail(f"{path}.keys", "must be a list of sha256:<hex> key hashes")
+            raw_keys = []
+        for i, key in enumerate(raw_keys):
+            key = self.expand(key, f"{path}.keys[{i}]")
+            if not isinstance(key, str) or not _KEY_HASH.match(key):
+                self.fail(f"{path}.keys[{i}]", "must be 'sha256:' and 64 lowercase hex digits "
+                                               "(the hash of the key; `payware keys create` prints it)")
+            else:
+                keys.append(key)
+        allowed = None
+        if data.get("models") is not None:
+            raw_models = data["models"]
+            if not isinstance(raw_models, list) or not all(isinstance(m, str) for m in raw_models):
+                self.fail(f"{path}.models", "must be a list of model names")
+            else:
+                for m in raw_models:
+                    if m not in models:
+                        self.fail(f"{path}.models", f"{m!r} is not a configured model")
+                allowed = tuple(raw_models)
+        anchor = self.integer(data, "anchor_day", path, 1, minimum=1)
+        if anchor > 31:
+            self.fail(f"{path}.anchor_day", f"{anchor} is not a day of the month")
+        return CustomerConfig(id=name, plan=plan, cap=cap, rate_limit=rate, keys=tuple(keys),
+                              models=allowed, anchor_day=anchor)
+
+    def check_unique_keys(self, customers: dict[str, CustomerConfig]) -> None:
+        owner: dict[str, str] = {}
+        for customer in customers.values():
+            for key in customer.keys:
+                if key in owner and owner[key] != customer.id:
+                    self.fail(f"customers.{customer.id}.keys", f"a key is also listed under {owner[key]!r}")
+                owner[key] = customer.id
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            type(None): "nothing"}.get(type(value), type(value).__name__)

@@ -1,0 +1,71 @@
+"""litellm's model price database, read as a JSON file without importing litellm.
+
+`import litellm` takes seconds and has side effects; its price map is a plain JSON file in
+the package, so we locate the package and read the file. Floats are parsed as Decimal from
+their text so that "1.5e-07" USD per token becomes exactly 0.15 USD per million.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+from config.schema import ModelPrice
+
+_PRICE_FILE = "model_prices_and_context_window_backup.json"
+_MILLION = Decimal(1_000_000)
+
+
+def litellm_dir() -> Path | None:
+    """The litellm package folder, found without importing it."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@lru_cache(maxsize=1)
+def _database() -> dict:
+    folder = litellm_dir()
+    if folder is None or not (folder / _PRICE_FILE).is_file():
+        return {}
+    with open(folder / _PRICE_FILE, encoding="utf-8") as fh:
+        data = json.load(fh, parse_float=Decimal)
+    return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def lookup(model: str) -> dict | None:
+    """litellm's entry for `model` (also tried without a `provider/` prefix), or None."""
+    db = _database()
+    entry = db.get(model)
+    if entry is None and "/" in model:
+        entry = db.get(model.split("/", 1)[1])
+    return entry
+
+
+def price_of(entry: dict) -> ModelPrice | None:
+    """The per-million price of a litellm entry, or None if it has no input price."""
+    per_token_in = _decimal(entry.get("input_cost_per_token"))
+    if per_token_in is None:
+        return None
+    per_token_out = _decimal(entry.get("output_cost_per_token")) or Decimal(0)
+    per_token_cached = _decimal(entry.get("cache_read_input_token_cost"))
+    if per_token_cached is None:
+        per_token_cached = per_token_in
+    return ModelPrice(
+        input=(per_token_in * _MILLION).normalize(),
+        cached_input=(per_token_cached * _MILLION).normalize(),
+        output=(per_token_out * _MILLION).normalize(),
+        source="litellm",
+    )
+
+
+def _decimal(value: object) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, Decimal)):
+        return Decimal(value)
+    return None

@@ -1,0 +1,166 @@
+"""The admin configuration as typed, immutable values.
+
+The loader (`config.loader`) builds these from YAML after validating every field;
+nothing else constructs them from untrusted input. Money is `Decimal`, never float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+INTERVALS = ("daily", "weekly", "monthly", "threshold")
+CAP_ACTIONS = ("block", "throttle", "notify")
+CAP_MODES = ("hard", "soft")
+TOKEN_TYPES = ("input", "cached_input", "output")
+PROVIDER_KINDS = ("openai", "echo")
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_key: Secret | None = None  # None: the admin API is disabled
+    max_body_bytes: int = 8 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0  # between two reads from the provider, streams included
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    ledger: str = "sqlite:///payware.db"
+    counters: str = "memory"
+    journal: str = "./payware.journal"
+    flush_interval: float = 0.2  # seconds between two batched ledger writes
+    flush_batch: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str | None  # None for `echo`: the proxy starts it in-process on a loopback port
+    api_key: Secret | None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """A provider's cost in USD per 1M tokens, valid from `effective_from` on."""
+
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+    effective_from: datetime | None = None  # None: since forever
+    source: str = "config"  # "config" | "litellm"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str  # what clients ask for
+    provider: str
+    upstream: str  # what is sent to the provider
+    mode: str  # "chat" | "completion" | "embedding"
+    prices: tuple[ModelPrice, ...]  # sorted by effective_from, oldest first
+    max_output_tokens: int | None = None
+
+    def price_at(self, ts: datetime) -> ModelPrice:
+        """The price in force at `ts` (the newest one that had started by then)."""
+        current = self.prices[0]
+        for price in self.prices[1:]:
+            if price.effective_from is not None and price.effective_from <= ts:
+                current = price
+        return current
+
+
+@dataclass(frozen=True, slots=True)
+class TierStep:
+    up_to: int | None  # None: no upper bound (the last step)
+    per_million: Decimal  # price per 1M units within (graduated) or for all units reaching (volume)
+    flat_fee: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Tiers:
+    metric: str
+    mode: str  # "graduated" | "volume"
+    steps: tuple[TierStep, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    name: str
+    interval: str = "monthly"
+    currency: str = "USD"
+    base_fee: Decimal = Decimal(0)
+    included: dict[str, int] = field(default_factory=dict)  # metric -> free units per period
+    markup: Decimal | None = None  # price = provider cost x markup
+    per_million: dict[str, Decimal] = field(default_factory=dict)  # token type -> price per 1M
+    model_prices: dict[str, dict[str, Decimal]] = field(default_factory=dict)  # model -> type -> per 1M
+    metric_prices: dict[str, Decimal] = field(default_factory=dict)  # custom metric -> unit price
+    request_fee: Decimal = Decimal(0)
+    tiers: Tiers | None = None
+    threshold: Decimal | None = None  # interval "threshold": the period closes at this amount
+
+
+@dataclass(frozen=True, slots=True)
+class CapConfig:
+    amount: Decimal
+    action: str = "block"
+    mode: str = "hard"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerConfig:
+    id: str
+    plan: str
+    cap: CapConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    keys: tuple[str, ...] = ()  # "sha256:<hex>" of each key
+    models: tuple[str, ...] | None = None  # None: every configured model
+    anchor_day: int = 1  # day of month a monthly period starts on
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    url: str
+    secret: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # the file it was read from, for messages
+    server: ServerConfig
+    storage: StorageConfig
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    plans: dict[str, PlanConfig]
+    customers: dict[str, CustomerConfig]
+    webhooks: WebhookConfig | None = None
+
+    def key_index(self) -> dict[str, tuple[str, str]]:
+        """Map the hex SHA-256 of each customer key to (customer id, key id)."""
+        index: dict[str, tuple[str, str]] = {}
+        for customer in self.customers.values():
+            for entry in customer.keys:
+                digest = entry.removeprefix("sha256:")
+                index[digest] = (customer.id, key_id(digest))
+        return index
+
+
+def key_id(digest: str) -> str:
+    """A key's public id: a short prefix of its hash, safe to log and show."""
+    return "key_" + digest[:12]

@@ -1,0 +1,80 @@
+"""The usage event: one billable fact, the unit of the journal, the counters and the ledger."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+STATUSES = ("ok", "partial", "error")
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """A metered request or a custom usage record, with the evidence needed for a dispute.
+
+    NOTE: `id` is the idempotency key of the whole pipeline: the ledger ignores a second
+    write of the same id, so replaying the journal can never bill twice.
+    """
+
+    id: str
+    ts: datetime  # UTC, when the response ended
+    customer: str
+    key_id: str | None
+    metric: str  # "tokens" for model calls, else the custom metric's name
+    quantity: Decimal  # total tokens, or the custom metric's quantity
+    period: str  # start of the billing period the event belongs to (ISO 8601)
+    model: str | None = None
+    upstream_model: str | None = None
+    provider: str | None = None
+    endpoint: str | None = None  # "chat" | "completions" | "embeddings" | "records"
+    stream: bool = False
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal = Decimal(0)  # what the provider charges us, unrounded
+    amount: Decimal = Decimal(0)  # what the customer is charged, unrounded
+    currency: str = "USD"
+    session: str | None = None
+    feature: str | None = None
+    meta: dict = field(default_factory=dict)
+    status: str = "ok"
+    estimated: bool = False
+    latency_ms: int = 0
+    pricing: dict = field(default_factory=dict)  # the unit prices this event was billed at
+    usage_source: dict = field(default_factory=dict)  # where each count came from
+    raw_usage: dict | None = None  # the provider's usage object, verbatim
+
+    def to_json(self) -> str:
+        """One compact JSON line; money as strings, time as ISO 8601."""
+        data = asdict(self)
+        data["ts"] = self.ts.isoformat()
+        for name in ("quantity", "cost", "amount"):
+            data[name] = decimal_str(data[name])
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> UsageEvent:
+        data = json.loads(line)
+        data["ts"] = datetime.fromisoformat(data["ts"])
+        for name in ("quantity", "cost", "amount"):
+            data[name] = Decimal(data[name])
+        return cls(**data)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def decimal_str(value: Decimal) -> str:
+    """A Decimal as plain digits, never in exponent form ("0.00000015", not "1.5E-7")."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

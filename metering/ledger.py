@@ -1,0 +1,173 @@
+"""The ledger: every usage event, one row each, in SQLite or Postgres (SQLModel).
+
+Writes are idempotent by event id (`INSERT … ON CONFLICT DO NOTHING`), so the journal can be
+replayed any number of times. Money is stored exactly: NUMERIC on Postgres, decimal text on
+SQLite (whose NUMERIC would round through a float).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Numeric, String, TypeDecorator, create_engine, func
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, SQLModel, select
+
+from metering.events import UsageEvent, decimal_str
+
+
+class ExactDecimal(TypeDecorator):
+    """Decimal in, Decimal out, with no float on the way on any backend."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(38, 18, asdecimal=True))
+        return dialect.type_descriptor(String(64))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        return Decimal(value) if dialect.name == "postgresql" else decimal_str(Decimal(value))
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else Decimal(value)
+
+
+def _money() -> Any:
+    return Field(default=Decimal(0), sa_column=Column(ExactDecimal(), nullable=False))
+
+
+class EventRow(SQLModel, table=True):
+    """One row of the ledger: the fields of DESIGN.md's usage event."""
+
+    __tablename__ = "usage_events"
+
+    id: str = Field(primary_key=True, max_length=128)
+    ts_us: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))  # microseconds since epoch, UTC
+    customer: str = Field(index=True, max_length=128)
+    key_id: str | None = Field(default=None, max_length=64)
+    metric: str = Field(max_length=128)
+    quantity: Decimal = _money()
+    period: str = Field(index=True, max_length=40)
+    model: str | None = Field(default=None, max_length=128)
+    upstream_model: str | None = Field(default=None, max_length=128)
+    provider: str | None = Field(default=None, max_length=128)
+    endpoint: str | None = Field(default=None, max_length=32)
+    stream: bool = False
+    input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cached_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    reasoning_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cost: Decimal = _money()
+    amount: Decimal = _money()
+    currency: str = Field(default="USD", max_length=8)
+    session: str | None = Field(default=None, index=True, max_length=256)
+    feature: str | None = Field(default=None, max_length=256)
+    meta: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="ok", max_length=16)
+    estimated: bool = False
+    latency_ms: int = 0
+    pricing: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    usage_source: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    raw_usage: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+_COLUMNS = [c.name for c in EventRow.__table__.columns]
+
+
+def to_row(event: UsageEvent) -> dict:
+    """The ledger row of an event, as a plain dict for a bulk insert."""
+    row = {name: getattr(event, name) for name in _COLUMNS if name != "ts_us"}
+    row["ts_us"] = _to_us(event.ts)
+    return row
+
+
+def from_row(row: Any) -> UsageEvent:
+    data = {name: getattr(row, name) for name in _COLUMNS if name != "ts_us"}
+    data["ts"] = _EPOCH + timedelta(microseconds=row.ts_us)
+    return UsageEvent(**data)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _to_us(ts: datetime) -> int:
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (the driver we depend on), not psycopg2."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+class Ledger:
+    """Synchronous ledger access; the proxy calls it from a worker thread."""
+
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json_dumps)
+        if self.engine.dialect.name == "sqlite":
+            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
+        SQLModel.metadata.create_all(self.engine, tables=[EventRow.__table__])
+
+    def insert(self, events: Iterable[UsageEvent]) -> int:
+        """Write events, skipping ids already there; returns how many rows were new."""
+        rows = [to_row(e) for e in events]
+        if not rows:
+            return 0
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(EventRow.__table__).on_conflict_do_nothing(index_elements=["id"])
+        with self.engine.begin() as conn:
+            result = conn.execute(statement, rows)
+        return max(result.rowcount, 0)
+
+    def events(self, *, customer: str | None = None, start: datetime | None = None, end: datetime | None = None,
+               session: str | None = None, period: str | None = None, model: str | None = None,
+               feature: str | None = None, batch: int = 1000) -> Iterator[UsageEvent]:
+        """Events in time order, filtered; `start` inclusive, `end` exclusive."""
+        query = select(EventRow).order_by(EventRow.ts_us, EventRow.id)
+        if customer is not None:
+            query = query.where(EventRow.customer == customer)
+        if start is not None:
+            query = query.where(EventRow.ts_us >= _to_us(start))
+        if end is not None:
+            query = query.where(EventRow.ts_us < _to_us(end))
+        for column, value in ((EventRow.session, session), (EventRow.period, period),
+                              (EventRow.model, model), (EventRow.feature, feature)):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=batch).execute(query)
+            for row in result:
+                yield from_row(row)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(EventRow)).scalar_one()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets readers (summary, export) run while the writer commits a batch.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

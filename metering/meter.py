@@ -1,0 +1,85 @@
+"""Turn what the proxy observed about a call into a priced usage event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from config.schema import Config, CustomerConfig, ModelConfig
+from metering.events import UsageEvent, utcnow
+from metering.periods import Period, period_of
+from metering.rating import price_tokens
+from metering.usage import Usage
+
+
+@dataclass(slots=True)
+class CallFacts:
+    """Everything the proxy knows about one model call when its response ends."""
+
+    request_id: str
+    customer: CustomerConfig
+    key_id: str | None
+    model: ModelConfig
+    endpoint: str
+    stream: bool
+    usage: Usage
+    usage_source: dict  # per count: "provider" or "tiktoken"
+    status: str = "ok"
+    latency_ms: int = 0
+    session: str | None = None
+    feature: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class Meter:
+    """Prices calls under each customer's plan and places them in the right period."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def period(self, customer: CustomerConfig, ts: datetime) -> Period:
+        plan = self.config.plans[customer.plan]
+        return period_of(ts, plan.interval, anchor_day=customer.anchor_day)
+
+    def open_periods(self, now: datetime) -> tuple[dict[str, str], datetime]:
+        """Each customer's open period key, and the earliest start among them."""
+        periods = {c.id: self.period(c, now) for c in self.config.customers.values()}
+        since = min((p.start for p in periods.values()), default=now)
+        return {cid: p.key for cid, p in periods.items()}, since
+
+    def call_event(self, facts: CallFacts, *, ts: datetime | None = None) -> UsageEvent:
+        ts = ts or utcnow()
+        plan = self.config.plans[facts.customer.plan]
+        usage = facts.usage
+        priced = price_tokens(facts.model, plan, usage, ts)
+        return UsageEvent(
+            id=facts.request_id,
+            ts=ts,
+            customer=facts.customer.id,
+            key_id=facts.key_id,
+            metric="tokens",
+            quantity=Decimal(usage.input_tokens + usage.output_tokens),
+            period=self.period(facts.customer, ts).key,
+            model=facts.model.name,
+            upstream_model=facts.model.upstream,
+            provider=facts.model.provider,
+            endpoint=facts.endpoint,
+            stream=facts.stream,
+            input_tokens=usage.input_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost=priced.cost,
+            amount=priced.amount,
+            currency=plan.currency,
+            session=facts.session,
+            feature=facts.feature,
+            meta=facts.meta,
+            status=facts.status,
+            estimated=usage.source != "provider",
+            latency_ms=facts.latency_ms,
+            pricing=priced.pricing,
+            usage_source=facts.usage_source,
+            raw_usage=usage.raw,
+        )

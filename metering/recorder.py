@@ -1,0 +1,131 @@
+"""The write path of every event: journal (durable) -> counters (real time) -> ledger (batched).
+
+`record` is called before the response's last byte is sent; when it returns the event is in
+the journal (it survives `kill -9`) and in the counters (the summary shows it). A background
+task moves events into the ledger in batches; on start the journal is replayed into the
+ledger, idempotently, and the counters are rebuilt from the ledger for the open periods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+from metering.counters import Counters
+from metering.events import UsageEvent
+from metering.journal import Journal
+from metering.ledger import Ledger
+
+log = logging.getLogger("payware.recorder")
+
+ROTATE_BYTES = 16 * 1024 * 1024  # empty the journal once the ledger holds it all and it is this big
+
+
+class Recorder:
+    def __init__(self, *, journal: Journal, counters: Counters, ledger: Ledger,
+                 flush_interval: float = 0.2, flush_batch: int = 500):
+        self.journal = journal
+        self.counters = counters
+        self.ledger = ledger
+        self.flush_interval = flush_interval
+        self.flush_batch = flush_batch
+        self._queue: list[UsageEvent] = []
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Condition()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")  # one writer keeps order
+        self._task: asyncio.Task | None = None
+        self._written = 0  # events the ledger has confirmed since start (new or already there)
+        self._queued = 0
+
+    async def start(self, open_periods: dict[str, str], since: datetime) -> int:
+        """Replay the journal into the ledger, rebuild counters, start the flusher.
+
+        `open_periods` maps each customer to its open period's key; `since` is the earliest
+        start among them. Returns the number of journal events the ledger did not have yet.
+        """
+        loop = asyncio.get_running_loop()
+        recovered = await loop.run_in_executor(self._writer, self._replay)
+        events = await loop.run_in_executor(
+            None, lambda: [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period])
+        await self.counters.rebuild(events)
+        self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
+        return recovered
+
+    def _replay(self) -> int:
+        events = list(self.journal.replay())
+        recovered = 0
+        for i in range(0, len(events), self.flush_batch):
+            recovered += self.ledger.insert(events[i:i + self.flush_batch])
+        self.journal.sync()
+        self.journal.truncate()
+        if recovered:
+            log.warning("replayed %d events from the journal into the ledger", recovered)
+        return recovered
+
+    async def record(self, event: UsageEvent) -> None:
+        """Make `event` durable and visible. Call before the response's last byte."""
+        self.journal.append(event)  # NOTE: first, so a crash after this line cannot lose it
+        await self.counters.record(event)
+        self._queue.append(event)
+        self._queued += 1
+        if len(self._queue) >= self.flush_batch:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until every event recorded so far is in the ledger."""
+        target = self._queued
+        self._wake.set()
+        async with self._flushed:
+            await self._flushed.wait_for(lambda: self._written >= target or self._task is None or self._task.done())
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = self.flush_interval
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if not self._queue:
+                continue
+            batch = self._queue[: self.flush_batch]
+            try:
+                await loop.run_in_executor(self._writer, self._write, batch)
+            except Exception:  # the journal still holds them: log, back off, retry
+                log.exception("ledger write of %d events failed; retrying", len(batch))
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = self.flush_interval
+            del self._queue[: len(batch)]
+            self._written += len(batch)
+            if self._queue:
+                self._wake.set()
+            elif self.journal.size() > ROTATE_BYTES:
+                # Nothing is queued and no await happened since the check: the ledger holds
+                # every event the journal holds.
+                self.journal.truncate()
+            async with self._flushed:
+                self._flushed.notify_all()
+
+    def _write(self, batch: list[UsageEvent]) -> None:
+        self.journal.sync()  # power-loss safety for what is about to be acknowledged
+        self.ledger.insert(batch)
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop. Whatever is left stays in the journal."""
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self.flush(), timeout=10)
+            except asyncio.TimeoutError:
+                log.error("ledger flush timed out at shutdown; %d events stay in the journal", len(self._queue))
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._writer.shutdown(wait=True)
+        self.journal.close()

@@ -1,0 +1,106 @@
+"""The aiohttp application: routes, middlewares and the lifetime of shared resources."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from config.schema import Config
+from metering.counters import MemoryCounters
+from metering.journal import Journal
+from metering.ledger import Ledger
+from metering.meter import Meter
+from metering.events import utcnow
+from metering.recorder import Recorder
+from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.auth import KeyRing
+from proxy.calls import endpoint_handler
+from proxy.errors import error_middleware
+from proxy.upstream import make_client_session
+from proxy.usage_routes import usage_events, usage_summary
+
+log = logging.getLogger("payware")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler) -> web.StreamResponse:
+    # The request id is also the usage event's id: the key of exactly-once billing.
+    request["request_id"] = "req_" + uuid.uuid4().hex
+    return await handler(request)
+
+
+def make_app(config: Config) -> web.Application:
+    """Build the proxy for `config`; resources open on start-up and close on clean-up."""
+    app = web.Application(middlewares=[request_id_middleware, error_middleware],
+                          client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[KEYRING] = KeyRing(config)
+    app[METER] = Meter(config)
+    app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_recorder)
+    app.router.add_post("/v1/chat/completions", endpoint_handler("chat"))
+    app.router.add_post("/v1/completions", endpoint_handler("completions"))
+    app.router.add_post("/v1/embeddings", endpoint_handler("embeddings"))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/usage/summary", usage_summary)
+    app.router.add_get("/v1/usage/events", usage_events)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    """The pooled upstream session, and the in-process echo model if a provider uses it."""
+    config = app[CONFIG]
+    echo_runner = None
+    upstreams = {}
+    for provider in config.providers.values():
+        if provider.kind == "echo":
+            if echo_runner is None:
+                from proxy.echo import start_echo_server
+
+                echo_runner, echo_url = await start_echo_server()
+            upstreams[provider.name] = echo_url
+        else:
+            upstreams[provider.name] = provider.base_url
+    app[UPSTREAMS] = upstreams
+    app[HTTP] = make_client_session(config.server)
+    yield
+    await app[HTTP].close()
+    if echo_runner is not None:
+        await echo_runner.cleanup()
+
+
+async def _recorder(app: web.Application) -> AsyncIterator[None]:
+    """Journal, ledger and counters; replays the journal before the first request."""
+    storage = app[CONFIG].storage
+    ledger = Ledger(storage.ledger)
+    journal = Journal(storage.journal)
+    recorder = Recorder(journal=journal, counters=MemoryCounters(), ledger=ledger,
+                        flush_interval=storage.flush_interval, flush_batch=storage.flush_batch)
+    open_periods, since = app[METER].open_periods(utcnow())
+    started = time.perf_counter()
+    recovered = await recorder.start(open_periods, since)
+    log.info("ledger ready in %.0f ms (%d events recovered from the journal)",
+             (time.perf_counter() - started) * 1000, recovered)
+    app[RECORDER] = recorder
+    yield
+    await recorder.close()
+    ledger.close()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """`GET /v1/models`: the models this key may use, in OpenAI's list format."""
+    caller = request.app[KEYRING].customer(request)
+    config = request.app[CONFIG]
+    names = caller.customer.models if caller.customer.models is not None else tuple(config.models)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": config.models[name].provider}
+            for name in names]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})

@@ -1,0 +1,18 @@
+"""Typed keys for the shared resources that live on the `web.Application`."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from config.schema import Config
+from metering.meter import Meter
+from metering.recorder import Recorder
+from proxy.auth import KeyRing
+
+CONFIG = web.AppKey("config", Config)
+KEYRING = web.AppKey("keyring", KeyRing)
+METER = web.AppKey("meter", Meter)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+RECORDER = web.AppKey("recorder", Recorder)
+UPSTREAMS = web.AppKey("upstreams", dict)  # provider name -> base URL (the echo provider's is known at start)

@@ -1,0 +1,226 @@
+"""The model endpoints: authenticate, validate, forward, relay, meter.
+
+The client's body goes upstream unchanged but for the model name and, for streams,
+`stream_options.include_usage` (forced on so usage cannot be skipped). The provider's answer
+comes back unchanged: status, body and stream, byte for byte, except the usage chunk the
+client did not ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from config.schema import Config, CustomerConfig, ModelConfig
+from metering.fallback import final_usage, response_text
+from metering.meter import CallFacts
+from metering.sse import SSEFramer
+from metering.usage import StreamAccumulator, Usage, usage_from_json
+from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.auth import Caller
+from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
+from proxy.metadata import request_metadata
+from proxy.upstream import PATHS, error_passthrough, open_upstream, outgoing_headers, relayed_headers
+
+_ENDPOINT_MODES = {"chat": ("chat",), "completions": ("completion", "chat"), "embeddings": ("embedding",)}
+_UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class Call:
+    """One model call in flight: what is needed to meter it whenever it ends."""
+
+    request: web.Request
+    caller: Caller
+    model: ModelConfig
+    endpoint: str
+    stream: bool
+    body: dict
+    started: float
+
+    async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
+        """Price and record the call. NOTE: runs before the response's last byte is sent."""
+        usage, source = final_usage(reported, endpoint=self.endpoint, body=self.body,
+                                    model=self.model.upstream, output_text=output_text)
+        session, feature, meta = request_metadata(self.request.headers, self.body)
+        app = self.request.app
+        facts = CallFacts(
+            request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
+            model=self.model, endpoint=self.endpoint, stream=self.stream, usage=usage, usage_source=source,
+            status=status, latency_ms=int((time.perf_counter() - self.started) * 1000),
+            session=session, feature=feature, meta=meta,
+        )
+        await app[RECORDER].record(app[METER].call_event(facts))
+
+
+def endpoint_handler(endpoint: str):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await model_call(request, endpoint)
+
+    handler.__name__ = f"{endpoint}_handler"
+    return handler
+
+
+async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
+    started = time.perf_counter()
+    app = request.app
+    caller = app[KEYRING].customer(request)
+    raw = await request.read()
+    body = _json_object(raw)
+    config = app[CONFIG]
+    model = _model(config, caller.customer, body, endpoint)
+    stream = _stream_flag(body, endpoint)
+    outgoing, strip_usage = _upstream_body(raw, body, model, stream)
+    provider = config.providers[model.provider]
+    call = Call(request=request, caller=caller, model=model, endpoint=endpoint, stream=stream,
+                body=body, started=started)
+
+    upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + PATHS[endpoint],
+                                   body=outgoing, headers=outgoing_headers(provider), provider=provider.name)
+    if upstream.status >= 300:
+        return await error_passthrough(upstream, provider.name)  # nothing generated, nothing billed
+    if stream:
+        return await _relay_stream(request, upstream, call, strip_usage)
+    return await _relay_json(upstream, call)
+
+
+async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Response:
+    try:
+        payload = await upstream.read()
+    except asyncio.CancelledError:
+        # The client left while the provider was answering: the prompt was processed.
+        upstream.close()
+        await call.record(None, "partial")
+        raise
+    except _UPSTREAM_CUT:
+        upstream.close()
+        raise UpstreamError(f"provider {call.model.provider!r} broke off its answer") from None
+    finally:
+        upstream.release()
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = None
+    await call.record(usage_from_json(parsed), "ok", lambda: response_text(parsed))
+    return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
+
+
+async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, call: Call,
+                        strip_usage: bool) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, call))
+    response.headers.setdefault("Cache-Control", "no-cache")
+    framer = SSEFramer()
+    stream = StreamAccumulator(strip_usage=strip_usage)
+    recorded = False
+
+    async def finish(status: str) -> None:
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        failed = status != "ok" or stream.error is not None
+        if failed and status != "abandoned" and stream.usage is None and not stream.output_text():
+            return  # the provider failed before generating anything: nothing to bill
+        await call.record(stream.usage, "partial" if failed else "ok", stream.output_text)
+
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            out = bytearray()
+            for frame in framer.feed(chunk):
+                if frame.data == "[DONE]" and not recorded:
+                    if out:
+                        await response.write(bytes(out))
+                        out.clear()
+                    await finish("ok")  # NOTE: the event is journaled before [DONE] reaches the client
+                out += stream.process(frame)
+            if out:
+                await response.write(bytes(out))
+        tail = framer.close()
+        tail_bytes = stream.process(tail) if tail is not None else b""
+        await finish("ok" if stream.done else "partial")
+        if tail_bytes:
+            await response.write(tail_bytes)
+        await response.write_eof()
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: stop the provider at once, bill what it generated so far.
+        upstream.close()
+        await finish("abandoned")
+        raise
+    except _UPSTREAM_CUT:
+        upstream.close()
+        await finish("partial")
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+    finally:
+        upstream.release()
+    return response
+
+
+def _response_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str, str]:
+    headers = relayed_headers(upstream)
+    headers["X-Payware-Request-Id"] = call.request["request_id"]
+    return headers
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("We could not parse the JSON body of your request. "
+                             "(HINT: This likely means you aren't using your HTTP library correctly.)") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _model(config: Config, customer: CustomerConfig, body: dict, endpoint: str) -> ModelConfig:
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    model = config.models.get(name)
+    if model is None or (customer.models is not None and name not in customer.models):
+        raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.", param="model")
+    if model.mode not in _ENDPOINT_MODES[endpoint]:
+        raise InvalidRequest(f"the model `{name}` is a {model.mode} model and cannot be used on "
+                             f"/v1{PATHS[endpoint]}", param="model")
+    return model
+
+
+def _stream_flag(body: dict, endpoint: str) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be a boolean", param="stream")
+    if stream and endpoint == "embeddings":
+        raise InvalidRequest("embeddings cannot be streamed", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("`stream_options` must be an object", param="stream_options")
+    return stream
+
+
+def _upstream_body(raw: bytes, body: dict, model: ModelConfig, stream: bool) -> tuple[bytes, bool]:
+    """The bytes to send upstream, and whether the client did not ask for the usage chunk."""
+    changed = model.upstream != model.name
+    strip_usage = False
+    if stream:
+        options = body.get("stream_options") or {}
+        strip_usage = options.get("include_usage") is not True
+        if strip_usage:
+            changed = True
+    if not changed:
+        return raw, False  # the client's own bytes, untouched
+    outgoing = dict(body)
+    outgoing["model"] = model.upstream
+    if stream:
+        outgoing["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return json.dumps(outgoing, ensure_ascii=False, separators=(",", ":")).encode(), strip_usage

@@ -1,0 +1,169 @@
+"""The `payware` command: serve, check the config, manage keys, read usage and prices."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sys
+from datetime import datetime, timezone
+
+from config.loader import ConfigError, load_config
+from config.schema import Config, key_id
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch prices over the network
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.run(args) or 0
+    except ConfigError as exc:
+        print(f"payware: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payware", description="Metering proxy for OpenAI-compatible APIs.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, run, help: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if config:
+            p.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"),
+                           help="admin config file (default: $PAYWARE_CONFIG, else the embedded default)")
+        p.set_defaults(run=run)
+        return p
+
+    serve = command("serve", _serve, "run the proxy")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+
+    check = command("check-config", _check_config, "validate a config file and exit", config=False)
+    check.add_argument("file", metavar="FILE")
+
+    keys = sub.add_parser("keys", help="customer keys").add_subparsers(metavar="ACTION")
+    create = keys.add_parser("create", help="print a new key for CUSTOMER, once, and its hash for the config")
+    create.add_argument("customer")
+    create.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
+    create.set_defaults(run=_keys_create)
+    listing = keys.add_parser("list", help="list the key ids of each customer")
+    listing.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
+    listing.set_defaults(run=_keys_list)
+
+    usage = sub.add_parser("usage", help="usage from the ledger").add_subparsers(metavar="ACTION")
+    export = usage.add_parser("export", help="a customer's events as JSON lines")
+    export.add_argument("customer")
+    export.add_argument("--from", dest="start", help="ISO 8601 start (inclusive)")
+    export.add_argument("--to", dest="end", help="ISO 8601 end (exclusive)")
+    export.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
+    export.set_defaults(run=_usage_export)
+
+    prices = command("prices", _prices, "show the price of each model (or one)")
+    prices.add_argument("model", nargs="?")
+    return parser
+
+
+def _config(args) -> Config:
+    return load_config(args.config)
+
+
+def _serve(args) -> int:
+    from aiohttp import web
+
+    from proxy.app import make_app
+
+    config = _config(args)
+    logging.basicConfig(level=os.environ.get("PAYWARE_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    app = make_app(config)
+    print(f"payware: serving on http://{host}:{port}/v1 (config {config.source})", flush=True)
+    # NOTE: handler_cancellation makes a client's disconnect cancel its handler at once, which
+    # is how an abandoned stream stops the provider and gets billed as partial.
+    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=None)
+    return 0
+
+
+def _check_config(args) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} models, "
+          f"{len(config.plans)} plans, {len(config.customers)} customers)")
+    return 0
+
+
+def _keys_create(args) -> int:
+    config = _config(args)
+    if args.customer not in config.customers:
+        print(f"payware: no customer {args.customer!r} in {config.source}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    key = "pw-" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"key:    {key}")
+    print(f"id:     {key_id(digest)}")
+    print(f"config: add \"sha256:{digest}\" to customers.{args.customer}.keys in {config.source}")
+    print("The key is shown once; Payware keeps only its hash.", file=sys.stderr)
+    return 0
+
+
+def _keys_list(args) -> int:
+    config = _config(args)
+    for customer in config.customers.values():
+        for entry in customer.keys:
+            print(f"{customer.id}\t{key_id(entry.removeprefix('sha256:'))}")
+    return 0
+
+
+def _usage_export(args) -> int:
+    from metering.ledger import Ledger
+
+    config = _config(args)
+    start = _parse_time(args.start, "--from")
+    end = _parse_time(args.end, "--to")
+    ledger = Ledger(config.storage.ledger)
+    for event in ledger.events(customer=args.customer, start=start, end=end):
+        sys.stdout.write(event.to_json() + "\n")
+    return 0
+
+
+def _prices(args) -> int:
+    from metering.events import decimal_str
+
+    config = _config(args)
+    names = [args.model] if args.model else list(config.models)
+    now = datetime.now(timezone.utc)
+    for name in names:
+        model = config.models.get(name)
+        if model is None:
+            print(f"payware: no model {name!r} in {config.source}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        price = model.price_at(now)
+        print(json.dumps({"model": name, "upstream": model.upstream, "provider": model.provider,
+                          "per_million": {"input": decimal_str(price.input),
+                                          "cached_input": decimal_str(price.cached_input),
+                                          "output": decimal_str(price.output)},
+                          "source": price.source}))
+    return 0
+
+
+def _parse_time(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"payware: {flag} {value!r} is not an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

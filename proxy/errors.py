@@ -1,0 +1,107 @@
+"""Errors as values: each carries its HTTP status and OpenAI's type and code.
+
+Handlers raise; `error_middleware` renders every error, ours or unexpected, as OpenAI's
+envelope `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+log = logging.getLogger("payware.errors")
+
+
+class ApiError(Exception):
+    """An error the client gets, in OpenAI's envelope."""
+
+    status = 400
+    type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(ApiError):
+    status, type, code = 400, "invalid_request_error", None
+
+
+class InvalidApiKey(ApiError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class Forbidden(ApiError):
+    status, type, code = 403, "invalid_request_error", "forbidden"
+
+
+class NotFound(ApiError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(ApiError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class BodyTooLarge(ApiError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(ApiError):
+    status, type, code = 429, "requests", "rate_limit_exceeded"
+
+
+class SpendCapReached(ApiError):
+    status, type, code = 429, "insufficient_quota", "spend_cap_reached"
+
+
+class UpstreamError(ApiError):
+    status, type, code = 502, "upstream_error", "upstream_error"
+
+
+class UpstreamTimeout(ApiError):
+    status, type, code = 504, "upstream_error", "upstream_timeout"
+
+
+class ServiceUnavailable(ApiError):
+    status, type, code = 503, "server_error", "service_unavailable"
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.Response(status=error.status, body=json.dumps(error.body()).encode(),
+                        content_type="application/json", headers=error.headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Render every failure in OpenAI's envelope; unknown ones as a logged 500."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_response(error)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(BodyTooLarge(f"request body is larger than the limit of {exc.max_size} bytes"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = NotFound if exc.status == 404 else InvalidRequest
+        error = kind(exc.reason or "bad request")
+        error.status = exc.status
+        return error_response(error)
+    except Exception:
+        request_id = request.get("request_id", "-")
+        log.exception("unhandled error in request %s", request_id)
+        error = ApiError(f"internal error (request id {request_id})")
+        error.status, error.type, error.code = 500, "server_error", "internal_error"
+        return error_response(error)

@@ -1,0 +1,76 @@
+"""Talking to providers: one pooled client session, the request we send, the errors we map.
+
+Provider keys live only here, in the outgoing `Authorization` header: never in a response,
+an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from aiohttp import web
+
+from config.schema import ProviderConfig, ServerConfig
+from proxy.errors import UpstreamError, UpstreamTimeout
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+# Provider response headers the client may see; rate-limit headers are our account's, not the
+# customer's, and stay here.
+_PASS_HEADERS = ("Content-Type", "openai-processing-ms", "openai-version", "x-request-id",
+                 "retry-after", "retry-after-ms", "x-should-retry")
+
+
+def make_client_session(server: ServerConfig) -> aiohttp.ClientSession:
+    """The app's one upstream session: pooled keep-alive connections, explicit timeouts."""
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=None, connect=server.connect_timeout, sock_read=server.read_timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
+
+
+def outgoing_headers(provider: ProviderConfig) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", "User-Agent": "payware"}
+    if provider.api_key:
+        headers["Authorization"] = f"Bearer {provider.api_key}"
+    return headers
+
+
+def relayed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {name: upstream.headers[name] for name in _PASS_HEADERS if name in upstream.headers}
+
+
+async def open_upstream(session: aiohttp.ClientSession, url: str, *, body: bytes,
+                        headers: dict[str, str], provider: str) -> aiohttp.ClientResponse:
+    """Send the request; map a failure to reach the provider to 502/504 (nothing was generated)."""
+    try:
+        return await session.post(url, data=body, headers=headers)
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None
+
+
+async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str) -> web.Response:
+    """The provider's own status and body; a non-JSON body is wrapped in OpenAI's envelope."""
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        body = b""
+    finally:
+        upstream.release()
+    headers = relayed_headers(upstream)
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), (dict, str)):
+        headers["Content-Type"] = "application/json"
+        return web.Response(status=upstream.status, body=body, headers=headers)
+    text = body.decode("utf-8", "replace").strip()[:500] or upstream.reason or "no body"
+    envelope = {"error": {"message": f"provider {provider!r} answered {upstream.status}: {text}",
+                          "type": "upstream_error", "param": None, "code": "upstream_error"}}
+    headers["Content-Type"] = "application/json"
+    return web.Response(status=upstream.status, body=json.dumps(envelope).encode(), headers=headers)

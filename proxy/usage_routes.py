@@ -1,0 +1,113 @@
+"""Metering endpoints: the real-time summary and the event evidence.
+
+A customer key sees its own data only; the admin key names a customer with `?customer=`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+
+from aiohttp import web
+
+from metering.counters import Totals
+from metering.events import decimal_str, utcnow
+from proxy.appkeys import CONFIG, KEYRING, METER, RECORDER
+from proxy.errors import InvalidRequest
+
+_CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model", "upstream_model", "provider",
+                "endpoint", "stream", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+                "cost", "amount", "currency", "session", "feature", "status", "estimated", "latency_ms", "period",
+                "meta", "pricing", "usage_source", "raw_usage")
+
+
+def round_money(amount: Decimal, currency: str = "USD") -> Decimal:
+    """Round to the currency's minor unit, half up (the one rounding step; see README "Money")."""
+    exponent = Decimal(1) if currency.upper() in ("JPY", "KRW") else Decimal("0.01")
+    return amount.quantize(exponent, rounding=ROUND_HALF_UP)
+
+
+def _tokens(totals: Totals) -> dict:
+    return {"input": totals.input_tokens, "cached_input": totals.cached_input_tokens,
+            "output": totals.output_tokens, "reasoning": totals.reasoning_tokens,
+            "total": totals.input_tokens + totals.output_tokens}
+
+
+async def usage_summary(request: web.Request) -> web.Response:
+    """`GET /v1/usage/summary`: the open period, including every response that has ended."""
+    app = request.app
+    customer = app[KEYRING].subject(request)
+    plan = app[CONFIG].plans[customer.plan]
+    period = app[METER].period(customer, utcnow())
+    totals = await app[RECORDER].counters.totals(customer.id, period.key)
+    due = plan.base_fee + totals.all.amount
+    cap = None
+    if customer.cap is not None:
+        remaining = max(customer.cap.amount - totals.all.amount, Decimal(0))
+        cap = {"amount": decimal_str(customer.cap.amount), "spent": decimal_str(totals.all.amount),
+               "remaining": decimal_str(remaining), "action": customer.cap.action, "mode": customer.cap.mode}
+    by_model = [
+        {"model": name, "requests": t.requests, "tokens": _tokens(t), "quantity": decimal_str(t.quantity),
+         "amount": decimal_str(t.amount)}
+        for name, t in sorted(totals.by_model.items())
+    ]
+    summary = {
+        "customer": customer.id,
+        "plan": plan.name,
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat(), "interval": period.interval},
+        "requests": totals.all.requests,
+        "tokens": _tokens(totals.all),
+        "base_fee": decimal_str(plan.base_fee),
+        "amount_due": str(round_money(due, plan.currency)),
+        "amount_due_exact": decimal_str(due),
+        "currency": plan.currency,
+        "cap": cap,
+        "by_model": by_model,
+    }
+    return web.json_response(summary)
+
+
+async def usage_events(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/usage/events`: every event with its full metadata, as JSON lines or CSV."""
+    app = request.app
+    customer = app[KEYRING].subject(request)
+    query = request.query
+    fmt = query.get("format", "jsonl")
+    if fmt not in ("jsonl", "csv"):
+        raise InvalidRequest("format must be jsonl or csv", param="format")
+    start, end = _instant(query.get("from"), "from"), _instant(query.get("to"), "to")
+    recorder = app[RECORDER]
+    try:
+        await asyncio.wait_for(recorder.flush(), timeout=5)  # the ledger holds every ended response
+    except asyncio.TimeoutError:
+        pass
+    filters = {name: query.get(name) for name in ("session", "model", "feature", "period")}
+    events = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: list(recorder.ledger.events(customer=customer.id, start=start, end=end, **filters)))
+    if fmt == "jsonl":
+        body = "".join(e.to_json() + "\n" for e in events)
+        return web.Response(text=body, content_type="application/x-ndjson")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(_CSV_COLUMNS)
+    for event in events:
+        data = json.loads(event.to_json())
+        writer.writerow([json.dumps(data[c], separators=(",", ":")) if isinstance(data[c], (dict, list))
+                         else "" if data[c] is None else data[c] for c in _CSV_COLUMNS])
+    return web.Response(text=buffer.getvalue(), content_type="text/csv")
+
+
+def _instant(value: str | None, param: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        if value.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise InvalidRequest(f"{param}={value!r} is not an ISO 8601 time or a unix timestamp", param=param) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
