@@ -41,6 +41,7 @@ from config.schema import (
 )
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"__payware_env_(\d+)__")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
@@ -71,13 +72,21 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
 
 def parse_config(text: str, *, source: str = "<string>", env: dict[str, str] | os._Environ) -> Config:
     """Validate YAML text; `env` supplies `${VAR}` values."""
+    # `${VAR}` is not valid inside a YAML flow mapping (`{api_key: ${KEY}}`), so each
+    # reference is swapped for a plain placeholder before parsing and expanded after, by path.
+    refs: list[re.Match] = []
+
+    def hold(match: re.Match) -> str:
+        refs.append(match)
+        return f"__payware_env_{len(refs) - 1}__"
+
     try:
-        data = yaml.load(text, Loader=_DecimalLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(_ENV_REF.sub(hold, text), Loader=_DecimalLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    reader = _Reader(env)
+    reader = _Reader(env, refs)
     config = reader.config(data, source)
     if reader.problems:
         raise ConfigError(source, reader.problems)
@@ -99,8 +108,9 @@ _MISSING = object()
 class _Reader:
     """Walks the parsed YAML, converting values and collecting problems by path."""
 
-    def __init__(self, env):
+    def __init__(self, env, refs: list[re.Match]):
         self.env = env
+        self.refs = refs
         self.problems: list[str] = []
 
     def fail(self, path: str, message: str) -> None:
@@ -109,10 +119,11 @@ class _Reader:
     # -- scalars -----------------------------------------------------------------
 
     def expand(self, value: Any, path: str) -> Any:
-        if not isinstance(value, str) or "${" not in value:
+        if not isinstance(value, str) or "__payware_env_" not in value:
             return value
 
-        def substitute(match: re.Match) -> str:
+        def substitute(placeholder: re.Match) -> str:
+            match = self.refs[int(placeholder.group(1))]
             name, default = match.group(1), match.group(2)
             if name in self.env:
                 return self.env[name]
@@ -121,7 +132,7 @@ class _Reader:
             self.fail(path, f"environment variable {name} is not set (write ${{{name}:-default}} to allow that)")
             return ""
 
-        return _ENV_REF.sub(substitute, value)
+        return _PLACEHOLDER.sub(substitute, value)
 
     def mapping(self, value: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict:
         if value is None:
