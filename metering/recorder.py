@@ -38,6 +38,7 @@ class Recorder:
         self._task: asyncio.Task | None = None
         self._written = 0  # events the ledger has confirmed since start (new or already there)
         self._queued = 0
+        self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
 
     async def start(self, open_periods: dict[str, str], since: datetime) -> int:
         """Replay the journal into the ledger, rebuild counters, start the flusher.
@@ -83,7 +84,7 @@ class Recorder:
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = self.flush_interval
-        while True:
+        while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
             except asyncio.TimeoutError:
@@ -121,11 +122,9 @@ class Recorder:
                 await asyncio.wait_for(self.flush(), timeout=10)
             except asyncio.TimeoutError:
                 log.error("ledger flush timed out at shutdown; %d events stay in the journal", len(self._queue))
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         self._writer.shutdown(wait=True)
         self.journal.close()

@@ -1,99 +1,197 @@
 """Incremental Server-Sent Events framing (WHATWG HTML, "event stream interpretation").
 
 The proxy relays frames raw, so the framer keeps each frame's exact bytes: joining every
-`Frame.raw` gives back the input, byte for byte. Line ends may be LF, CRLF or CR, and a
-CR at the end of one network read may pair with an LF at the start of the next.
+`Frame.raw` (from `feed` and `close`) gives back the input, byte for byte, whatever the
+network reads looked like. Line ends may be LF, CRLF or CR, and a CR ending one read may
+pair with an LF starting the next one.
+
+A frame is every line up to and including the first empty line; a lone empty line is a
+frame of its own (with no data: the spec dispatches nothing for it).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_BOM = b"\xef\xbb\xbf"
+_EOL = re.compile(rb"\r\n?|\n")
+_LF = 0x0A
+_CR = 0x0D
+_SPACE = 0x20
+_COLON = 0x3A
 
 
 @dataclass(slots=True)
 class Frame:
+    """One SSE frame: its exact bytes and the fields the proxy reads."""
+
     raw: bytes  # the frame's exact bytes, its terminating blank line included
     data: str | None  # the `data` field values joined by "\n"; None if the frame had none
-    event: str | None = None
-    complete: bool = True  # False only for the trailing bytes returned by close()
+    event: str | None = None  # the last `event` field value, if any
+    complete: bool = True  # False only for a tail returned by close() that lacks its blank line
 
 
 class SSEFramer:
-    """Cuts a byte stream into SSE frames, whatever the network reads look like."""
+    """Cuts a byte stream into SSE frames, whatever the network reads look like.
+
+    Fast path: while no CR has been seen, frame ends are found with `bytes.find` (a one-line
+    frame, the usual `data: {...}`, costs one search for its LF). Any CR switches the pending
+    bytes to a line splitter (a C regex, never a byte loop).
+    """
+
+    __slots__ = ("_buffer", "_cr", "_lines", "_pos", "_skip")
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._first = True
+        self._buffer = b""  # bytes of the pending (incomplete) frame
+        self._cr = False  # whether _buffer holds a CR (then the line splitter is needed)
+        self._lines: list[bytes] = []  # complete lines of the pending frame (line splitter only)
+        self._pos = 0  # where the line splitter stopped in _buffer (0: start over)
+        self._skip = -1  # BOM length at the stream's start; -1 until 3 bytes decide it
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """The frames completed by `chunk`, in order; the rest stays buffered."""
-        buffer = self._buffer + chunk if self._buffer else chunk
-        frames: list[Frame] = []
-        if b"\r" not in buffer:
-            # Fast path: LF-only streams, whole events per read (what most providers send).
-            start = 0
-            while True:
-                end = buffer.find(b"\n\n", start)
-                if end < 0:
-                    break
-                raw = buffer[start:end + 2]
-                frames.append(_parse(raw, raw[:-2].split(b"\n"), self._take_bom()))
-                start = end + 2
-            self._buffer = buffer[start:]
-            return frames
-        start = 0
-        lines: list[bytes] = []
-        pos = 0
-        size = len(buffer)
-        while pos < size:
-            lf = buffer.find(b"\n", pos)
-            cr = buffer.find(b"\r", pos)
-            if lf < 0 and cr < 0:
-                break
-            if cr < 0 or (0 <= lf < cr):
-                line, pos = buffer[pos:lf], lf + 1
-            elif cr + 1 < size:
-                line, pos = buffer[pos:cr], cr + (2 if buffer[cr + 1] == 0x0A else 1)
-            else:
-                break  # a CR as the last byte: wait for the next read to know if an LF follows
-            if line:
-                lines.append(line)
-            else:
-                raw = buffer[start:pos]
-                frames.append(_parse(raw, lines, self._take_bom()))
-                start, lines = pos, []
-        self._buffer = buffer[start:]
-        return frames
+        if not chunk:
+            return []
+        old = len(self._buffer)
+        buffer = self._buffer + chunk if old else chunk
+        if self._skip < 0:
+            if len(buffer) < 3 and _BOM.startswith(buffer):
+                self._buffer = buffer  # maybe a BOM still arriving: wait for more
+                return []
+            self._skip = 3 if buffer.startswith(_BOM) else 0
+            old = 0
+        if self._cr or b"\r" in chunk:
+            return self._feed_lines(buffer)
+        return self._feed_lf(buffer, old)
 
     def close(self) -> Frame | None:
-        """At end of stream: any bytes left, as one incomplete frame (its data parsed if any)."""
-        rest, self._buffer = self._buffer, b""
+        """At end of stream: the bytes left, if any, as one frame with the data of its complete lines.
+
+        The frame is `complete=False` unless those bytes end with a blank line, which happens
+        only when the stream's last byte is a CR (the framer waits to see whether an LF follows).
+        """
+        rest, skip = self._buffer, self._skip
+        self._buffer, self._cr, self._lines, self._pos = b"", False, [], 0
         if not rest:
             return None
-        lines = rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        frame = _parse(rest, [line for line in lines if line], self._take_bom())
-        frame.complete = False
-        return frame
+        if skip < 0:
+            return Frame(raw=rest, data=None, complete=False)  # only a piece of a BOM
+        self._skip = 0
+        lines: list[bytes] = []
+        complete = False
+        begin = skip
+        for match in _EOL.finditer(rest, skip):
+            end = match.start()
+            if end == begin:
+                complete = True  # a blank line: only ever the very last one, see feed()
+                break
+            lines.append(rest[begin:end])
+            begin = match.end()
+        data, event = _fields(lines)
+        return Frame(raw=rest, data=data, event=event, complete=complete)
 
-    def _take_bom(self) -> bool:
-        first, self._first = self._first, False
-        return first
+    def _feed_lf(self, buffer: bytes, old: int) -> list[Frame]:
+        """LF-only bytes: find each frame's end with C-level searches."""
+        frames: list[Frame] = []
+        append = frames.append
+        size = len(buffer)
+        start = 0
+        body = self._skip  # the BOM, if any, is part of the first frame's raw but not a line
+        while body < size:
+            if body < old:
+                # A frame begun in an earlier read: its first `old` bytes hold no blank line.
+                found = buffer.find(b"\n\n", old - 1)
+                if found < 0:
+                    break
+                end = found + 2
+                append(_frame(buffer[start:end], buffer[body:found]))
+            else:
+                newline = buffer.find(b"\n", body)
+                if newline < 0:
+                    break
+                if newline == body:
+                    end = body + 1  # the frame is a lone blank line
+                    append(Frame(buffer[start:end], None))
+                elif newline + 1 < size and buffer[newline + 1] == _LF:
+                    end = newline + 2  # the common case: a one-line frame (inlined: hot path)
+                    if buffer.startswith(b"data:", body):
+                        at = body + 6 if buffer[body + 5] == _SPACE else body + 5
+                        append(Frame(buffer[start:end], buffer[at:newline].decode("utf-8", "replace")))
+                    elif buffer[body] == _COLON:
+                        append(Frame(buffer[start:end], None))  # a comment, e.g. ": ping"
+                    else:
+                        append(Frame(buffer[start:end], *_fields([buffer[body:newline]])))
+                else:
+                    found = buffer.find(b"\n\n", newline)
+                    if found < 0:
+                        break
+                    end = found + 2
+                    append(_frame(buffer[start:end], buffer[body:found]))
+            start = body = end
+        if frames:
+            self._skip = 0
+        self._buffer = buffer[start:] if start else buffer
+        if self._pos:
+            self._lines, self._pos = [], 0
+        return frames
+
+    def _feed_lines(self, buffer: bytes) -> list[Frame]:
+        """Bytes with a CR somewhere: split lines on LF, CRLF or CR."""
+        frames: list[Frame] = []
+        size = len(buffer)
+        lines = self._lines
+        start = 0
+        begin = max(self._pos, self._skip)  # where the next unread line starts
+        while True:
+            if not lines:
+                # Fast path for CRLF streams (sse-starlette's default): a one-line frame.
+                cr = buffer.find(b"\r", begin)
+                if cr > begin and buffer.startswith(b"\n\r\n", cr + 1) and buffer.find(b"\n", begin, cr) < 0:
+                    end = cr + 4
+                    frames.append(Frame(buffer[start:end], *_fields([buffer[begin:cr]])))
+                    start = begin = end
+                    continue
+            match = _EOL.search(buffer, begin)
+            if match is None:
+                break
+            end, after = match.span()
+            if after == size and after - end == 1 and buffer[end] == _CR:
+                break  # a lone CR as the last byte: the next read may start with its LF
+            if end > begin:
+                lines.append(buffer[begin:end])
+            else:
+                frames.append(Frame(buffer[start:after], *_fields(lines)))
+                start, lines = after, []
+            begin = after
+        if frames:
+            self._skip = 0
+        rest = buffer[start:] if start else buffer
+        self._buffer, self._lines, self._pos = rest, lines, begin - start
+        self._cr = b"\r" in rest
+        return frames
 
 
-def _parse(raw: bytes, lines: list[bytes], first: bool) -> Frame:
-    data: list[str] = []
-    event = None
-    for index, line in enumerate(lines):
-        if not line or line[0] == 0x3A:  # ":" starts a comment
+def _frame(raw: bytes, text: bytes) -> Frame:
+    """A frame from its raw bytes and its LF-separated lines (`text`, blank line removed)."""
+    return Frame(raw, *_fields(text.split(b"\n")))
+
+
+def _fields(lines: list[bytes]) -> tuple[str | None, str | None]:
+    """(data, event) of a frame's non-empty lines; comments and unknown fields are ignored."""
+    data: list[bytes] = []
+    event: str | None = None
+    for line in lines:
+        if line[:1] == b":":
             continue
-        text = line.decode("utf-8", "replace")
-        if first and index == 0 and text.startswith("\ufeff"):
-            text = text[1:]
-        name, colon, value = text.partition(":")
-        if colon and value.startswith(" "):
+        name, _, value = line.partition(b":")  # no colon: the whole line is the name
+        if value[:1] == b" ":
             value = value[1:]
-        if name == "data":
+        if name == b"data":
             data.append(value)
-        elif name == "event":
-            event = value
-    return Frame(raw=raw, data="\n".join(data) if data else None, event=event)
+        elif name == b"event":
+            event = value.decode("utf-8", "replace")
+    if not data:
+        return None, event
+    # Decoding after the split is safe: LF and CR never occur inside a UTF-8 sequence.
+    return b"\n".join(data).decode("utf-8", "replace"), event

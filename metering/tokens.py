@@ -1,8 +1,9 @@
-"""Token counting with tiktoken: the fallback when a provider reports no usage.
+"""Token counting with tiktoken: the fallback when a provider reports no usage, and admission's estimate.
 
-tiktoken downloads its encodings unless they are in `TIKTOKEN_CACHE_DIR`; litellm ships
-them, so the cache dir points into the litellm package (found without importing litellm,
-whose import takes seconds).
+tiktoken downloads an encoding unless it is in `TIKTOKEN_CACHE_DIR`, with no timeout. litellm
+ships the files (o200k_base, cl100k_base, p50k_base), so the cache dir points into the litellm
+package, found without importing litellm (its import takes seconds), and only those encodings
+are ever asked for: counting never touches the network.
 """
 
 from __future__ import annotations
@@ -15,92 +16,155 @@ from pathlib import Path
 
 import tiktoken
 
-PER_MESSAGE = 3  # OpenAI cookbook, num_tokens_from_messages: <|start|>role/name\n ... <|end|>
+# OpenAI cookbook, num_tokens_from_messages (gpt-3.5-turbo-0613 and every later chat model).
+PER_MESSAGE = 3  # <|start|>{role/name}\n{content}<|end|>\n
 PER_NAME = 1
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
-IMAGE_PART = 85  # a low-detail image; an estimate, images are rare on a fallback path
+# An image costs 85 tokens at low detail and 85 + 170 per 512px tile at high detail; its size
+# is unknown without fetching it, so each image counts as one low-detail image (an estimate).
+IMAGE_PART = 85
+
+# Encodings whose files litellm bundles (o200k_harmony and p50k_edit reuse them).
+_BUNDLED = frozenset({"o200k_base", "o200k_harmony", "cl100k_base", "p50k_base", "p50k_edit"})
+_NEAREST_BUNDLED = "p50k_base"  # for r50k_base and gpt2: the same merges, fewer whitespace tokens
+_CL100K_PREFIXES = ("gpt-3.5", "gpt-35", "gpt-4", "text-embedding", "davinci", "babbage")
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5")
 
 
 def litellm_tokenizers_dir() -> str | None:
-    spec = importlib.util.find_spec("litellm")
+    """litellm's folder of tiktoken files, located without importing litellm; None if absent."""
+    spec = importlib.util.find_spec("litellm")  # a top-level name: finds, does not import
     if spec is None or not spec.submodule_search_locations:
         return None
     folder = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
     return str(folder) if folder.is_dir() else None
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=None)  # a handful of encodings, each loaded once (~0.1-0.5 s, ~10-100 MB)
 def _encoding(name: str) -> tiktoken.Encoding:
-    if "TIKTOKEN_CACHE_DIR" not in os.environ:
-        folder = litellm_tokenizers_dir()
-        if folder:
-            os.environ["TIKTOKEN_CACHE_DIR"] = folder
+    folder = litellm_tokenizers_dir()
+    if folder is not None:
+        # setdefault: an operator's own cache dir wins (then its files are their business).
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", folder)
     return tiktoken.get_encoding(name)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _encoding_name(model: str) -> str:
-    base = model.rsplit("/", 1)[-1]
+    base = model.rsplit("/", 1)[-1]  # "openai/gpt-4o", "azure/gpt-4"
     try:
-        return tiktoken.encoding_name_for_model(base)
+        name = tiktoken.encoding_name_for_model(base)
     except KeyError:
-        pass
-    if base.startswith(("gpt-3.5", "gpt-35", "text-embedding", "davinci", "babbage")) or (
-            base.startswith("gpt-4") and not base.startswith(("gpt-4o", "gpt-4.1", "gpt-4.5"))):
-        return "cl100k_base"
-    return "o200k_base"  # the encoding of current OpenAI models
+        if base.startswith(_CL100K_PREFIXES) and not base.startswith(_O200K_PREFIXES):
+            return "cl100k_base"
+        return "o200k_base"  # current OpenAI models, and the best guess for anyone else's
+    return name if name in _BUNDLED else _NEAREST_BUNDLED
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:
-    """The tokenizer of `model`; o200k_base for models tiktoken does not know."""
+    """The tokenizer of `model`: tiktoken's choice, else cl100k_base for gpt-3.5, gpt-4 (not
+    gpt-4o/4.1/4.5) and text-embedding-*, else o200k_base. Loaded on first use, then cached."""
     return _encoding(_encoding_name(model))
 
 
 def count_text(text: str, model: str) -> int:
+    """Tokens of `text` for `model`; special-token strings count as plain text."""
     if not text:
         return 0
-    return len(encoding_for(model).encode(text, disallowed_special=()))
+    return len(encoding_for(model).encode_ordinary(text))
 
 
 def count_prompt(endpoint: str, body: dict, model: str) -> int:
-    """Prompt tokens of a request body, the way OpenAI counts them (an estimate for tools)."""
-    if endpoint == "chat":
-        return _count_messages(body.get("messages"), body, model)
-    return _count_inputs(body.get("prompt" if endpoint == "completions" else "input"), model)
+    """Prompt tokens of a request body ("chat", "completions" or "embeddings"), as OpenAI counts them.
 
-
-def _count_messages(messages: object, body: dict, model: str) -> int:
-    if not isinstance(messages, list):
+    Exact for chat messages of plain text (the cookbook's formula); an estimate for images
+    (IMAGE_PART each), tools and functions (their compact JSON), and assistant tool calls
+    (their names and arguments). Audio and file parts count 0. Never raises on a bad shape:
+    what cannot be read counts 0.
+    """
+    if not isinstance(body, dict):
         return 0
-    total = REPLY_PRIMING
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        total += PER_MESSAGE
-        for key, value in message.items():
-            if key == "name" and isinstance(value, str):
-                total += PER_NAME + count_text(value, model)
-            elif isinstance(value, str):
-                total += count_text(value, model)
-            elif key == "content" and isinstance(value, list):
-                for part in value:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        total += count_text(part["text"], model)
-                    elif isinstance(part, dict) and part.get("type") in ("image_url", "input_image"):
-                        total += IMAGE_PART
-            elif key in ("tool_calls", "function_call") and value:
-                total += count_text(json.dumps(value, separators=(",", ":")), model)
+    if endpoint == "chat":
+        return _count_chat(body, model)
+    if endpoint == "completions":
+        suffix = body.get("suffix")
+        extra = count_text(suffix, model) if isinstance(suffix, str) else 0
+        return _count_inputs(body.get("prompt"), model) + extra
+    if endpoint == "embeddings":
+        return _count_inputs(body.get("input"), model)
+    return 0
+
+
+def _count_chat(body: dict, model: str) -> int:
+    messages = body.get("messages")
+    total = 0
+    if isinstance(messages, list):
+        total += REPLY_PRIMING
+        for message in messages:
+            if isinstance(message, dict):
+                total += PER_MESSAGE + _count_message(message, model)
     for key in ("tools", "functions"):
-        if body.get(key):
-            total += count_text(json.dumps(body[key], separators=(",", ":")), model)
+        # OpenAI renders these into its own compact schema syntax; their JSON is a close,
+        # usually slightly high, estimate.
+        value = body.get(key)
+        if value:
+            total += count_text(json.dumps(value, ensure_ascii=False, separators=(",", ":")), model)
     return total
 
 
+def _count_message(message: dict, model: str) -> int:
+    total = 0
+    for key, value in message.items():
+        if isinstance(value, str):
+            total += count_text(value, model)  # role, content, name, tool_call_id, refusal
+            if key == "name":
+                total += PER_NAME
+        elif key == "content" and isinstance(value, list):
+            total += _count_parts(value, model)
+        elif key == "tool_calls" and isinstance(value, list):
+            for call in value:
+                if isinstance(call, dict):
+                    total += _count_function(call.get("function"), model)
+        elif key == "function_call":
+            total += _count_function(value, model)
+    return total
+
+
+def _count_parts(parts: list, model: str) -> int:
+    total = 0
+    for part in parts:
+        if isinstance(part, str):
+            total += count_text(part, model)
+        elif isinstance(part, dict):
+            kind = part.get("type")
+            if kind in ("image_url", "input_image", "image"):
+                total += IMAGE_PART
+            else:
+                text = part.get("text") if kind != "refusal" else part.get("refusal")
+                if isinstance(text, str):
+                    total += count_text(text, model)
+    return total
+
+
+def _count_function(function: object, model: str) -> int:
+    if not isinstance(function, dict):
+        return 0
+    return sum(count_text(value, model) for value in (function.get("name"), function.get("arguments"))
+               if isinstance(value, str))
+
+
 def _count_inputs(value: object, model: str) -> int:
+    """A prompt or input: a string, strings, a token array or token arrays (their lengths)."""
     if isinstance(value, str):
         return count_text(value, model)
     if not isinstance(value, list):
         return 0
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return len(value)  # already tokens
-    return sum(_count_inputs(item, model) for item in value)
+    total = 0
+    for item in value:
+        if type(item) is int:  # bool is not a token
+            total += 1
+        elif isinstance(item, str):
+            total += count_text(item, model)
+        elif isinstance(item, list):
+            total += sum(1 for token in item if type(token) is int)
+    return total

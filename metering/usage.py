@@ -1,149 +1,215 @@
-"""Usage as providers report it: pure extraction from responses and from streams.
+"""Token usage reported by a provider: read from a JSON response, or from a stream as it passes.
 
-Counts follow OpenAI's convention: `input` counts every prompt token (cached included) and
-`output` every completion token (reasoning included); cached and reasoning are the parts.
-Nothing from upstream is trusted to be well-formed: bad values count as 0, never raise.
+Everything here is pure and defensive: whatever the upstream sends, nothing raises, and a
+field that is not a non-negative integer counts as 0.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from metering.sse import Frame
+
+_DONE = "[DONE]"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
+    """Token counts of one call, in OpenAI's convention (see DESIGN.md, "Token counts")."""
+
+    input_tokens: int = 0  # every prompt token, cached ones included
+    cached_input_tokens: int = 0  # the part of the input read from cache
+    output_tokens: int = 0  # every completion token, reasoning ones included
+    reasoning_tokens: int = 0  # the part of the output spent reasoning
     source: str = "provider"  # "provider" | "estimated"
-    raw: dict | None = None  # the provider's usage object, verbatim, as evidence
+    # The provider's own usage object, kept as evidence; not part of equality (nor hashable).
+    raw: dict | None = field(default=None, compare=False)
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    """A token count as sent, or 0 unless it is a non-negative int (bools are ints in Python)."""
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _sub(usage: dict, name: str, key: str) -> int:
+    details = usage.get(name)
+    return _count(details.get(key)) if isinstance(details, dict) else 0
 
 
 def usage_from_json(obj: object) -> Usage | None:
-    """The usage of a response or stream chunk, or None if it carries none."""
+    """The usage of a parsed response or stream chunk, or None if `obj["usage"]` is not an object.
+
+    Reads OpenAI's names (chat, completions, embeddings, responses) and, when those are
+    absent, Anthropic's, whose `input_tokens` excludes cache reads and writes: those are
+    added back so that `input_tokens` counts every prompt token here too.
+    """
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         return None
-    prompt_details = usage.get("prompt_tokens_details")
-    completion_details = usage.get("completion_tokens_details")
+    get = usage.get
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        input_tokens = _count(usage.get("prompt_tokens"))
-        output_tokens = _count(usage.get("completion_tokens"))
-        cached = _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
-    elif "input_tokens" in usage or "output_tokens" in usage:  # Anthropic-style names
-        cached = _count(usage.get("cache_read_input_tokens"))
-        input_tokens = _count(usage.get("input_tokens")) + cached + _count(usage.get("cache_creation_input_tokens"))
-        output_tokens = _count(usage.get("output_tokens"))
-    else:  # embeddings may report only total_tokens
-        input_tokens, output_tokens, cached = _count(usage.get("total_tokens")), 0, 0
-    reasoning = _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+        input_tokens = _count(get("prompt_tokens"))
+        output_tokens = _count(get("completion_tokens"))
+        cached = (_sub(usage, "prompt_tokens_details", "cached_tokens")
+                  or _count(get("prompt_cache_hit_tokens")))  # DeepSeek's name
+        reasoning = _sub(usage, "completion_tokens_details", "reasoning_tokens")
+        if not input_tokens and "completion_tokens" not in usage:
+            input_tokens = _count(get("total_tokens"))  # embeddings servers sending only a total
+    elif "input_tokens" in usage or "output_tokens" in usage:
+        cache_read = _count(get("cache_read_input_tokens"))
+        cache_write = _count(get("cache_creation_input_tokens"))
+        input_tokens = _count(get("input_tokens")) + cache_read + cache_write
+        output_tokens = _count(get("output_tokens"))
+        # OpenAI's Responses API uses these names too, with details objects and cache included.
+        cached = cache_read or _sub(usage, "input_tokens_details", "cached_tokens")
+        reasoning = _sub(usage, "output_tokens_details", "reasoning_tokens")
+    else:
+        input_tokens = _count(get("total_tokens"))  # embeddings with only a total
+        output_tokens = cached = reasoning = 0
+    # A part never exceeds its whole, whatever the upstream claims: each token is priced once.
     return Usage(input_tokens=input_tokens, cached_input_tokens=min(cached, input_tokens),
                  output_tokens=output_tokens, reasoning_tokens=min(reasoning, output_tokens), raw=usage)
 
 
-class StreamAccumulator:
-    """Follows an OpenAI stream (chat or completions) frame by frame.
+def _may_carry_usage(data: str) -> bool:
+    """Whether a chunk's JSON text may hold a non-null `usage` (false positives are harmless)."""
+    at = data.find('"usage"')
+    while at >= 0:
+        at += 7
+        if not (data.startswith(":null", at) or data.startswith(": null", at)):
+            return True
+        at = data.find('"usage"', at)
+    return False
 
-    Keeps the latest usage the provider sent, a mid-stream error, and, lazily, the text
-    generated so far (parsed only if needed: usage missing or the stream was cut). With
-    `strip_usage`, the usage the proxy forced upstream is removed from what the client sees.
+
+class StreamAccumulator:
+    """Watches an OpenAI stream (chat or completions) frame by frame, for metering.
+
+    It keeps the latest usage, a mid-stream error and whether `[DONE]` came, and decides the
+    bytes the client gets. Text chunks are not parsed as they pass: their JSON is kept and
+    parsed only if `output_text()` is asked for (usage missing, or the stream was cut).
     """
 
-    def __init__(self, *, strip_usage: bool):
-        self.strip_usage = strip_usage
+    __slots__ = ("strip_usage", "done", "usage", "error", "_pending", "_texts", "_chunks")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage  # the client did not ask for usage: the proxy forced it
         self.done = False
         self.usage: Usage | None = None
-        self.error: dict | None = None
-        self._texts: list[str] = []  # raw JSON of content chunks, parsed only on demand
+        self.error: dict | None = None  # the value of a mid-stream `{"error": ...}`
+        self._pending: list[str | dict] = []  # chunks not yet read for text (JSON text or parsed)
+        self._texts: list[str] = []  # text already read out of chunks
         self._chunks = 0
 
     def process(self, frame: Frame) -> bytes:
-        """The bytes to forward for `frame` (its raw bytes, or less)."""
+        """The bytes to forward to the client for `frame` (b"" to drop it)."""
         data = frame.data
         if data is None:
-            return frame.raw
-        if data == "[DONE]":
+            return frame.raw  # comments, pings, blank lines
+        if data == _DONE:
             self.done = True
             return frame.raw
         self._chunks += 1
-        if not _may_carry_usage_or_error(data):
-            self._texts.append(data)
+        if not (_may_carry_usage(data) or '"error"' in data or frame.event == "error"):
+            self._pending.append(data)
             return frame.raw
         try:
-            chunk = json.loads(data)
-        except ValueError:
+            obj = json.loads(data)
+        except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
+            obj = None
+        if not isinstance(obj, dict):
+            if frame.event == "error":
+                self.error = {"message": data}
             return frame.raw
-        if not isinstance(chunk, dict):
+        self._pending.append(obj)
+        error = obj.get("error")
+        if error is not None:
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
+        elif frame.event == "error":
+            self.error = obj
+        if obj.get("usage") is None:
             return frame.raw
-        if isinstance(chunk.get("error"), (dict, str)):
-            self.error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": chunk["error"]}
-            return frame.raw
-        self._texts.append(data)
-        usage = usage_from_json(chunk)
-        if usage is None:
-            return frame.raw
-        self.usage = usage
+        usage = usage_from_json(obj)
+        if usage is not None:
+            self.usage = usage
         if not self.strip_usage:
             return frame.raw
-        if not chunk.get("choices"):
+        if not obj.get("choices"):
             return b""  # the usage-only chunk the client did not ask for
-        del chunk["usage"]  # usage in the finish chunk: keep the chunk, drop the field
-        newline = b"\r\n" if frame.raw.endswith(b"\r\n") else b"\r" if frame.raw.endswith(b"\r") else b"\n"
-        return b"data: " + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode() + newline * 2
+        try:
+            return _without_usage(frame.raw, obj)
+        except (ValueError, RecursionError):  # what json.loads took, json.dumps should give back
+            return frame.raw
 
     def output_text(self) -> str:
-        """All text generated so far: content, reasoning, refusals, tool calls, completions."""
-        parts: list[str] = []
-        for data in self._texts:
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                continue
-            if isinstance(chunk, dict):
-                _collect_text(chunk, parts)
-        return "".join(parts)
+        """Every piece of generated text seen so far, concatenated (for a tiktoken estimate)."""
+        if self._pending:
+            texts = self._texts
+            for item in self._pending:
+                if isinstance(item, str):
+                    try:
+                        item = json.loads(item)
+                    except (ValueError, RecursionError):
+                        continue
+                _collect_text(item, texts)
+            self._pending = []
+        return "".join(self._texts)
 
     def chunks_seen(self) -> int:
+        """How many data frames other than `[DONE]` passed."""
         return self._chunks
 
 
-def _may_carry_usage_or_error(data: str) -> bool:
-    # Cheap test first: OpenAI puts `"usage":null` in every chunk once include_usage is on.
-    if '"error"' in data:
-        return True
-    index = data.find('"usage"')
-    if index < 0:
-        return False
-    rest = data[index + 7:index + 20].lstrip(" :")
-    return not rest.startswith("null")
-
-
-def _collect_text(chunk: dict, parts: list[str]) -> None:
+def _collect_text(chunk: object, out: list[str]) -> None:
+    """Append the generated text of one chat or completions chunk to `out`."""
+    if not isinstance(chunk, dict):
+        return
     choices = chunk.get("choices")
     if not isinstance(choices, list):
         return
     for choice in choices:
         if not isinstance(choice, dict):
             continue
-        if isinstance(choice.get("text"), str):
-            parts.append(choice["text"])
+        text = choice.get("text")  # /v1/completions
+        if isinstance(text, str):
+            out.append(text)
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             continue
-        for name in ("content", "reasoning_content", "reasoning", "refusal"):
-            if isinstance(delta.get(name), str):
-                parts.append(delta[name])
-        for call in delta.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
+        for key in ("content", "reasoning_content", "reasoning", "refusal"):
+            value = delta.get(key)
+            if isinstance(value, str):
+                out.append(value)
+        calls = delta.get("tool_calls")
+        functions = [call.get("function") for call in calls if isinstance(call, dict)] \
+            if isinstance(calls, list) else []
+        functions.append(delta.get("function_call"))  # the legacy single-function form
+        for function in functions:
             if isinstance(function, dict):
-                parts.extend(v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str))
+                for key in ("name", "arguments"):
+                    value = function.get(key)
+                    if isinstance(value, str):
+                        out.append(value)
+
+
+def _without_usage(raw: bytes, obj: dict) -> bytes:
+    """`raw` with its data replaced by `obj` minus `usage`, other fields and line ends kept."""
+    data = json.dumps({k: v for k, v in obj.items() if k != "usage"},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+    parts = _LINE_END.split(raw)
+    ends = _LINE_END.findall(raw)
+    out: list[bytes] = []
+    wrote = False
+    for line, end in zip(parts, ends):
+        if line == b"data" or line.startswith(b"data:"):
+            if wrote:
+                continue  # the other lines of a multi-line data field
+            line, wrote = b"data: " + data, True
+        out.append(line + end)
+    out.append(parts[-1])  # bytes after the last line end: only in a truncated tail, kept as is
+    return b"".join(out)

@@ -90,8 +90,9 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as error:
         return error_response(error)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(BodyTooLarge(f"request body is larger than the limit of {exc.max_size} bytes"))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app._client_max_size
+        return error_response(BodyTooLarge(f"request body is larger than the limit of {limit} bytes"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
