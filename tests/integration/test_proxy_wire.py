@@ -1,0 +1,126 @@
+"""The proxy on the wire: bytes relayed exactly, bodies forwarded unchanged, usage per provider quirk."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.request
+
+import aiohttp
+import pytest
+
+from tests.conftest import KEYS
+from tests.fakes import upstream as fake
+
+AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
+
+
+async def post(proxy, body: dict, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + "/v1/chat/completions", json=body,
+                                headers={**AUTH, **(headers or {})}) as resp:
+            return resp.status, await resp.read(), dict(resp.headers)
+
+
+def events(proxy) -> list[dict]:
+    request = urllib.request.Request(proxy.url + "/v1/usage/events", headers=AUTH)
+    with urllib.request.urlopen(request) as resp:
+        return [json.loads(line) for line in resp.read().splitlines()]
+
+
+def without_usage_chunk(chunks: list[bytes]) -> bytes:
+    return b"".join(c for c in chunks if b'"choices":[]' not in c)
+
+
+@pytest.mark.parametrize("scenario", ["fake-ok", "fake-crlf", "fake-split"])
+async def test_stream_reaches_the_client_byte_for_byte_minus_the_usage_chunk_it_did_not_ask_for(proxy, scenario):
+    status, body, headers = await post(proxy, {"model": scenario, "stream": True,
+                                               "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert body == without_usage_chunk(fake.stream_events(scenario, True, scenario))
+    event, = events(proxy)
+    assert (event["input_tokens"], event["output_tokens"], event["estimated"]) == (13, 7, False)
+
+
+@pytest.mark.parametrize("scenario", ["fake-ok", "fake-crlf", "fake-split"])
+async def test_stream_with_include_usage_is_relayed_unchanged(proxy, scenario):
+    status, body, _ = await post(proxy, {"model": scenario, "stream": True, "stream_options": {"include_usage": True},
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200
+    assert body == b"".join(fake.stream_events(scenario, True, scenario))
+
+
+async def test_usage_in_the_finish_chunk_is_billed_and_removed_from_that_chunk_only(proxy):
+    status, body, _ = await post(proxy, {"model": "fake-finish-usage", "stream": True,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    sent = fake.stream_events("fake-finish-usage", True, "fake-finish-usage")
+    finish = json.loads(sent[-2][6:])
+    del finish["usage"]
+    expected = b"".join(sent[:-2]) + b"data: " + json.dumps(finish, separators=(",", ":")).encode() + b"\n\n" + sent[-1]
+    assert body == expected
+    event, = events(proxy)
+    assert (event["input_tokens"], event["output_tokens"], event["estimated"]) == (13, 7, False)
+
+
+async def test_a_provider_that_ignores_include_usage_is_billed_by_tiktoken_and_flagged_estimated(proxy):
+    status, body, _ = await post(proxy, {"model": "fake-no-usage", "stream": True,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert body == b"".join(fake.stream_events("fake-no-usage", True, "fake-no-usage"))
+    event, = events(proxy)
+    assert event["estimated"] is True and event["status"] == "ok"
+    assert event["usage_source"] == {"input": "tiktoken", "output": "tiktoken"}
+    assert event["output_tokens"] == 4  # "Hello", " from", " fake", "." are one o200k token each
+    # OpenAI cookbook formula: 3 reply priming + 3 per message + "user" (1) + "hi" (1)
+    assert event["input_tokens"] == 3 + 3 + 1 + 1
+    assert event["raw_usage"] is None
+
+
+@pytest.mark.parametrize("scenario", ["fake-stream-error", "fake-cut"])
+async def test_a_stream_the_provider_breaks_off_is_billed_as_partial_for_what_was_generated(proxy, scenario):
+    status, body, _ = await post(proxy, {"model": scenario, "stream": True,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200
+    event, = events(proxy)
+    assert event["status"] == "partial" and event["estimated"] is True
+    assert event["output_tokens"] == 2  # the words delivered before the break: "Hello", " from"
+
+
+async def test_the_body_goes_upstream_unchanged_but_for_model_and_stream_options(proxy, fake_upstream):
+    fake_upstream.reset()
+    body = {"model": "renamed", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.3,
+            "stream": True, "stream_options": {"include_obfuscation": False}, "x_vendor": {"a": [1, 2]}}
+    await post(proxy, body)
+    received = fake_upstream.stats()["last"][-1]
+    forwarded = json.loads(received["body"])
+    assert forwarded == {**body, "model": "fake-ok",
+                         "stream_options": {"include_obfuscation": False, "include_usage": True}}
+    assert received["headers"]["Authorization"] == "Bearer sk-real-provider-secret"
+
+
+async def test_a_non_streamed_body_with_the_same_model_name_is_forwarded_byte_for_byte(proxy, fake_upstream):
+    fake_upstream.reset()
+    raw = b'{"model":  "fake-ok", "messages": [{"role":"user","content":"hi"}],  "seed": 7}'
+    async with aiohttp.ClientSession() as session:
+        async with session.post(proxy.url + "/v1/chat/completions", data=raw,
+                                headers={**AUTH, "Content-Type": "application/json"}) as resp:
+            assert resp.status == 200
+            assert await resp.read() == json.dumps(fake.completion_body("fake-ok"), separators=(",", ":")).encode()
+    assert fake_upstream.stats()["last"][-1]["body"].encode() == raw
+
+
+async def test_the_provider_key_never_reaches_the_client_or_the_ledger(proxy):
+    for model in ("fake-ok", "fake-error-500-text", "fake-error-429"):
+        _, body, headers = await post(proxy, {"model": model, "messages": [{"role": "user", "content": "x"}]})
+        assert b"sk-real-provider-secret" not in body
+        assert "sk-real-provider-secret" not in json.dumps(headers)
+    assert len(events(proxy)) == 1  # also waits for the batched ledger write
+    database = proxy.config_path.parent / "ledger.db"
+    rows = sqlite3.connect(database).execute("SELECT * FROM usage_events").fetchall()
+    assert rows and "sk-real-provider-secret" not in repr(rows)
+    assert "sk-real-provider-secret" not in proxy.log()
+
+
+async def test_each_response_names_its_request_id_which_is_the_event_id(proxy):
+    _, _, headers = await post(proxy, {"model": "fake-ok", "messages": [{"role": "user", "content": "x"}]})
+    event, = events(proxy)
+    assert headers["X-Payware-Request-Id"] == event["id"]
