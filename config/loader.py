@@ -38,6 +38,7 @@ from config.schema import (
     Tiers,
     TierStep,
     WebhookConfig,
+    key_id,
 )
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -244,9 +245,16 @@ class _Reader:
         self.check_unique_keys(customers)
         webhooks = None
         if root.get("webhooks") is not None:
-            hooks = self.mapping(root["webhooks"], "webhooks", ("url", "secret"))
+            hooks = self.mapping(root["webhooks"], "webhooks", ("url", "secret", "thresholds", "max_attempts"))
             secret = self.string(hooks, "secret", "webhooks", None)
-            webhooks = WebhookConfig(url=self.string(hooks, "url", "webhooks"), secret=Secret(secret) if secret else None)
+            thresholds = hooks.get("thresholds", [50, 80, 100])
+            if not isinstance(thresholds, list) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000 for t in thresholds):
+                self.fail("webhooks.thresholds", "must be a list of percentages (integers from 1 to 1000)")
+                thresholds = [50, 80, 100]
+            webhooks = WebhookConfig(url=self.string(hooks, "url", "webhooks"), secret=Secret(secret) if secret else None,
+                                     thresholds=tuple(sorted(set(thresholds))),
+                                     max_attempts=self.integer(hooks, "max_attempts", "webhooks", 6, minimum=1))
         return Config(source=source, server=server, storage=storage, providers=providers, models=models,
                       plans=plans, customers=customers, webhooks=webhooks)
 
@@ -281,7 +289,8 @@ class _Reader:
         )
 
     def storage(self, data: dict, path: str) -> StorageConfig:
-        self.mapping(data, path, ("ledger", "counters", "journal", "flush_interval", "flush_batch"))
+        self.mapping(data, path, ("ledger", "counters", "journal", "flush_interval", "flush_batch",
+                                  "on_counter_failure"))
         ledger = self.string(data, "ledger", path, "sqlite:///payware.db")
         if not ledger.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             self.fail(f"{path}.ledger", f"{ledger!r} must be sqlite:///FILE or postgresql://…")
@@ -294,6 +303,8 @@ class _Reader:
             journal=self.string(data, "journal", path, "./payware.journal"),
             flush_interval=self.number(data, "flush_interval", path, 0.2),
             flush_batch=self.integer(data, "flush_batch", path, 500, minimum=1),
+            on_counter_failure=self.choice(data, "on_counter_failure", path, ("fail_closed", "fail_open"),
+                                           "fail_closed"),
         )
 
     def provider(self, data: dict, path: str, name: str) -> ProviderConfig:
@@ -424,17 +435,23 @@ class _Reader:
                      steps=tuple(steps))
 
     def customer(self, data: dict, path: str, name: str, plans: dict, models: dict) -> CustomerConfig:
-        self.mapping(data, path, ("plan", "cap", "rate_limit", "keys", "models", "anchor_day"))
+        self.mapping(data, path, ("plan", "cap", "rate_limit", "keys", "models", "anchor_day", "key_caps"))
         plan = self.string(data, "plan", path)
         if plan and plan not in plans:
             self.fail(f"{path}.plan", f"{plan!r} is not a configured plan")
         cap = None
         if data.get("cap") is not None:
-            raw = self.mapping(data["cap"], f"{path}.cap", ("amount", "action", "mode"))
+            raw = self.mapping(data["cap"], f"{path}.cap", ("amount", "action", "mode", "clamp", "throttle_rpm"))
             amount = self.decimal(raw, "amount", f"{path}.cap")
+            clamp = raw.get("clamp", False)
+            if not isinstance(clamp, bool):
+                self.fail(f"{path}.cap.clamp", "must be true or false")
+                clamp = False
             cap = CapConfig(amount=amount or Decimal(0),
                             action=self.choice(raw, "action", f"{path}.cap", CAP_ACTIONS, "block"),
-                            mode=self.choice(raw, "mode", f"{path}.cap", CAP_MODES, "hard"))
+                            mode=self.choice(raw, "mode", f"{path}.cap", CAP_MODES, "hard"),
+                            clamp=clamp,
+                            throttle_rpm=self.integer(raw, "throttle_rpm", f"{path}.cap", 6, minimum=1))
         rate = None
         if data.get("rate_limit") is not None:
             raw = self.mapping(data["rate_limit"], f"{path}.rate_limit", ("rpm", "tpm"))
@@ -465,8 +482,17 @@ class _Reader:
         anchor = self.integer(data, "anchor_day", path, 1, minimum=1)
         if anchor > 31:
             self.fail(f"{path}.anchor_day", f"{anchor} is not a day of the month")
+        key_caps = {}
+        known_ids = {key_id(k.removeprefix("sha256:")) for k in keys}
+        for kid, amount in self.mapping(data.get("key_caps"), f"{path}.key_caps").items():
+            if kid not in known_ids:
+                self.fail(f"{path}.key_caps.{kid}", "is not the id of one of this customer's keys "
+                                                   "(`payware keys list` shows them)")
+            value = self.to_decimal(self.expand(amount, f"{path}.key_caps.{kid}"), f"{path}.key_caps.{kid}")
+            if value is not None:
+                key_caps[kid] = value
         return CustomerConfig(id=name, plan=plan, cap=cap, rate_limit=rate, keys=tuple(keys),
-                              models=allowed, anchor_day=anchor)
+                              models=allowed, anchor_day=anchor, key_caps=key_caps)
 
     def check_unique_keys(self, customers: dict[str, CustomerConfig]) -> None:
         owner: dict[str, str] = {}

@@ -41,6 +41,7 @@ class StorageConfig:
     journal: str = "./payware.journal"
     flush_interval: float = 0.2  # seconds between two batched ledger writes
     flush_batch: int = 500
+    on_counter_failure: str = "fail_closed"  # Redis unreachable: "fail_closed" (503) | "fail_open" (local counters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,8 @@ class CapConfig:
     amount: Decimal
     action: str = "block"
     mode: str = "hard"
+    clamp: bool = False  # lower max_tokens to what the budget can pay for instead of refusing
+    throttle_rpm: int = 6  # action "throttle": requests per minute served once the cap is reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +135,15 @@ class CustomerConfig:
     keys: tuple[str, ...] = ()  # "sha256:<hex>" of each key
     models: tuple[str, ...] | None = None  # None: every configured model
     anchor_day: int = 1  # day of month a monthly period starts on
+    key_caps: dict[str, Decimal] = field(default_factory=dict)  # key id -> cap per period
 
 
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     url: str
     secret: Secret | None = None
+    thresholds: tuple[int, ...] = (50, 80, 100)  # percent of the cap
+    max_attempts: int = 6
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,8 +51,8 @@ class UsageEvent:
         """One compact JSON line; money as strings, time as ISO 8601."""
         data = asdict(self)
         data["ts"] = self.ts.isoformat()
-        for name in ("quantity", "cost", "amount"):
-            data[name] = decimal_str(data[name])
+        data["quantity"] = decimal_str(self.quantity)
+        data["cost"], data["amount"] = money_str(self.cost), money_str(self.amount)
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -74,6 +74,13 @@ def decimal_str(value: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"
+
+
+def money_str(value: Decimal) -> str:
+    """Money as a string with at least the cents: "10.00", "0.0000073125"."""
+    text = decimal_str(value)
+    whole, _, fraction = text.partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
 
 
 def utcnow() -> datetime:

@@ -81,6 +81,16 @@ class EventRow(SQLModel, table=True):
     raw_usage: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
+class CustomerCapRow(SQLModel, table=True):
+    """A customer's own spend cap, lower than the admin's; absent: the admin's cap applies."""
+
+    __tablename__ = "customer_caps"
+
+    customer: str = Field(primary_key=True, max_length=128)
+    amount: Decimal = _money()
+    updated_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 _COLUMNS = [c.name for c in EventRow.__table__.columns]
 
 
@@ -120,7 +130,7 @@ class Ledger:
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json_dumps)
         if self.engine.dialect.name == "sqlite":
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine, tables=[EventRow.__table__])
+        SQLModel.metadata.create_all(self.engine, tables=[EventRow.__table__, CustomerCapRow.__table__])
 
     def insert(self, events: Iterable[UsageEvent]) -> int:
         """Write events, skipping ids already there; returns how many rows were new."""
@@ -152,6 +162,19 @@ class Ledger:
             result = conn.execution_options(yield_per=batch).execute(query)
             for row in result:
                 yield from_row(row)
+
+    def customer_caps(self) -> dict[str, Decimal]:
+        with self.engine.connect() as conn:
+            return {row.customer: row.amount for row in conn.execute(select(CustomerCapRow))}
+
+    def set_customer_cap(self, customer: str, amount: Decimal | None) -> None:
+        """Set (or with None, remove) a customer's own cap."""
+        table = CustomerCapRow.__table__
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.customer == customer))
+            if amount is not None:
+                now = _to_us(datetime.now(timezone.utc))
+                conn.execute(table.insert().values(customer=customer, amount=amount, updated_us=now))
 
     def count(self) -> int:
         with self.engine.connect() as conn:

@@ -30,6 +30,7 @@ class CallFacts:
     session: str | None = None
     feature: str | None = None
     meta: dict = field(default_factory=dict)
+    period: str | None = None  # the period the call was admitted in; default: the period of its end
 
 
 class Meter:
@@ -60,7 +61,7 @@ class Meter:
             key_id=facts.key_id,
             metric="tokens",
             quantity=Decimal(usage.input_tokens + usage.output_tokens),
-            period=self.period(facts.customer, ts).key,
+            period=facts.period or self.period(facts.customer, ts).key,
             model=facts.model.name,
             upstream_model=facts.model.upstream,
             provider=facts.model.provider,

@@ -38,13 +38,14 @@ class Recorder:
         self._task: asyncio.Task | None = None
         self._written = 0  # events the ledger has confirmed since start (new or already there)
         self._queued = 0
+        self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
 
-    async def start(self, open_periods: dict[str, str], since: datetime) -> int:
+    async def start(self, open_periods: dict[str, str], since: datetime) -> list[UsageEvent]:
         """Replay the journal into the ledger, rebuild counters, start the flusher.
 
         `open_periods` maps each customer to its open period's key; `since` is the earliest
-        start among them. Returns the number of journal events the ledger did not have yet.
+        start among them. Returns the events of the open periods (to rebuild other projections).
         """
         loop = asyncio.get_running_loop()
         recovered = await loop.run_in_executor(self._writer, self._replay)
@@ -52,7 +53,8 @@ class Recorder:
             None, lambda: [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period])
         await self.counters.rebuild(events)
         self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
-        return recovered
+        self.recovered = recovered
+        return events
 
     def _replay(self) -> int:
         events = list(self.journal.replay())

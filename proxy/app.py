@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,7 +17,11 @@ from metering.ledger import Ledger
 from metering.meter import Meter
 from metering.events import utcnow
 from metering.recorder import Recorder
-from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from metering.budget import MemoryBudget, RedisBudget, to_units
+from metering.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from proxy.admission import Gate
+from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.billing_routes import get_cap, put_cap
 from proxy.auth import KeyRing
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
@@ -24,6 +29,8 @@ from proxy.upstream import make_client_session
 from proxy.usage_routes import usage_events, usage_summary
 
 log = logging.getLogger("payware")
+
+OPEN_EVENTS = web.AppKey("open_events", list)  # handed from the ledger start-up to the budget rebuild
 
 
 @web.middleware
@@ -42,12 +49,15 @@ def make_app(config: Config) -> web.Application:
     app[METER] = Meter(config)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_recorder)
+    app.cleanup_ctx.append(_admission)
     app.router.add_post("/v1/chat/completions", endpoint_handler("chat"))
     app.router.add_post("/v1/completions", endpoint_handler("completions"))
     app.router.add_post("/v1/embeddings", endpoint_handler("embeddings"))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)
+    app.router.add_get("/v1/billing/cap", get_cap)
+    app.router.add_put("/v1/billing/cap", put_cap)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -83,13 +93,55 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
                         flush_interval=storage.flush_interval, flush_batch=storage.flush_batch)
     open_periods, since = app[METER].open_periods(utcnow())
     started = time.perf_counter()
-    recovered = await recorder.start(open_periods, since)
+    app[OPEN_EVENTS] = await recorder.start(open_periods, since)
     log.info("ledger ready in %.0f ms (%d events recovered from the journal)",
-             (time.perf_counter() - started) * 1000, recovered)
+             (time.perf_counter() - started) * 1000, recorder.recovered)
     app[RECORDER] = recorder
     yield
     await recorder.close()
     ledger.close()
+
+
+async def _admission(app: web.Application) -> AsyncIterator[None]:
+    """Budget and rate-limit state: in this process, or in Redis shared by many proxies."""
+    storage = app[CONFIG].storage
+    client = None
+    if storage.counters == "memory":
+        budget, limiter = MemoryBudget(), MemoryRateLimiter()
+    else:
+        import redis.asyncio as redis
+
+        # A blocking pool waits for a free connection under load instead of failing at 100.
+        pool = redis.BlockingConnectionPool.from_url(storage.counters, max_connections=256, timeout=5,
+                                                     socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis.from_pool(pool)
+        budget, limiter = RedisBudget(client), RedisRateLimiter(client)
+    gate = Gate(budget=budget, limiter=limiter)
+    recorder = app[RECORDER]
+    gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
+    await _rebuild_budget(budget, app[CONFIG], app.pop(OPEN_EVENTS))
+    app[GATE] = gate
+    yield
+    await budget.close()
+    if client is not None:
+        await client.aclose()
+
+
+async def _rebuild_budget(budget, config: Config, events) -> None:
+    """Spent per cap scope from the ledger's open-period events, where the store has nothing.
+
+    NOTE: units are summed per event, rounded up, exactly as settlement adds them.
+    """
+    spent: dict[tuple[str, str], dict[str, int]] = {}
+    for event in events:
+        scopes = spent.setdefault((event.customer, event.period), {})
+        units = to_units(event.amount)
+        scopes["customer"] = scopes.get("customer", 0) + units
+        if event.key_id:
+            scopes[f"key:{event.key_id}"] = scopes.get(f"key:{event.key_id}", 0) + units
+    for (customer, period), by_scope in spent.items():
+        if await budget.usage(customer=customer, period=period, scope="customer") == (0, 0):
+            await budget.rebuild(customer=customer, period=period, spent_by_scope=by_scope)
 
 
 async def list_models(request: web.Request) -> web.Response:

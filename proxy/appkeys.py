@@ -8,6 +8,7 @@ from aiohttp import web
 from config.schema import Config
 from metering.meter import Meter
 from metering.recorder import Recorder
+from proxy.admission import Gate
 from proxy.auth import KeyRing
 
 CONFIG = web.AppKey("config", Config)
@@ -15,4 +16,5 @@ KEYRING = web.AppKey("keyring", KeyRing)
 METER = web.AppKey("meter", Meter)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 RECORDER = web.AppKey("recorder", Recorder)
+GATE = web.AppKey("gate", Gate)
 UPSTREAMS = web.AppKey("upstreams", dict)  # provider name -> base URL (the echo provider's is known at start)

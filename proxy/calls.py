@@ -21,7 +21,9 @@ from metering.fallback import final_usage, response_text
 from metering.meter import CallFacts
 from metering.sse import SSEFramer
 from metering.usage import StreamAccumulator, Usage, usage_from_json
-from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from metering.events import utcnow
+from proxy.admission import Admitted, rate_headers
+from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
 from proxy.metadata import request_metadata
@@ -42,9 +44,11 @@ class Call:
     stream: bool
     body: dict
     started: float
+    admitted: Admitted
+    settled: bool = False
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
-        """Price and record the call. NOTE: runs before the response's last byte is sent."""
+        """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
         usage, source = final_usage(reported, endpoint=self.endpoint, body=self.body,
                                     model=self.model.upstream, output_text=output_text)
         session, feature, meta = request_metadata(self.request.headers, self.body)
@@ -53,9 +57,18 @@ class Call:
             request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
             model=self.model, endpoint=self.endpoint, stream=self.stream, usage=usage, usage_source=source,
             status=status, latency_ms=int((time.perf_counter() - self.started) * 1000),
-            session=session, feature=feature, meta=meta,
+            session=session, feature=feature, meta=meta, period=self.admitted.period,
         )
-        await app[RECORDER].record(app[METER].call_event(facts))
+        event = app[METER].call_event(facts)
+        await app[RECORDER].record(event)
+        self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
+        await app[GATE].settle(self.admitted, event.amount, event.id)
+
+    async def release(self) -> None:
+        """The call ended with nothing to bill: give its reservation back."""
+        if not self.settled:
+            self.settled = True
+            await self.request.app[GATE].release(self.admitted)
 
 
 def endpoint_handler(endpoint: str):
@@ -75,18 +88,32 @@ async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
     config = app[CONFIG]
     model = _model(config, caller.customer, body, endpoint)
     stream = _stream_flag(body, endpoint)
+    customer = caller.customer
+    now = utcnow()
+    admitted = await app[GATE].admit(
+        request_id=request["request_id"], customer=customer, key_id=caller.key_id,
+        plan=config.plans[customer.plan], model=model, endpoint=endpoint, body=body,
+        period=app[METER].period(customer, now).key, now=now)
+    if admitted.clamped_max_tokens is not None:
+        body = {**body, _max_tokens_field(body): admitted.clamped_max_tokens}
+        raw = b""  # the body changed: it must be serialized again
     outgoing, strip_usage = _upstream_body(raw, body, model, stream)
     provider = config.providers[model.provider]
     call = Call(request=request, caller=caller, model=model, endpoint=endpoint, stream=stream,
-                body=body, started=started)
-
-    upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + PATHS[endpoint],
-                                   body=outgoing, headers=outgoing_headers(provider), provider=provider.name)
-    if upstream.status >= 300:
-        return await error_passthrough(upstream, provider.name)  # nothing generated, nothing billed
-    if stream:
-        return await _relay_stream(request, upstream, call, strip_usage)
-    return await _relay_json(upstream, call)
+                body=body, started=started, admitted=admitted)
+    try:
+        upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + PATHS[endpoint],
+                                       body=outgoing, headers=outgoing_headers(provider), provider=provider.name)
+        if upstream.status >= 300:
+            response = await error_passthrough(upstream, provider.name)  # nothing generated, nothing billed
+            response.headers.update(rate_headers(admitted.rate))
+            return response
+        if stream:
+            return await _relay_stream(request, upstream, call, strip_usage)
+        return await _relay_json(upstream, call)
+    finally:
+        if not call.settled:
+            await call.release()
 
 
 async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Response:
@@ -167,6 +194,11 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
 def _response_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str, str]:
     headers = relayed_headers(upstream)
     headers["X-Payware-Request-Id"] = call.request["request_id"]
+    headers.update(rate_headers(call.admitted.rate))
+    if call.admitted.cap_reached:
+        headers["X-Payware-Cap-Reached"] = "true"
+    if call.admitted.clamped_max_tokens is not None:
+        headers["X-Payware-Clamped-Max-Tokens"] = str(call.admitted.clamped_max_tokens)
     return headers
 
 
@@ -208,9 +240,13 @@ def _stream_flag(body: dict, endpoint: str) -> bool:
     return stream
 
 
+def _max_tokens_field(body: dict) -> str:
+    return "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+
+
 def _upstream_body(raw: bytes, body: dict, model: ModelConfig, stream: bool) -> tuple[bytes, bool]:
     """The bytes to send upstream, and whether the client did not ask for the usage chunk."""
-    changed = model.upstream != model.name
+    changed = model.upstream != model.name or not raw
     strip_usage = False
     if stream:
         options = body.get("stream_options") or {}

@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from aiohttp import web
 
 from metering.counters import Totals
-from metering.events import decimal_str, utcnow
+from metering.events import decimal_str, money_str, utcnow
 from proxy.appkeys import CONFIG, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
 
@@ -48,11 +48,11 @@ async def usage_summary(request: web.Request) -> web.Response:
     cap = None
     if customer.cap is not None:
         remaining = max(customer.cap.amount - totals.all.amount, Decimal(0))
-        cap = {"amount": decimal_str(customer.cap.amount), "spent": decimal_str(totals.all.amount),
-               "remaining": decimal_str(remaining), "action": customer.cap.action, "mode": customer.cap.mode}
+        cap = {"amount": money_str(customer.cap.amount), "spent": money_str(totals.all.amount),
+               "remaining": money_str(remaining), "action": customer.cap.action, "mode": customer.cap.mode}
     by_model = [
         {"model": name, "requests": t.requests, "tokens": _tokens(t), "quantity": decimal_str(t.quantity),
-         "amount": decimal_str(t.amount)}
+         "amount": money_str(t.amount)}
         for name, t in sorted(totals.by_model.items())
     ]
     summary = {
@@ -61,9 +61,9 @@ async def usage_summary(request: web.Request) -> web.Response:
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat(), "interval": period.interval},
         "requests": totals.all.requests,
         "tokens": _tokens(totals.all),
-        "base_fee": decimal_str(plan.base_fee),
+        "base_fee": money_str(plan.base_fee),
         "amount_due": str(round_money(due, plan.currency)),
-        "amount_due_exact": decimal_str(due),
+        "amount_due_exact": money_str(due),
         "currency": plan.currency,
         "cap": cap,
         "by_model": by_model,

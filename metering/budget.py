@@ -1,0 +1,350 @@
+"""Spend caps: reserve the worst case before a call, settle the actual cost after it.
+
+Money here is integer units of nano-USD (`NANO` units = 1 USD): exact in Python and in Redis
+Lua (doubles are exact up to 2^53 units, $9M per scope and period). Per customer and period,
+each scope (the customer, a key, ...) has `spent` (settled) and `held` (live reservations).
+
+- `reserve` checks every scope and holds `units` on all of them, or on none (one atomic step).
+  `hard`: allowed iff spent + held + units <= limit, so racing requests never exceed the cap.
+  `soft`: allowed iff spent < limit; what is in flight may overshoot it.
+- `settle` adds the actual units to spent once per hold id, even after the hold expired.
+- `release` drops a hold and spends nothing. Holds older than their ttl (a crashed proxy)
+  are dropped, their units freed, before every operation reads `held`.
+
+Hold ids and `add_spent` event ids share one idempotency set per period: both are the usage
+event's id, so a request is counted at most once whichever path records it. Period state
+expires `key_ttl` after its last write (Redis key TTL; the memory store mirrors it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from metering import redis_scripts
+
+NANO = 10**9
+MAX_UNITS = 2**53 - 1  # Lua numbers are doubles: beyond this, sums stop being exact
+KEY_TTL = 40 * 86400.0  # longer than any billing period, so an open period never expires while in use
+MODES = ("hard", "soft")
+
+
+def to_units(amount: Decimal) -> int:
+    """`amount` USD as nano-USD units, rounded up (caps are enforced conservatively). Exact."""
+    if not amount.is_finite():
+        raise ValueError(f"amount must be finite, not {amount}")
+    sign, digits, exponent = amount.as_tuple()
+    coefficient = int("".join(map(str, digits)) or "0")
+    exponent += 9  # NANO = 10**9
+    if exponent >= 0:
+        units = coefficient * 10**exponent
+        return -units if sign else units
+    scale = 10**-exponent
+    # integer ceiling: positive amounts round away from zero, negative ones toward it
+    return -(coefficient // scale) if sign else -(-coefficient // scale)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """One cap a request counts against."""
+
+    name: str  # e.g. "customer" or "key:key_abc123"
+    limit: int | None  # units; None = no cap on this scope (still tracked)
+    mode: str = "hard"  # "hard" | "soft"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("scope name must not be empty")
+        if self.mode not in MODES:
+            raise ValueError(f"scope {self.name!r}: mode must be one of {MODES}, not {self.mode!r}")
+        if self.limit is not None:
+            _check_units(self.limit, f"scope {self.name!r} limit")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A granted reservation: settle it or release it when the call ends."""
+
+    id: str
+    customer: str
+    period: str
+    scopes: tuple[str, ...]
+    units: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to `reserve`, with the numbers the error message or a clamp needs."""
+
+    allowed: bool
+    hold: Hold | None  # set when allowed
+    scope: str | None  # the scope that refused (when not allowed)
+    spent: int  # of the refusing scope; when allowed, of "customer" (else the first scope), hold included
+    held: int
+    limit: int | None
+
+
+class BudgetStore(Protocol):
+    """Caps per customer, scope and period; the memory and the Redis store behave the same."""
+
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
+                      ttl: float = 900.0) -> Decision: ...
+
+    async def settle(self, hold: Hold, actual_units: int) -> bool: ...
+
+    async def release(self, hold: Hold) -> bool: ...
+
+    async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
+                        event_id: str) -> bool: ...
+
+    async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]: ...
+
+    async def rebuild(self, *, customer: str, period: str, spent_by_scope: dict[str, int]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _check_units(units: int, what: str) -> None:
+    if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_UNITS:
+        raise ValueError(f"{what} must be an int in [0, 2**53), not {units!r}")
+
+
+def _check_scopes(scopes: Iterable[Scope | str]) -> None:
+    names = [s.name if isinstance(s, Scope) else s for s in scopes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"scopes must be distinct, got {names}")  # a duplicate would be held twice
+
+
+def _report_index(scopes: list[Scope]) -> int:
+    """Which scope a granted Decision describes: "customer" if present, else the first."""
+    for i, scope in enumerate(scopes):
+        if scope.name == "customer":
+            return i
+    return 0
+
+
+@dataclass(slots=True)
+class _Held:
+    units: int
+    scopes: tuple[str, ...]
+    expires: float
+
+
+@dataclass(slots=True)
+class _Period:
+    spent: dict[str, int] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
+    holds: dict[str, _Held] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)  # settled hold ids and add_spent event ids
+    touched: float = 0.0
+
+    def drop(self, hold_id: str) -> bool:
+        held = self.holds.pop(hold_id, None)
+        if held is None:
+            return False
+        for name in held.scopes:
+            left = self.held[name] - held.units
+            if left:
+                self.held[name] = left
+            else:
+                del self.held[name]
+        return True
+
+    def prune(self, now: float) -> None:
+        # Linear in live holds, which are bounded by the requests in flight.
+        for hold_id in [h for h, held in self.holds.items() if held.expires <= now]:
+            self.drop(hold_id)
+
+
+class MemoryBudget:
+    """The budget in this process (the embedded default): one event loop, so no locks.
+
+    NOTE: every method is atomic because none awaits between its check and its write.
+    `clock` (seconds, `time.monotonic` by default) times hold expiry; tests inject a fake one.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, key_ttl: float = KEY_TTL):
+        self._clock = clock
+        self._key_ttl = key_ttl
+        self._periods: dict[tuple[str, str], _Period] = {}
+        self._swept = clock()
+
+    def _period(self, customer: str, period: str, *, write: bool) -> _Period:
+        now = self._clock()
+        if now - self._swept >= 60.0:  # mirror Redis key TTLs: forget periods idle for key_ttl
+            self._swept = now
+            for key in [k for k, p in self._periods.items() if p.touched + self._key_ttl <= now]:
+                del self._periods[key]
+        state = self._periods.get((customer, period))
+        if state is None:
+            state = _Period()
+            if write:
+                self._periods[(customer, period)] = state
+        state.prune(now)
+        if write:
+            state.touched = now
+        return state
+
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
+                      ttl: float = 900.0) -> Decision:
+        """Hold `units` on every scope, or on none; see the module docstring for the modes."""
+        _check_units(units, "units")
+        _check_scopes(scopes)
+        state = self._period(customer, period, write=True)
+        names = tuple(s.name for s in scopes)
+        existing = state.holds.get(hold_id)
+        if existing is None:
+            for scope in scopes:
+                if scope.limit is None:
+                    continue
+                spent, held = state.spent.get(scope.name, 0), state.held.get(scope.name, 0)
+                ok = spent + held + units <= scope.limit if scope.mode == "hard" else spent < scope.limit
+                if not ok:
+                    return Decision(False, None, scope.name, spent, held, scope.limit)
+            for name in names:
+                state.held[name] = state.held.get(name, 0) + units
+            existing = state.holds[hold_id] = _Held(units, names, self._clock() + ttl)
+        # else: a retried reserve of a live hold: grant it again, hold nothing more
+        hold = Hold(hold_id, customer, period, names, existing.units)
+        if not scopes:
+            return Decision(True, hold, None, 0, 0, None)
+        report = scopes[_report_index(scopes)]
+        return Decision(True, hold, None, state.spent.get(report.name, 0), state.held.get(report.name, 0),
+                        report.limit)
+
+    async def settle(self, hold: Hold, actual_units: int) -> bool:
+        """Spend `actual_units` on the hold's scopes and drop it; only the first call counts."""
+        _check_units(actual_units, "actual_units")
+        state = self._period(hold.customer, hold.period, write=True)
+        # NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
+        if hold.id in state.applied:
+            return False
+        state.applied.add(hold.id)
+        for name in hold.scopes:
+            state.spent[name] = state.spent.get(name, 0) + actual_units
+        state.drop(hold.id)
+        return True
+
+    async def release(self, hold: Hold) -> bool:
+        """Drop a live hold, spending nothing; False if it was settled, released or expired."""
+        state = self._period(hold.customer, hold.period, write=False)
+        return state.drop(hold.id)
+
+    async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
+                        event_id: str) -> bool:
+        """Spend without a hold (a custom usage record, a call served past the cap); once per event id."""
+        _check_units(units, "units")
+        _check_scopes(scopes)
+        state = self._period(customer, period, write=True)
+        if event_id in state.applied:
+            return False
+        state.applied.add(event_id)
+        for name in scopes:
+            state.spent[name] = state.spent.get(name, 0) + units
+        return True
+
+    async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
+        """(spent, held) of one scope, live holds only."""
+        state = self._period(customer, period, write=False)
+        return state.spent.get(scope, 0), state.held.get(scope, 0)
+
+    async def rebuild(self, *, customer: str, period: str, spent_by_scope: dict[str, int]) -> None:
+        """Set spent from the ledger and clear the holds; the applied ids are kept."""
+        for name, units in spent_by_scope.items():
+            _check_units(units, f"spent of {name!r}")
+        state = self._period(customer, period, write=True)
+        state.spent = {name: units for name, units in spent_by_scope.items()}
+        state.held.clear()
+        state.holds.clear()
+
+    async def close(self) -> None:
+        """Nothing to close: the state lives and dies with the process."""
+
+
+class RedisBudget:
+    """The budget in Redis, shared by every proxy instance; each operation is one Lua script.
+
+    Keys: `{prefix}:{{customer}}:budget:{period}:spent|held|holds|expiry|applied`. The hash tag
+    puts all of a customer's keys in one Redis Cluster slot, so one script may touch them all.
+    Hold expiry uses the Redis server's clock. The client belongs to the caller, who closes it.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "pw", key_ttl: float = KEY_TTL):
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain braces: the customer is the hash tag")
+        self._prefix = prefix
+        self._key_ttl = str(max(1, int(key_ttl)))
+        self._reserve = client.register_script(redis_scripts.BUDGET_RESERVE)
+        self._settle = client.register_script(redis_scripts.BUDGET_SETTLE)
+        self._release = client.register_script(redis_scripts.BUDGET_RELEASE)
+        self._add_spent = client.register_script(redis_scripts.BUDGET_ADD_SPENT)
+        self._usage = client.register_script(redis_scripts.BUDGET_USAGE)
+        self._rebuild = client.register_script(redis_scripts.BUDGET_REBUILD)
+
+    def _keys(self, customer: str, period: str) -> list[str]:
+        base = f"{self._prefix}:{{{customer}}}:budget:{period}"
+        return [f"{base}:{part}" for part in ("spent", "held", "holds", "expiry", "applied")]
+
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
+                      ttl: float = 900.0) -> Decision:
+        """Hold `units` on every scope, or on none; see the module docstring for the modes."""
+        _check_units(units, "units")
+        _check_scopes(scopes)
+        args: list[str] = [self._key_ttl, hold_id, str(units), str(max(0, int(ttl * 1000))),
+                           str(_report_index(scopes) + 1 if scopes else 0)]
+        for scope in scopes:
+            args += [scope.name, "" if scope.limit is None else str(scope.limit), scope.mode]
+        status, index, spent, held, limit, held_units = await self._reserve(
+            keys=self._keys(customer, period), args=args)
+        scope_limit = None if limit < 0 else int(limit)
+        if status == 0:
+            return Decision(False, None, scopes[index - 1].name, int(spent), int(held), scope_limit)
+        hold = Hold(hold_id, customer, period, tuple(s.name for s in scopes), int(held_units))
+        return Decision(True, hold, None, int(spent), int(held), scope_limit)
+
+    async def settle(self, hold: Hold, actual_units: int) -> bool:
+        """Spend `actual_units` on the hold's scopes and drop it; only the first call counts."""
+        _check_units(actual_units, "actual_units")
+        args = [self._key_ttl, hold.id, str(actual_units), *hold.scopes]
+        return bool(await self._settle(keys=self._keys(hold.customer, hold.period), args=args))
+
+    async def release(self, hold: Hold) -> bool:
+        """Drop a live hold, spending nothing; False if it was settled, released or expired."""
+        args = [self._key_ttl, hold.id]
+        return bool(await self._release(keys=self._keys(hold.customer, hold.period), args=args))
+
+    async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
+                        event_id: str) -> bool:
+        """Spend without a hold (a custom usage record, a call served past the cap); once per event id."""
+        _check_units(units, "units")
+        _check_scopes(scopes)
+        args = [self._key_ttl, event_id, str(units), *scopes]
+        return bool(await self._add_spent(keys=self._keys(customer, period), args=args))
+
+    async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
+        """(spent, held) of one scope, live holds only."""
+        spent, held = await self._usage(keys=self._keys(customer, period), args=[self._key_ttl, scope])
+        return int(spent), int(held)
+
+    async def rebuild(self, *, customer: str, period: str, spent_by_scope: dict[str, int]) -> None:
+        """Set spent from the ledger and clear the holds; the applied ids are kept.
+
+        NOTE: with several proxies on one Redis this also drops the other proxies' live holds,
+        and the ledger may lag their settled spend: rebuild only counters that are missing.
+        """
+        args = [self._key_ttl]
+        for name, units in spent_by_scope.items():
+            _check_units(units, f"spent of {name!r}")
+            args += [name, str(units)]
+        await self._rebuild(keys=self._keys(customer, period), args=args)
+
+    async def close(self) -> None:
+        """Nothing to close: the Redis client belongs to the caller."""
+
+
+__all__ = ["NANO", "BudgetStore", "Decision", "Hold", "MemoryBudget", "RedisBudget", "Scope", "to_units"]

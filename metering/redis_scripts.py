@@ -1,0 +1,219 @@
+"""The Lua scripts behind the Redis budget and rate limiter: each call is one atomic script.
+
+Why scripts: a check and the write it allows must happen with nothing in between, across every
+proxy sharing the Redis; a script runs alone on the server. The clock is the server's `TIME`,
+so proxies with skewed clocks still agree on when a hold expires or a bucket drains.
+
+Integers only: Lua numbers are doubles, exact up to 2^53. Every number sent back to Redis goes
+through `fmt` (`%d`), never through Lua's own number-to-string (`%.14g`, which loses digits).
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end  -- needed before TIME on Redis < 5
+local function fmt(n) return string.format('%d', n) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# Budget: KEYS = spent (hash scope->units), held (hash scope->units), holds (hash id->json),
+# expiry (zset id->expiry ms), applied (set of settled hold ids and event ids).
+# ARGV[1] is always the period keys' TTL in seconds.
+_BUDGET_PRELUDE = _PRELUDE + """
+local SPENT, HELD, HOLDS, EXPIRY, APPLIED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+
+local function unhold(raw)
+  local h = cjson.decode(raw)
+  for _, s in ipairs(h.s) do
+    if redis.call('HINCRBY', HELD, s, fmt(-tonumber(h.u))) == 0 then redis.call('HDEL', HELD, s) end
+  end
+end
+
+local function drop(id)
+  local raw = redis.call('HGET', HOLDS, id)
+  if not raw then return false end
+  unhold(raw)
+  redis.call('HDEL', HOLDS, id)
+  redis.call('ZREM', EXPIRY, id)
+  return true
+end
+
+-- Holds of crashed proxies: free their units before anything reads `held`.
+local function prune(now)
+  local expired = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', fmt(now))
+  for _, id in ipairs(expired) do
+    local raw = redis.call('HGET', HOLDS, id)
+    if raw then
+      unhold(raw)
+      redis.call('HDEL', HOLDS, id)
+    end
+  end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', EXPIRY, '-inf', fmt(now)) end
+end
+
+local function touch()
+  for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+
+local function usage(scope)
+  return tonumber(redis.call('HGET', SPENT, scope) or '0'), tonumber(redis.call('HGET', HELD, scope) or '0')
+end
+"""
+
+# ARGV: key_ttl, hold_id, units, ttl_ms, report (1-based scope index), then per scope: name, limit|'', mode.
+# Returns {status, scope index, spent, held, limit|-1, units}; status 0 refused, 1 granted,
+# 2 granted earlier (a retried reserve of a live hold: nothing more is held).
+BUDGET_RESERVE = _BUDGET_PRELUDE + """
+local now = now_ms()
+prune(now)
+local id, units_s, ttl_ms, report = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local units = tonumber(units_s)
+local scopes, limits, modes = {}, {}, {}
+for i = 6, #ARGV, 3 do
+  scopes[#scopes + 1] = ARGV[i]
+  limits[#limits + 1] = ARGV[i + 1]
+  modes[#modes + 1] = ARGV[i + 2]
+end
+local function answer(status, i, held_units)
+  if i == 0 then return {status, 0, 0, 0, -1, held_units} end
+  local spent, held = usage(scopes[i])
+  local limit = limits[i] == '' and -1 or tonumber(limits[i])
+  return {status, i, spent, held, limit, held_units}
+end
+
+local existing = redis.call('HGET', HOLDS, id)
+if existing then return answer(2, report, tonumber(cjson.decode(existing).u)) end
+
+-- NOTE: check every scope before writing any: a refusal must hold nothing anywhere.
+for i, scope in ipairs(scopes) do
+  if limits[i] ~= '' then
+    local limit = tonumber(limits[i])
+    local spent, held = usage(scope)
+    local ok
+    if modes[i] == 'hard' then ok = spent + held + units <= limit else ok = spent < limit end
+    if not ok then return answer(0, i, 0) end
+  end
+end
+for _, scope in ipairs(scopes) do redis.call('HINCRBY', HELD, scope, units_s) end
+redis.call('HSET', HOLDS, id, cjson.encode({u = units_s, s = scopes}))
+redis.call('ZADD', EXPIRY, fmt(now + ttl_ms), id)
+touch()
+return answer(1, report, units)
+"""
+
+# ARGV: key_ttl, hold_id, actual_units, then the hold's scope names. Returns 1, or 0 if settled before.
+BUDGET_SETTLE = _BUDGET_PRELUDE + """
+prune(now_ms())
+-- NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
+if redis.call('SADD', APPLIED, ARGV[2]) == 0 then return 0 end
+for i = 4, #ARGV do redis.call('HINCRBY', SPENT, ARGV[i], ARGV[3]) end
+drop(ARGV[2])
+touch()
+return 1
+"""
+
+# ARGV: key_ttl, hold_id. Returns 1 if the hold was live, else 0.
+BUDGET_RELEASE = _BUDGET_PRELUDE + """
+prune(now_ms())
+if not drop(ARGV[2]) then return 0 end
+touch()
+return 1
+"""
+
+# ARGV: key_ttl, event_id, units, then scope names. Returns 1, or 0 if that event was counted before.
+BUDGET_ADD_SPENT = _BUDGET_PRELUDE + """
+if redis.call('SADD', APPLIED, ARGV[2]) == 0 then return 0 end
+for i = 4, #ARGV do redis.call('HINCRBY', SPENT, ARGV[i], ARGV[3]) end
+touch()
+return 1
+"""
+
+# ARGV: key_ttl, scope. Returns {spent, held}.
+BUDGET_USAGE = _BUDGET_PRELUDE + """
+prune(now_ms())
+local spent, held = usage(ARGV[2])
+return {spent, held}
+"""
+
+# ARGV: key_ttl, then pairs of scope name, spent units. The applied set is kept on purpose:
+# an event already counted and in the ledger must not count again if its settle is retried.
+BUDGET_REBUILD = _BUDGET_PRELUDE + """
+redis.call('DEL', SPENT, HELD, HOLDS, EXPIRY)
+for i = 2, #ARGV, 2 do redis.call('HSET', SPENT, ARGV[i], ARGV[i + 1]) end
+touch()
+return 1
+"""
+
+# Rate limits: one hash per limit (KEYS[i]) with fields r (request level), t (token level),
+# ts (ms of the last drain). A level is in unit-milliseconds: each unit adds WINDOW_MS, a rate
+# of R per minute drains R per ms, and the bucket holds R * WINDOW_MS (see metering.ratelimit).
+_RATE_PRELUDE = _PRELUDE + """
+local W = 60000
+local function drained(key, now, rpm, tpm)
+  local st = redis.call('HMGET', key, 'r', 't', 'ts')
+  local r, t, ts = tonumber(st[1] or '0'), tonumber(st[2] or '0'), tonumber(st[3] or '0')
+  local elapsed = math.max(0, now - ts)  -- a clock step back (failover) must not add debt
+  if rpm then r = math.max(0, r - rpm * elapsed) else r = 0 end
+  if tpm then t = math.max(0, t - tpm * elapsed) else t = 0 end
+  return r, t
+end
+local function store(key, now, r, t, rpm, tpm)
+  redis.call('HSET', key, 'r', fmt(r), 't', fmt(t), 'ts', fmt(now))
+  local empty_in = 0  -- ms until both buckets are empty: after that the key carries no state
+  if rpm then empty_in = math.max(empty_in, math.ceil(r / rpm)) end
+  if tpm then empty_in = math.max(empty_in, math.ceil(t / tpm)) end
+  redis.call('PEXPIRE', key, fmt(empty_in + 1000))
+end
+local function limits()
+  local out = {}
+  for i = 1, #KEYS do
+    out[i] = {tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])}  -- '' -> nil: no limit
+  end
+  return out
+end
+"""
+
+# ARGV: tokens, then per key: rpm|'', tpm|''. Returns {allowed, r1, t1, r2, t2, ...}: the levels
+# after the grant, or before it when refused (then nothing was written).
+RATE_ACQUIRE = _RATE_PRELUDE + """
+local now, tokens, lim = now_ms(), tonumber(ARGV[1]), limits()
+local out, levels, allowed = {1}, {}, true
+for i, key in ipairs(KEYS) do
+  local rpm, tpm = lim[i][1], lim[i][2]
+  local r, t = drained(key, now, rpm, tpm)
+  levels[i] = {r, t}
+  if rpm and r + W > rpm * W then allowed = false end
+  if tpm and t + tokens * W > tpm * W then allowed = false end
+end
+for i, key in ipairs(KEYS) do
+  local rpm, tpm = lim[i][1], lim[i][2]
+  local r, t = levels[i][1], levels[i][2]
+  if allowed then
+    if rpm then r = r + W end
+    if tpm then t = t + tokens * W end
+    store(key, now, r, t, rpm, tpm)
+  end
+  out[#out + 1] = r
+  out[#out + 1] = t
+end
+if not allowed then out[1] = 0 end
+return out
+"""
+
+# ARGV: delta_tokens, then per key: rpm|'', tpm|''. The token level moves by delta: never below 0,
+# never past 10 windows of debt (so the numbers stay exact; see MAX_DEBT_WINDOWS).
+RATE_ADJUST = _RATE_PRELUDE + """
+local now, delta, lim = now_ms(), tonumber(ARGV[1]), limits()
+for i, key in ipairs(KEYS) do
+  local rpm, tpm = lim[i][1], lim[i][2]
+  if tpm then
+    local r, t = drained(key, now, rpm, tpm)
+    t = math.min(math.max(0, t + delta * W), 10 * tpm * W)
+    store(key, now, r, t, rpm, tpm)
+  end
+end
+return 1
+"""

@@ -1,0 +1,178 @@
+"""Admission: rate limits and spend caps, decided before any byte goes to a provider.
+
+The worst-case cost of a call (its prompt counted with tiktoken, plus `max_tokens`, else the
+model's max output) is reserved against every cap that applies, in one atomic step. When the
+response ends the reservation is settled with the actual amount; when the provider failed
+before generating anything it is released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from config.schema import CustomerConfig, ModelConfig, PlanConfig
+from metering.budget import BudgetStore, Decision, Hold, Scope, to_units
+from metering.events import decimal_str
+from metering.rating import price_tokens
+from metering.ratelimit import Limit, RateDecision, RateLimiter
+from metering.tokens import count_prompt
+from metering.usage import Usage
+from proxy.errors import RateLimited, SpendCapReached
+
+DEFAULT_MAX_OUTPUT = 4096  # worst case for a model whose max output nobody knows
+
+
+@dataclass(slots=True)
+class Admitted:
+    """What admission granted a call: settle or release it when the call ends."""
+
+    customer: str
+    period: str
+    scopes: tuple[str, ...]
+    hold: Hold | None  # None when served past the cap (throttle, notify, soft)
+    prompt_tokens: int
+    rate: RateDecision | None
+    cap_reached: bool = False  # served although the cap is reached (notify / throttle)
+    clamped_max_tokens: int | None = None
+
+
+class Gate:
+    """Decides, per call, whether it may go upstream; keyword-only dependencies."""
+
+    def __init__(self, *, budget: BudgetStore, limiter: RateLimiter, reservation_ttl: float = 900.0):
+        self.budget = budget
+        self.limiter = limiter
+        self.reservation_ttl = reservation_ttl
+        self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (see CapStore)
+
+    def cap_amount(self, customer: CustomerConfig) -> Decimal | None:
+        """The cap in force: the admin's, or the customer's own when lower."""
+        own = self.customer_caps.get(customer.id)
+        admin = customer.cap.amount if customer.cap is not None else None
+        if own is None:
+            return admin
+        return own if admin is None else min(own, admin)
+
+    def scopes(self, customer: CustomerConfig, key_id: str | None) -> list[Scope]:
+        amount = self.cap_amount(customer)
+        mode = customer.cap.mode if customer.cap is not None else "hard"
+        scopes = [Scope(name="customer", limit=to_units(amount) if amount is not None else None, mode=mode)]
+        if key_id is not None and key_id in customer.key_caps:
+            scopes.append(Scope(name=f"key:{key_id}", limit=to_units(customer.key_caps[key_id]), mode=mode))
+        return scopes
+
+    async def admit(self, *, request_id: str, customer: CustomerConfig, key_id: str | None, plan: PlanConfig,
+                    model: ModelConfig, endpoint: str, body: dict, period: str, now: datetime) -> Admitted:
+        needs_count = customer.cap is not None or customer.key_caps or (
+            customer.rate_limit is not None and customer.rate_limit.tpm) or customer.id in self.customer_caps
+        prompt = count_prompt(endpoint, body, model.upstream) if needs_count else 0
+        max_out = 0 if endpoint == "embeddings" else _max_output(body, model)
+        rate = await self._rate(customer, key_id, prompt + max_out)
+        scopes = self.scopes(customer, key_id)
+        worst = to_units(_amount(model, plan, prompt, max_out, now))
+        decision = await self.budget.reserve(customer=customer.id, period=period, hold_id=request_id,
+                                             units=worst, scopes=scopes, ttl=self.reservation_ttl)
+        names = tuple(s.name for s in scopes)
+        if decision.allowed:
+            return Admitted(customer.id, period, names, decision.hold, prompt, rate)
+        cap = customer.cap
+        if cap is not None and cap.clamp and endpoint != "embeddings":
+            clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now)
+            if clamped is not None:
+                hold, max_tokens = clamped
+                return Admitted(customer.id, period, names, hold, prompt, rate, clamped_max_tokens=max_tokens)
+        action = cap.action if cap is not None else "block"
+        if action == "notify":
+            return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True)
+        if action == "throttle":
+            throttle = Limit(name=f"throttle:{customer.id}", rpm=cap.throttle_rpm, tpm=None)
+            slow = await self.limiter.acquire(customer=customer.id, limits=[throttle], tokens=0)
+            if slow.allowed:
+                return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True)
+            raise RateLimited(
+                f"Spend cap reached: requests are throttled to {cap.throttle_rpm} per minute.",
+                headers={"Retry-After": _seconds(slow.retry_after)})
+        raise SpendCapReached(_cap_message(decision), headers={"x-should-retry": "false"})
+
+    async def settle(self, admitted: Admitted, amount: Decimal, event_id: str) -> None:
+        units = to_units(amount)
+        if admitted.hold is not None:
+            await self.budget.settle(admitted.hold, units)
+        else:
+            await self.budget.add_spent(customer=admitted.customer, period=admitted.period,
+                                        scopes=admitted.scopes, units=units, event_id=event_id)
+
+    async def release(self, admitted: Admitted) -> None:
+        if admitted.hold is not None:
+            await self.budget.release(admitted.hold)
+
+    async def _rate(self, customer: CustomerConfig, key_id: str | None, tokens: int) -> RateDecision | None:
+        limit = customer.rate_limit
+        if limit is None or (limit.rpm is None and limit.tpm is None):
+            return None
+        limits = [Limit(name=f"customer:{customer.id}", rpm=limit.rpm, tpm=limit.tpm)]
+        if key_id is not None:
+            limits.append(Limit(name=f"key:{key_id}", rpm=limit.rpm, tpm=limit.tpm))
+        decision = await self.limiter.acquire(customer=customer.id, limits=limits, tokens=tokens)
+        if not decision.allowed:
+            raise RateLimited("Rate limit reached for requests" if decision.remaining_requests == 0
+                              else "Rate limit reached for tokens",
+                              headers={"Retry-After": _seconds(decision.retry_after), **rate_headers(decision)})
+        return decision
+
+    async def _clamp(self, request_id, customer, plan, model, prompt, period, scopes, decision: Decision, now):
+        """Reserve with the largest max_tokens the remaining budget pays for, if any."""
+        if decision.limit is None:
+            return None
+        room = decision.limit - decision.spent - decision.held
+        per_token = to_units(_amount(model, plan, 0, 1, now)) or 1
+        input_units = to_units(_amount(model, plan, prompt, 0, now))
+        max_tokens = (room - input_units) // per_token
+        if max_tokens < 1:
+            return None
+        worst = to_units(_amount(model, plan, prompt, max_tokens, now))
+        retry = await self.budget.reserve(customer=customer.id, period=period, hold_id=request_id, units=worst,
+                                          scopes=scopes, ttl=self.reservation_ttl)
+        return (retry.hold, max_tokens) if retry.allowed else None
+
+
+def rate_headers(decision: RateDecision | None) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers for the tightest limit."""
+    if decision is None:
+        return {}
+    headers = {}
+    if decision.limit_requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(decision.limit_requests)
+        headers["x-ratelimit-remaining-requests"] = str(max(decision.remaining_requests or 0, 0))
+        headers["x-ratelimit-reset-requests"] = f"{decision.reset_requests:.3f}s"
+    if decision.limit_tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(decision.limit_tokens)
+        headers["x-ratelimit-remaining-tokens"] = str(max(decision.remaining_tokens or 0, 0))
+        headers["x-ratelimit-reset-tokens"] = f"{decision.reset_tokens:.3f}s"
+    return headers
+
+
+def _max_output(body: dict, model: ModelConfig) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return model.max_output_tokens or DEFAULT_MAX_OUTPUT
+
+
+def _amount(model: ModelConfig, plan: PlanConfig, input_tokens: int, output_tokens: int, now: datetime) -> Decimal:
+    return price_tokens(model, plan, Usage(input_tokens=input_tokens, output_tokens=output_tokens), now).amount
+
+
+def _seconds(value: float) -> str:
+    return str(max(1, int(value + 0.999)))
+
+
+def _cap_message(decision: Decision) -> str:
+    limit = Decimal(decision.limit or 0) / Decimal(10**9)
+    scope = "this key's" if (decision.scope or "").startswith("key:") else "your"
+    return (f"You have reached {scope} spend cap of ${decimal_str(limit)} for this billing period. "
+            "Raise the cap or upgrade the plan to continue.")
+

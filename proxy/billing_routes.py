@@ -1,0 +1,84 @@
+"""Billing endpoints: the customer's own spend cap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal, InvalidOperation
+
+from aiohttp import web
+
+from metering.budget import NANO
+from metering.events import decimal_str, money_str, utcnow
+from proxy.appkeys import GATE, KEYRING, METER, RECORDER
+from proxy.errors import InvalidRequest
+
+
+async def get_cap(request: web.Request) -> web.Response:
+    """`GET /v1/billing/cap`: the caps in force and what is spent and held against them."""
+    customer = request.app[KEYRING].subject(request)
+    return web.json_response(await _cap_view(request.app, customer))
+
+
+async def put_cap(request: web.Request) -> web.Response:
+    """`PUT /v1/billing/cap` `{"amount": "5.00"}` sets the customer's own cap; `null` removes it."""
+    app = request.app
+    customer = app[KEYRING].subject(request)
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        raise InvalidRequest("the body must be JSON: {\"amount\": \"5.00\"}") from None
+    if not isinstance(body, dict) or "amount" not in body:
+        raise InvalidRequest("give the cap as {\"amount\": \"5.00\"} (or null to remove it)", param="amount")
+    amount = _amount(body["amount"])
+    admin = customer.cap.amount if customer.cap is not None else None
+    if amount is not None and admin is not None and amount > admin:
+        raise InvalidRequest(f"the cap cannot be above the limit the operator set (${decimal_str(admin)})",
+                             param="amount", code="cap_above_limit")
+    await asyncio.get_running_loop().run_in_executor(
+        None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
+    gate = app[GATE]
+    if amount is None:
+        gate.customer_caps.pop(customer.id, None)
+    else:
+        gate.customer_caps[customer.id] = amount
+    return web.json_response(await _cap_view(app, customer))
+
+
+def _amount(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidRequest("amount must be a decimal string such as \"5.00\"", param="amount")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise InvalidRequest(f"amount {value!r} is not a decimal", param="amount") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidRequest("amount must be a decimal of zero or more", param="amount")
+    if amount.as_tuple().exponent < -9:
+        raise InvalidRequest("amount has more than 9 decimal places", param="amount")
+    return amount
+
+
+async def _cap_view(app: web.Application, customer) -> dict:
+    gate = app[GATE]
+    period = app[METER].period(customer, utcnow())
+    spent, held = await gate.budget.usage(customer=customer.id, period=period.key, scope="customer")
+    effective = gate.cap_amount(customer)
+    admin = customer.cap
+    return {
+        "customer": customer.id,
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat(), "interval": period.interval},
+        "admin_cap": None if admin is None else {"amount": money_str(admin.amount), "action": admin.action,
+                                                  "mode": admin.mode, "clamp": admin.clamp},
+        "customer_cap": _money(gate.customer_caps.get(customer.id)),
+        "amount": _money(effective),
+        "spent": money_str(Decimal(spent) / NANO),
+        "held": money_str(Decimal(held) / NANO),
+        "remaining": None if effective is None else money_str(max(effective - Decimal(spent + held) / NANO, Decimal(0))),
+    }
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else money_str(value)

@@ -1,0 +1,144 @@
+"""Spend caps and rate limits as the official openai SDK sees them."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from decimal import Decimal
+
+import openai
+import pytest
+
+from tests.conftest import ADMIN_KEY, KEYS, key_hash
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def customers(cap: str, extra: str = "") -> str:
+    return f"""
+  acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}"], cap: {{{cap}}}{extra}}}
+  globex: {{plan: payg, keys: ["{key_hash(KEYS['globex'])}"]}}
+"""
+
+
+def sdk(proxy, key=KEYS["acme"], retries=2) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=retries)
+
+
+def http(proxy, method: str, path: str, body: dict | None = None, key: str = KEYS["acme"]):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(proxy.url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def billed(proxy) -> Decimal:
+    return Decimal(http(proxy, "GET", "/v1/usage/summary")[1]["amount_due_exact"])
+
+
+def upstream_calls(fake_upstream) -> int:
+    return fake_upstream.stats()["requests"].get("/v1/chat/completions", 0)
+
+
+def test_a_blocked_request_is_a_429_the_sdk_does_not_retry_and_never_reaches_the_provider(
+        proxy_factory, fake_upstream):
+    # Each call reserves (9 prompt + 10 output tokens) ~ $0.0000092 and bills $0.0000073125.
+    proxy = proxy_factory(customers=customers('amount: "0.00003", action: block'))
+    fake_upstream.reset()
+    served = 0
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(20):
+            sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+            served += 1
+    assert info.value.body["code"] == "spend_cap_reached" and info.value.body["type"] == "insufficient_quota"
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert upstream_calls(fake_upstream) == served  # the refused one (and no retry) never went upstream
+    assert 1 <= served < 20
+    assert billed(proxy) <= Decimal("0.00003")
+
+
+def test_a_throttled_request_is_a_429_the_sdk_retries_after_retry_after(proxy_factory, fake_upstream):
+    # Past the cap, 60 requests per minute are served (a minute's worth may come at once).
+    proxy = proxy_factory(customers=customers('amount: "0.000001", action: throttle, throttle_rpm: 60'))
+    client = sdk(proxy, retries=3)
+    first = client.chat.completions.with_raw_response.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert first.headers["x-payware-cap-reached"] == "true"  # over the cap, served at the throttled rate
+    served, began = 1, time.monotonic()
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(200):
+            sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+            served += 1
+    refilled = time.monotonic() - began + 1  # one more a second while the loop ran
+    assert 60 <= served <= 60 + refilled
+    assert info.value.body["code"] == "rate_limit_exceeded"
+    assert int(info.value.response.headers["retry-after"]) >= 1
+    started = time.monotonic()
+    client.chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)  # waits, retries, succeeds
+    assert time.monotonic() - started >= 0.5
+
+
+def test_notify_serves_past_the_cap_and_flags_it(proxy_factory):
+    proxy = proxy_factory(customers=customers('amount: "0.000001", action: notify'))
+    for _ in range(3):
+        response = sdk(proxy).chat.completions.with_raw_response.create(model="fake-ok", messages=MESSAGES)
+        assert response.headers["x-payware-cap-reached"] == "true"
+    assert billed(proxy) == 3 * Decimal("0.0000073125")
+
+
+def test_a_customer_lowers_its_own_cap_and_is_held_to_it_at_once(proxy_factory, fake_upstream):
+    proxy = proxy_factory(customers=customers('amount: "10.00", action: block'))
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    status, view = http(proxy, "PUT", "/v1/billing/cap", {"amount": "0.00001"})
+    assert status == 200 and view["amount"] == "0.00001" and view["customer_cap"] == "0.00001"
+    fake_upstream.reset()
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert info.value.body["code"] == "spend_cap_reached"
+    assert upstream_calls(fake_upstream) == 0
+
+
+def test_a_customer_cannot_raise_its_cap_past_the_admins(proxy_factory):
+    proxy = proxy_factory(customers=customers('amount: "10.00", action: block'))
+    status, error = http(proxy, "PUT", "/v1/billing/cap", {"amount": "10.01"})
+    assert status == 400 and error["error"]["code"] == "cap_above_limit"
+    assert http(proxy, "GET", "/v1/billing/cap")[1]["amount"] == "10.00"
+    status, _ = http(proxy, "PUT", "/v1/billing/cap", {"amount": "lots"})
+    assert status == 400
+
+
+def test_the_customer_cap_survives_a_restart(proxy_factory):
+    proxy = proxy_factory(customers=customers('amount: "10.00", action: block'))
+    http(proxy, "PUT", "/v1/billing/cap", {"amount": "2.50"})
+    proxy.stop()
+    proxy.start()
+    assert http(proxy, "GET", "/v1/billing/cap")[1]["amount"] == "2.50"
+    assert http(proxy, "GET", "/v1/billing/cap?customer=acme", key=ADMIN_KEY)[1]["amount"] == "2.50"
+
+
+def test_clamp_lowers_max_tokens_to_what_the_budget_pays_for(proxy_factory, fake_upstream):
+    proxy = proxy_factory(customers=customers('amount: "0.00001", action: block, clamp: true'))
+    fake_upstream.reset()
+    response = sdk(proxy).chat.completions.with_raw_response.create(
+        model="fake-ok", messages=MESSAGES, max_tokens=100_000)
+    clamped = int(response.headers["x-payware-clamped-max-tokens"])
+    assert 0 < clamped < 100_000
+    assert json.loads(fake_upstream.stats()["last"][-1]["body"])["max_tokens"] == clamped
+
+
+def test_rate_limits_answer_429_with_retry_after_and_openai_headers(proxy_factory, fake_upstream):
+    proxy = proxy_factory(customers=customers('amount: "10.00"', extra=", rate_limit: {rpm: 2}"))
+    ok = sdk(proxy).chat.completions.with_raw_response.create(model="fake-ok", messages=MESSAGES)
+    assert ok.headers["x-ratelimit-limit-requests"] == "2"
+    assert ok.headers["x-ratelimit-remaining-requests"] == "1"
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES)
+    fake_upstream.reset()
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES)
+    assert info.value.body["code"] == "rate_limit_exceeded"
+    assert int(info.value.response.headers["retry-after"]) >= 1
+    assert upstream_calls(fake_upstream) == 0

@@ -1,0 +1,278 @@
+"""Spend caps: the budget contract, run here on the memory store and in
+tests/integration/test_budget_redis.py on Redis (same class, another `budget` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import pytest
+
+from metering.budget import MAX_UNITS, NANO, BudgetStore, Hold, MemoryBudget, Scope, to_units
+
+PERIOD = "2025-06-01T00:00:00+00:00"
+NEXT_PERIOD = "2025-07-01T00:00:00+00:00"
+
+Advance = Callable[[float], Awaitable[None]]
+
+
+class FakeClock:
+    """Seconds, moved by hand: expiry tests without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def customer(limit: int | None, mode: str = "hard") -> Scope:
+    return Scope("customer", limit, mode)
+
+
+async def reserve(budget: BudgetStore, hold_id: str, units: int, scopes: list[Scope], *, who: str = "acme",
+                  period: str = PERIOD, ttl: float = 900.0):
+    return await budget.reserve(customer=who, period=period, hold_id=hold_id, units=units, scopes=scopes, ttl=ttl)
+
+
+async def usage(budget: BudgetStore, scope: str = "customer", *, who: str = "acme",
+                period: str = PERIOD) -> tuple[int, int]:
+    return await budget.usage(customer=who, period=period, scope=scope)
+
+
+class BudgetContract:
+    """What every BudgetStore does. Subclasses provide `budget` and `advance` (move time on)."""
+
+    async def test_hard_cap_admits_up_to_the_limit_exactly(self, budget: BudgetStore):
+        first = await reserve(budget, "r1", 60, [customer(100)])
+        assert first.allowed and first.hold == Hold("r1", "acme", PERIOD, ("customer",), 60)
+        assert (first.spent, first.held, first.limit) == (0, 60, 100)
+
+        refused = await reserve(budget, "r2", 41, [customer(100)])
+        assert (refused.allowed, refused.hold, refused.scope) == (False, None, "customer")
+        assert (refused.spent, refused.held, refused.limit) == (0, 60, 100)
+
+        last = await reserve(budget, "r3", 40, [customer(100)])
+        assert last.allowed and (last.spent, last.held) == (0, 100)
+        assert await usage(budget) == (0, 100)
+
+    async def test_concurrent_reserves_at_a_hard_cap_never_exceed_it(self, budget: BudgetStore):
+        limit, rng = 1000, random.Random(7)
+        sizes = [rng.randint(1, 50) for _ in range(200)]
+        decisions = await asyncio.gather(*(reserve(budget, f"r{i}", units, [customer(limit)])
+                                           for i, units in enumerate(sizes)))
+        granted = sum(units for units, d in zip(sizes, decisions) if d.allowed)
+        assert granted <= limit
+        assert await usage(budget) == (0, granted)
+        # No spurious refusal: held only grew, so each refused request was bigger than what is left.
+        assert all(units > limit - granted for units, d in zip(sizes, decisions) if not d.allowed)
+
+    async def test_settle_twice_adds_the_spend_once(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", 500, [customer(1000)])).hold
+        assert await budget.settle(hold, 300) is True
+        assert await budget.settle(hold, 300) is False
+        assert await usage(budget) == (300, 0)
+
+    async def test_settle_spends_the_actual_cost_and_frees_the_rest(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", 900, [customer(1000)])).hold
+        await budget.settle(hold, 250)
+        assert await usage(budget) == (250, 0)
+        assert (await reserve(budget, "r2", 750, [customer(1000)])).allowed
+
+    async def test_settle_after_the_hold_expired_counts_once(self, budget: BudgetStore, advance: Advance):
+        hold = (await reserve(budget, "r1", 500, [customer(1000)], ttl=0.2)).hold
+        await advance(0.3)
+        assert await usage(budget) == (0, 0)
+        assert await budget.settle(hold, 400) is True
+        assert await budget.settle(hold, 400) is False
+        assert await usage(budget) == (400, 0)
+
+    async def test_release_frees_the_held_units_and_spends_nothing(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", 1000, [customer(1000)])).hold
+        assert not (await reserve(budget, "r2", 1, [customer(1000)])).allowed
+        assert await budget.release(hold) is True
+        assert await budget.release(hold) is False
+        assert await usage(budget) == (0, 0)
+        assert (await reserve(budget, "r3", 1000, [customer(1000)])).allowed
+
+    async def test_release_after_settle_changes_nothing(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", 100, [customer(1000)])).hold
+        await budget.settle(hold, 80)
+        assert await budget.release(hold) is False
+        assert await usage(budget) == (80, 0)
+
+    async def test_soft_cap_admits_while_spent_is_below_the_limit(self, budget: BudgetStore):
+        soft = [customer(100, "soft")]
+        first = (await reserve(budget, "r1", 500, soft)).hold
+        second = await reserve(budget, "r2", 500, soft)  # what is in flight does not count in soft mode
+        assert second.allowed
+        await budget.settle(first, 99)
+        assert (await reserve(budget, "r3", 10**6, soft)).allowed  # spent 99 < 100
+        await budget.settle(second.hold, 1)
+        refused = await reserve(budget, "r4", 1, soft)
+        assert (refused.allowed, refused.scope, refused.spent, refused.limit) == (False, "customer", 100, 100)
+
+    @pytest.mark.parametrize("order", ["customer first", "key first"])
+    async def test_key_cap_refusal_holds_nothing_on_the_customer_scope(self, budget: BudgetStore, order: str):
+        scopes = [customer(1000), Scope("key:k1", 50)]
+        if order == "key first":
+            scopes.reverse()
+        refused = await reserve(budget, "r1", 60, scopes)
+        assert (refused.allowed, refused.scope, refused.limit) == (False, "key:k1", 50)
+        assert await usage(budget) == (0, 0)
+        assert await usage(budget, "key:k1") == (0, 0)
+
+    async def test_customer_cap_refusal_holds_nothing_on_the_key_scope(self, budget: BudgetStore):
+        await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=990, event_id="e1")
+        refused = await reserve(budget, "r1", 20, [Scope("key:k1", 50), customer(1000)])
+        assert (refused.allowed, refused.scope, refused.spent) == (False, "customer", 990)
+        assert await usage(budget, "key:k1") == (0, 0)
+
+    async def test_a_granted_hold_counts_on_every_scope(self, budget: BudgetStore):
+        decision = await reserve(budget, "r1", 30, [Scope("key:k1", 50), customer(1000)])
+        assert decision.hold.scopes == ("key:k1", "customer")
+        assert (decision.spent, decision.held, decision.limit) == (0, 30, 1000)  # the customer scope's
+        await budget.settle(decision.hold, 20)
+        assert await usage(budget, "key:k1") == (20, 0)
+        assert await usage(budget) == (20, 0)
+
+    async def test_expired_holds_are_freed_for_the_next_reserve(self, budget: BudgetStore, advance: Advance):
+        await reserve(budget, "crashed", 100, [customer(100)], ttl=0.2)
+        assert not (await reserve(budget, "r2", 1, [customer(100)], ttl=0.2)).allowed
+        await advance(0.3)
+        again = await reserve(budget, "r3", 100, [customer(100)])
+        assert again.allowed and again.held == 100
+
+    async def test_add_spent_counts_each_event_once(self, budget: BudgetStore):
+        args = dict(customer="acme", period=PERIOD, scopes=("customer", "key:k1"), units=70)
+        assert await budget.add_spent(**args, event_id="e1") is True
+        assert await budget.add_spent(**args, event_id="e1") is False
+        assert await budget.add_spent(**args, event_id="e2") is True
+        assert await usage(budget) == (140, 0)
+        assert await usage(budget, "key:k1") == (140, 0)
+
+    async def test_a_settled_hold_id_is_not_counted_again_as_an_event(self, budget: BudgetStore):
+        hold = (await reserve(budget, "req-1", 10, [customer(None)])).hold
+        await budget.settle(hold, 10)
+        again = await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=10,
+                                       event_id="req-1")
+        assert again is False and await usage(budget) == (10, 0)
+
+    async def test_unlimited_scope_is_tracked_but_never_refuses(self, budget: BudgetStore):
+        big = await reserve(budget, "r1", MAX_UNITS, [customer(None)])
+        assert big.allowed and (big.held, big.limit) == (MAX_UNITS, None)
+        await budget.settle(big.hold, 12345)
+        assert await usage(budget) == (12345, 0)
+
+    async def test_reserve_retried_with_the_same_hold_id_holds_once(self, budget: BudgetStore):
+        first = await reserve(budget, "r1", 40, [customer(100)])
+        retry = await reserve(budget, "r1", 40, [customer(100)])
+        assert retry.allowed and retry.hold == first.hold
+        assert await usage(budget) == (0, 40)
+
+    async def test_rebuild_sets_spent_and_clears_holds(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", 40, [customer(100), Scope("key:old", None)])).hold
+        await budget.settle(hold, 40)
+        await reserve(budget, "r2", 50, [customer(100)])
+        await budget.rebuild(customer="acme", period=PERIOD, spent_by_scope={"customer": 70, "key:k1": 5})
+        assert await usage(budget) == (70, 0)
+        assert await usage(budget, "key:k1") == (5, 0)
+        assert await usage(budget, "key:old") == (0, 0)
+        assert (await reserve(budget, "r3", 30, [customer(100)])).allowed
+
+    async def test_customers_and_periods_do_not_share_spend(self, budget: BudgetStore):
+        await reserve(budget, "r1", 100, [customer(100)])
+        assert (await reserve(budget, "r2", 100, [customer(100)], who="globex")).allowed
+        assert (await reserve(budget, "r3", 100, [customer(100)], period=NEXT_PERIOD)).allowed
+        assert await usage(budget, who="globex") == (0, 100)
+
+    async def test_amounts_near_2_to_the_53_stay_exact(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", MAX_UNITS, [customer(MAX_UNITS)])).hold
+        await budget.settle(hold, MAX_UNITS - 1)
+        assert await usage(budget) == (MAX_UNITS - 1, 0)
+        assert (await reserve(budget, "r2", 1, [customer(MAX_UNITS)])).allowed  # the sum is exactly the limit
+        refused = await reserve(budget, "r3", 1, [customer(MAX_UNITS)])  # one unit over: 2^53 in the sum
+        assert (refused.allowed, refused.spent, refused.held) == (False, MAX_UNITS - 1, 1)
+
+    async def test_zero_unit_hold_is_granted_at_a_full_cap_in_hard_mode(self, budget: BudgetStore):
+        await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=100, event_id="e1")
+        zero = await reserve(budget, "r1", 0, [customer(100)])
+        assert zero.allowed
+        assert await budget.settle(zero.hold, 0) is True
+        assert await usage(budget) == (100, 0)
+
+
+class TestMemoryBudget(BudgetContract):
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def budget(self, clock: FakeClock) -> MemoryBudget:
+        return MemoryBudget(clock=clock)
+
+    @pytest.fixture
+    def advance(self, clock: FakeClock) -> Advance:
+        async def advance(seconds: float) -> None:
+            clock.now += seconds
+        return advance
+
+    async def test_hold_expires_exactly_at_its_ttl(self, budget: MemoryBudget, clock: FakeClock):
+        await reserve(budget, "r1", 100, [customer(100)], ttl=10)
+        clock.now += 9.999
+        assert await usage(budget) == (0, 100)
+        clock.now += 0.001
+        assert await usage(budget) == (0, 0)
+
+    async def test_idle_period_state_is_forgotten_after_the_key_ttl(self, clock: FakeClock):
+        budget = MemoryBudget(clock=clock, key_ttl=3600)
+        await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=5, event_id="e1")
+        clock.now += 1800
+        assert await usage(budget) == (5, 0)
+        clock.now += 3600
+        assert await usage(budget) == (0, 0)
+
+
+@pytest.mark.parametrize("amount, units", [
+    pytest.param("0", 0, id="zero"),
+    pytest.param("1", NANO, id="one dollar"),
+    pytest.param("0.000000001", 1, id="one nano"),
+    pytest.param("0.0000000011", 2, id="a fraction of a nano rounds up"),
+    pytest.param("0.00000000100000000000000000000000001", 2, id="rounds up past 28 digits"),
+    pytest.param("4.28", 4_280_000_000, id="cents"),
+    pytest.param("9007199.254740991", MAX_UNITS, id="the largest exact amount"),
+    pytest.param("1E+2", 100 * NANO, id="exponent form"),
+    pytest.param("-0.0000000015", -1, id="negative rounds toward zero (up)"),
+])
+def test_to_units_rounds_up_to_whole_nano_usd(amount: str, units: int):
+    assert to_units(Decimal(amount)) == units
+
+
+@pytest.mark.parametrize("amount", ["NaN", "Infinity"])
+def test_to_units_refuses_non_finite_amounts(amount: str):
+    with pytest.raises(ValueError):
+        to_units(Decimal(amount))
+
+
+@pytest.mark.parametrize("kwargs", [
+    pytest.param(dict(name="customer", limit=10, mode="strict"), id="unknown mode"),
+    pytest.param(dict(name="customer", limit=-1), id="negative limit"),
+    pytest.param(dict(name="customer", limit=2**53), id="limit past 2^53"),
+    pytest.param(dict(name="customer", limit=1.5), id="float limit"),
+    pytest.param(dict(name="", limit=10), id="empty name"),
+])
+def test_scope_refuses_bad_values(kwargs: dict):
+    with pytest.raises(ValueError):
+        Scope(**kwargs)
+
+
+@pytest.mark.parametrize("units, scopes", [
+    pytest.param(-1, [customer(10)], id="negative units"),
+    pytest.param(True, [customer(10)], id="bool units"),
+    pytest.param(1, [customer(10), customer(20)], id="a scope twice"),
+])
+async def test_reserve_refuses_bad_arguments(units, scopes):
+    with pytest.raises(ValueError):
+        await reserve(MemoryBudget(), "r1", units, scopes)
