@@ -8,18 +8,27 @@ before generating anything it is released.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from config.schema import CustomerConfig, ModelConfig, PlanConfig
-from metering.budget import BudgetStore, Decision, Hold, Scope, to_units
+from metering.budget import NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
 from metering.events import decimal_str
 from metering.rating import price_tokens
-from metering.ratelimit import Limit, RateDecision, RateLimiter
+from metering.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from metering.tokens import count_prompt
 from metering.usage import Usage
-from proxy.errors import RateLimited, SpendCapReached
+from metering.webhooks import Notifier
+from proxy.errors import RateLimited, ServiceUnavailable, SpendCapReached
+
+log = logging.getLogger("payware.admission")
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 DEFAULT_MAX_OUTPUT = 4096  # worst case for a model whose max output nobody knows
 
@@ -36,16 +45,48 @@ class Admitted:
     rate: RateDecision | None
     cap_reached: bool = False  # served although the cap is reached (notify / throttle)
     clamped_max_tokens: int | None = None
+    local: bool = False  # admitted on the in-process fallback while the shared store was down
 
 
 class Gate:
     """Decides, per call, whether it may go upstream; keyword-only dependencies."""
 
-    def __init__(self, *, budget: BudgetStore, limiter: RateLimiter, reservation_ttl: float = 900.0):
-        self.budget = budget
-        self.limiter = limiter
+    def __init__(self, *, budget: BudgetStore, limiter: RateLimiter, reservation_ttl: float = 900.0,
+                 notifier: Notifier | None = None, fail_open: bool = False,
+                 on_recovery: Callable[[], Awaitable[None]] | None = None):
+        self.shared = (budget, limiter)
+        self.fallback = (MemoryBudget(), MemoryRateLimiter()) if fail_open else None
         self.reservation_ttl = reservation_ttl
-        self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (see CapStore)
+        self.notifier = notifier
+        self.on_recovery = on_recovery  # resync the shared counters from the ledger after an outage
+        self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
+        self.store_down = False
+
+    @property
+    def budget(self) -> BudgetStore:
+        return self.shared[0]
+
+    async def _use(self, op: Callable, *, local: bool = False):
+        """Run `op(budget, limiter)` on the shared store; on an outage apply the failure policy."""
+        if not local:
+            try:
+                result = await op(*self.shared)
+            except STORE_DOWN as exc:
+                if not self.store_down:
+                    log.error("counter store unreachable (%s): %s", type(exc).__name__,
+                              "serving on in-process counters" if self.fallback else "refusing requests")
+                self.store_down = True
+                if self.fallback is None:
+                    raise ServiceUnavailable("Spend counters are unavailable; the request was not forwarded. "
+                                             "Retry shortly.", headers={"Retry-After": "1"}) from None
+            else:
+                if self.store_down:
+                    self.store_down = False
+                    log.warning("counter store is back")
+                    if self.on_recovery is not None:
+                        await self.on_recovery()
+                return result, False
+        return await op(*self.fallback), True
 
     def cap_amount(self, customer: CustomerConfig) -> Decimal | None:
         """The cap in force: the admin's, or the customer's own when lower."""
@@ -69,60 +110,87 @@ class Gate:
             customer.rate_limit is not None and customer.rate_limit.tpm) or customer.id in self.customer_caps
         prompt = count_prompt(endpoint, body, model.upstream) if needs_count else 0
         max_out = 0 if endpoint == "embeddings" else _max_output(body, model)
-        rate = await self._rate(customer, key_id, prompt + max_out)
         scopes = self.scopes(customer, key_id)
         worst = to_units(_amount(model, plan, prompt, max_out, now))
-        decision = await self.budget.reserve(customer=customer.id, period=period, hold_id=request_id,
-                                             units=worst, scopes=scopes, ttl=self.reservation_ttl)
+
+        async def reserve(budget: BudgetStore, limiter: RateLimiter):
+            rate = await self._rate(limiter, customer, key_id, prompt + max_out)
+            decision = await budget.reserve(customer=customer.id, period=period, hold_id=request_id,
+                                            units=worst, scopes=scopes, ttl=self.reservation_ttl)
+            return rate, decision
+
+        (rate, decision), local = await self._use(reserve)
         names = tuple(s.name for s in scopes)
         if decision.allowed:
-            return Admitted(customer.id, period, names, decision.hold, prompt, rate)
+            return Admitted(customer.id, period, names, decision.hold, prompt, rate, local=local)
         cap = customer.cap
         if cap is not None and cap.clamp and endpoint != "embeddings":
-            clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now)
+            clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now,
+                                        local)
             if clamped is not None:
                 hold, max_tokens = clamped
-                return Admitted(customer.id, period, names, hold, prompt, rate, clamped_max_tokens=max_tokens)
+                return Admitted(customer.id, period, names, hold, prompt, rate, clamped_max_tokens=max_tokens,
+                                local=local)
         action = cap.action if cap is not None else "block"
         if action == "notify":
-            return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True)
+            return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True, local=local)
         if action == "throttle":
             throttle = Limit(name=f"throttle:{customer.id}", rpm=cap.throttle_rpm, tpm=None)
-            slow = await self.limiter.acquire(customer=customer.id, limits=[throttle], tokens=0)
+            slow, _ = await self._use(
+                lambda _budget, limiter: limiter.acquire(customer=customer.id, limits=[throttle], tokens=0),
+                local=local)
             if slow.allowed:
-                return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True)
+                return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True, local=local)
             raise RateLimited(
                 f"Spend cap reached: requests are throttled to {cap.throttle_rpm} per minute.",
                 headers={"Retry-After": _seconds(slow.retry_after)})
         raise SpendCapReached(_cap_message(decision), headers={"x-should-retry": "false"})
 
-    async def settle(self, admitted: Admitted, amount: Decimal, event_id: str) -> None:
+    async def settle(self, admitted: Admitted, amount: Decimal, event_id: str, customer: CustomerConfig) -> None:
+        """Count the call's actual amount against its caps (once), then tell the webhooks."""
         units = to_units(amount)
-        if admitted.hold is not None:
-            await self.budget.settle(admitted.hold, units)
-        else:
-            await self.budget.add_spent(customer=admitted.customer, period=admitted.period,
-                                        scopes=admitted.scopes, units=units, event_id=event_id)
+
+        async def settle(budget: BudgetStore, _limiter):
+            if admitted.hold is not None:
+                await budget.settle(admitted.hold, units)
+            else:
+                await budget.add_spent(customer=admitted.customer, period=admitted.period,
+                                       scopes=admitted.scopes, units=units, event_id=event_id)
+            return await budget.usage(customer=admitted.customer, period=admitted.period, scope="customer")
+
+        try:
+            (spent, _held), _ = await self._use(settle, local=admitted.local)
+        except ServiceUnavailable:
+            return  # the event is in the journal and the ledger; the resync counts it
+        limit = self.cap_amount(customer)
+        if self.notifier is not None and limit is not None:
+            await self.notifier.threshold_crossed(customer=customer.id, period=admitted.period,
+                                                  spent=Decimal(spent) / NANO, limit=limit)
 
     async def release(self, admitted: Admitted) -> None:
         if admitted.hold is not None:
-            await self.budget.release(admitted.hold)
+            try:
+                await self._use(lambda budget, _limiter: budget.release(admitted.hold), local=admitted.local)
+            except ServiceUnavailable:
+                pass  # the hold expires on its own
 
-    async def _rate(self, customer: CustomerConfig, key_id: str | None, tokens: int) -> RateDecision | None:
+    async def _rate(self, limiter: RateLimiter, customer: CustomerConfig, key_id: str | None,
+                    tokens: int) -> RateDecision | None:
         limit = customer.rate_limit
         if limit is None or (limit.rpm is None and limit.tpm is None):
             return None
         limits = [Limit(name=f"customer:{customer.id}", rpm=limit.rpm, tpm=limit.tpm)]
         if key_id is not None:
             limits.append(Limit(name=f"key:{key_id}", rpm=limit.rpm, tpm=limit.tpm))
-        decision = await self.limiter.acquire(customer=customer.id, limits=limits, tokens=tokens)
+        decision = await limiter.acquire(customer=customer.id, limits=limits, tokens=tokens)
         if not decision.allowed:
             raise RateLimited("Rate limit reached for requests" if decision.remaining_requests == 0
                               else "Rate limit reached for tokens",
                               headers={"Retry-After": _seconds(decision.retry_after), **rate_headers(decision)})
         return decision
 
-    async def _clamp(self, request_id, customer, plan, model, prompt, period, scopes, decision: Decision, now):
+    async def _clamp(self, request_id, customer, plan, model, prompt, period, scopes, decision: Decision, now,
+                     local: bool):
         """Reserve with the largest max_tokens the remaining budget pays for, if any."""
         if decision.limit is None:
             return None
@@ -133,8 +201,10 @@ class Gate:
         if max_tokens < 1:
             return None
         worst = to_units(_amount(model, plan, prompt, max_tokens, now))
-        retry = await self.budget.reserve(customer=customer.id, period=period, hold_id=request_id, units=worst,
-                                          scopes=scopes, ttl=self.reservation_ttl)
+        retry, _ = await self._use(
+            lambda budget, _limiter: budget.reserve(customer=customer.id, period=period, hold_id=request_id,
+                                                    units=worst, scopes=scopes, ttl=self.reservation_ttl),
+            local=local)
         return (retry.hold, max_tokens) if retry.allowed else None
 
 

@@ -19,7 +19,8 @@ from metering.events import utcnow
 from metering.recorder import Recorder
 from metering.budget import MemoryBudget, RedisBudget, to_units
 from metering.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from proxy.admission import Gate
+from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
+from proxy.admission import STORE_DOWN, Gate
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.billing_routes import get_cap, put_cap
 from proxy.auth import KeyRing
@@ -103,11 +104,12 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _admission(app: web.Application) -> AsyncIterator[None]:
-    """Budget and rate-limit state: in this process, or in Redis shared by many proxies."""
-    storage = app[CONFIG].storage
+    """Budget, rate limits and webhooks: in this process, or in Redis shared by many proxies."""
+    config = app[CONFIG]
+    storage = config.storage
     client = None
     if storage.counters == "memory":
-        budget, limiter = MemoryBudget(), MemoryRateLimiter()
+        budget, limiter, dedupe = MemoryBudget(), MemoryRateLimiter(), MemoryDedupe()
     else:
         import redis.asyncio as redis
 
@@ -115,20 +117,36 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
         pool = redis.BlockingConnectionPool.from_url(storage.counters, max_connections=256, timeout=5,
                                                      socket_timeout=2, socket_connect_timeout=2)
         client = redis.Redis.from_pool(pool)
-        budget, limiter = RedisBudget(client), RedisRateLimiter(client)
-    gate = Gate(budget=budget, limiter=limiter)
+        budget, limiter, dedupe = RedisBudget(client), RedisRateLimiter(client), RedisDedupe(client)
+    notifier = Notifier(session=app[HTTP], config=config.webhooks, dedupe=dedupe) if config.webhooks else None
     recorder = app[RECORDER]
+
+    async def resync() -> None:
+        await _resync_budget(app, budget)
+
+    gate = Gate(budget=budget, limiter=limiter, notifier=notifier, on_recovery=resync,
+                fail_open=storage.on_counter_failure == "fail_open")
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
-    await _rebuild_budget(budget, app[CONFIG], app.pop(OPEN_EVENTS))
+    events = app.pop(OPEN_EVENTS)
+    try:
+        for (customer, period), by_scope in _spent_by_scope(events).items():
+            if await budget.usage(customer=customer, period=period, scope="customer") == (0, 0):
+                await budget.rebuild(customer=customer, period=period, spent_by_scope=by_scope)
+    except STORE_DOWN as exc:
+        log.error("counter store unreachable at start (%s); it is rebuilt from the ledger when it is back",
+                  type(exc).__name__)
+        gate.store_down = True
     app[GATE] = gate
     yield
+    if notifier is not None:
+        await notifier.close()
     await budget.close()
     if client is not None:
         await client.aclose()
 
 
-async def _rebuild_budget(budget, config: Config, events) -> None:
-    """Spent per cap scope from the ledger's open-period events, where the store has nothing.
+def _spent_by_scope(events) -> dict[tuple[str, str], dict[str, int]]:
+    """Units spent per cap scope, per (customer, period), from ledger events.
 
     NOTE: units are summed per event, rounded up, exactly as settlement adds them.
     """
@@ -139,9 +157,23 @@ async def _rebuild_budget(budget, config: Config, events) -> None:
         scopes["customer"] = scopes.get("customer", 0) + units
         if event.key_id:
             scopes[f"key:{event.key_id}"] = scopes.get(f"key:{event.key_id}", 0) + units
-    for (customer, period), by_scope in spent.items():
-        if await budget.usage(customer=customer, period=period, scope="customer") == (0, 0):
-            await budget.rebuild(customer=customer, period=period, spent_by_scope=by_scope)
+    return spent
+
+
+async def _resync_budget(app: web.Application, budget) -> None:
+    """After a counter-store outage, set every open period's spend from the ledger.
+
+    NOTE: holds of calls in flight are dropped by the rebuild; their settlement still counts.
+    """
+    recorder = app[RECORDER]
+    await recorder.flush()
+    open_periods, since = app[METER].open_periods(utcnow())
+    events = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: [e for e in recorder.ledger.events(start=since) if open_periods.get(e.customer) == e.period])
+    spent = _spent_by_scope(events)
+    for customer, period in open_periods.items():
+        await budget.rebuild(customer=customer, period=period, spent_by_scope=spent.get((customer, period), {}))
+    log.warning("counter store resynced from the ledger (%d events)", len(events))
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -62,7 +62,7 @@ class Call:
         event = app[METER].call_event(facts)
         await app[RECORDER].record(event)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
-        await app[GATE].settle(self.admitted, event.amount, event.id)
+        await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer)
 
     async def release(self) -> None:
         """The call ended with nothing to bill: give its reservation back."""
