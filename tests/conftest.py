@@ -89,7 +89,8 @@ def fake_upstream() -> Iterator[FakeUpstream]:
 
 
 def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", customers: str | None = None,
-                 storage: str = "", plans: str | None = None) -> str:
+                 storage: str = "", plans: str | None = None, ledger: str | None = None,
+                 webhooks: str = "") -> str:
     """A config for the tests: the fake provider, two customers, storage under `tmp`."""
     models = "\n".join(
         f"  {name}: {{provider: fake, cost: {{input: \"0.15\", cached_input: \"0.075\", output: \"0.60\"}}}}"
@@ -104,7 +105,7 @@ def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", custom
     return f"""
 server: {{host: 127.0.0.1, admin_key: "{ADMIN_KEY}", max_body_bytes: 65536, read_timeout: 5}}
 storage:
-  ledger: sqlite:///{tmp}/ledger.db
+  ledger: {ledger or f"sqlite:///{tmp}/ledger.db"}
   journal: {tmp}/payware.journal
   flush_interval: 0.05
 {storage}
@@ -119,6 +120,7 @@ plans:
 {plans}
 customers:
 {customers}
+{webhooks}
 """
 
 
