@@ -163,6 +163,10 @@ class Ledger:
             for row in result:
                 yield from_row(row)
 
+    def has_event(self, event_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(EventRow.id).where(EventRow.id == event_id)).first() is not None
+
     def customer_caps(self) -> dict[str, Decimal]:
         with self.engine.connect() as conn:
             return {row.customer: row.amount for row in conn.execute(select(CustomerCapRow))}

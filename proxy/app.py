@@ -23,6 +23,7 @@ from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import STORE_DOWN, Gate
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.billing_routes import get_cap, put_cap
+from proxy.records_routes import post_records
 from proxy.auth import KeyRing
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
@@ -57,6 +58,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)
+    app.router.add_post("/v1/usage/records", post_records)
     app.router.add_get("/v1/billing/cap", get_cap)
     app.router.add_put("/v1/billing/cap", put_cap)
     app.router.add_get("/healthz", healthz)

@@ -1,0 +1,194 @@
+"""`POST /v1/usage/records`: custom usage (agent actions, API calls, compute minutes, …).
+
+A body is one record or a batch (`{"records": [...]}` or a list). Every record is checked
+before any is kept: one bad record refuses the whole call and changes nothing. A record with
+an `idempotency_key` is kept once, however often and however concurrently it is replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from aiohttp import web
+
+from config.schema import CustomerConfig, PlanConfig
+from metering.events import UsageEvent, decimal_str, money_str, utcnow
+from metering.budget import to_units
+from metering.rating import Priced
+from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
+from proxy.auth import Caller
+from proxy.errors import InvalidRequest
+
+_METRIC = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_FIELDS = {"metric", "quantity", "unit_price", "meta", "idempotency_key", "customer", "session", "feature"}
+MAX_BATCH = 1000
+MAX_DECIMALS = 9
+
+
+@dataclass(slots=True)
+class _Record:
+    metric: str
+    quantity: Decimal
+    unit_price: Decimal | None
+    meta: dict
+    idempotency_key: str | None
+    session: str | None
+    feature: str | None
+
+
+async def post_records(request: web.Request) -> web.Response:
+    app = request.app
+    caller = app[KEYRING].caller(request)
+    try:
+        body = json.loads(await request.read(), parse_float=Decimal)
+    except ValueError:
+        raise InvalidRequest("the body must be JSON: a record, a list of records or {\"records\": [...]}") from None
+    items, batch = _items(body)
+    customer = _customer(app, caller, body if isinstance(body, dict) else {}, items)
+    plan = app[CONFIG].plans[customer.plan]
+    records = [_record(item, f"records[{i}]." if batch else "", plan) for i, item in enumerate(items)]
+    results = [await _keep(app, caller, customer, plan, record) for record in records]
+    return web.json_response({"object": "list", "data": results} if batch else results[0])
+
+
+def _items(body: object) -> tuple[list[dict], bool]:
+    if isinstance(body, list):
+        items, batch = body, True
+    elif isinstance(body, dict) and "records" in body:
+        items, batch = body["records"], True
+    else:
+        items, batch = [body], False
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("records must be a non-empty list", param="records")
+    if len(items) > MAX_BATCH:
+        raise InvalidRequest(f"at most {MAX_BATCH} records per call", param="records")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidRequest("each record must be an object", param=f"records[{i}]" if batch else None)
+    return items, batch
+
+
+def _customer(app: web.Application, caller: Caller, body: dict, items: list[dict]) -> CustomerConfig:
+    """The customer billed: the caller's own; the admin must name one."""
+    named = {item.get("customer") for item in items if item.get("customer") is not None} | (
+        {body["customer"]} if body.get("customer") is not None and "records" in body else set())
+    if not caller.admin:
+        if named - {caller.customer.id}:
+            raise InvalidRequest("a customer key records usage for its own customer only", param="customer")
+        return caller.customer
+    if len(named) != 1:
+        raise InvalidRequest("the admin key must name exactly one customer", param="customer")
+    customer = app[CONFIG].customers.get(named.pop())
+    if customer is None:
+        raise InvalidRequest("no such customer", param="customer", code="customer_not_found")
+    return customer
+
+
+def _record(item: dict, where: str, plan: PlanConfig) -> _Record:
+    unknown = set(item) - _FIELDS
+    if unknown:
+        raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}", param=where + sorted(unknown)[0])
+    metric = item.get("metric")
+    if not isinstance(metric, str) or not _METRIC.match(metric) or metric == "tokens":
+        raise InvalidRequest("metric must be a lowercase name such as \"agent_actions\" (not \"tokens\")",
+                             param=where + "metric")
+    quantity = _decimal(item.get("quantity"), where + "quantity", required=True)
+    unit_price = _decimal(item.get("unit_price"), where + "unit_price", required=False)
+    if unit_price is None and metric not in plan.metric_prices and not (plan.tiers and plan.tiers.metric == metric):
+        raise InvalidRequest(f"unknown metric {metric!r}: plan {plan.name!r} has no price for it; "
+                             "give unit_price or add it to the plan's price.metrics", param=where + "metric",
+                             code="unknown_metric")
+    meta = item.get("meta", {})
+    if not isinstance(meta, dict) or len(json.dumps(meta, default=str)) > 4096:
+        raise InvalidRequest("meta must be an object of at most 4 KB", param=where + "meta")
+    key = item.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
+        raise InvalidRequest("idempotency_key must be a string of 1 to 255 characters", param=where + "idempotency_key")
+    strings = {}
+    for name in ("session", "feature"):
+        value = item.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string", param=where + name)
+        strings[name] = value
+    return _Record(metric, quantity, unit_price, _plain(meta), key, strings["session"], strings["feature"])
+
+
+def _decimal(value: object, param: str, *, required: bool) -> Decimal | None:
+    if value is None:
+        if required:
+            raise InvalidRequest(f"{param} is required", param=param)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
+        raise InvalidRequest(f"{param} must be a number or a decimal string", param=param)
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise InvalidRequest(f"{param} {value!r} is not a number", param=param) from None
+    if not number.is_finite() or number < 0:
+        raise InvalidRequest(f"{param} must be a finite number of zero or more", param=param)
+    if number.as_tuple().exponent < -MAX_DECIMALS:
+        raise InvalidRequest(f"{param} has more than {MAX_DECIMALS} decimal places", param=param)
+    if number > Decimal(10) ** 12:
+        raise InvalidRequest(f"{param} is too large", param=param)
+    return number
+
+
+def _plain(meta: dict) -> dict:
+    """JSON-safe copy (Decimals parsed from the body become strings)."""
+    return json.loads(json.dumps(meta, default=str))
+
+
+async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
+                record: _Record) -> dict:
+    now = utcnow()
+    if record.idempotency_key is not None:
+        digest = hashlib.sha256(f"{customer.id}\0{record.idempotency_key}".encode()).hexdigest()
+        event_id = "rec_" + digest[:32]
+    else:
+        event_id = "rec_" + uuid.uuid4().hex
+    period = app[METER].period(customer, now).key
+    priced = price_metric(plan, record.metric, record.quantity, record.unit_price)
+    scopes = ("customer",) + ((f"key:{caller.key_id}",) if caller.key_id in customer.key_caps else ())
+    gate = app[GATE]
+    # NOTE: the budget store's per-period "applied" set makes the first writer of an id win,
+    # atomically across proxies; the ledger check covers replays after a restart.
+    recorder = app[RECORDER]
+    if record.idempotency_key is not None and await asyncio.get_running_loop().run_in_executor(
+            None, recorder.ledger.has_event, event_id):
+        return _view(event_id, record, priced, duplicate=True)
+    first = await gate.budget.add_spent(customer=customer.id, period=period, scopes=scopes,
+                                        units=to_units(priced.amount), event_id=event_id)
+    if not first:
+        return _view(event_id, record, priced, duplicate=True)
+    event = UsageEvent(
+        id=event_id, ts=now, customer=customer.id, key_id=None if caller.admin else caller.key_id,
+        metric=record.metric, quantity=record.quantity, period=period, endpoint="records",
+        cost=Decimal(0), amount=priced.amount, currency=plan.currency, session=record.session,
+        feature=record.feature, meta={**record.meta, **({"idempotency_key": record.idempotency_key}
+                                                         if record.idempotency_key else {})},
+        pricing=priced.pricing, usage_source={"quantity": "api"})
+    await recorder.record(event)
+    return _view(event_id, record, priced, duplicate=False)
+
+
+def price_metric(plan: PlanConfig, metric: str, quantity: Decimal, unit_price: Decimal | None) -> Priced:
+    """A record's amount: its own unit price (no markup), else the plan's price of the metric."""
+    if unit_price is None:
+        unit_price = plan.metric_prices[metric]
+        source = "plan"
+    else:
+        source = "record"
+    return Priced(cost=Decimal(0), amount=quantity * unit_price,
+                  pricing={"unit_price": decimal_str(unit_price), "unit_price_source": source, "plan": plan.name})
+
+
+def _view(event_id: str, record: _Record, priced, *, duplicate: bool) -> dict:
+    return {"id": event_id, "object": "usage.record", "metric": record.metric,
+            "quantity": decimal_str(record.quantity), "amount": money_str(priced.amount),
+            "duplicate": duplicate}
