@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -365,8 +366,15 @@ class _Reader:
         return prices
 
     def plan(self, data: dict, path: str, name: str) -> PlanConfig | None:
-        self.mapping(data, path, ("interval", "currency", "base_fee", "included", "price", "tiers", "threshold"))
+        self.mapping(data, path, ("interval", "currency", "base_fee", "included", "price", "tiers", "threshold",
+                                  "timezone"))
         interval = self.choice(data, "interval", path, INTERVALS, "monthly")
+        zone = self.string(data, "timezone", path, "UTC")
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(f"{path}.timezone", f"{zone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)")
+            zone = "UTC"
         price = self.mapping(data.get("price"), f"{path}.price",
                              ("markup", "per_million", "models", "metrics", "per_request"))
         markup = self.decimal(price, "markup", f"{path}.price", None)
@@ -389,7 +397,7 @@ class _Reader:
         if interval == "threshold" and not threshold:
             self.fail(f"{path}.threshold", "is required (and above 0) when interval is 'threshold'")
         return PlanConfig(
-            name=name, interval=interval, currency=self.string(data, "currency", path, "USD"),
+            name=name, interval=interval, currency=self.string(data, "currency", path, "USD"), timezone=zone,
             base_fee=self.decimal(data, "base_fee", path, Decimal(0)) or Decimal(0),
             included={k: v for k, v in included.items() if v is not None},
             markup=markup, per_million=per_million, model_prices=model_prices,

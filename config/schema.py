@@ -100,6 +100,7 @@ class PlanConfig:
     name: str
     interval: str = "monthly"
     currency: str = "USD"
+    timezone: str = "UTC"  # periods start at local midnight in this IANA zone
     base_fee: Decimal = Decimal(0)
     included: dict[str, int] = field(default_factory=dict)  # metric -> free units per period
     markup: Decimal | None = None  # price = provider cost x markup

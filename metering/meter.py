@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 from decimal import Decimal
 
 from config.schema import Config, CustomerConfig, ModelConfig
@@ -33,6 +35,11 @@ class CallFacts:
     period: str | None = None  # the period the call was admitted in; default: the period of its end
 
 
+@lru_cache(maxsize=64)
+def _zone(name: str) -> tzinfo:
+    return timezone.utc if name == "UTC" else ZoneInfo(name)
+
+
 class Meter:
     """Prices calls under each customer's plan and places them in the right period."""
 
@@ -41,7 +48,7 @@ class Meter:
 
     def period(self, customer: CustomerConfig, ts: datetime) -> Period:
         plan = self.config.plans[customer.plan]
-        return period_of(ts, plan.interval, anchor_day=customer.anchor_day)
+        return period_of(ts, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone))
 
     def open_periods(self, now: datetime) -> tuple[dict[str, str], datetime]:
         """Each customer's open period key, and the earliest start among them."""
