@@ -42,6 +42,11 @@ from config.schema import (
     key_id,
 )
 
+# Prices per million with at most 9 places and markups with at most 3 keep every amount
+# (tokens x price / 1e6 x markup) exact in 18 decimal places: the ledger's NUMERIC(38, 18).
+PRICE_PLACES = 9
+MARKUP_PLACES = 3
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__payware_env_(\d+)__")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -191,6 +196,13 @@ class _Reader:
                 self.fail(f"{path}.{key}", "is required")
             return None if default is _MISSING else default
         return self.to_decimal(value, f"{path}.{key}")
+
+    def precise(self, value: Decimal | None, path: str, places: int) -> Decimal | None:
+        """Bound the decimal places, so every amount stays exact in 18 places (ledger, counters)."""
+        if value is not None and value.as_tuple().exponent < -places:
+            self.fail(path, f"{value} has more than {places} decimal places")
+            return None
+        return value
 
     def to_decimal(self, value: Any, path: str) -> Decimal | None:
         if isinstance(value, bool):
@@ -352,9 +364,10 @@ class _Reader:
         for i, entry in enumerate(entries):
             where = f"{path}[{i}]" if isinstance(value, list) else path
             item = self.mapping(entry, where, ("input", "cached_input", "output", "effective_from"))
-            input_price = self.decimal(item, "input", where)
-            output_price = self.decimal(item, "output", where, Decimal(0))
-            cached = self.decimal(item, "cached_input", where, input_price)
+            input_price = self.precise(self.decimal(item, "input", where), f"{where}.input", PRICE_PLACES)
+            output_price = self.precise(self.decimal(item, "output", where, Decimal(0)), f"{where}.output", PRICE_PLACES)
+            cached = self.precise(self.decimal(item, "cached_input", where, input_price), f"{where}.cached_input",
+                                  PRICE_PLACES)
             if input_price is None or output_price is None or cached is None:
                 continue
             prices.append(ModelPrice(input=input_price, cached_input=cached, output=output_price,
@@ -377,7 +390,8 @@ class _Reader:
             zone = "UTC"
         price = self.mapping(data.get("price"), f"{path}.price",
                              ("markup", "per_million", "models", "metrics", "per_request"))
-        markup = self.decimal(price, "markup", f"{path}.price", None)
+        markup = self.precise(self.decimal(price, "markup", f"{path}.price", None), f"{path}.price.markup",
+                              MARKUP_PLACES)
         per_million = self.token_prices(price.get("per_million"), f"{path}.price.per_million")
         model_prices = {
             model: self.token_prices(body, f"{path}.price.models.{model}")
@@ -410,6 +424,7 @@ class _Reader:
         prices = {}
         for kind, amount in self.mapping(value, path, TOKEN_TYPES).items():
             number = self.to_decimal(self.expand(amount, f"{path}.{kind}"), f"{path}.{kind}")
+            number = self.precise(number, f"{path}.{kind}", PRICE_PLACES)
             if number is not None:
                 prices[kind] = number
         return prices
@@ -434,7 +449,7 @@ class _Reader:
                 self.fail(f"{where}.up_to", f"{up_to} must be above the previous step's {previous}")
             if last and up_to is not None:
                 self.fail(f"{where}.up_to", "the last step must be unbounded (up_to: null)")
-            per_million = self.decimal(step, "per_million", where)
+            per_million = self.precise(self.decimal(step, "per_million", where), f"{where}.per_million", PRICE_PLACES)
             steps.append(TierStep(up_to=up_to, per_million=per_million or Decimal(0),
                                   flat_fee=self.decimal(step, "flat_fee", where, Decimal(0)) or Decimal(0)))
             previous = up_to or previous

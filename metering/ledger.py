@@ -138,10 +138,11 @@ class Ledger:
         if not rows:
             return 0
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(EventRow.__table__).on_conflict_do_nothing(index_elements=["id"])
+        table = EventRow.__table__
+        statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
         with self.engine.begin() as conn:
-            result = conn.execute(statement, rows)
-        return max(result.rowcount, 0)
+            # RETURNING names the rows really inserted (a driver's rowcount is unreliable for batches)
+            return len(conn.execute(statement, rows).all())
 
     def events(self, *, customer: str | None = None, start: datetime | None = None, end: datetime | None = None,
                session: str | None = None, period: str | None = None, model: str | None = None,

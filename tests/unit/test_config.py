@@ -153,3 +153,11 @@ def test_keys_create_prints_a_key_whose_hash_is_the_config_entry(capsys):
     key = out.split("key:")[1].split()[0]
     digest = hashlib.sha256(key.encode()).hexdigest()
     assert f"sha256:{digest}" in out
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ('input: "0.15"', 'input: "0.1234567891"', "models.gpt-4o-mini.cost.input: 0.1234567891 has more than 9 decimal places"),
+    ('markup: "1.25"', 'markup: "1.2345"', "plans.payg.price.markup: 1.2345 has more than 3 decimal places"),
+])
+def test_prices_are_bounded_so_every_amount_is_exact_in_18_places(old, new, expected):
+    assert any(expected in p for p in problems(BASE.replace(old, new, 1)))
