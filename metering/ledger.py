@@ -164,6 +164,13 @@ class Ledger:
             for row in result:
                 yield from_row(row)
 
+    def latest_period(self, customer: str, *, since: datetime) -> str | None:
+        """The newest period key among a customer's events since `since` (keys sort as time)."""
+        query = select(func.max(EventRow.period)).where(EventRow.customer == customer,
+                                                         EventRow.ts_us >= _to_us(since))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
     def has_event(self, event_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(EventRow.id).where(EventRow.id == event_id)).first() is not None

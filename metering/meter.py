@@ -45,10 +45,44 @@ class Meter:
 
     def __init__(self, config: Config):
         self.config = config
+        # Threshold plans: where each customer's open period started, if a threshold closed
+        # the previous one inside the current month.
+        self._threshold_start: dict[str, datetime] = {}
 
     def period(self, customer: CustomerConfig, ts: datetime) -> Period:
         plan = self.config.plans[customer.plan]
-        return period_of(ts, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone))
+        month = period_of(ts, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone))
+        start = self._threshold_start.get(customer.id) if plan.interval == "threshold" else None
+        if start is not None and month.start <= start < month.end and start <= ts:
+            return Period(start, month.end, "threshold")
+        return month
+
+    def close_if_reached(self, customer: CustomerConfig, period: str, amount_due: Decimal,
+                         now: datetime) -> Period | None:
+        """Close a threshold period once its amount due reaches the threshold.
+
+        NOTE: calls already admitted into the period stay in it, so a period may pass its
+        threshold by what was in flight; every event still belongs to exactly one period.
+        Returns the period closed, ending at `now`, or None.
+        """
+        plan = self.config.plans[customer.plan]
+        if plan.interval != "threshold" or plan.threshold is None or amount_due < plan.threshold:
+            return None
+        current = self.period(customer, now)
+        if current.key != period:
+            return None  # another event closed it already
+        self._threshold_start[customer.id] = now
+        return Period(current.start, now, "threshold")
+
+    def restore_thresholds(self, ledger) -> None:
+        """Resume each threshold period from the newest period the ledger holds (blocking)."""
+        now = utcnow()
+        for customer in self.config.customers.values():
+            if self.config.plans[customer.plan].interval != "threshold":
+                continue
+            latest = ledger.latest_period(customer.id, since=self.period(customer, now).start)
+            if latest is not None:
+                self._threshold_start[customer.id] = datetime.fromisoformat(latest)
 
     def open_periods(self, now: datetime) -> tuple[dict[str, str], datetime]:
         """Each customer's open period key, and the earliest start among them."""

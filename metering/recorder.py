@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -41,20 +42,24 @@ class Recorder:
         self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
 
-    async def start(self, open_periods: dict[str, str], since: datetime) -> list[UsageEvent]:
+    async def start(self, open_periods: Callable[[], tuple[dict[str, str], datetime]]) -> list[UsageEvent]:
         """Replay the journal into the ledger, rebuild counters, start the flusher.
 
-        `open_periods` maps each customer to its open period's key; `since` is the earliest
-        start among them. Returns the events of the open periods (to rebuild other projections).
+        `open_periods`, called once the ledger is complete, gives each customer's open period
+        key and the earliest start among them. Returns the events of the open periods (to
+        rebuild other projections).
         """
         loop = asyncio.get_running_loop()
         recovered = await loop.run_in_executor(self._writer, self._replay)
-        events = await loop.run_in_executor(
-            None, lambda: [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period])
+        events = await loop.run_in_executor(None, lambda: self.open_events(*open_periods()))
         await self.counters.rebuild(events)
         self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
         self.recovered = recovered
         return events
+
+    def open_events(self, open_periods: dict[str, str], since: datetime) -> list[UsageEvent]:
+        """The ledger's events of each customer's open period (blocking: run it in a thread)."""
+        return [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period]
 
     def _replay(self) -> int:
         events = list(self.journal.replay())

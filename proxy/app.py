@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from aiohttp import web
 
@@ -94,9 +95,14 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     journal = Journal(storage.journal)
     recorder = Recorder(journal=journal, counters=MemoryCounters(), ledger=ledger,
                         flush_interval=storage.flush_interval, flush_batch=storage.flush_batch)
-    open_periods, since = app[METER].open_periods(utcnow())
+    meter = app[METER]
+
+    def open_periods() -> tuple[dict[str, str], datetime]:
+        meter.restore_thresholds(ledger)  # threshold periods resume where the ledger left them
+        return meter.open_periods(utcnow())
+
     started = time.perf_counter()
-    app[OPEN_EVENTS] = await recorder.start(open_periods, since)
+    app[OPEN_EVENTS] = await recorder.start(open_periods)
     log.info("ledger ready in %.0f ms (%d events recovered from the journal)",
              (time.perf_counter() - started) * 1000, recorder.recovered)
     app[RECORDER] = recorder
@@ -170,8 +176,7 @@ async def _resync_budget(app: web.Application, budget) -> None:
     recorder = app[RECORDER]
     await recorder.flush()
     open_periods, since = app[METER].open_periods(utcnow())
-    events = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: [e for e in recorder.ledger.events(start=since) if open_periods.get(e.customer) == e.period])
+    events = await asyncio.get_running_loop().run_in_executor(None, recorder.open_events, open_periods, since)
     spent = _spent_by_scope(events)
     for customer, period in open_periods.items():
         await budget.rebuild(customer=customer, period=period, spent_by_scope=spent.get((customer, period), {}))

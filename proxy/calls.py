@@ -23,10 +23,11 @@ from metering.sse import SSEFramer
 from metering.usage import StreamAccumulator, Usage, usage_from_json
 from metering.events import utcnow
 from proxy.admission import Admitted, rate_headers
-from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
 from proxy.metadata import request_metadata
+from proxy.recording import record_event
 from proxy.upstream import PATHS, error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 _ENDPOINT_MODES = {"chat": ("chat",), "completions": ("completion", "chat"), "embeddings": ("embedding",)}
@@ -60,7 +61,7 @@ class Call:
             session=session, feature=feature, meta=meta, period=self.admitted.period,
         )
         event = app[METER].call_event(facts)
-        await app[RECORDER].record(event)
+        await record_event(app, event, self.caller.customer)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
         await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer)
 

@@ -24,6 +24,7 @@ from metering.rating import Priced
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest
+from proxy.recording import record_event
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _FIELDS = {"metric", "quantity", "unit_price", "meta", "idempotency_key", "customer", "session", "feature"}
@@ -173,7 +174,7 @@ async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, 
         feature=record.feature, meta={**record.meta, **({"idempotency_key": record.idempotency_key}
                                                          if record.idempotency_key else {})},
         pricing=priced.pricing, usage_source={"quantity": "api"})
-    await recorder.record(event)
+    await record_event(app, event, customer)
     return _view(event_id, record, priced, duplicate=False)
 
 

@@ -1,0 +1,19 @@
+"""Recording an event from a request: the recorder, then the period bookkeeping it drives."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from config.schema import CustomerConfig
+from metering.events import UsageEvent, utcnow
+from proxy.appkeys import CONFIG, METER, RECORDER
+
+
+async def record_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:
+    """Journal, count and queue `event`; close a threshold period that it filled."""
+    recorder = app[RECORDER]
+    await recorder.record(event)
+    plan = app[CONFIG].plans[customer.plan]
+    if plan.interval == "threshold":
+        totals = await recorder.counters.totals(customer.id, event.period)
+        app[METER].close_if_reached(customer, event.period, plan.base_fee + totals.all.amount, utcnow())
