@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Numeric, String, TypeDecorator, create_engine, func
@@ -130,7 +131,7 @@ class Ledger:
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json_dumps)
         if self.engine.dialect.name == "sqlite":
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine, tables=[EventRow.__table__, CustomerCapRow.__table__])
+        migrate(self.engine)
 
     def insert(self, events: Iterable[UsageEvent]) -> int:
         """Write events, skipping ids already there; returns how many rows were new."""
@@ -194,6 +195,18 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (Alembic); a no-op when it is there."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
 
 
 def _json_dumps(value: Any) -> str:

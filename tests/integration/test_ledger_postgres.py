@@ -75,3 +75,16 @@ def test_customer_caps_are_kept(ledger):
     assert ledger.customer_caps()["acme"] == Decimal("2.50")
     ledger.set_customer_cap("acme", None)
     assert "acme" not in ledger.customer_caps()
+
+
+def test_migrations_build_exactly_the_schema_the_models_describe(ledger):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from metering.ledger import SQLModel, migrate
+
+    migrate(ledger.engine)  # a second run is a no-op
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        assert diff == []
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"

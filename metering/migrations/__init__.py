@@ -1,0 +1,1 @@
+"""Ledger schema migrations (Alembic), applied by `Ledger` on start."""
