@@ -45,6 +45,7 @@ from config.schema import (
 # Prices per million with at most 9 places and markups with at most 3 keep every amount
 # (tokens x price / 1e6 x markup) exact in 18 decimal places: the ledger's NUMERIC(38, 18).
 PRICE_PLACES = 9
+MAX_RATE = 10**9  # per minute: the rate limiters' exact-integer bound
 MARKUP_PLACES = 3
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -474,12 +475,18 @@ class _Reader:
                             action=self.choice(raw, "action", f"{path}.cap", CAP_ACTIONS, "block"),
                             mode=self.choice(raw, "mode", f"{path}.cap", CAP_MODES, "hard"),
                             clamp=clamp,
-                            throttle_rpm=self.integer(raw, "throttle_rpm", f"{path}.cap", 6, minimum=1))
+                            throttle_rpm=min(self.integer(raw, "throttle_rpm", f"{path}.cap", 6, minimum=1), MAX_RATE))
         rate = None
         if data.get("rate_limit") is not None:
             raw = self.mapping(data["rate_limit"], f"{path}.rate_limit", ("rpm", "tpm"))
-            rate = RateLimitConfig(rpm=self.integer(raw, "rpm", f"{path}.rate_limit", None, minimum=1),
-                                   tpm=self.integer(raw, "tpm", f"{path}.rate_limit", None, minimum=1))
+            rpm = self.integer(raw, "rpm", f"{path}.rate_limit", None, minimum=1)
+            tpm = self.integer(raw, "tpm", f"{path}.rate_limit", None, minimum=1)
+            for field_name, value in (("rpm", rpm), ("tpm", tpm)):
+                if value is not None and value > MAX_RATE:
+                    self.fail(f"{path}.rate_limit.{field_name}",
+                              f"{value} is above the largest supported rate, {MAX_RATE}")
+            rate = RateLimitConfig(rpm=rpm if rpm is None or rpm <= MAX_RATE else None,
+                                   tpm=tpm if tpm is None or tpm <= MAX_RATE else None)
         keys = []
         raw_keys = data.get("keys", [])
         if not isinstance(raw_keys, list):

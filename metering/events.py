@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -49,7 +49,8 @@ class UsageEvent:
 
     def to_json(self) -> str:
         """One compact JSON line; money as strings, time as ISO 8601."""
-        data = asdict(self)
+        # Read the slots directly: dataclasses.asdict deep-copies every dict (on the hot path).
+        data = {name: getattr(self, name) for name in self.__slots__}
         data["ts"] = self.ts.isoformat()
         data["quantity"] = decimal_str(self.quantity)
         data["cost"], data["amount"] = money_str(self.cost), money_str(self.amount)

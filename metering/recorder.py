@@ -109,9 +109,9 @@ class Recorder:
             backoff = self.flush_interval
             del self._queue[: len(batch)]
             self._written += len(batch)
-            if self._queue:
-                self._wake.set()
-            elif self.journal.size() > ROTATE_BYTES:
+            if len(self._queue) >= self.flush_batch:
+                self._wake.set()  # a full batch is waiting; otherwise the next one waits its interval
+            elif not self._queue and self.journal.size() > ROTATE_BYTES:
                 # Nothing is queued and no await happened since the check: the ledger holds
                 # every event the journal holds.
                 self.journal.truncate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import logging
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=_keys_list)
 
     usage = sub.add_parser("usage", help="usage from the ledger").add_subparsers(metavar="ACTION")
+    summary = usage.add_parser("summary", help="a customer's open period, from the ledger")
+    summary.add_argument("customer")
+    summary.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
+    summary.set_defaults(run=_usage_summary)
     export = usage.add_parser("export", help="a customer's events as JSON lines")
     export.add_argument("customer")
     export.add_argument("--from", dest="start", help="ISO 8601 start (inclusive)")
@@ -90,8 +95,18 @@ def _serve(args) -> int:
     print(f"payware: serving on http://{host}:{port}/v1 (config {config.source})", flush=True)
     # NOTE: handler_cancellation makes a client's disconnect cancel its handler at once, which
     # is how an abandoned stream stops the provider and gets billed as partial.
-    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=None)
+    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=None,
+                loop=_event_loop())
     return 0
+
+
+def _event_loop():
+    """uvloop where it is installed (10-15 % less CPU per request), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _check_config(args) -> int:
@@ -120,6 +135,35 @@ def _keys_list(args) -> int:
     for customer in config.customers.values():
         for entry in customer.keys:
             print(f"{customer.id}\t{key_id(entry.removeprefix('sha256:'))}")
+    return 0
+
+
+def _usage_summary(args) -> int:
+    from metering.counters import PeriodTotals
+    from metering.events import money_str
+    from metering.ledger import Ledger
+    from metering.meter import Meter
+
+    config = _config(args)
+    customer = config.customers.get(args.customer)
+    if customer is None:
+        print(f"payware: no customer {args.customer!r} in {config.source}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    ledger = Ledger(config.storage.ledger)
+    meter = Meter(config)
+    meter.restore_thresholds(ledger)
+    period = meter.period(customer, datetime.now(timezone.utc))
+    totals = PeriodTotals()
+    for event in ledger.events(customer=customer.id, period=period.key):
+        totals.add(event)
+    plan = config.plans[customer.plan]
+    print(json.dumps({"customer": customer.id, "period": {"start": period.start.isoformat(),
+                                                          "end": period.end.isoformat()},
+                      "requests": totals.all.requests,
+                      "tokens": {"input": totals.all.input_tokens, "cached_input": totals.all.cached_input_tokens,
+                                 "output": totals.all.output_tokens, "reasoning": totals.all.reasoning_tokens},
+                      "amount_due_exact": money_str(plan.base_fee + totals.all.amount), "currency": plan.currency},
+                     indent=2))
     return 0
 
 

@@ -161,3 +161,14 @@ def test_keys_create_prints_a_key_whose_hash_is_the_config_entry(capsys):
 ])
 def test_prices_are_bounded_so_every_amount_is_exact_in_18_places(old, new, expected):
     assert any(expected in p for p in problems(BASE.replace(old, new, 1)))
+
+
+def test_a_rate_limit_above_the_supported_bound_is_a_config_error():
+    text = BASE.replace("acme: {plan: payg,", "acme: {plan: payg, rate_limit: {tpm: 10000000000},")
+    assert any("customers.acme.rate_limit.tpm: 10000000000 is above" in p for p in problems(text))
+
+
+def test_a_customer_with_rate_limits_keeps_its_own_id():
+    text = BASE.replace("acme: {plan: payg,", "acme: {plan: payg, rate_limit: {rpm: 5, tpm: 100},")
+    config = parse(text)
+    assert set(config.customers) == {"acme"} and config.customers["acme"].rate_limit.tpm == 100
