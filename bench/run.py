@@ -92,7 +92,7 @@ def key_hash(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def proxy_config(upstream_v1: str, tmp: Path, limits: bool) -> str:
+def proxy_config(upstream_v1: str, tmp: Path, limits: bool, counters: str = "memory") -> str:
     extra = ""
     if limits:  # exercises admission (prompt counting, reservation) when the proxy has it
         extra = ('    cap: {amount: "1000000.00", action: block, mode: hard}\n'
@@ -102,7 +102,7 @@ server: {{host: {HOST}, admin_key: "{ADMIN_KEY}"}}
 storage:
   ledger: sqlite:///{tmp}/ledger.db
   journal: {tmp}/payware.journal
-  counters: memory
+  counters: {counters}
 providers:
   upstream: {{kind: openai, base_url: "{upstream_v1}", api_key: "sk-bench-dummy-provider-key"}}
 models:
@@ -171,9 +171,10 @@ def start_upstream(tmp: Path) -> tuple[Child, str]:
     return child, line.split()[1]
 
 
-def start_proxy(tmp: Path, upstream: str, limits: bool, root: Path = ROOT) -> tuple[Child, str]:
+def start_proxy(tmp: Path, upstream: str, limits: bool, root: Path = ROOT,
+                counters: str = "memory") -> tuple[Child, str]:
     config = tmp / "payware.yaml"
-    config.write_text(proxy_config(upstream + "/v1", tmp, limits))
+    config.write_text(proxy_config(upstream + "/v1", tmp, limits, counters))
     port = free_port()
     log_path = tmp / "proxy.log"
     proc = subprocess.Popen([python(), "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
@@ -516,6 +517,9 @@ def parse_args(argv=None):
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--limits", action="store_true",
                         help="give the customer a (never reached) cap and rate limit, to exercise admission")
+    parser.add_argument("--counters", default="memory",
+                        help="storage.counters for the proxy: memory (default) or a redis:// URL "
+                             "(use a database you can spare: the bench writes keys there)")
     parser.add_argument("--max-seconds", type=float, default=900, help="abort after this long (default 900)")
     parser.add_argument("--no-ledger-check", action="store_true", help="skip counting the ledger's events")
     parser.add_argument("--proxy-root", type=Path, default=ROOT,
@@ -547,7 +551,7 @@ def main(argv=None) -> int:
     try:
         upstream, upstream_url = start_upstream(tmp)
         children.append(upstream)
-        proxy, proxy_url = start_proxy(tmp, upstream_url, args.limits, args.proxy_root.resolve())
+        proxy, proxy_url = start_proxy(tmp, upstream_url, args.limits, args.proxy_root.resolve(), args.counters)
         children.append(proxy)
         log(f"bench: upstream {upstream_url} (pid {upstream.pid}), proxy {proxy_url} (pid {proxy.pid}), tmp {tmp}")
         report = asyncio.run(bench(args, proxy, upstream, proxy_url, upstream_url, log))
@@ -556,7 +560,7 @@ def main(argv=None) -> int:
             "git": git_rev(args.proxy_root.resolve()),
             "options": {"quick": args.quick, "requests": args.requests, "requests_c1": args.requests_c1,
                         "warmup": args.warmup, "blocks": args.blocks, "concurrency": args.concurrency,
-                        "scenarios": args.scenarios, "limits": args.limits,
+                        "scenarios": args.scenarios, "limits": args.limits, "counters": args.counters,
                         "proxy_root": str(args.proxy_root.resolve())},
             "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg(),
                         "python": platform.python_version(), "aiohttp": aiohttp.__version__,
