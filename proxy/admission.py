@@ -149,6 +149,8 @@ class Gate:
     async def settle(self, admitted: Admitted, amount: Decimal, event_id: str, customer: CustomerConfig) -> None:
         """Count the call's actual amount against its caps (once), then tell the webhooks."""
         units = to_units(amount)
+        limit = self.cap_amount(customer)
+        notify = self.notifier is not None and limit is not None
 
         async def settle(budget: BudgetStore, _limiter):
             if admitted.hold is not None:
@@ -156,16 +158,17 @@ class Gate:
             else:
                 await budget.add_spent(customer=admitted.customer, period=admitted.period,
                                        scopes=admitted.scopes, units=units, event_id=event_id)
-            return await budget.usage(customer=admitted.customer, period=admitted.period, scope="customer")
+            if notify:  # one more round trip, only when someone listens
+                return await budget.usage(customer=admitted.customer, period=admitted.period, scope="customer")
+            return None
 
         try:
-            (spent, _held), _ = await self._use(settle, local=admitted.local)
+            usage, _ = await self._use(settle, local=admitted.local)
         except ServiceUnavailable:
             return  # the event is in the journal and the ledger; the resync counts it
-        limit = self.cap_amount(customer)
-        if self.notifier is not None and limit is not None:
+        if notify:
             await self.notifier.threshold_crossed(customer=customer.id, period=admitted.period,
-                                                  spent=Decimal(spent) / NANO, limit=limit)
+                                                  spent=Decimal(usage[0]) / NANO, limit=limit)
 
     async def release(self, admitted: Admitted) -> None:
         if admitted.hold is not None:
