@@ -142,3 +142,33 @@ def test_rate_limits_answer_429_with_retry_after_and_openai_headers(proxy_factor
     assert info.value.body["code"] == "rate_limit_exceeded"
     assert int(info.value.response.headers["retry-after"]) >= 1
     assert upstream_calls(fake_upstream) == 0
+
+
+def test_a_key_cap_holds_that_key_while_the_customer_goes_on(proxy_factory, fake_upstream):
+    import hashlib
+
+    from config.schema import key_id
+
+    second = "pw-test-acme-second-key"
+    limited = key_id(hashlib.sha256(KEYS["acme"].encode()).hexdigest())
+    customers_text = f"""
+  acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}", "{key_hash(second)}"], cap: {{amount: "10.00"}},
+          key_caps: {{{limited}: "0.00001"}}}}
+  globex: {{plan: payg, keys: ["{key_hash(KEYS['globex'])}"]}}
+"""
+    proxy = proxy_factory(customers=customers_text)
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert "this key's spend cap" in info.value.body["message"]
+    sdk(proxy, key=second).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+
+
+def test_soft_mode_checks_what_is_spent_and_may_overshoot_by_what_is_in_flight(proxy_factory):
+    proxy = proxy_factory(customers=customers('amount: "0.00001", action: block, mode: soft'))
+    # Soft: a call is let in while spent < cap, even if its worst case does not fit.
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=1000)
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=1000)  # spent 0.0000073 < cap
+    with pytest.raises(openai.RateLimitError):
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES)  # spent 0.0000146 >= cap
+    assert billed(proxy) == 2 * Decimal("0.0000073125")
