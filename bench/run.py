@@ -437,10 +437,10 @@ def markdown(report: dict) -> str:
              "blocks; the proxy's over the proxied blocks, the upstream's over the direct ones (baseline). "
              f"Ticks cross-check (utime+stime, {CLK_TCK} Hz) is in the JSON.",
              "",
-             f"Client CPU µs/req (this process, direct / proxy): " + ", ".join(
+             "Client CPU µs/req (this process, direct / proxy): " + ", ".join(
                  f"{r['scenario']} c={r['concurrency']}: {r['direct']['client_cpu_us_per_req']:.0f} / "
                  f"{r['proxy']['client_cpu_us_per_req']:.0f}" for r in report["results"]),
-             f"Proxy CPU spent in the kernel (stime share, proxied blocks): " + ", ".join(
+             "Proxy CPU spent in the kernel (stime share, proxied blocks): " + ", ".join(
                  f"{r['scenario']} c={r['concurrency']}: {100 * r['proxy']['proxy_sys_share']:.0f}%"
                  for r in report["results"]),
              f"Proxy memory: peak (VmHWM) {mem['VmHWM'] / 1024:.1f} MiB, RSS at the end {mem['VmRSS'] / 1024:.1f} MiB, "

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from metering.budget import to_units
 from metering.webhooks import verify
-from tests.conftest import KEYS, free_port, key_hash, proxy_config
+from tests.conftest import KEYS, free_port, key_hash
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
 BODY = {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}

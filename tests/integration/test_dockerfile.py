@@ -8,13 +8,12 @@ environment it sets starts a working proxy whose health check passes.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import zipfile
 
-from tests.conftest import ROOT, ProxyProcess, free_port, python_env, wait_http
+from tests.conftest import ROOT, free_port, python_env, wait_http
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
