@@ -38,6 +38,7 @@ class Admitted:
     """What admission granted a call: settle or release it when the call ends."""
 
     customer: str
+    key_id: str | None
     period: str
     scopes: tuple[str, ...]
     hold: Hold | None  # None when served past the cap (throttle, notify, soft)
@@ -46,6 +47,7 @@ class Admitted:
     cap_reached: bool = False  # served although the cap is reached (notify / throttle)
     clamped_max_tokens: int | None = None
     local: bool = False  # admitted on the in-process fallback while the shared store was down
+    rate_tokens: int = 0  # tokens charged to the TPM limits up front (prompt + max output)
 
 
 class Gate:
@@ -120,39 +122,56 @@ class Gate:
             return rate, decision
 
         (rate, decision), local = await self._use(reserve)
+        admitted = await self._decide(request_id, customer, key_id, plan, model, endpoint, prompt, period,
+                                      scopes, rate, decision, local, now)
+        admitted.rate_tokens = prompt + max_out if rate is not None else 0
+        return admitted
+
+    async def _decide(self, request_id, customer, key_id, plan, model, endpoint, prompt, period, scopes, rate,
+                      decision: Decision, local: bool, now: datetime) -> Admitted:
+        """What to do with the reservation's answer: go, clamp, serve past the cap, or refuse."""
         names = tuple(s.name for s in scopes)
         if decision.allowed:
-            return Admitted(customer.id, period, names, decision.hold, prompt, rate, local=local)
+            return Admitted(customer.id, key_id, period, names, decision.hold, prompt, rate, local=local)
         cap = customer.cap
         if cap is not None and cap.clamp and endpoint != "embeddings":
             clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now,
                                         local)
             if clamped is not None:
                 hold, max_tokens = clamped
-                return Admitted(customer.id, period, names, hold, prompt, rate, clamped_max_tokens=max_tokens,
-                                local=local)
+                return Admitted(customer.id, key_id, period, names, hold, prompt, rate,
+                                clamped_max_tokens=max_tokens, local=local)
         action = cap.action if cap is not None else "block"
         if action == "notify":
-            return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True, local=local)
+            return Admitted(customer.id, key_id, period, names, None, prompt, rate, cap_reached=True,
+                            local=local)
         if action == "throttle":
             throttle = Limit(name=f"throttle:{customer.id}", rpm=cap.throttle_rpm, tpm=None)
             slow, _ = await self._use(
                 lambda _budget, limiter: limiter.acquire(customer=customer.id, limits=[throttle], tokens=0),
                 local=local)
             if slow.allowed:
-                return Admitted(customer.id, period, names, None, prompt, rate, cap_reached=True, local=local)
+                return Admitted(customer.id, key_id, period, names, None, prompt, rate, cap_reached=True,
+                                local=local)
             raise RateLimited(
                 f"Spend cap reached: requests are throttled to {cap.throttle_rpm} per minute.",
                 headers={"Retry-After": _seconds(slow.retry_after)})
         raise SpendCapReached(_cap_message(decision), headers={"x-should-retry": "false"})
 
-    async def settle(self, admitted: Admitted, amount: Decimal, event_id: str, customer: CustomerConfig) -> None:
-        """Count the call's actual amount against its caps (once), then tell the webhooks."""
+    async def settle(self, admitted: Admitted, amount: Decimal, event_id: str, customer: CustomerConfig,
+                     tokens: int = 0) -> None:
+        """Count the call's actual amount against its caps (once), then tell the webhooks.
+
+        The TPM limits were charged the worst case up front; they get the difference back.
+        """
         units = to_units(amount)
         limit = self.cap_amount(customer)
         notify = self.notifier is not None and limit is not None
 
         async def settle(budget: BudgetStore, _limiter):
+            if admitted.rate_tokens and tokens != admitted.rate_tokens:
+                await _limiter.adjust(customer=customer.id, limits=_limits(customer, admitted.key_id),
+                                      delta_tokens=tokens - admitted.rate_tokens)
             if admitted.hold is not None:
                 await budget.settle(admitted.hold, units)
             else:
@@ -179,12 +198,9 @@ class Gate:
 
     async def _rate(self, limiter: RateLimiter, customer: CustomerConfig, key_id: str | None,
                     tokens: int) -> RateDecision | None:
-        limit = customer.rate_limit
-        if limit is None or (limit.rpm is None and limit.tpm is None):
+        limits = _limits(customer, key_id)
+        if not limits:
             return None
-        limits = [Limit(name=f"customer:{customer.id}", rpm=limit.rpm, tpm=limit.tpm)]
-        if key_id is not None:
-            limits.append(Limit(name=f"key:{key_id}", rpm=limit.rpm, tpm=limit.tpm))
         decision = await limiter.acquire(customer=customer.id, limits=limits, tokens=tokens)
         if not decision.allowed:
             raise RateLimited("Rate limit reached for requests" if decision.remaining_requests == 0
@@ -209,6 +225,17 @@ class Gate:
                                                     units=worst, scopes=scopes, ttl=self.reservation_ttl),
             local=local)
         return (retry.hold, max_tokens) if retry.allowed else None
+
+
+def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:
+    """The RPM/TPM limits a call counts against: its customer's and its key's."""
+    limit = customer.rate_limit
+    if limit is None or (limit.rpm is None and limit.tpm is None):
+        return []
+    limits = [Limit(name=f"customer:{customer.id}", rpm=limit.rpm, tpm=limit.tpm)]
+    if key_id is not None:
+        limits.append(Limit(name=f"key:{key_id}", rpm=limit.rpm, tpm=limit.tpm))
+    return limits
 
 
 def rate_headers(decision: RateDecision | None) -> dict[str, str]:

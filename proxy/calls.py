@@ -63,7 +63,8 @@ class Call:
         event = app[METER].call_event(facts)
         await record_event(app, event, self.caller.customer)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
-        await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer)
+        await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,
+                               tokens=event.input_tokens + event.output_tokens)
 
     async def release(self) -> None:
         """The call ended with nothing to bill: give its reservation back."""

@@ -172,3 +172,14 @@ def test_soft_mode_checks_what_is_spent_and_may_overshoot_by_what_is_in_flight(p
     with pytest.raises(openai.RateLimitError):
         sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES)  # spent 0.0000146 >= cap
     assert billed(proxy) == 2 * Decimal("0.0000073125")
+
+
+def test_tpm_is_charged_the_worst_case_up_front_and_gets_the_difference_back(proxy_factory):
+    proxy = proxy_factory(customers=customers('amount: "10.00"', extra=", rate_limit: {tpm: 10000}"))
+    first = sdk(proxy).chat.completions.with_raw_response.create(model="fake-ok", messages=MESSAGES, max_tokens=5000)
+    # prompt 8 (tiktoken, cookbook formula) + max_tokens 5000 held while the call ran
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 10000 - 5008
+    second = sdk(proxy).chat.completions.with_raw_response.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    # the first call really used 20 tokens (the provider said so): 4988 came back, less what refilled since
+    remaining = int(second.headers["x-ratelimit-remaining-tokens"])
+    assert 10000 - 20 - 18 <= remaining <= 10000 - 18
