@@ -92,6 +92,18 @@ class CustomerCapRow(SQLModel, table=True):
     updated_us: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class StatementRow(SQLModel, table=True):
+    """A closed period's statement, frozen when it closed (later config changes leave it be)."""
+
+    __tablename__ = "statements"
+
+    customer: str = Field(primary_key=True, max_length=128)
+    period: str = Field(primary_key=True, max_length=40)
+    closed_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    total: Decimal = _money()
+    body: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
 _COLUMNS = [c.name for c in EventRow.__table__.columns]
 
 
@@ -171,6 +183,28 @@ class Ledger:
                                                          EventRow.ts_us >= _to_us(since))
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
+
+    def periods(self, customer: str) -> list[str]:
+        """Every period key the customer has events in, oldest first."""
+        query = select(EventRow.period).where(EventRow.customer == customer).distinct()
+        with self.engine.connect() as conn:
+            return sorted(row[0] for row in conn.execute(query))
+
+    def statements(self, customer: str) -> dict[str, dict]:
+        """The frozen statements of a customer, by period key."""
+        query = select(StatementRow).where(StatementRow.customer == customer)
+        with self.engine.connect() as conn:
+            return {row.period: row.body for row in conn.execute(query)}
+
+    def save_statement(self, customer: str, period: str, total: Decimal, body: dict) -> bool:
+        """Freeze a statement; False if one was already there (the first one stands)."""
+        table = StatementRow.__table__
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["customer", "period"])
+        row = {"customer": customer, "period": period, "closed_us": _to_us(datetime.now(timezone.utc)),
+               "total": total, "body": body}
+        with self.engine.begin() as conn:
+            return conn.execute(statement.returning(table.c.period), [row]).first() is not None
 
     def has_event(self, event_id: str) -> bool:
         with self.engine.connect() as conn:

@@ -87,4 +87,4 @@ def test_migrations_build_exactly_the_schema_the_models_describe(ledger):
     with ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert diff == []
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == "0002"
