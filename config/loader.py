@@ -286,7 +286,8 @@ class _Reader:
         return built
 
     def server(self, data: dict, path: str) -> ServerConfig:
-        self.mapping(data, path, ("host", "port", "admin_key", "max_body_bytes", "connect_timeout", "read_timeout"))
+        self.mapping(data, path, ("host", "port", "admin_key", "max_body_bytes", "connect_timeout", "read_timeout",
+                                  "statement_grace"))
         admin_key = self.string(data, "admin_key", path, None)
         if admin_key is not None and admin_key and len(admin_key) < 16:
             self.fail(f"{path}.admin_key", "must be at least 16 characters")
@@ -300,6 +301,7 @@ class _Reader:
             max_body_bytes=self.integer(data, "max_body_bytes", path, 8 * 1024 * 1024, minimum=1024),
             connect_timeout=self.number(data, "connect_timeout", path, 10.0),
             read_timeout=self.number(data, "read_timeout", path, 600.0),
+            statement_grace=self.number(data, "statement_grace", path, 900.0),
         )
 
     def storage(self, data: dict, path: str) -> StorageConfig:
@@ -399,7 +401,9 @@ class _Reader:
             for model, body in self.mapping(price.get("models"), f"{path}.price.models").items()
         }
         metric_prices = {
-            metric: self.to_decimal(self.expand(v, f"{path}.price.metrics.{metric}"), f"{path}.price.metrics.{metric}")
+            metric: self.precise(self.to_decimal(self.expand(v, f"{path}.price.metrics.{metric}"),
+                                                 f"{path}.price.metrics.{metric}"),
+                                 f"{path}.price.metrics.{metric}", PRICE_PLACES)
             for metric, v in self.mapping(price.get("metrics"), f"{path}.price.metrics").items()
         }
         included = {}
@@ -413,11 +417,13 @@ class _Reader:
             self.fail(f"{path}.threshold", "is required (and above 0) when interval is 'threshold'")
         return PlanConfig(
             name=name, interval=interval, currency=self.string(data, "currency", path, "USD"), timezone=zone,
-            base_fee=self.decimal(data, "base_fee", path, Decimal(0)) or Decimal(0),
+            base_fee=self.precise(self.decimal(data, "base_fee", path, Decimal(0)), f"{path}.base_fee",
+                                  PRICE_PLACES) or Decimal(0),
             included={k: v for k, v in included.items() if v is not None},
             markup=markup, per_million=per_million, model_prices=model_prices,
             metric_prices={k: v for k, v in metric_prices.items() if v is not None},
-            request_fee=self.decimal(price, "per_request", f"{path}.price", Decimal(0)) or Decimal(0),
+            request_fee=self.precise(self.decimal(price, "per_request", f"{path}.price", Decimal(0)),
+                                     f"{path}.price.per_request", PRICE_PLACES) or Decimal(0),
             tiers=tiers, threshold=threshold,
         )
 
@@ -451,8 +457,8 @@ class _Reader:
             if last and up_to is not None:
                 self.fail(f"{where}.up_to", "the last step must be unbounded (up_to: null)")
             per_million = self.precise(self.decimal(step, "per_million", where), f"{where}.per_million", PRICE_PLACES)
-            steps.append(TierStep(up_to=up_to, per_million=per_million or Decimal(0),
-                                  flat_fee=self.decimal(step, "flat_fee", where, Decimal(0)) or Decimal(0)))
+            flat_fee = self.precise(self.decimal(step, "flat_fee", where, Decimal(0)), f"{where}.flat_fee", PRICE_PLACES)
+            steps.append(TierStep(up_to=up_to, per_million=per_million or Decimal(0), flat_fee=flat_fee or Decimal(0)))
             previous = up_to or previous
         return Tiers(metric=self.string(data, "metric", path, "tokens"),
                      mode=self.choice(data, "mode", path, ("graduated", "volume"), "graduated"),

@@ -32,6 +32,7 @@ class ServerConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 600.0  # between two reads from the provider, streams included
+    statement_grace: float = 900.0  # seconds after a period's end before its statement is frozen
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ class Meter:
 
     def close_if_reached(self, customer: CustomerConfig, period: str, amount_due: Decimal,
                          now: datetime) -> Period | None:
-        """Close a threshold period once its amount due reaches the threshold.
+        """Close a threshold period once its usage amount (base fee aside) reaches the threshold.
 
         NOTE: calls already admitted into the period stay in it, so a period may pass its
         threshold by what was in flight; every event still belongs to exactly one period.
@@ -73,6 +73,17 @@ class Meter:
             return None  # another event closed it already
         self._threshold_start[customer.id] = now
         return Period(current.start, now, "threshold")
+
+    def bounds(self, customer: CustomerConfig, key: str, next_key: str | None) -> Period:
+        """The period whose key is `key`; a threshold period ends where the next one starts."""
+        plan = self.config.plans[customer.plan]
+        start = datetime.fromisoformat(key)
+        calendar = period_of(start, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone))
+        if plan.interval == "threshold" and next_key is not None:
+            following = datetime.fromisoformat(next_key)
+            if following < calendar.end:
+                return Period(start, following, "threshold")
+        return Period(start, calendar.end, plan.interval)
 
     def restore_thresholds(self, ledger) -> None:
         """Resume each threshold period from the newest period the ledger holds (blocking)."""

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from redis.exceptions import RedisError
+
 from metering.counters import Counters
 from metering.events import UsageEvent
 from metering.journal import Journal
@@ -21,6 +23,7 @@ from metering.ledger import Ledger
 
 log = logging.getLogger("payware.recorder")
 
+COUNTERS_DOWN = (ConnectionError, TimeoutError, OSError, RedisError)
 ROTATE_BYTES = 16 * 1024 * 1024  # empty the journal once the ledger holds it all and it is this big
 
 
@@ -39,6 +42,7 @@ class Recorder:
         self._task: asyncio.Task | None = None
         self._written = 0  # events the ledger has confirmed since start (new or already there)
         self._queued = 0
+        self.counters_stale = False  # a counters write failed: resync them from the ledger
         self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
 
@@ -75,11 +79,16 @@ class Recorder:
     async def record(self, event: UsageEvent) -> None:
         """Make `event` durable and visible. Call before the response's last byte."""
         self.journal.append(event)  # NOTE: first, so a crash after this line cannot lose it
-        await self.counters.record(event)
         self._queue.append(event)
         self._queued += 1
         if len(self._queue) >= self.flush_batch:
             self._wake.set()
+        try:
+            await self.counters.record(event)
+        except COUNTERS_DOWN as exc:  # the ledger still gets it; the counters are resynced from it
+            log.warning("counters unreachable (%s): event %s is in the ledger, counters resync later",
+                        type(exc).__name__, event.id)
+            self.counters_stale = True
 
     async def flush(self) -> None:
         """Wait until every event recorded so far is in the ledger."""

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from config.schema import Config
 from metering.counters import MemoryCounters
+from metering.redis_counters import RedisCounters
 from metering.journal import Journal
 from metering.ledger import Ledger
 from metering.meter import Meter
@@ -25,6 +26,7 @@ from proxy.admission import STORE_DOWN, Gate
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.billing_routes import get_cap, put_cap
 from proxy.records_routes import post_records
+from proxy.statements import closing_job, list_statements
 from proxy.auth import KeyRing
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
@@ -33,7 +35,8 @@ from proxy.usage_routes import usage_events, usage_summary
 
 log = logging.getLogger("payware")
 
-OPEN_EVENTS = web.AppKey("open_events", list)  # handed from the ledger start-up to the budget rebuild
+OPEN_EVENTS = web.AppKey("open_events", list)
+REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis, or None with in-process counters  # handed from the ledger start-up to the budget rebuild
 
 
 @web.middleware
@@ -51,8 +54,10 @@ def make_app(config: Config) -> web.Application:
     app[KEYRING] = KeyRing(config)
     app[METER] = Meter(config)
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_recorder)
     app.cleanup_ctx.append(_admission)
+    app.cleanup_ctx.append(closing_job)
     app.router.add_post("/v1/chat/completions", endpoint_handler("chat"))
     app.router.add_post("/v1/completions", endpoint_handler("completions"))
     app.router.add_post("/v1/embeddings", endpoint_handler("embeddings"))
@@ -62,6 +67,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/v1/usage/records", post_records)
     app.router.add_get("/v1/billing/cap", get_cap)
     app.router.add_put("/v1/billing/cap", put_cap)
+    app.router.add_get("/v1/billing/statements", list_statements)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -88,12 +94,31 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         await echo_runner.cleanup()
 
 
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    """The Redis client shared by counters, budget, rate limits and webhook dedupe, if configured."""
+    storage = app[CONFIG].storage
+    if storage.counters == "memory":
+        app[REDIS] = None
+        yield
+        return
+    import redis.asyncio as redis
+
+    # A blocking pool waits for a free connection under load instead of failing at 100.
+    pool = redis.BlockingConnectionPool.from_url(storage.counters, max_connections=256, timeout=5,
+                                                 socket_timeout=2, socket_connect_timeout=2)
+    app[REDIS] = redis.Redis.from_pool(pool)
+    yield
+    await app[REDIS].aclose()
+
+
 async def _recorder(app: web.Application) -> AsyncIterator[None]:
     """Journal, ledger and counters; replays the journal before the first request."""
     storage = app[CONFIG].storage
     ledger = Ledger(storage.ledger)
     journal = Journal(storage.journal)
-    recorder = Recorder(journal=journal, counters=MemoryCounters(), ledger=ledger,
+    client = app[REDIS]
+    counters = MemoryCounters() if client is None else RedisCounters(client)
+    recorder = Recorder(journal=journal, counters=counters, ledger=ledger,
                         flush_interval=storage.flush_interval, flush_batch=storage.flush_batch)
     meter = app[METER]
 
@@ -115,16 +140,10 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
     """Budget, rate limits and webhooks: in this process, or in Redis shared by many proxies."""
     config = app[CONFIG]
     storage = config.storage
-    client = None
-    if storage.counters == "memory":
+    client = app[REDIS]
+    if client is None:
         budget, limiter, dedupe = MemoryBudget(), MemoryRateLimiter(), MemoryDedupe()
     else:
-        import redis.asyncio as redis
-
-        # A blocking pool waits for a free connection under load instead of failing at 100.
-        pool = redis.BlockingConnectionPool.from_url(storage.counters, max_connections=256, timeout=5,
-                                                     socket_timeout=2, socket_connect_timeout=2)
-        client = redis.Redis.from_pool(pool)
         budget, limiter, dedupe = RedisBudget(client), RedisRateLimiter(client), RedisDedupe(client)
     notifier = Notifier(session=app[HTTP], config=config.webhooks, dedupe=dedupe) if config.webhooks else None
     recorder = app[RECORDER]
@@ -149,8 +168,6 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
     if notifier is not None:
         await notifier.close()
     await budget.close()
-    if client is not None:
-        await client.aclose()
 
 
 def _spent_by_scope(events) -> dict[tuple[str, str], dict[str, int]]:
@@ -178,8 +195,15 @@ async def _resync_budget(app: web.Application, budget) -> None:
     open_periods, since = app[METER].open_periods(utcnow())
     events = await asyncio.get_running_loop().run_in_executor(None, recorder.open_events, open_periods, since)
     spent = _spent_by_scope(events)
+    by_period: dict[tuple[str, str], list] = {}
+    for event in events:
+        by_period.setdefault((event.customer, event.period), []).append(event)
+    counters = recorder.counters
     for customer, period in open_periods.items():
         await budget.rebuild(customer=customer, period=period, spent_by_scope=spent.get((customer, period), {}))
+        if isinstance(counters, RedisCounters):
+            await counters.replace(customer, period, by_period.get((customer, period), []))
+    recorder.counters_stale = False
     log.warning("counter store resynced from the ledger (%d events)", len(events))
 
 

@@ -16,4 +16,5 @@ async def record_event(app: web.Application, event: UsageEvent, customer: Custom
     plan = app[CONFIG].plans[customer.plan]
     if plan.interval == "threshold":
         totals = await recorder.counters.totals(customer.id, event.period)
-        app[METER].close_if_reached(customer, event.period, plan.base_fee + totals.all.amount, utcnow())
+        # NOTE: the usage amount, without the base fee (which every period carries)
+        app[METER].close_if_reached(customer, event.period, totals.all.amount, utcnow())

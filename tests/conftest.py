@@ -103,7 +103,7 @@ def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", custom
 """
     plans = plans if plans is not None else '  payg: {interval: monthly, price: {markup: "1.25"}}\n'
     return f"""
-server: {{host: 127.0.0.1, admin_key: "{ADMIN_KEY}", max_body_bytes: 65536, read_timeout: 5}}
+server: {{host: 127.0.0.1, admin_key: "{ADMIN_KEY}", max_body_bytes: 65536, read_timeout: 5, statement_grace: 0}}
 storage:
   ledger: {ledger or f"sqlite:///{tmp}/ledger.db"}
   journal: {tmp}/payware.journal

@@ -1,0 +1,75 @@
+"""Statements of closed periods equal their events; the summary equals the open period's events.
+
+Run on SQLite and on a real PostgreSQL ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+
+import aiohttp
+import pytest
+
+from tests.conftest import KEYS
+
+AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
+PLANS = ('  payg: {interval: threshold, threshold: "0.00003", base_fee: "0.50", '
+         'price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        return None  # the proxy's own file
+    url = request.getfixturevalue("postgres_url")
+    from metering.ledger import Ledger
+
+    ledger = Ledger(url)
+    with ledger.engine.begin() as conn:
+        for table in ("usage_events", "statements", "customer_caps"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+    ledger.close()
+    return url
+
+
+async def get(session, proxy, path: str):
+    async with session.get(proxy.url + path, headers=AUTH) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.text()
+
+
+async def test_statements_equal_their_events_and_the_summary_equals_the_open_period(proxy_factory, ledger_url):
+    proxy = proxy_factory(plans=PLANS, ledger=ledger_url)
+    body = {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as session:
+        async def call(i: int):
+            if i % 5 == 0:
+                record = {"metric": "agent_actions", "quantity": 3}
+                async with session.post(proxy.url + "/v1/usage/records", json=record, headers=AUTH) as resp:
+                    assert resp.status == 200
+            else:
+                async with session.post(proxy.url + "/v1/chat/completions", json=body, headers=AUTH) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+        await asyncio.gather(*(call(i) for i in range(40)))
+        statements = json.loads(await get(session, proxy, "/v1/billing/statements"))["data"]
+        events = [json.loads(line) for line in (await get(session, proxy, "/v1/usage/events")).splitlines()]
+        summary = json.loads(await get(session, proxy, "/v1/usage/summary"))
+    assert len(events) == 40 and len(statements) >= 2
+    by_period: dict[str, list[dict]] = {}
+    for event in events:
+        by_period.setdefault(event["period"], []).append(event)
+    closed_keys = sorted(by_period)[:-1]
+    assert len(statements) == len(closed_keys)
+    for statement, key in zip(sorted(statements, key=lambda s: s["period"]["start"]), closed_keys):
+        period_events = by_period[key]
+        exact = sum(Decimal(e["amount"]) for e in period_events) + Decimal("0.50")
+        assert Decimal(statement["subtotal"]) == exact  # the export re-summed gives the statement
+        assert Decimal(statement["total"]) == exact.quantize(Decimal("0.01"))
+        assert statement["event_count"] == len(period_events)
+    assert sum(s["event_count"] for s in statements) + len(by_period[sorted(by_period)[-1]]) == 40
+    open_events = by_period[sorted(by_period)[-1]]
+    assert Decimal(summary["amount_due_exact"]) == sum(Decimal(e["amount"]) for e in open_events) + Decimal("0.50")
+    assert summary["requests"] == len(open_events)
