@@ -51,10 +51,33 @@ class PeriodTotals:
         self.by_model.setdefault(name, Totals()).add(event)
 
 
+POSITION_SCALE = 10**9  # positions are kept in integer billionths (custom quantities have <= 9 places)
+
+
+def advances_position(event: UsageEvent) -> bool:
+    """Whether an event uses up included quota and tier room (records with their own price do not)."""
+    return event.usage_source.get("priced_by") != "record"
+
+
+def positions_of(events: Iterable[UsageEvent]) -> dict[tuple[str, str, str], Decimal]:
+    """(customer, period, metric) -> units used so far, from events."""
+    positions: dict[tuple[str, str, str], Decimal] = {}
+    for event in events:
+        if advances_position(event):
+            key = (event.customer, event.period, event.metric)
+            positions[key] = positions.get(key, Decimal(0)) + event.quantity
+    return positions
+
+
 class Counters(Protocol):
     """The counters interface shared by the in-process and the Redis implementation."""
 
     async def record(self, event: UsageEvent) -> None: ...
+
+    async def claim(self, customer: str, period: str, metric: str, quantity: Decimal) -> Decimal:
+        """Atomically take the next `quantity` units of the period's metric; returns the
+        position before them (for included quota and tiers). Positions tile without gaps."""
+        ...
 
     async def totals(self, customer: str, period: str) -> PeriodTotals: ...
 
@@ -66,6 +89,13 @@ class MemoryCounters:
 
     def __init__(self) -> None:
         self._periods: dict[tuple[str, str], PeriodTotals] = {}
+        self._positions: dict[tuple[str, str, str], Decimal] = {}
+
+    async def claim(self, customer: str, period: str, metric: str, quantity: Decimal) -> Decimal:
+        key = (customer, period, metric)
+        before = self._positions.get(key, Decimal(0))
+        self._positions[key] = before + quantity
+        return before
 
     async def record(self, event: UsageEvent) -> None:
         self.record_now(event)
@@ -82,6 +112,8 @@ class MemoryCounters:
         return self._periods.get((customer, period)) or PeriodTotals()
 
     async def rebuild(self, events: Iterable[UsageEvent]) -> None:
+        events = list(events)
         self._periods.clear()
         for event in events:
             self.record_now(event)
+        self._positions = positions_of(events)

@@ -11,7 +11,7 @@ from decimal import Decimal
 from config.schema import Config, CustomerConfig, ModelConfig
 from metering.events import UsageEvent, utcnow
 from metering.periods import Period, period_of
-from metering.rating import price_tokens
+from metering.plans import rate_tokens
 from metering.usage import Usage
 
 
@@ -101,11 +101,12 @@ class Meter:
         since = min((p.start for p in periods.values()), default=now)
         return {cid: p.key for cid, p in periods.items()}, since
 
-    def call_event(self, facts: CallFacts, *, ts: datetime | None = None) -> UsageEvent:
+    def call_event(self, facts: CallFacts, *, position: int = 0, ts: datetime | None = None) -> UsageEvent:
+        """The priced event of a call; `position`: the period's tokens before it (quota, tiers)."""
         ts = ts or utcnow()
         plan = self.config.plans[facts.customer.plan]
         usage = facts.usage
-        priced = price_tokens(facts.model, plan, usage, ts)
+        priced = rate_tokens(plan, facts.model, usage, ts, position)
         return UsageEvent(
             id=facts.request_id,
             ts=ts,

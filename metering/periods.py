@@ -35,7 +35,7 @@ def period_of(ts: datetime, interval: str, *, anchor_day: int = 1, tz: tzinfo = 
         start = _add_days(day, -local.weekday(), tz)  # weeks start on Monday
         return Period(start, _add_days(start, 7, tz), interval)
     if interval in ("monthly", "threshold"):
-        # threshold periods also close at the latest on the monthly edge (see metering.rating)
+        # threshold periods also close at the latest on the monthly edge (see Meter.period)
         start = _month_start(local.year, local.month, anchor_day, tz)
         if start > local:
             year, month = _shift_month(local.year, local.month, -1)

@@ -36,7 +36,7 @@ from operator import index
 
 import redis.asyncio as aioredis
 
-from metering.counters import PeriodTotals, Totals
+from metering.counters import POSITION_SCALE, PeriodTotals, Totals, positions_of
 from metering.events import UsageEvent
 
 KEY_TTL = 40 * 86400.0  # as the budget's: longer than any billing period
@@ -243,6 +243,11 @@ class RedisCounters:
         return result
 
     async def rebuild(self, events: Iterable[UsageEvent]) -> None:
+        events = list(events)
+        await self.set_positions(events, overwrite=False)
+        await self._fill(events)
+
+    async def _fill(self, events: Iterable[UsageEvent]) -> None:
         """Fill, from the ledger's open-period `events`, every (customer, period) that Redis lacks.
 
         Unlike `MemoryCounters.rebuild`, this never wipes or rewrites a hash that exists: other
@@ -274,6 +279,8 @@ class RedisCounters:
         dropped from the counters by this overwrite (the ledger still bills them): flush the
         proxies' ledger queues first, or accept a short under-count until the next resync.
         """
+        events = list(events)
+        await self.set_positions(events, overwrite=True)
         buckets: dict[str, list[int]] = {}
         for event in events:
             if (event.customer, event.period) != (customer, period):
@@ -281,6 +288,28 @@ class RedisCounters:
                                  f"not ({customer!r}, {period!r})")
             _accumulate(buckets, event)
         await self._write(keys=[self.key(customer, period)], args=_args(self._key_ttl, "replace", buckets))
+
+    def position_key(self, customer: str, period: str) -> str:
+        return self.key(customer, period).replace(":totals:", ":positions:", 1)
+
+    async def claim(self, customer: str, period: str, metric: str, quantity: Decimal) -> Decimal:
+        """One HINCRBY: the units after this claim, less this claim, is where it started."""
+        units = int(quantity * POSITION_SCALE)
+        key = self.position_key(customer, period)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, metric, units)
+            pipe.expire(key, int(self._key_ttl))
+            after, _ = await pipe.execute()
+        return Decimal(int(after) - units) / POSITION_SCALE
+
+    async def set_positions(self, events: Iterable[UsageEvent], *, overwrite: bool) -> None:
+        """Positions from the ledger's events: fill what is missing, or overwrite after an outage."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for (customer, period, metric), used in positions_of(events).items():
+                key, units = self.position_key(customer, period), int(used * POSITION_SCALE)
+                (pipe.hset if overwrite else pipe.hsetnx)(key, metric, units)
+                pipe.expire(key, int(self._key_ttl))
+            await pipe.execute()
 
     async def close(self) -> None:
         """Nothing to close: the Redis client belongs to the caller."""

@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from config.schema import CustomerConfig, ModelConfig, PlanConfig
 from metering.budget import NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
 from metering.events import decimal_str
-from metering.rating import price_tokens
+from metering.plans import max_tokens_amount
 from metering.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from metering.tokens import count_prompt
 from metering.usage import Usage
@@ -263,7 +263,8 @@ def _max_output(body: dict, model: ModelConfig) -> int:
 
 
 def _amount(model: ModelConfig, plan: PlanConfig, input_tokens: int, output_tokens: int, now: datetime) -> Decimal:
-    return price_tokens(model, plan, Usage(input_tokens=input_tokens, output_tokens=output_tokens), now).amount
+    """The most this many tokens can cost under `plan`, wherever in the period they fall."""
+    return max_tokens_amount(plan, model, Usage(input_tokens=input_tokens, output_tokens=output_tokens), now)
 
 
 def _seconds(value: float) -> str:

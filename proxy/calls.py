@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 import aiohttp
 from aiohttp import web
@@ -19,11 +20,12 @@ from aiohttp import web
 from config.schema import Config, CustomerConfig, ModelConfig
 from metering.fallback import final_usage, response_text
 from metering.meter import CallFacts
+from metering.plans import uses_position
 from metering.sse import SSEFramer
 from metering.usage import StreamAccumulator, Usage, usage_from_json
 from metering.events import utcnow
 from proxy.admission import Admitted, rate_headers
-from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, UPSTREAMS
+from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
 from proxy.metadata import request_metadata
@@ -60,7 +62,13 @@ class Call:
             status=status, latency_ms=int((time.perf_counter() - self.started) * 1000),
             session=session, feature=feature, meta=meta, period=self.admitted.period,
         )
-        event = app[METER].call_event(facts)
+        plan = app[CONFIG].plans[self.caller.customer.plan]
+        position = 0
+        if uses_position(plan, "tokens"):  # included quota or tiers: take this call's place in the period
+            tokens = Decimal(usage.input_tokens + usage.output_tokens)
+            position = int(await app[RECORDER].counters.claim(self.caller.customer.id, self.admitted.period,
+                                                              "tokens", tokens))
+        event = app[METER].call_event(facts, position=position)
         await record_event(app, event, self.caller.customer)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
         await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,

@@ -20,7 +20,7 @@ from aiohttp import web
 from config.schema import CustomerConfig, PlanConfig
 from metering.events import UsageEvent, decimal_str, money_str, utcnow
 from metering.budget import to_units
-from metering.rating import Priced
+from metering.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest
@@ -154,7 +154,10 @@ async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, 
     else:
         event_id = "rec_" + uuid.uuid4().hex
     period = app[METER].period(customer, now).key
-    priced = price_metric(plan, record.metric, record.quantity, record.unit_price)
+    try:  # at position 0 first: validates and prices everything a replay needs to answer
+        priced = rate_metric(plan, record.metric, record.quantity, Decimal(0), record.unit_price)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="metric") from None
     scopes = ("customer",) + ((f"key:{caller.key_id}",) if caller.key_id in customer.key_caps else ())
     gate = app[GATE]
     # NOTE: the budget store's per-period "applied" set makes the first writer of an id win,
@@ -167,29 +170,22 @@ async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, 
                                         units=to_units(priced.amount), event_id=event_id)
     if not first:
         return _view(event_id, record, priced, duplicate=True)
+    if record.unit_price is None and uses_position(plan, record.metric):  # quota or tiers on this metric
+        position = await recorder.counters.claim(customer.id, period, record.metric, record.quantity)
+        priced = rate_metric(plan, record.metric, record.quantity, position, None)
     event = UsageEvent(
         id=event_id, ts=now, customer=customer.id, key_id=None if caller.admin else caller.key_id,
         metric=record.metric, quantity=record.quantity, period=period, endpoint="records",
         cost=Decimal(0), amount=priced.amount, currency=plan.currency, session=record.session,
         feature=record.feature, meta={**record.meta, **({"idempotency_key": record.idempotency_key}
                                                          if record.idempotency_key else {})},
-        pricing=priced.pricing, usage_source={"quantity": "api"})
+        pricing=priced.pricing,
+        usage_source={"quantity": "api", "priced_by": "record" if record.unit_price is not None else "plan"})
     await record_event(app, event, customer)
     return _view(event_id, record, priced, duplicate=False)
 
 
-def price_metric(plan: PlanConfig, metric: str, quantity: Decimal, unit_price: Decimal | None) -> Priced:
-    """A record's amount: its own unit price (no markup), else the plan's price of the metric."""
-    if unit_price is None:
-        unit_price = plan.metric_prices[metric]
-        source = "plan"
-    else:
-        source = "record"
-    return Priced(cost=Decimal(0), amount=quantity * unit_price,
-                  pricing={"unit_price": decimal_str(unit_price), "unit_price_source": source, "plan": plan.name})
-
-
-def _view(event_id: str, record: _Record, priced, *, duplicate: bool) -> dict:
+def _view(event_id: str, record: _Record, priced: Rated, *, duplicate: bool) -> dict:
     return {"id": event_id, "object": "usage.record", "metric": record.metric,
             "quantity": decimal_str(record.quantity), "amount": money_str(priced.amount),
             "duplicate": duplicate}

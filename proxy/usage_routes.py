@@ -10,12 +10,13 @@ import csv
 import io
 import json
 from datetime import datetime, timezone
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from aiohttp import web
 
 from metering.counters import Totals
 from metering.events import decimal_str, money_str, utcnow
+from metering.statements import round_money
 from proxy.appkeys import CONFIG, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
 
@@ -23,12 +24,6 @@ _CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model",
                 "endpoint", "stream", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
                 "cost", "amount", "currency", "session", "feature", "status", "estimated", "latency_ms", "period",
                 "meta", "pricing", "usage_source", "raw_usage")
-
-
-def round_money(amount: Decimal, currency: str = "USD") -> Decimal:
-    """Round to the currency's minor unit, half up (the one rounding step; see README "Money")."""
-    exponent = Decimal(1) if currency.upper() in ("JPY", "KRW") else Decimal("0.01")
-    return amount.quantize(exponent, rounding=ROUND_HALF_UP)
 
 
 def _tokens(totals: Totals) -> dict:
