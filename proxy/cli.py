@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
     export.set_defaults(run=_usage_export)
 
+    statements = command("statements", _statements, "a customer's closed-period statements, newest first")
+    statements.add_argument("customer")
+
     prices = command("prices", _prices, "show the price of each model (or one)")
     prices.add_argument("model", nargs="?")
     return parser
@@ -176,6 +179,19 @@ def _usage_export(args) -> int:
     ledger = Ledger(config.storage.ledger)
     for event in ledger.events(customer=args.customer, start=start, end=end):
         sys.stdout.write(event.to_json() + "\n")
+    return 0
+
+
+def _statements(args) -> int:
+    from metering.ledger import Ledger
+
+    config = _config(args)
+    if args.customer not in config.customers:
+        print(f"payware: no customer {args.customer!r} in {config.source}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    frozen = Ledger(config.storage.ledger).statements(args.customer)
+    for key in sorted(frozen, reverse=True):
+        print(json.dumps(frozen[key]))
     return 0
 
 

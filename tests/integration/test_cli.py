@@ -1,0 +1,51 @@
+"""The `payware` command against a ledger a real proxy wrote."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import openai
+
+from tests.conftest import KEYS, ROOT, python_env
+
+PLANS = '  payg: {interval: threshold, threshold: "0.00001", price: {markup: "1.25"}}\n'
+
+
+def payware(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, env=python_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_usage_summary_export_statements_and_prices_read_what_the_proxy_wrote(proxy_factory):
+    proxy = proxy_factory(plans=PLANS)
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEYS["acme"], max_retries=0)
+    # $0.0000073125 a call, threshold $0.00001: calls 1-2 close a period, 3-4 another, 5 stays open
+    for _ in range(5):
+        client.chat.completions.create(model="fake-ok", messages=[{"role": "user", "content": "hi"}])
+    config = str(proxy.config_path)
+    request = urllib.request.Request(proxy.url + "/v1/billing/statements",
+                                     headers={"Authorization": f"Bearer {KEYS['acme']}"})
+    assert len(json.loads(urllib.request.urlopen(request).read())["data"]) == 2  # frozen by the server
+
+    exported = payware("usage", "export", "acme", "--config", config)
+    assert exported.returncode == 0 and len(exported.stdout.splitlines()) == 5
+    summary = json.loads(payware("usage", "summary", "acme", "--config", config).stdout)
+    assert summary["requests"] == 1 and summary["amount_due_exact"] == "0.0000073125"
+    statements = [json.loads(line) for line in payware("statements", "acme", "--config", config).stdout.splitlines()]
+    assert [s["event_count"] for s in statements] == [2, 2] and statements[0]["subtotal"] == "0.000014625"
+    prices = json.loads(payware("prices", "fake-ok", "--config", config).stdout)
+    assert prices["per_million"] == {"input": "0.15", "cached_input": "0.075", "output": "0.6"}
+
+
+def test_bad_cli_input_gets_a_clear_error_and_exit_code_2(proxy_factory):
+    proxy = proxy_factory()
+    config = str(proxy.config_path)
+    for args, message in ((["statements", "nobody", "--config", config], "no customer 'nobody'"),
+                          (["prices", "no-model", "--config", config], "no model 'no-model'"),
+                          (["keys", "create", "nobody", "--config", config], "no customer 'nobody'"),
+                          (["check-config", "/nonexistent.yaml"], "cannot read file")):
+        result = payware(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
