@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("customer")
     create.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
     create.set_defaults(run=_keys_create)
+    revoke = keys.add_parser("revoke", help="remove a key (by its id, from `keys list`) from the config file")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"), required=False)
+    revoke.set_defaults(run=_keys_revoke)
     listing = keys.add_parser("list", help="list the key ids of each customer")
     listing.add_argument("--config", metavar="FILE", default=os.environ.get("PAYWARE_CONFIG"))
     listing.set_defaults(run=_keys_list)
@@ -138,6 +142,45 @@ def _keys_list(args) -> int:
     for customer in config.customers.values():
         for entry in customer.keys:
             print(f"{customer.id}\t{key_id(entry.removeprefix('sha256:'))}")
+    return 0
+
+
+def _keys_revoke(args) -> int:
+    """Delete the key's hash from the config file; the file is rewritten only if it stays valid."""
+    import re
+    from pathlib import Path
+
+    from config.loader import parse_config
+
+    if not args.config:
+        print("payware: keys revoke edits a config file: give --config FILE", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    config = _config(args)
+    matches = [(c.id, k) for c in config.customers.values() for k in c.keys
+               if key_id(k.removeprefix("sha256:")) == args.key_id]
+    if not matches:
+        print(f"payware: no key {args.key_id!r} in {config.source} (see `payware keys list`)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    customer, entry = matches[0]
+    path = Path(config.source)
+    text = path.read_text(encoding="utf-8")
+    quoted = rf"""["']?{re.escape(entry)}["']?"""
+    # a flow list item (with its comma) or a block list line, whichever the file uses
+    edited, count = re.subn(rf"{quoted}\s*,\s*|,\s*{quoted}|{quoted}|^\s*-\s*{quoted}[^\n]*\n", "", text,
+                            count=1, flags=re.M)
+    edited = re.sub(r"^\s*-\s*$\n", "", edited, flags=re.M)
+    try:
+        remaining = parse_config(edited, source=str(path), env=os.environ)
+    except ConfigError as exc:
+        print(f"payware: not revoked, the edited file would be invalid:\n{exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if count != 1 or entry in remaining.customers[customer].keys:
+        print(f"payware: could not find {entry} in the text of {path}; remove it by hand", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(edited, encoding="utf-8")
+    os.replace(tmp, path)  # atomic: the file is old or new, never half written
+    print(f"revoked {args.key_id} of {customer} in {path}; restart the proxy (or its instances) to apply")
     return 0
 
 

@@ -49,3 +49,23 @@ def test_bad_cli_input_gets_a_clear_error_and_exit_code_2(proxy_factory):
                           (["check-config", "/nonexistent.yaml"], "cannot read file")):
         result = payware(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_keys_revoke_removes_the_key_from_the_config_and_the_proxy_refuses_it_after_a_restart(proxy_factory):
+    proxy = proxy_factory()
+    config = str(proxy.config_path)
+    listed = dict(line.split("\t")[::-1] for line in payware("keys", "list", "--config", config).stdout.splitlines())
+    acme_key_id = next(kid for kid, customer in listed.items() if customer == "acme")
+    result = payware("keys", "revoke", acme_key_id, "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert acme_key_id not in payware("keys", "list", "--config", config).stdout
+    assert payware("check-config", config).returncode == 0
+    proxy.stop()
+    proxy.start()
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEYS["acme"], max_retries=0)
+    try:
+        client.models.list()
+        raise AssertionError("a revoked key still works")
+    except openai.AuthenticationError:
+        pass
+    assert payware("keys", "revoke", acme_key_id, "--config", config).returncode == 2  # already gone
