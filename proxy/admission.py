@@ -62,6 +62,7 @@ class Gate:
         self.notifier = notifier
         self.on_recovery = on_recovery  # resync the shared counters from the ledger after an outage
         self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
+        self.caps_version = 0  # bumped by each change made here
         self.store_down = False
 
     @property

@@ -164,10 +164,34 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
                   type(exc).__name__)
         gate.store_down = True
     app[GATE] = gate
+    refresher = asyncio.create_task(_refresh_customer_caps(gate, recorder.ledger), name="customer-caps")
     yield
+    refresher.cancel()
+    try:
+        await refresher
+    except asyncio.CancelledError:
+        pass
     if notifier is not None:
         await notifier.close()
     await budget.close()
+
+
+CAPS_REFRESH = 2.0  # seconds: how soon a cap a customer set on another proxy applies here
+
+
+async def _refresh_customer_caps(gate: Gate, ledger: Ledger) -> None:
+    """Customers' own caps live in the shared ledger; other proxies' changes arrive here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(CAPS_REFRESH)
+        version = gate.caps_version
+        try:
+            caps = await loop.run_in_executor(None, ledger.customer_caps)
+        except Exception as exc:  # the ledger may be briefly unreachable: keep the last known caps
+            log.warning("could not refresh customers' caps: %s", type(exc).__name__)
+            continue
+        if version == gate.caps_version:  # a cap set here during the read is newer than the read
+            gate.customer_caps = caps
 
 
 def _spent_by_scope(events) -> dict[tuple[str, str], dict[str, int]]:

@@ -38,6 +38,7 @@ async def put_cap(request: web.Request) -> web.Response:
     await asyncio.get_running_loop().run_in_executor(
         None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
     gate = app[GATE]
+    gate.caps_version += 1
     if amount is None:
         gate.customer_caps.pop(customer.id, None)
     else:

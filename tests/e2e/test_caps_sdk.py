@@ -183,3 +183,21 @@ def test_tpm_is_charged_the_worst_case_up_front_and_gets_the_difference_back(pro
     # the first call really used 20 tokens (the provider said so): 4988 came back, less what refilled since
     remaining = int(second.headers["x-ratelimit-remaining-tokens"])
     assert 10000 - 20 - 18 <= remaining <= 10000 - 18
+
+
+def test_a_cap_the_customer_lowers_on_one_proxy_holds_on_another_within_seconds(proxy_factory, tmp_path):
+    ledger = f"sqlite:///{tmp_path}/shared.db"
+    first, second = (proxy_factory(name=name, ledger=ledger, customers=customers('amount: "10.00"'))
+                     for name in ("a", "b"))
+    sdk(second).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert http(first, "PUT", "/v1/billing/cap", {"amount": "0.000001"})[0] == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            sdk(second, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+        except openai.RateLimitError as exc:
+            assert exc.body["code"] == "spend_cap_reached"
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the other proxy never applied the lower cap")
