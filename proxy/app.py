@@ -12,31 +12,31 @@ from datetime import datetime
 from aiohttp import web
 
 from config.schema import Config
+from metering.budget import MemoryBudget, RedisBudget, to_units
 from metering.counters import MemoryCounters
-from metering.redis_counters import RedisCounters
+from metering.events import utcnow
 from metering.journal import Journal
 from metering.ledger import Ledger
 from metering.meter import Meter
-from metering.events import utcnow
-from metering.recorder import Recorder
-from metering.budget import MemoryBudget, RedisBudget, to_units
 from metering.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from metering.recorder import Recorder
+from metering.redis_counters import RedisCounters
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import STORE_DOWN, Gate
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
-from proxy.billing_routes import get_cap, put_cap
-from proxy.records_routes import post_records
-from proxy.statements import closing_job, list_statements
 from proxy.auth import KeyRing
+from proxy.billing_routes import get_cap, put_cap
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
+from proxy.records_routes import post_records
+from proxy.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
 from proxy.usage_routes import usage_events, usage_summary
 
 log = logging.getLogger("payware")
 
-OPEN_EVENTS = web.AppKey("open_events", list)
-REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis, or None with in-process counters  # handed from the ledger start-up to the budget rebuild
+OPEN_EVENTS = web.AppKey("open_events", list)  # handed from the ledger start-up to the budget rebuild
+REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis, or None with in-process counters
 
 
 @web.middleware
