@@ -40,7 +40,9 @@ async def close_periods(app: web.Application) -> int:
         for index, key in enumerate(keys):
             if key in frozen or key == open_key:
                 continue
-            period = meter.bounds(customer, key, keys[index + 1] if index + 1 < len(keys) else None)
+            # a period ends where the next one starts: the next with events, else the open one
+            following = keys[index + 1] if index + 1 < len(keys) else open_key
+            period = meter.bounds(customer, key, following if following > key else None)
             if period.end + grace > now:
                 continue
             events = await loop.run_in_executor(

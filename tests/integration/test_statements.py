@@ -73,3 +73,38 @@ async def test_statements_equal_their_events_and_the_summary_equals_the_open_per
     open_events = by_period[sorted(by_period)[-1]]
     assert Decimal(summary["amount_due_exact"]) == sum(Decimal(e["amount"]) for e in open_events) + Decimal("0.50")
     assert summary["requests"] == len(open_events)
+
+
+async def test_a_closed_statement_is_announced_once_by_a_signed_webhook(proxy_factory, aiohttp_server):
+    from aiohttp import web
+
+    from metering.webhooks import verify
+
+    received = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        received.append((json.loads(body), request.headers["Payware-Signature"], body))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    server = await aiohttp_server(app)
+    webhooks = f'webhooks: {{url: "http://127.0.0.1:{server.port}/hooks", secret: "whsec-statements-0123"}}'
+    proxy = proxy_factory(plans='  payg: {interval: threshold, threshold: "0.00001", price: {markup: "1.25"}}\n',
+                          webhooks=webhooks)
+    body = {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # $0.0000146 in all: the first period closes
+            async with session.post(proxy.url + "/v1/chat/completions", json=body, headers=AUTH) as resp:
+                assert resp.status == 200
+        for _ in range(2):  # each listing runs a closing pass: the second finds nothing new
+            assert len(json.loads(await get(session, proxy, "/v1/billing/statements"))["data"]) == 1
+    for _ in range(50):
+        if received:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    (event, signature, raw), = received
+    assert event["type"] == "statement.closed" and event["data"]["subtotal"] == "0.000014625"
+    assert verify("whsec-statements-0123", signature, raw)
