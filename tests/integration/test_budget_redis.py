@@ -4,41 +4,15 @@ proxy processes on one server, hash-tagged keys with TTLs, the script cache)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from metering.budget import KEY_TTL, RedisBudget, Scope
+from tests.integration.conftest import connect
 from tests.unit.test_budget_memory import PERIOD, BudgetContract, customer, reserve, usage
 
 pytestmark = pytest.mark.redis
-
-
-def connect(url: str) -> aioredis.Redis:
-    """A client as a proxy should make one: a pool that waits for a free connection.
-
-    redis-py 8's default pool raises MaxConnectionsError past 100 connections in use.
-    """
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, max_connections=32, timeout=10))
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
-    """A key prefix of this test alone; its keys are deleted afterwards."""
-    prefix = f"pwtest-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
 
 
 class TestRedisBudget(BudgetContract):

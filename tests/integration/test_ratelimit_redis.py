@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from metering.ratelimit import Limit, RedisRateLimiter
-from tests.integration.test_budget_redis import connect
+from tests.integration.conftest import connect
 from tests.unit.test_ratelimit_memory import RateLimitContract, acquire
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
-    """A key prefix of this test alone; its keys are deleted afterwards."""
-    prefix = f"pwtest-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
 
 
 class TestRedisRateLimiter(RateLimitContract):

@@ -5,8 +5,6 @@ fields, hash-tagged keys with TTLs)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -14,6 +12,7 @@ import redis.asyncio as aioredis
 
 from metering.counters import PeriodTotals
 from metering.redis_counters import KEY_TTL, RedisCounters
+from tests.integration.conftest import connect
 from tests.unit.test_counters_contract import (
     NEXT_PERIOD,
     PERIOD,
@@ -25,29 +24,6 @@ from tests.unit.test_counters_contract import (
 )
 
 pytestmark = pytest.mark.redis
-
-
-def connect(url: str, **kwargs) -> aioredis.Redis:
-    """A client as a proxy makes one: a pool that waits for a free connection."""
-    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, max_connections=32, timeout=10,
-                                                                             **kwargs))
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def prefix(client: aioredis.Redis) -> AsyncIterator[str]:
-    """A key prefix of this test alone; its keys are deleted afterwards."""
-    prefix = f"pwtest-{uuid.uuid4().hex[:12]}"
-    yield prefix
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-    if keys:
-        await client.delete(*keys)
 
 
 @pytest.fixture
