@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,6 +22,7 @@ from config.schema import Config, CustomerConfig, ModelConfig
 from metering.fallback import final_usage, response_text
 from metering.meter import CallFacts
 from metering.plans import uses_position
+from metering.recorder import COUNTERS_DOWN
 from metering.sse import SSEFramer
 from metering.usage import StreamAccumulator, Usage, usage_from_json
 from metering.events import utcnow
@@ -31,6 +33,8 @@ from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
 from proxy.metadata import request_metadata
 from proxy.recording import record_event
 from proxy.upstream import PATHS, error_passthrough, open_upstream, outgoing_headers, relayed_headers
+
+log = logging.getLogger("payware.calls")
 
 _ENDPOINT_MODES = {"chat": ("chat",), "completions": ("completion", "chat"), "embeddings": ("embedding",)}
 _UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
@@ -66,13 +70,21 @@ class Call:
         position = 0
         if uses_position(plan, "tokens"):  # included quota or tiers: take this call's place in the period
             tokens = Decimal(usage.input_tokens + usage.output_tokens)
-            position = int(await app[RECORDER].counters.claim(self.caller.customer.id, self.admitted.period,
-                                                              "tokens", tokens))
+            try:
+                position = int(await app[RECORDER].counters.claim(self.caller.customer.id, self.admitted.period,
+                                                                  "tokens", tokens))
+            except COUNTERS_DOWN:
+                # NOTE: never lose the event: bill it past the included quota, flagged in its meta
+                position = plan.included.get("tokens", 0)
+                facts.meta = {**facts.meta, "position_unknown": True}
         event = app[METER].call_event(facts, position=position)
         await record_event(app, event, self.caller.customer)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
-        await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,
-                               tokens=event.input_tokens + event.output_tokens)
+        try:
+            await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,
+                                   tokens=event.input_tokens + event.output_tokens)
+        except Exception:  # NOTE: the event is billed; a counter hiccup must not fail the response
+            log.exception("settling %s failed; the cap counters resync from the ledger", event.id)
 
     async def release(self) -> None:
         """The call ended with nothing to bill: give its reservation back."""

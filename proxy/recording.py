@@ -6,6 +6,7 @@ from aiohttp import web
 
 from config.schema import CustomerConfig
 from metering.events import UsageEvent, utcnow
+from metering.recorder import COUNTERS_DOWN
 from proxy.appkeys import CONFIG, METER, RECORDER
 
 
@@ -15,6 +16,9 @@ async def record_event(app: web.Application, event: UsageEvent, customer: Custom
     await recorder.record(event)
     plan = app[CONFIG].plans[customer.plan]
     if plan.interval == "threshold":
-        totals = await recorder.counters.totals(customer.id, event.period)
+        try:
+            totals = await recorder.counters.totals(customer.id, event.period)
+        except COUNTERS_DOWN:
+            return  # the next event checks again; the event itself is recorded
         # NOTE: the usage amount, without the base fee (which every period carries)
         app[METER].close_if_reached(customer, event.period, totals.all.amount, utcnow())
