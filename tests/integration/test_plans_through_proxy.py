@@ -55,3 +55,20 @@ def test_graduated_tiers_across_an_edge(proxy_factory):
     # call 2: tokens 20-40: 10 x 1.00 + 10 x 0.50 = 15 / 1M = 0.000015
     assert events == [Decimal("0.00002"), Decimal("0.000015")]
     assert Decimal(summary["amount_due_exact"]) == Decimal("0.000035")
+
+
+def test_a_plan_change_mid_period_keeps_past_amounts_and_rates_new_calls_by_the_new_plan(proxy_factory):
+    plans = ('  payg: {interval: monthly, price: {markup: "1.25"}}\n'
+             '  premium: {interval: monthly, base_fee: "5.00", price: {markup: "2"}}\n')
+    proxy = proxy_factory(plans=plans)
+    call(proxy)
+    proxy.stop()
+    text = proxy.config_path.read_text()
+    proxy.config_path.write_text(text.replace("acme: {plan: payg,", "acme: {plan: premium,"))
+    proxy.start()
+    call(proxy)
+    events, summary = amounts(proxy)
+    # before: cost 0.00000585 x 1.25; after: cost 0.00000585 x 2; the period takes premium's base fee
+    assert events == [Decimal("0.0000073125"), Decimal("0.0000117")]
+    assert Decimal(summary["amount_due_exact"]) == Decimal("5.0000190125")
+    assert summary["plan"] == "premium"
