@@ -57,22 +57,30 @@ class Meter:
             return Period(start, month.end, "threshold")
         return month
 
-    def close_if_reached(self, customer: CustomerConfig, period: str, amount_due: Decimal,
-                         now: datetime) -> Period | None:
-        """Close a threshold period once its usage amount (base fee aside) reaches the threshold.
+    def threshold_reached(self, customer: CustomerConfig, period: str, usage_amount: Decimal,
+                          now: datetime) -> bool:
+        """Whether the open threshold period `period` is due to close: its usage amount (base fee
+        aside) reached the threshold. The caller then closes it (`adopt`, or across proxies a
+        compare-and-set in Redis first).
 
         NOTE: calls already admitted into the period stay in it, so a period may pass its
         threshold by what was in flight; every event still belongs to exactly one period.
-        Returns the period closed, ending at `now`, or None.
         """
         plan = self.config.plans[customer.plan]
-        if plan.interval != "threshold" or plan.threshold is None or amount_due < plan.threshold:
-            return None
-        current = self.period(customer, now)
-        if current.key != period:
-            return None  # another event closed it already
-        self._threshold_start[customer.id] = now
-        return Period(current.start, now, "threshold")
+        if plan.interval != "threshold" or plan.threshold is None or usage_amount < plan.threshold:
+            return False
+        return self.period(customer, now).key == period  # else another event closed it already
+
+    def adopt(self, customer: CustomerConfig, start: datetime) -> None:
+        """Make `start` the start of the customer's open threshold period, if it is newer."""
+        current = self._threshold_start.get(customer.id)
+        if current is None or start > current:
+            self._threshold_start[customer.id] = start
+
+    def month_key(self, customer: CustomerConfig, now: datetime) -> str:
+        """The calendar period a threshold period lives in (its periods' shared namespace)."""
+        plan = self.config.plans[customer.plan]
+        return period_of(now, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone)).key
 
     def bounds(self, customer: CustomerConfig, key: str, next_key: str | None) -> Period:
         """The period whose key is `key`; a threshold period ends where the next one starts."""
@@ -93,7 +101,7 @@ class Meter:
                 continue
             latest = ledger.latest_period(customer.id, since=self.period(customer, now).start)
             if latest is not None:
-                self._threshold_start[customer.id] = datetime.fromisoformat(latest)
+                self.adopt(customer, datetime.fromisoformat(latest))
 
     def open_periods(self, now: datetime) -> tuple[dict[str, str], datetime]:
         """Each customer's open period key, and the earliest start among them."""

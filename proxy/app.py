@@ -21,9 +21,11 @@ from metering.meter import Meter
 from metering.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from metering.recorder import Recorder
 from metering.redis_counters import RedisCounters
+from metering.thresholds import REFRESH as THRESHOLD_REFRESH
+from metering.thresholds import RedisThresholds
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import STORE_DOWN, Gate
-from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, THRESHOLDS, UPSTREAMS
 from proxy.auth import KeyRing
 from proxy.billing_routes import get_cap, put_cap
 from proxy.calls import endpoint_handler
@@ -98,7 +100,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     """The Redis client shared by counters, budget, rate limits and webhook dedupe, if configured."""
     storage = app[CONFIG].storage
     if storage.counters == "memory":
-        app[REDIS] = None
+        app[REDIS] = app[THRESHOLDS] = None
         yield
         return
     import redis.asyncio as redis
@@ -107,8 +109,31 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     pool = redis.BlockingConnectionPool.from_url(storage.counters, max_connections=256, timeout=5,
                                                  socket_timeout=2, socket_connect_timeout=2)
     app[REDIS] = redis.Redis.from_pool(pool)
+    app[THRESHOLDS] = RedisThresholds(app[REDIS])
+    follower = asyncio.create_task(_follow_thresholds(app), name="threshold-periods")
     yield
+    follower.cancel()
+    try:
+        await follower
+    except asyncio.CancelledError:
+        pass
     await app[REDIS].aclose()
+
+
+async def _follow_thresholds(app: web.Application) -> None:
+    """Adopt threshold periods other proxies opened (see metering.thresholds)."""
+    config, meter, shared = app[CONFIG], app[METER], app[THRESHOLDS]
+    customers = [c for c in config.customers.values() if config.plans[c.plan].interval == "threshold"]
+    while customers:
+        await asyncio.sleep(THRESHOLD_REFRESH)
+        now = utcnow()
+        for customer in customers:
+            try:
+                opened = await shared.open_period(customer=customer.id, month=meter.month_key(customer, now))
+            except STORE_DOWN:
+                break
+            if opened is not None:
+                meter.adopt(customer, datetime.fromisoformat(opened))
 
 
 async def _recorder(app: web.Application) -> AsyncIterator[None]:

@@ -17,4 +17,5 @@ METER = web.AppKey("meter", Meter)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 RECORDER = web.AppKey("recorder", Recorder)
 GATE = web.AppKey("gate", Gate)
+THRESHOLDS = web.AppKey("thresholds", object)  # metering.thresholds.RedisThresholds, or None in one process
 UPSTREAMS = web.AppKey("upstreams", dict)  # provider name -> base URL (the echo provider's is known at start)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
 from config.schema import CustomerConfig
 from metering.events import UsageEvent, utcnow
 from metering.recorder import COUNTERS_DOWN
-from proxy.appkeys import CONFIG, METER, RECORDER
+from proxy.appkeys import CONFIG, METER, RECORDER, THRESHOLDS
 
 
 async def record_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:
@@ -20,5 +22,17 @@ async def record_event(app: web.Application, event: UsageEvent, customer: Custom
             totals = await recorder.counters.totals(customer.id, event.period)
         except COUNTERS_DOWN:
             return  # the next event checks again; the event itself is recorded
+        meter, now = app[METER], utcnow()
         # NOTE: the usage amount, without the base fee (which every period carries)
-        app[METER].close_if_reached(customer, event.period, totals.all.amount, utcnow())
+        if not meter.threshold_reached(customer, event.period, totals.all.amount, now):
+            return
+        shared = app[THRESHOLDS]
+        if shared is None:
+            meter.adopt(customer, now)
+            return
+        try:
+            opened = await shared.close(customer=customer.id, month=meter.month_key(customer, now),
+                                        seen_open=event.period, next_start=now.isoformat())
+        except COUNTERS_DOWN:
+            return  # the next event tries again
+        meter.adopt(customer, datetime.fromisoformat(opened))

@@ -170,3 +170,27 @@ async def test_cap_webhooks_arrive_signed_once_per_threshold(proxy_factory, aioh
     for _, signature, body in received:
         assert verify("whsec-test-0123456789", signature, body)
         assert not verify("wrong-secret", signature, body)
+
+
+async def test_threshold_periods_are_shared_by_proxies_on_one_redis(proxy_factory, proxy_redis_url, tmp_path):
+    plans = '  payg: {interval: threshold, threshold: "0.00003", price: {markup: "1.25"}}\n'
+    ledger = f"sqlite:///{tmp_path}/shared-ledger.db"
+    proxies = [proxy_factory(name=f"t{i}", plans=plans, storage=f"  counters: {proxy_redis_url}", ledger=ledger)
+               for i in range(2)]
+    async with aiohttp.ClientSession() as session:
+        for i in range(60):  # alternately through each proxy; 5 calls ($0.0000366) fill a period
+            async with session.post(proxies[i % 2].url + "/v1/chat/completions", json=BODY,
+                                    headers={**AUTH, "X-Payware-Meta-Proxy": str(i % 2)}) as resp:
+                assert resp.status == 200
+        events = await ledger_events(session, proxies[0].url) + await ledger_events(session, proxies[1].url)
+    events = list({e["id"]: e for e in events}.values())
+    periods: dict[str, list[dict]] = {}
+    for event in events:
+        periods.setdefault(event["period"], []).append(event)
+    *closed, _open = [periods[key] for key in sorted(periods)]
+    assert len(events) == 60 and len(closed) >= 8
+    for members in closed:
+        assert sum(Decimal(e["amount"]) for e in members) >= Decimal("0.00003")
+    # one sequence of periods for both proxies, not one each: periods hold both proxies' calls
+    shared = [m for m in closed if {e["meta"]["proxy"] for e in m} == {"0", "1"}]
+    assert len(shared) == len(closed)
