@@ -17,7 +17,7 @@ from aiohttp import web
 from metering.counters import Totals
 from metering.events import decimal_str, money_str, utcnow
 from metering.statements import round_money
-from proxy.appkeys import CONFIG, KEYRING, METER, RECORDER
+from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
 
 _CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model", "upstream_model", "provider",
@@ -41,10 +41,12 @@ async def usage_summary(request: web.Request) -> web.Response:
     totals = await app[RECORDER].counters.totals(customer.id, period.key)
     due = plan.base_fee + totals.all.amount
     cap = None
-    if customer.cap is not None:
-        remaining = max(customer.cap.amount - totals.all.amount, Decimal(0))
-        cap = {"amount": money_str(customer.cap.amount), "spent": money_str(totals.all.amount),
-               "remaining": money_str(remaining), "action": customer.cap.action, "mode": customer.cap.mode}
+    limit = app[GATE].cap_amount(customer)  # the admin's, or the customer's own when lower
+    if limit is not None:
+        remaining = max(limit - totals.all.amount, Decimal(0))
+        cap = {"amount": money_str(limit), "spent": money_str(totals.all.amount), "remaining": money_str(remaining),
+               "action": customer.cap.action if customer.cap else "block",
+               "mode": customer.cap.mode if customer.cap else "hard"}
     by_model = [
         {"model": name, "requests": t.requests, "tokens": _tokens(t), "quantity": decimal_str(t.quantity),
          "amount": money_str(t.amount)}

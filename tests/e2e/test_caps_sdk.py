@@ -100,6 +100,7 @@ def test_a_customer_lowers_its_own_cap_and_is_held_to_it_at_once(proxy_factory, 
         sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
     assert info.value.body["code"] == "spend_cap_reached"
     assert upstream_calls(fake_upstream) == 0
+    assert http(proxy, "GET", "/v1/usage/summary")[1]["cap"]["amount"] == "0.00001"
 
 
 def test_a_customer_cannot_raise_its_cap_past_the_admins(proxy_factory):
