@@ -54,7 +54,9 @@ async def post_records(request: web.Request) -> web.Response:
     customer = _customer(app, caller, body if isinstance(body, dict) else {}, items)
     plan = app[CONFIG].plans[customer.plan]
     records = [_record(item, f"records[{i}]." if batch else "", plan) for i, item in enumerate(items)]
-    results = [await _keep(app, caller, customer, plan, record) for record in records]
+    priced = [_price(plan, record, f"records[{i}]." if batch else "") for i, record in enumerate(records)]
+    # NOTE: every record is checked and priced above, before the first one is kept
+    results = [await _keep(app, caller, customer, plan, record, rated) for record, rated in zip(records, priced)]
     return web.json_response({"object": "list", "data": results} if batch else results[0])
 
 
@@ -145,8 +147,16 @@ def _plain(meta: dict) -> dict:
     return json.loads(json.dumps(meta, default=str))
 
 
+def _price(plan: PlanConfig, record: _Record, where: str) -> Rated:
+    """The record priced at the period's start: proves it can be priced; a replay's answer."""
+    try:
+        return rate_metric(plan, record.metric, record.quantity, Decimal(0), record.unit_price)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param=where + "metric") from None
+
+
 async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
-                record: _Record) -> dict:
+                record: _Record, priced: Rated) -> dict:
     now = utcnow()
     if record.idempotency_key is not None:
         digest = hashlib.sha256(f"{customer.id}\0{record.idempotency_key}".encode()).hexdigest()
@@ -154,10 +164,6 @@ async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, 
     else:
         event_id = "rec_" + uuid.uuid4().hex
     period = app[METER].period(customer, now).key
-    try:  # at position 0 first: validates and prices everything a replay needs to answer
-        priced = rate_metric(plan, record.metric, record.quantity, Decimal(0), record.unit_price)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="metric") from None
     scopes = ("customer",) + ((f"key:{caller.key_id}",) if caller.key_id in customer.key_caps else ())
     gate = app[GATE]
     # NOTE: the budget store's per-period "applied" set makes the first writer of an id win,
