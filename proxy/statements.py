@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from aiohttp import web
 
+from config.schema import CustomerConfig
 from metering.events import utcnow
 from metering.statements import build_statement
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
@@ -25,15 +26,16 @@ CLOSE_EVERY = 60.0  # seconds between two passes of the closing job
 CLOSED = web.AppKey("statements_closer", asyncio.Task)
 
 
-async def close_periods(app: web.Application) -> int:
-    """Freeze the statement of every period that has closed; returns how many were new."""
+async def close_periods(app: web.Application, customers: list[CustomerConfig] | None = None) -> int:
+    """Freeze the statement of every period that has closed (of `customers`, default all);
+    returns how many were new."""
     config, meter, recorder = app[CONFIG], app[METER], app[RECORDER]
     grace = timedelta(seconds=config.server.statement_grace)
     now = utcnow()
     await recorder.flush()
     loop = asyncio.get_running_loop()
     closed = 0
-    for customer in config.customers.values():
+    for customer in customers if customers is not None else config.customers.values():
         open_key = meter.period(customer, now).key
         keys = await loop.run_in_executor(None, recorder.ledger.periods, customer.id)
         frozen = await loop.run_in_executor(None, recorder.ledger.statements, customer.id)
@@ -86,7 +88,7 @@ async def list_statements(request: web.Request) -> web.Response:
     """`GET /v1/billing/statements`: the customer's closed periods, newest first, with line items."""
     app = request.app
     customer = app[KEYRING].subject(request)
-    await close_periods(app)  # whatever closed since the last pass shows at once
+    await close_periods(app, [customer])  # whatever closed since the last pass shows at once
     frozen = await asyncio.get_running_loop().run_in_executor(None, app[RECORDER].ledger.statements, customer.id)
     data = [frozen[key] for key in sorted(frozen, reverse=True)]
     return web.json_response({"object": "list", "data": data})
