@@ -114,6 +114,26 @@ def to_row(event: UsageEvent) -> dict:
     return row
 
 
+_JSON_COLUMNS = {"meta", "pricing", "usage_source", "raw_usage"}
+_MONEY_COLUMNS = {"quantity", "cost", "amount"}
+
+
+def _driver_row(event: UsageEvent, postgres: bool) -> tuple:
+    """An event as the DB driver takes it, in `_COLUMNS` order (what the column types would bind)."""
+    values = []
+    for name in _COLUMNS:
+        if name == "ts_us":
+            values.append(_to_us(event.ts))
+            continue
+        value = getattr(event, name)
+        if name in _JSON_COLUMNS:
+            value = None if value is None else _json_dumps(value)
+        elif name in _MONEY_COLUMNS:
+            value = value if postgres else decimal_str(value)
+        values.append(value)
+    return tuple(values)
+
+
 def from_row(row: Any) -> UsageEvent:
     data = {name: getattr(row, name) for name in _COLUMNS if name != "ts_us"}
     data["ts"] = _EPOCH + timedelta(microseconds=row.ts_us)
@@ -144,6 +164,22 @@ class Ledger:
         if self.engine.dialect.name == "sqlite":
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
         migrate(self.engine)
+
+    def append(self, events: list[UsageEvent]) -> None:
+        """The flusher's batch write: `insert` without SQLAlchemy's per-row work (the DB driver's
+        executemany with values prepared here); idempotent the same way, no count returned."""
+        if not events:
+            return
+        postgres = self.engine.dialect.name == "postgresql"
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(self._append_sql, [_driver_row(e, postgres) for e in events])
+
+    @property
+    def _append_sql(self) -> str:
+        mark = "%s" if self.engine.dialect.name == "postgresql" else "?"
+        columns = ", ".join(f'"{name}"' for name in _COLUMNS)
+        marks = ", ".join(mark for _ in _COLUMNS)
+        return f"INSERT INTO usage_events ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"
 
     def insert(self, events: Iterable[UsageEvent]) -> int:
         """Write events, skipping ids already there; returns how many rows were new."""

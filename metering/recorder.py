@@ -129,7 +129,7 @@ class Recorder:
 
     def _write(self, batch: list[UsageEvent]) -> None:
         self.journal.sync()  # power-loss safety for what is about to be acknowledged
-        self.ledger.insert(batch)
+        self.ledger.append(batch)
 
     async def close(self) -> None:
         """Flush what is queued, then stop. Whatever is left stays in the journal."""

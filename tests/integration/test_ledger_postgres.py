@@ -88,3 +88,16 @@ def test_migrations_build_exactly_the_schema_the_models_describe(ledger):
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert diff == []
         assert MigrationContext.configure(conn).get_current_revision() == "0002"
+
+
+def test_the_flushers_batch_write_stores_what_insert_stores(ledger):
+    events = [event(i, "0.0000073125", meta={"user": f"u{i}", "n": [1, 2]}) for i in range(20)]
+    ledger.append(events[:10])
+    ledger.append(events)  # a replayed batch: the first ten are skipped
+    back = {e.id: e for e in ledger.events(customer="acme")}
+    assert len(back) == 20
+    for original in events:
+        stored = back[original.id]
+        assert (stored.amount, stored.cost, stored.quantity, stored.meta, stored.pricing, stored.raw_usage,
+                stored.ts) == (original.amount, original.cost, original.quantity, original.meta, original.pricing,
+                               original.raw_usage, original.ts)
