@@ -47,6 +47,7 @@ class Admitted:
     cap_reached: bool = False  # served although the cap is reached (notify / throttle)
     clamped_max_tokens: int | None = None
     local: bool = False  # admitted on the in-process fallback while the shared store was down
+    capped: bool = True  # False: no cap applies, so no reservation was made and none is settled
     rate_tokens: int = 0  # tokens charged to the TPM limits up front (prompt + max output)
 
 
@@ -107,12 +108,21 @@ class Gate:
             scopes.append(Scope(name=f"key:{key_id}", limit=to_units(customer.key_caps[key_id]), mode=mode))
         return scopes
 
+    def capped(self, customer: CustomerConfig) -> bool:
+        """Whether any cap applies to the customer (the admin's, its own, or a key's)."""
+        return customer.cap is not None or bool(customer.key_caps) or customer.id in self.customer_caps
+
     async def admit(self, *, request_id: str, customer: CustomerConfig, key_id: str | None, plan: PlanConfig,
                     model: ModelConfig, endpoint: str, body: dict, period: str, now: datetime) -> Admitted:
-        needs_count = customer.cap is not None or customer.key_caps or (
-            customer.rate_limit is not None and customer.rate_limit.tpm) or customer.id in self.customer_caps
+        capped = self.capped(customer)
+        needs_count = capped or (customer.rate_limit is not None and customer.rate_limit.tpm)
         prompt = count_prompt(endpoint, body, model.upstream) if needs_count else 0
         max_out = 0 if endpoint == "embeddings" else _max_output(body, model)
+        if not capped:  # pay-as-you-go without a cap: nothing to reserve (saves two store calls)
+            rate, local = await self._use(
+                lambda _budget, limiter: self._rate(limiter, customer, key_id, prompt + max_out))
+            return Admitted(customer.id, key_id, period, ("customer",), None, prompt, rate, local=local,
+                            capped=False, rate_tokens=prompt + max_out if rate is not None else 0)
         scopes = self.scopes(customer, key_id)
         worst = to_units(_amount(model, plan, prompt, max_out, now))
 
@@ -167,12 +177,14 @@ class Gate:
         """
         units = to_units(amount)
         limit = self.cap_amount(customer)
-        notify = self.notifier is not None and limit is not None
+        notify = self.notifier is not None and limit is not None and admitted.capped
 
         async def settle(budget: BudgetStore, _limiter):
             if admitted.rate_tokens and tokens != admitted.rate_tokens:
                 await _limiter.adjust(customer=customer.id, limits=_limits(customer, admitted.key_id),
                                       delta_tokens=tokens - admitted.rate_tokens)
+            if not admitted.capped:
+                return None
             if admitted.hold is not None:
                 await budget.settle(admitted.hold, units)
             else:

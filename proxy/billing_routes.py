@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
-from metering.budget import NANO
+from metering.budget import NANO, to_units
 from metering.events import decimal_str, money_str, utcnow
 from proxy.appkeys import GATE, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
@@ -38,12 +38,26 @@ async def put_cap(request: web.Request) -> web.Response:
     await asyncio.get_running_loop().run_in_executor(
         None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
     gate = app[GATE]
+    if amount is not None and not gate.capped(customer):
+        await _seed_spent(app, customer)
     gate.caps_version += 1
     if amount is None:
         gate.customer_caps.pop(customer.id, None)
     else:
         gate.customer_caps[customer.id] = amount
     return web.json_response(await _cap_view(app, customer))
+
+
+async def _seed_spent(app: web.Application, customer) -> None:
+    """A customer without any cap was never reserved against: give the cap store what it spent.
+
+    NOTE: from the real-time totals, rounded up once (settlement rounds each event up: the
+    difference is below a nano-dollar per event).
+    """
+    period = app[METER].period(customer, utcnow()).key
+    totals = await app[RECORDER].counters.totals(customer.id, period)
+    await app[GATE].budget.rebuild(customer=customer.id, period=period,
+                                   spent_by_scope={"customer": to_units(totals.all.amount)})
 
 
 def _amount(value: object) -> Decimal | None:
@@ -65,7 +79,11 @@ def _amount(value: object) -> Decimal | None:
 async def _cap_view(app: web.Application, customer) -> dict:
     gate = app[GATE]
     period = app[METER].period(customer, utcnow())
-    spent, held = await gate.budget.usage(customer=customer.id, period=period.key, scope="customer")
+    if gate.capped(customer):
+        spent, held = await gate.budget.usage(customer=customer.id, period=period.key, scope="customer")
+    else:  # nothing is reserved for an uncapped customer: its spend is the real-time total
+        totals = await app[RECORDER].counters.totals(customer.id, period.key)
+        spent, held = to_units(totals.all.amount), 0
     effective = gate.cap_amount(customer)
     admin = customer.cap
     return {

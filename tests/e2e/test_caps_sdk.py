@@ -202,3 +202,15 @@ def test_a_cap_the_customer_lowers_on_one_proxy_holds_on_another_within_seconds(
         time.sleep(0.2)
     else:
         raise AssertionError("the other proxy never applied the lower cap")
+
+
+def test_a_customer_without_any_cap_sets_one_and_what_it_spent_already_counts(proxy_factory, fake_upstream):
+    proxy = proxy_factory()  # no cap at all: calls are not reserved against anything
+    for _ in range(3):
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    # spent 3 x 0.0000073125 = 0.0000219375; a call reserves 0.000009: it no longer fits under 0.00003
+    status, view = http(proxy, "PUT", "/v1/billing/cap", {"amount": "0.00003"})
+    assert status == 200 and Decimal(view["spent"]) >= Decimal("0.0000219375")
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert info.value.body["code"] == "spend_cap_reached"
