@@ -90,9 +90,9 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as error:
         return error_response(error)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app._client_max_size
-        return error_response(BodyTooLarge(f"request body is larger than the limit of {limit} bytes"))
+    except web.HTTPRequestEntityTooLarge as exc:
+        # aiohttp's own text names the limit and the size: "Maximum request body size N exceeded, ..."
+        return error_response(BodyTooLarge(f"request body too large: {exc.text}"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
