@@ -96,6 +96,7 @@ def _serve(args) -> int:
     config = _config(args)
     logging.basicConfig(level=os.environ.get("PAYWARE_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter at every start
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     app = make_app(config)
