@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-STATUSES = ("ok", "partial", "error")
-
-
 @dataclass(slots=True)
 class UsageEvent:
     """A metered request or a custom usage record, with the evidence needed for a dispute.
@@ -64,9 +61,6 @@ class UsageEvent:
             data[name] = Decimal(data[name])
         return cls(**data)
 
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
 
 def decimal_str(value: Decimal) -> str:

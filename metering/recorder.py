@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -43,6 +43,7 @@ class Recorder:
         self._written = 0  # events the ledger has confirmed since start (new or already there)
         self._queued = 0
         self.counters_stale = False  # a counters write failed: resync them from the ledger
+        self.on_counters_back: Callable[[], Awaitable[None]] | None = None  # the resync, set by the app
         self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
 
@@ -89,6 +90,10 @@ class Recorder:
             log.warning("counters unreachable (%s): event %s is in the ledger, counters resync later",
                         type(exc).__name__, event.id)
             self.counters_stale = True
+            return
+        if self.counters_stale and self.on_counters_back is not None:
+            self.counters_stale = False  # first, so concurrent records do not resync again
+            await self.on_counters_back()
 
     async def flush(self) -> None:
         """Wait until every event recorded so far is in the ledger."""

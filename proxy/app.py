@@ -178,6 +178,7 @@ async def _admission(app: web.Application) -> AsyncIterator[None]:
 
     gate = Gate(budget=budget, limiter=limiter, notifier=notifier, on_recovery=resync,
                 fail_open=storage.on_counter_failure == "fail_open")
+    recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
     events = app.pop(OPEN_EVENTS)
     try:
@@ -235,23 +236,32 @@ def _spent_by_scope(events) -> dict[tuple[str, str], dict[str, int]]:
 
 
 async def _resync_budget(app: web.Application, budget) -> None:
-    """After a counter-store outage, set every open period's spend from the ledger.
+    """After a counter-store outage, set every open period's spend and totals from the ledger.
 
     NOTE: holds of calls in flight are dropped by the rebuild; their settlement still counts.
+    It never fails the request that noticed the store is back: a failed resync is retried by
+    the next one.
     """
     recorder = app[RECORDER]
-    await recorder.flush()
-    open_periods, since = app[METER].open_periods(utcnow())
-    events = await asyncio.get_running_loop().run_in_executor(None, recorder.open_events, open_periods, since)
-    spent = _spent_by_scope(events)
-    by_period: dict[tuple[str, str], list] = {}
-    for event in events:
-        by_period.setdefault((event.customer, event.period), []).append(event)
-    counters = recorder.counters
-    for customer, period in open_periods.items():
-        await budget.rebuild(customer=customer, period=period, spent_by_scope=spent.get((customer, period), {}))
-        if isinstance(counters, RedisCounters):
-            await counters.replace(customer, period, by_period.get((customer, period), []))
+    try:
+        await recorder.flush()
+        open_periods, since = app[METER].open_periods(utcnow())
+        events = await asyncio.get_running_loop().run_in_executor(None, recorder.open_events, open_periods, since)
+        spent = _spent_by_scope(events)
+        by_period: dict[tuple[str, str], list] = {}
+        for event in events:
+            by_period.setdefault((event.customer, event.period), []).append(event)
+        counters = recorder.counters
+        for customer, period in open_periods.items():
+            await budget.rebuild(customer=customer, period=period, spent_by_scope=spent.get((customer, period), {}))
+            if isinstance(counters, RedisCounters):
+                await counters.replace(customer, period, by_period.get((customer, period), []))
+    except Exception:
+        log.exception("resync from the ledger failed; the next call retries it")
+        recorder.counters_stale = True
+        if GATE in app:
+            app[GATE].store_down = True
+        return
     recorder.counters_stale = False
     log.warning("counter store resynced from the ledger (%d events)", len(events))
 

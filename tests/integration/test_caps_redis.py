@@ -194,3 +194,19 @@ async def test_threshold_periods_are_shared_by_proxies_on_one_redis(proxy_factor
     # one sequence of periods for both proxies, not one each: periods hold both proxies' calls
     shared = [m for m in closed if {e["meta"]["proxy"] for e in m} == {"0", "1"}]
     assert len(shared) == len(closed)
+
+
+async def test_counters_of_an_uncapped_customer_are_resynced_after_redis_comes_back(proxy_factory, own_redis):
+    proxy = proxy_factory(storage=f"  counters: {own_redis.url}")  # no cap: nothing is reserved in Redis
+    async with aiohttp.ClientSession() as session:
+        assert (await chat(session, proxy.url))[0] == 200
+        own_redis.kill()
+        assert (await chat(session, proxy.url))[0] == 200  # no cap to protect: served, billed in the ledger
+        own_redis.start()  # back, and empty
+        assert (await chat(session, proxy.url))[0] == 200  # this call's counters write notices and resyncs
+        async with session.get(proxy.url + "/v1/usage/summary", headers=AUTH) as resp:
+            summary = await resp.json()
+        events = await ledger_events(session, proxy.url)
+    assert len(events) == 3
+    assert summary["requests"] == 3
+    assert Decimal(summary["amount_due_exact"]) == sum(Decimal(e["amount"]) for e in events)
