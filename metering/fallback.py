@@ -22,25 +22,3 @@ def final_usage(reported: Usage | None, *, endpoint: str, body: dict, model: str
     input_tokens = count_prompt(endpoint, body, model)
     output_tokens = 0 if endpoint == "embeddings" else count_text(output_text(), model)
     return Usage(input_tokens=input_tokens, output_tokens=output_tokens, source="estimated"), ESTIMATED
-
-
-def response_text(obj: object) -> str:
-    """The generated text of a non-streamed chat or completions response, for estimation."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
-        return ""
-    parts: list[str] = []
-    for choice in obj["choices"]:
-        if not isinstance(choice, dict):
-            continue
-        if isinstance(choice.get("text"), str):
-            parts.append(choice["text"])
-        message = choice.get("message")
-        if isinstance(message, dict):
-            for name in ("content", "reasoning_content", "refusal"):
-                if isinstance(message.get(name), str):
-                    parts.append(message[name])
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict):
-                    parts.extend(v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str))
-    return "".join(parts)

@@ -165,8 +165,16 @@ class StreamAccumulator:
         return self._chunks
 
 
-def _collect_text(chunk: object, out: list[str]) -> None:
-    """Append the generated text of one chat or completions chunk to `out`."""
+def generated_text(obj: object) -> str:
+    """The generated text of a non-streamed chat or completions response (for estimation)."""
+    out: list[str] = []
+    _collect_text(obj, out, part="message")
+    return "".join(out)
+
+
+def _collect_text(chunk: object, out: list[str], part: str = "delta") -> None:
+    """Append the generated text of one chat or completions chunk (or, with part="message",
+    response) to `out`."""
     if not isinstance(chunk, dict):
         return
     choices = chunk.get("choices")
@@ -178,7 +186,7 @@ def _collect_text(chunk: object, out: list[str]) -> None:
         text = choice.get("text")  # /v1/completions
         if isinstance(text, str):
             out.append(text)
-        delta = choice.get("delta")
+        delta = choice.get(part)
         if not isinstance(delta, dict):
             continue
         for key in ("content", "reasoning_content", "reasoning", "refusal"):

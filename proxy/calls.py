@@ -19,12 +19,12 @@ import aiohttp
 from aiohttp import web
 
 from config.schema import Config, CustomerConfig, ModelConfig
-from metering.fallback import final_usage, response_text
+from metering.fallback import final_usage
 from metering.meter import CallFacts
 from metering.plans import uses_position
 from metering.recorder import COUNTERS_DOWN
 from metering.sse import SSEFramer
-from metering.usage import StreamAccumulator, Usage, usage_from_json
+from metering.usage import StreamAccumulator, Usage, generated_text, usage_from_json
 from metering.events import utcnow
 from proxy.admission import Admitted, rate_headers
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
@@ -155,7 +155,7 @@ async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Respo
         parsed = json.loads(payload)
     except ValueError:
         parsed = None
-    await call.record(usage_from_json(parsed), "ok", lambda: response_text(parsed))
+    await call.record(usage_from_json(parsed), "ok", lambda: generated_text(parsed))
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
 
 

@@ -344,3 +344,13 @@ def test_output_text_collects_every_generated_text(chunk, text):
     acc = StreamAccumulator(strip_usage=False)
     acc.process(Frame(raw=b"data: " + data.encode() + b"\n\n", data=data))
     assert acc.output_text() == text
+
+
+def test_generated_text_of_a_non_streamed_response_covers_content_tool_calls_and_completions():
+    from metering.usage import generated_text
+
+    chat = {"choices": [{"message": {"role": "assistant", "content": "Hi", "refusal": None,
+                                     "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]}
+    assert generated_text(chat) == "Hif{}"
+    assert generated_text({"choices": [{"text": "done", "index": 0}]}) == "done"
+    assert generated_text({"error": "x"}) == "" and generated_text(None) == ""
