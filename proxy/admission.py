@@ -18,12 +18,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.schema import CustomerConfig, ModelConfig, PlanConfig
-from metering.budget import NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
-from metering.events import decimal_str
-from metering.plans import max_tokens_amount
-from metering.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
-from metering.tokens import count_prompt
-from metering.usage import Usage
+from metering.limits.budget import NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
+from metering.store.events import decimal_str
+from metering.billing.plans import max_tokens_amount
+from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
+from metering.usage.tokens import count_prompt
+from metering.usage.normalized import Usage
 from metering.webhooks import Notifier
 from proxy.errors import RateLimited, ServiceUnavailable, SpendCapReached
 

@@ -12,28 +12,28 @@ from datetime import datetime
 from aiohttp import web
 
 from config.schema import Config
-from metering.budget import MemoryBudget, RedisBudget, to_units
-from metering.counters import MemoryCounters
-from metering.events import utcnow
-from metering.journal import Journal
-from metering.ledger import Ledger
-from metering.meter import Meter
-from metering.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from metering.recorder import Recorder
-from metering.redis_counters import RedisCounters
-from metering.thresholds import REFRESH as THRESHOLD_REFRESH
-from metering.thresholds import RedisThresholds
+from metering.limits.budget import MemoryBudget, RedisBudget, to_units
+from metering.limits.counters import MemoryCounters
+from metering.store.events import utcnow
+from metering.store.journal import Journal
+from metering.store.ledger import Ledger
+from metering.billing.meter import Meter
+from metering.limits.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from metering.store.recorder import Recorder
+from metering.limits.redis_counters import RedisCounters
+from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
+from metering.billing.thresholds import RedisThresholds
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import STORE_DOWN, Gate
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, THRESHOLDS, UPSTREAMS
 from proxy.auth import KeyRing
-from proxy.billing_routes import get_cap, put_cap
+from proxy.routes.billing import get_cap, put_cap
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
-from proxy.records_routes import post_records
-from proxy.statements import closing_job, list_statements
+from proxy.routes.records import post_records
+from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
-from proxy.usage_routes import usage_events, usage_summary
+from proxy.routes.usage import usage_events, usage_summary
 
 log = logging.getLogger("payware")
 
@@ -121,7 +121,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _follow_thresholds(app: web.Application) -> None:
-    """Adopt threshold periods other proxies opened (see metering.thresholds)."""
+    """Adopt threshold periods other proxies opened (see metering.billing.thresholds)."""
     config, meter, shared = app[CONFIG], app[METER], app[THRESHOLDS]
     customers = [c for c in config.customers.values() if config.plans[c.plan].interval == "threshold"]
     while customers:

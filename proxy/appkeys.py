@@ -6,8 +6,8 @@ import aiohttp
 from aiohttp import web
 
 from config.schema import Config
-from metering.meter import Meter
-from metering.recorder import Recorder
+from metering.billing.meter import Meter
+from metering.store.recorder import Recorder
 from proxy.admission import Gate
 from proxy.auth import KeyRing
 

@@ -19,13 +19,13 @@ import aiohttp
 from aiohttp import web
 
 from config.schema import Config, CustomerConfig, ModelConfig
-from metering.fallback import final_usage
-from metering.meter import CallFacts
-from metering.plans import uses_position
-from metering.recorder import COUNTERS_DOWN
-from metering.sse import SSEFramer
-from metering.usage import StreamAccumulator, Usage, generated_text, usage_from_json
-from metering.events import utcnow
+from metering.usage.fallback import final_usage
+from metering.billing.meter import CallFacts
+from metering.billing.plans import uses_position
+from metering.store.recorder import COUNTERS_DOWN
+from metering.usage.sse import SSEFramer
+from metering.usage.normalized import StreamAccumulator, Usage, generated_text, usage_from_json
+from metering.store.events import utcnow
 from proxy.admission import Admitted, rate_headers
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller

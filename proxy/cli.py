@@ -186,10 +186,10 @@ def _keys_revoke(args) -> int:
 
 
 def _usage_summary(args) -> int:
-    from metering.counters import PeriodTotals
-    from metering.events import money_str
-    from metering.ledger import Ledger
-    from metering.meter import Meter
+    from metering.limits.counters import PeriodTotals
+    from metering.store.events import money_str
+    from metering.store.ledger import Ledger
+    from metering.billing.meter import Meter
 
     config = _config(args)
     customer = config.customers.get(args.customer)
@@ -215,7 +215,7 @@ def _usage_summary(args) -> int:
 
 
 def _usage_export(args) -> int:
-    from metering.ledger import Ledger
+    from metering.store.ledger import Ledger
 
     config = _config(args)
     start = _parse_time(args.start, "--from")
@@ -227,7 +227,7 @@ def _usage_export(args) -> int:
 
 
 def _statements(args) -> int:
-    from metering.ledger import Ledger
+    from metering.store.ledger import Ledger
 
     config = _config(args)
     if args.customer not in config.customers:
@@ -240,7 +240,7 @@ def _statements(args) -> int:
 
 
 def _prices(args) -> int:
-    from metering.events import decimal_str
+    from metering.store.events import decimal_str
 
     config = _config(args)
     names = [args.model] if args.model else list(config.models)

@@ -18,7 +18,7 @@ import time
 
 from aiohttp import web
 
-from metering.tokens import count_prompt, encoding_for
+from metering.usage.tokens import count_prompt, encoding_for
 
 _ENCODING_MODEL = "gpt-4o"  # any o200k_base model: the echo's tokenizer, whatever model was asked for
 _FINGERPRINT = "fp_echo"

@@ -7,8 +7,8 @@ from datetime import datetime
 from aiohttp import web
 
 from config.schema import CustomerConfig
-from metering.events import UsageEvent, utcnow
-from metering.recorder import COUNTERS_DOWN
+from metering.store.events import UsageEvent, utcnow
+from metering.store.recorder import COUNTERS_DOWN
 from proxy.appkeys import CONFIG, METER, RECORDER, THRESHOLDS
 
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from metering.budget import KEY_TTL, RedisBudget, Scope
+from metering.limits.budget import KEY_TTL, RedisBudget, Scope
 from tests.integration.conftest import connect
 from tests.unit.test_budget_memory import PERIOD, BudgetContract, customer, reserve, usage
 

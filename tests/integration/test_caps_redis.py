@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from metering.budget import to_units
+from metering.limits.budget import to_units
 from metering.webhooks import verify
 from tests.conftest import KEYS, free_port, key_hash
 
@@ -109,7 +109,7 @@ def own_redis(tmp_path):
 async def spent_in_redis(url: str, period: str) -> int:
     import redis.asyncio as redis
 
-    from metering.budget import RedisBudget
+    from metering.limits.budget import RedisBudget
 
     client = redis.Redis.from_url(url)
     try:

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from metering.events import UsageEvent
-from metering.ledger import EventRow, Ledger
+from metering.store.events import UsageEvent
+from metering.store.ledger import EventRow, Ledger
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -81,7 +81,7 @@ def test_migrations_build_exactly_the_schema_the_models_describe(ledger):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from metering.ledger import SQLModel, migrate
+    from metering.store.ledger import SQLModel, migrate
 
     migrate(ledger.engine)  # a second run is a no-op
     with ledger.engine.connect() as conn:

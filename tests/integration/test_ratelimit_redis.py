@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from metering.ratelimit import Limit, RedisRateLimiter
+from metering.limits.ratelimit import Limit, RedisRateLimiter
 from tests.integration.conftest import connect
 from tests.unit.test_ratelimit_memory import RateLimitContract, acquire
 

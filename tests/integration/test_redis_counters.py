@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from metering.counters import PeriodTotals
-from metering.redis_counters import KEY_TTL, RedisCounters
+from metering.limits.counters import PeriodTotals
+from metering.limits.redis_counters import KEY_TTL, RedisCounters
 from tests.integration.conftest import connect
 from tests.unit.test_counters_contract import (
     NEXT_PERIOD,

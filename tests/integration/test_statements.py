@@ -24,7 +24,7 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         return None  # the proxy's own file
     url = request.getfixturevalue("postgres_url")
-    from metering.ledger import Ledger
+    from metering.store.ledger import Ledger
 
     ledger = Ledger(url)
     with ledger.engine.begin() as conn:

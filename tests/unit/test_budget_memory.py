@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from metering.budget import MAX_UNITS, NANO, BudgetStore, Hold, MemoryBudget, Scope, to_units
+from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Hold, MemoryBudget, Scope, to_units
 
 PERIOD = "2025-06-01T00:00:00+00:00"
 NEXT_PERIOD = "2025-07-01T00:00:00+00:00"

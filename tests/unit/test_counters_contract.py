@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
-from metering.counters import Counters, MemoryCounters, PeriodTotals, Totals
-from metering.events import UsageEvent, money_str
-from metering.redis_counters import join_units, split_units
+from metering.limits.counters import Counters, MemoryCounters, PeriodTotals, Totals
+from metering.store.events import UsageEvent, money_str
+from metering.limits.redis_counters import join_units, split_units
 
 PERIOD = "2025-06-01T00:00:00+00:00"
 NEXT_PERIOD = "2025-07-01T00:00:00+00:00"

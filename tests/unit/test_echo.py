@@ -11,7 +11,7 @@ import aiohttp
 import openai
 import pytest
 
-from metering.tokens import PER_MESSAGE, REPLY_PRIMING, count_text
+from metering.usage.tokens import PER_MESSAGE, REPLY_PRIMING, count_text
 from proxy.echo import start_echo_server
 
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hi."},

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from metering.periods import period_of
+from metering.billing.periods import period_of
 
 UTC = timezone.utc
 

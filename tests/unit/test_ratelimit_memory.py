@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from metering.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
+from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from tests.unit.test_budget_memory import FakeClock
 
 Advance = Callable[[float], Awaitable[None]]

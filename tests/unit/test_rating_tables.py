@@ -15,7 +15,7 @@ from decimal import Decimal as D
 import pytest
 
 from config.schema import ModelConfig, ModelPrice, PlanConfig, Tiers, TierStep
-from metering.plans import (
+from metering.billing.plans import (
     max_tier_marginal,
     max_tokens_amount,
     rate_metric,
@@ -23,7 +23,7 @@ from metering.plans import (
     tiered_total,
     uses_position,
 )
-from metering.usage import Usage
+from metering.usage.normalized import Usage
 
 UTC = timezone.utc
 TS = datetime(2028, 1, 15, 12, tzinfo=UTC)

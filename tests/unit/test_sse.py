@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.sse import Frame, SSEFramer
+from metering.usage.sse import Frame, SSEFramer
 
 STREAMS = Path(__file__).parent / "streams"
 RECORDED = sorted(STREAMS.glob("*.sse"))

@@ -10,10 +10,10 @@ from decimal import Decimal as D
 import pytest
 
 from config.schema import ModelConfig, ModelPrice, PlanConfig, Tiers, TierStep
-from metering.events import UsageEvent
-from metering.plans import Rated, rate_metric, rate_tokens
-from metering.statements import LineItem, build_statement, minor_units, round_money
-from metering.usage import Usage
+from metering.store.events import UsageEvent
+from metering.billing.plans import Rated, rate_metric, rate_tokens
+from metering.billing.statements import LineItem, build_statement, minor_units, round_money
+from metering.usage.normalized import Usage
 
 UTC = timezone.utc
 START, END = datetime(2028, 1, 1, tzinfo=UTC), datetime(2028, 2, 1, tzinfo=UTC)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from metering.tokens import (IMAGE_PART, PER_MESSAGE, PER_NAME, REPLY_PRIMING, count_prompt, count_text,
+from metering.usage.tokens import (IMAGE_PART, PER_MESSAGE, PER_NAME, REPLY_PRIMING, count_prompt, count_text,
                              encoding_for, litellm_tokenizers_dir)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def no_network(*args, **kwargs):
 socket.socket.connect = no_network
 socket.create_connection = no_network
 socket.getaddrinfo = no_network
-from metering.tokens import count_text, encoding_for, litellm_tokenizers_dir
+from metering.usage.tokens import count_text, encoding_for, litellm_tokenizers_dir
 names = [encoding_for(m).name for m in ("gpt-4o", "gpt-4", "text-davinci-003", "davinci", "gpt-oss-20b")]
 assert count_text("hello world", "gpt-4o") == 2
 assert os.environ["TIKTOKEN_CACHE_DIR"] == litellm_tokenizers_dir(), os.environ["TIKTOKEN_CACHE_DIR"]

@@ -3,7 +3,7 @@
 Everything is `Decimal` and nothing is rounded here: every function computes in a private
 context (`EXACT`, 100 significant digits) that *raises* `decimal.Inexact` rather than round,
 so an amount is either exact or an error. Rounding to the currency's minor unit happens once,
-on the statement (`metering.statements`).
+on the statement (`metering.billing.statements`).
 
 Rating is marginal
 ------------------
@@ -85,8 +85,8 @@ from decimal import (
 )
 
 from config.schema import ModelConfig, PlanConfig, Tiers
-from metering.events import decimal_str
-from metering.usage import Usage
+from metering.store.events import decimal_str
+from metering.usage.normalized import Usage
 
 MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)

@@ -6,7 +6,7 @@ Revision ID: 0002
 import sqlalchemy as sa
 from alembic import op
 
-from metering.ledger import ExactDecimal
+from metering.store.ledger import ExactDecimal
 
 revision = "0002"
 down_revision = "0001"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from metering.tokens import count_prompt, count_text
-from metering.usage import Usage
+from metering.usage.tokens import count_prompt, count_text
+from metering.usage.normalized import Usage
 
 PROVIDER = {"input": "provider", "output": "provider"}
 ESTIMATED = {"input": "tiktoken", "output": "tiktoken"}

@@ -16,10 +16,10 @@ from datetime import datetime
 
 from redis.exceptions import RedisError
 
-from metering.counters import Counters
-from metering.events import UsageEvent
-from metering.journal import Journal
-from metering.ledger import Ledger
+from metering.limits.counters import Counters
+from metering.store.events import UsageEvent
+from metering.store.journal import Journal
+from metering.store.ledger import Ledger
 
 log = logging.getLogger("payware.recorder")
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from metering import redis_scripts
+from metering.limits import redis_scripts
 
 WINDOW_MS = 60_000
 MAX_RATE = 10**9  # per minute; with 10 windows of debt a level stays < 2^53 (exact in Lua)

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from metering.sse import Frame
+from metering.usage.sse import Frame
 
 _DONE = "[DONE]"
 _LINE_END = re.compile(rb"\r\n|\r|\n")

@@ -8,8 +8,8 @@ from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
-from metering.budget import NANO, to_units
-from metering.events import decimal_str, money_str, utcnow
+from metering.limits.budget import NANO, to_units
+from metering.store.events import decimal_str, money_str, utcnow
 from proxy.appkeys import GATE, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
 

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from metering.events import UsageEvent
+from metering.store.events import UsageEvent
 
 log = logging.getLogger("payware.journal")
 

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 from decimal import Decimal
 
 from config.schema import Config, CustomerConfig, ModelConfig
-from metering.events import UsageEvent, utcnow
-from metering.periods import Period, period_of
-from metering.plans import rate_tokens
-from metering.usage import Usage
+from metering.store.events import UsageEvent, utcnow
+from metering.billing.periods import Period, period_of
+from metering.billing.plans import rate_tokens
+from metering.usage.normalized import Usage
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
-from metering.events import UsageEvent
+from metering.store.events import UsageEvent
 
 
 @dataclass(slots=True)

@@ -14,9 +14,9 @@ from decimal import Decimal
 
 from aiohttp import web
 
-from metering.counters import Totals
-from metering.events import decimal_str, money_str, utcnow
-from metering.statements import round_money
+from metering.limits.counters import Totals
+from metering.store.events import decimal_str, money_str, utcnow
+from metering.billing.statements import round_money
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
 

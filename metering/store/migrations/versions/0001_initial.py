@@ -6,7 +6,7 @@ Revision ID: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from metering.ledger import ExactDecimal
+from metering.store.ledger import ExactDecimal
 
 revision = "0001"
 down_revision = None

@@ -1,13 +1,13 @@
 """Statements: a closed period's events turned into line items and a total, rounded once.
 
-Money rule: every event carries its exact, unrounded amount (`metering.plans`). A statement
+Money rule: every event carries its exact, unrounded amount (`metering.billing.plans`). A statement
 adds them up exactly (`subtotal = sum of event amounts + base fee`) and rounds **once**, the
 subtotal, to the currency's minor unit (ISO 4217: 2 decimals for USD/EUR/..., 0 for JPY, KRW
 and the other zero-decimal currencies, 3 for BHD, KWD, ...), `ROUND_HALF_UP` (halves away
 from zero): 4.285 -> 4.29, 4.284999 -> 4.28, JPY 1234.5 -> 1235. Line items are shown exact
 and are not rounded one by one, so no sum of rounded lines can drift from the total.
 
-Line items come from each event's `pricing["items"]` (written by `metering.plans`): grouped
+Line items come from each event's `pricing["items"]` (written by `metering.billing.plans`): grouped
 by (metric, model, tier, unit price), quantity and amount summed, so `quantity x unit_price ==
 amount` on every line that has a unit price (per unit: per token for tokens); a price that
 changed mid-period gives two lines. Tier lines span every model (model None), since tiers
@@ -31,8 +31,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 
 from config.schema import PlanConfig
-from metering.events import UsageEvent, decimal_str, money_str
-from metering.plans import EXACT, INCLUDED
+from metering.store.events import UsageEvent, decimal_str, money_str
+from metering.billing.plans import EXACT, INCLUDED
 
 ZERO = Decimal(0)
 

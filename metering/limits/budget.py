@@ -26,7 +26,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from metering import redis_scripts
+from metering.limits import redis_scripts
 
 NANO = 10**9
 MAX_UNITS = 2**53 - 1  # Lua numbers are doubles: beyond this, sums stop being exact

@@ -149,7 +149,7 @@ return 1
 
 # Rate limits: one hash per limit (KEYS[i]) with fields r (request level), t (token level),
 # ts (ms of the last drain). A level is in unit-milliseconds: each unit adds WINDOW_MS, a rate
-# of R per minute drains R per ms, and the bucket holds R * WINDOW_MS (see metering.ratelimit).
+# of R per minute drains R per ms, and the bucket holds R * WINDOW_MS (see metering.limits.ratelimit).
 _RATE_PRELUDE = _PRELUDE + """
 local W = 60000
 local function drained(key, now, rpm, tpm)

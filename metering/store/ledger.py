@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, select
 
-from metering.events import UsageEvent, decimal_str
+from metering.store.events import UsageEvent, decimal_str
 
 
 class ExactDecimal(TypeDecorator):

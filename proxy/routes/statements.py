@@ -16,8 +16,8 @@ from datetime import timedelta
 from aiohttp import web
 
 from config.schema import CustomerConfig
-from metering.events import utcnow
-from metering.statements import build_statement
+from metering.store.events import utcnow
+from metering.billing.statements import build_statement
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 
 log = logging.getLogger("payware.statements")

@@ -36,8 +36,8 @@ from operator import index
 
 import redis.asyncio as aioredis
 
-from metering.counters import POSITION_SCALE, PeriodTotals, Totals, positions_of
-from metering.events import UsageEvent
+from metering.limits.counters import POSITION_SCALE, PeriodTotals, Totals, positions_of
+from metering.store.events import UsageEvent
 
 KEY_TTL = 40 * 86400.0  # as the budget's: longer than any billing period
 NANO = 10**9  # nano-units per unit: the `*_nano` fields

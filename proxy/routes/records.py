@@ -18,9 +18,9 @@ from decimal import Decimal, InvalidOperation
 from aiohttp import web
 
 from config.schema import CustomerConfig, PlanConfig
-from metering.events import UsageEvent, decimal_str, money_str, utcnow
-from metering.budget import to_units
-from metering.plans import Rated, rate_metric, uses_position
+from metering.store.events import UsageEvent, decimal_str, money_str, utcnow
+from metering.limits.budget import to_units
+from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest

@@ -1,0 +1,1 @@
+"""Billing: plans (rating), periods, statements, threshold periods, the meter."""

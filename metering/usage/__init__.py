@@ -1,0 +1,1 @@
+"""Usage as providers report it: SSE framing, normalized token counts, tiktoken estimates."""

@@ -1,0 +1,1 @@
+"""HTTP routes other than the model calls: usage, billing, records, statements."""
