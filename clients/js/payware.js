@@ -290,7 +290,7 @@ export class Usage {
    * @param {RecordInput} input
    * @returns {Promise<RecordResult>}
    */
-  record(input) {
+  async record(input) {
     return this._client.request({ method: "POST", path: "/v1/usage/records", body: recordBody(input) });
   }
 
@@ -327,7 +327,7 @@ export class Usage {
    * @param {EventFilters} [filters]
    * @returns {Promise<Record<string, any>[]>}
    */
-  events(customer, filters = {}) {
+  async events(customer, filters = {}) {
     return this._client.request({ method: "GET", path: "/v1/usage/events", query: eventQuery(customer, filters, "jsonl"),
       parse: (text) => text.split("\n").filter((line) => line.trim()).map((line) => JSON.parse(line)) });
   }
@@ -338,7 +338,7 @@ export class Usage {
    * @param {EventFilters} [filters]
    * @returns {Promise<string>}
    */
-  exportCsv(customer, filters = {}) {
+  async exportCsv(customer, filters = {}) {
     return this._client.request({ method: "GET", path: "/v1/usage/events", query: eventQuery(customer, filters, "csv"),
       parse: (text) => text });
   }
@@ -360,7 +360,7 @@ export class Billing {
    * @param {string} [customer]
    * @returns {Promise<Record<string, any>>}
    */
-  cap(customer) {
+  async cap(customer) {
     return this._client.request({ method: "GET", path: "/v1/billing/cap", query: query(customer) });
   }
 
@@ -370,7 +370,7 @@ export class Billing {
    * @param {Quantity | null} amount
    * @returns {Promise<Record<string, any>>}
    */
-  setCap(customer, amount) {
+  async setCap(customer, amount) {
     const value = amount === null ? null : String(exactNumber(amount, "amount"));
     return this._client.request({ method: "PUT", path: "/v1/billing/cap", query: query(customer), body: { amount: value } });
   }
