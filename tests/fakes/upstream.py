@@ -8,6 +8,9 @@ refused request never arrived, and that an abandoned one was cancelled.
 `stream_events` and `stream_bytes` give the exact bytes a stream of a scenario consists of, so
 a test can assert the client received exactly what the provider sent.
 
+The same process also speaks Anthropic Messages, Gemini and OpenAI's Responses API, each in its
+own module with its own scenarios and exact bytes: anthropic_wire.py, gemini_wire.py, responses_wire.py.
+
 Run as a process: `python -m tests.fakes.upstream --port 0` prints `LISTENING <url>`.
 """
 
@@ -19,6 +22,8 @@ import json
 import sys
 
 from aiohttp import web
+
+from tests.fakes import anthropic_wire, gemini_wire, responses_wire
 
 # The usage `fake-ok` reports: tests assert the proxy billed exactly these.
 PROMPT_TOKENS = 13
@@ -278,6 +283,9 @@ def make_fake_app() -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    anthropic_wire.add_routes(app, STATS)  # the other providers' wires, recorded into the same stats
+    gemini_wire.add_routes(app, STATS)
+    responses_wire.add_routes(app, STATS, models=SCENARIOS)
     app.router.add_get("/_stats", stats)
     app.router.add_post("/_reset", reset)
     return app
