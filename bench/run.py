@@ -1,462 +1,452 @@
-"""Payware proxy benchmark: added latency, CPU and memory per request, against a direct baseline.
+"""Payware against a reference pass-through, side by side: CPU per request as a ratio, latency, memory.
 
-    .venv/bin/python bench/run.py            # full run (a few minutes at most)
+    .venv/bin/python bench/run.py            # full run (about a minute on 2 cores)
     .venv/bin/python bench/run.py --quick    # smoke run (seconds)
+    .venv/bin/python bench/run.py --help     # every flag; bench/README.md explains the method
 
-Starts two child processes on 127.0.0.1: a fixed-response OpenAI upstream (bench/upstream.py)
-and the proxy (`python -m proxy.cli serve`) with a generated config in a temp dir. Then, from
-this process, for each scenario (chat non-streamed; chat streamed without include_usage, so the
-proxy strips the usage chunk) and each concurrency, it warms up and sends N requests both
-directly to the upstream and through the proxy, in alternating blocks (ABBA order) so both
-sides share the machine's noise. Reported: requests/s, latency p50/p99 (streams: time to the
-last byte), added latency (proxy percentile minus direct percentile), CPU per request of the
-proxy and of the upstream (same run, as a baseline ratio), the proxy's peak and final memory,
-and a metering check (the customer's summary counts every proxied request).
+Starts, on 127.0.0.1: a fixed-answer upstream (bench/upstream.py), the reference pass-through
+(bench/passthrough.py: an aiohttp relay that meters nothing) and one Payware per variant
+(`python -m proxy.cli serve`: memory counters, plus a capped and rate-limited customer with
+`--limits`, plus Redis counters with `--counters redis://...`). For each scenario
+(bench/scenarios.py) and concurrency, the same closed-loop load goes to every target (the
+upstream directly, the reference, each Payware) in interleaved rounds (A B C, then C B A: drift
+cancels); the server under test has a core to itself, everything else shares the other, and
+the cores swap every two rounds. CPU per request is read from each process's own
+/proc/<pid>/task/*/schedstat. The run ends by checking that each Payware's summary and ledger
+hold exactly every request it proxied.
 
-Markdown table on stdout, JSON in bench/results/<timestamp>.json.
+Markdown on stdout (the ratio table first), progress on stderr, every block in
+bench/results/<UTC timestamp>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
-import math
 import os
 import platform
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 
+from loadgen import BenchError, client_session, fire, latency_stats, median
+from procs import (CLK_TCK, ROOT, Child, Variant, cpu_ns, cpu_ticks, first_answer, memory_kb, parents_map, pin,
+                   spawn_payware, spawn_reference, start_upstream)
+from report import markdown
+from scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
+
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-HOST = "127.0.0.1"
-CUSTOMER = "bench"
-CUSTOMER_KEY = "pw-bench-key-0123456789abcdef"
-ADMIN_KEY = "bench-admin-key-0123456789"
-MODEL = "gpt-4o-mini"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-SYSTEM = "You are a concise assistant. Answer in one or two sentences."
-QUESTION = "What is the capital of France, and what is it known for? Keep it short please."
-
-
-def request_body(stream: bool) -> bytes:
-    body = {"model": MODEL, "messages": [{"role": "system", "content": SYSTEM},
-                                         {"role": "user", "content": QUESTION}],
-            "temperature": 0.2, "max_tokens": 256}
-    if stream:
-        body["stream"] = True  # no stream_options: the client does not ask for the usage chunk
-    return json.dumps(body).encode()
-
-
-SCENARIOS = {"chat": False, "chat-stream": True}  # name -> streamed
-
-
-# ---------------------------------------------------------------------------- processes
-
-def python() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
-def _die_with_parent() -> None:
-    """Child side: get SIGTERM if the bench process dies (even by SIGKILL); own process group."""
-    os.setpgid(0, 0)  # Ctrl-C reaches only the bench; it stops the children itself
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def key_hash(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-
-
-def proxy_config(upstream_v1: str, tmp: Path, limits: bool, counters: str = "memory") -> str:
-    extra = ""
-    if limits:  # exercises admission (prompt counting, reservation) when the proxy has it
-        extra = ('    cap: {amount: "1000000.00", action: block, mode: hard}\n'
-                 "    rate_limit: {rpm: 10000000, tpm: 1000000000}\n")
-    return f"""# generated by bench/run.py
-server: {{host: {HOST}, admin_key: "{ADMIN_KEY}"}}
-storage:
-  ledger: sqlite:///{tmp}/ledger.db
-  journal: {tmp}/payware.journal
-  counters: {counters}
-providers:
-  upstream: {{kind: openai, base_url: "{upstream_v1}", api_key: "sk-bench-dummy-provider-key"}}
-models:
-  {MODEL}:
-    provider: upstream
-    cost: {{input: "0.15", cached_input: "0.075", output: "0.60"}}
-plans:
-  payg: {{interval: monthly, price: {{markup: "1.25"}}}}
-customers:
-  {CUSTOMER}:
-    plan: payg
-    keys: ["{key_hash(CUSTOMER_KEY)}"]
-{extra}"""
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGINT (the proxy drains its recorder on it), then SIGKILL after 15 s."""
-        if not self.alive():
-            return
-        try:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        except ProcessLookupError:
-            pass
-
-
-def _env(root: Path = ROOT) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(root)
-    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    return env
-
-
-def start_upstream(tmp: Path) -> tuple[Child, str]:
-    log_path = tmp / "upstream.log"
-    proc = subprocess.Popen([python(), str(BENCH / "upstream.py"), "--host", HOST, "--port", "0"], cwd=ROOT,
-                            env=_env(), stdout=subprocess.PIPE, stderr=open(log_path, "wb"), text=True,
-                            preexec_fn=_die_with_parent)
-    child = Child("upstream", proc, log_path)
-    line = proc.stdout.readline().strip()  # bounded: the child dies with an error if it cannot bind
-    if not line.startswith("LISTENING "):
-        child.stop()
-        raise RuntimeError(f"upstream did not start: {line!r}\n{child.log_tail()}")
-    return child, line.split()[1]
-
-
-def start_proxy(tmp: Path, upstream: str, limits: bool, root: Path = ROOT,
-                counters: str = "memory") -> tuple[Child, str]:
-    config = tmp / "payware.yaml"
-    config.write_text(proxy_config(upstream + "/v1", tmp, limits, counters))
-    port = free_port()
-    log_path = tmp / "proxy.log"
-    proc = subprocess.Popen([python(), "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
-                            cwd=root, env=_env(root), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)
-    child = Child("proxy", proc, log_path)
-    url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if not child.alive():
-            raise RuntimeError(f"proxy exited with {proc.returncode} before serving\n{child.log_tail()}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
-                return child, url
-        except OSError:
-            if time.monotonic() > deadline:
-                child.stop()
-                raise RuntimeError(f"proxy did not answer /healthz within 60 s\n{child.log_tail()}")
-            time.sleep(0.05)
-
-
-# ---------------------------------------------------------------------------- /proc readings
-
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    """(utime, stime) of the whole process (all threads, dead ones included), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
-
-
-def cpu_ns(pid: int) -> int:
-    """Nanoseconds on CPU, summed over the live threads (schedstat's first field: precise)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
-                total += int(fh.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that ended meanwhile
-    return total
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(("VmHWM:", "VmRSS:")):
-                name, value = line.split(":", 1)
-                out[name] = int(value.split()[0])
-    return out
-
-
-@dataclass
-class CpuMark:
-    user_ticks: int
-    sys_ticks: int
-    ns: int
-
-    @classmethod
-    def of(cls, pid: int) -> CpuMark:
-        return cls(*cpu_ticks(pid), cpu_ns(pid))
-
-    @property
-    def ticks(self) -> int:
-        return self.user_ticks + self.sys_ticks
-
-
-def self_cpu_ns() -> int:
-    return time.process_time_ns()
-
-
-# ---------------------------------------------------------------------------- load generator
-
-class BenchError(RuntimeError):
-    pass
 
 
 @dataclass
 class Target:
-    name: str  # "direct" | "proxy"
-    url: str
+    """Where the load goes: the upstream directly, the reference, or one Payware variant."""
+
+    name: str
+    kind: str  # "direct" | "reference" | "payware"
+    child: Child  # the server that answers (the upstream itself for "direct")
     headers: dict[str, str]
+    variant: Variant | None = None
+    proxied: int = 0  # answered requests, for the metering check
+    facts: dict = field(default_factory=dict)  # start-up time, memory, idle CPU, soak
+
+    def url(self, scenario: Scenario) -> str:
+        return self.child.url + scenario.path
 
 
-@dataclass
-class Block:
-    target: str
-    requests: int
-    seconds: float
-    latencies_ns: list[int]
-    proxy_cpu_ns: int
-    proxy_cpu_ticks: int
-    proxy_sys_ticks: int
-    upstream_cpu_ns: int
-    upstream_cpu_ticks: int
-    client_cpu_ns: int
+class Bench:
+    """The children, the targets, core placement and the measured blocks of one run."""
+
+    def __init__(self, args, log):
+        self.args, self.log = args, log
+        self.deadline = time.monotonic() + args.max_seconds
+        self.children: list[Child] = []
+        self.targets: list[Target] = []
+        cores = sorted(os.sched_getaffinity(0))
+        self.cores = cores if args.pin == "swap" and len(cores) >= 2 else []
+        self.redis = {}  # url -> redis.asyncio client, for INFO around Redis variants' blocks
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self, tmp: Path, variants: list[Variant]) -> None:
+        """Start the children one at a time (each start-up timed on an otherwise idle machine)."""
+        first = SCENARIOS[self.args.scenarios[0]]
+        upstream = start_upstream(tmp)
+        self.children.append(upstream)
+        self.targets.append(Target("direct", "direct", upstream, {"Content-Type": "application/json",
+                                                                  "Authorization": "Bearer sk-bench-direct"}))
+        reference = spawn_reference(tmp, upstream.url)
+        self.children.append(reference)
+        self._ready(Target("reference", "reference", reference, {"Content-Type": "application/json",
+                                                                  "Authorization": "Bearer pw-bench-reference"}), first)
+        for variant in variants:
+            child = spawn_payware(tmp, variant, upstream.url, root=self.args.proxy_root, extra_args=self.args.proxy_args)
+            self.children.append(child)
+            self._ready(Target(variant.name, "payware", child, {"Content-Type": "application/json",
+                                                                "Authorization": f"Bearer {variant.key}"}, variant), first)
+        # Idle: once the first requests' ledger writes are done, CPU over `idle` seconds, then memory.
+        time.sleep(max(self.args.settle, 0.5))
+        servers = self.targets[1:]
+        before, started = [cpu_ns(t.child.pids()) for t in servers], time.perf_counter()
+        time.sleep(self.args.idle)
+        seconds = time.perf_counter() - started
+        for target, cpu in zip(servers, before):
+            pids = target.child.pids()
+            target.facts["idle_cpu_us_per_s"] = (cpu_ns(pids) - cpu) / 1e3 / seconds
+            target.facts["memory_kb_idle_after_start"] = memory_kb(pids)
+        self.log("bench: " + ", ".join(f"{t.name} {t.child.url} (pid {t.child.pid})" for t in self.targets))
+
+    def _ready(self, target: Target, scenario: Scenario) -> None:
+        seconds = first_answer(target.child, target.url(scenario), scenario.body, target.headers)
+        target.proxied += 1
+        target.facts["startup_s"] = round(seconds, 3)
+        self.log(f"bench: {target.name} answered its first request {seconds:.2f} s after its spawn")
+        self.targets.append(target)
+
+    # ------------------------------------------------------------------ placement and readings
+
+    def place(self, active: Target, round_no: int) -> dict:
+        """The server under test on one core; the rest (client, upstream, idle proxies) on the others.
+
+        The cores swap every two rounds, so each target's A-B-B-A pair runs on each core.
+        """
+        if not self.cores:
+            return {}
+        server = self.cores[(round_no // 2) % 2]
+        rest = set(self.cores) - {server}
+        under_test = None if active.kind == "direct" else active.child
+        parents = parents_map()
+        for child in self.children:
+            if child is not under_test:
+                pin(child.pids(parents), rest)
+        pin([os.getpid()], rest)
+        if under_test is not None:
+            pin(under_test.pids(parents), {server})
+        return {"server_core": server if under_test else None, "load_cores": sorted(rest)}
+
+    def mark(self) -> dict:
+        """CPU so far of every child's process tree (schedstat ns, and stat ticks of the main process)."""
+        parents = parents_map()
+        marks = {}
+        for child in self.children:
+            marks[child.name] = cpu_ns(child.pids(parents))
+            user, system = cpu_ticks(child.pid)
+            marks[child.name + ":ticks"], marks[child.name + ":sys_ticks"] = user + system, system
+        return marks
+
+    async def redis_info(self, url: str) -> dict:
+        if url not in self.redis:
+            import redis.asyncio as aioredis
+
+            self.redis[url] = aioredis.from_url(url)
+        client = self.redis[url]
+        stats = await client.info("commandstats")
+        cpu = await client.info("cpu")
+        calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+        return {"calls": calls, "cpu_s": cpu["used_cpu_user"] + cpu["used_cpu_sys"]}
+
+    # ------------------------------------------------------------------ load
+
+    async def block(self, target: Target, scenario: Scenario, count: int, concurrency: int, session,
+                    round_no: int) -> dict:
+        placement = self.place(target, round_no)
+        counters = target.variant.counters if target.variant and target.variant.counters != "memory" else None
+        redis0 = await self.redis_info(counters) if counters else None
+        m0 = self.mark()
+        client0, started = time.process_time_ns(), time.perf_counter()
+        latencies = await fire(session, target.url(scenario), target.headers, scenario, count, concurrency,
+                               self.deadline, target.name)
+        seconds, client1 = time.perf_counter() - started, time.process_time_ns()
+        target.proxied += len(latencies)
+        # NOTE: the block's CPU includes what its server does just after it (Payware's ledger
+        # flush runs every 0.2 s): the settle pause is inside the measured span.
+        await asyncio.sleep(self.args.settle)
+        m1 = self.mark()
+        out = {"target": target.name, "round": round_no, **placement, "latencies_ns": latencies,
+               "seconds": seconds, "cpu_ns": {k: m1[k] - m0[k] for k in m0} | {"client": client1 - client0}}
+        if counters:
+            redis1 = await self.redis_info(counters)
+            out["redis_calls"] = {k: v - redis0["calls"].get(k, 0) for k, v in redis1["calls"].items()
+                                  if k != "info" and v != redis0["calls"].get(k, 0)}
+            out["redis_cpu_ns"] = round((redis1["cpu_s"] - redis0["cpu_s"]) * 1e9)
+        return out
+
+    async def case(self, scenario: Scenario, concurrency: int) -> dict:
+        args = self.args
+        count = args.requests_c1 if concurrency == 1 else args.requests
+        per_round = [count // args.rounds + (1 if i < count % args.rounds else 0) for i in range(args.rounds)]
+        sessions = {t.name: client_session(concurrency) for t in self.targets}
+        try:
+            for target in self.targets:  # warm-up: connections opened, caches filled
+                self.place(target, 0)
+                target.proxied += len(await fire(sessions[target.name], target.url(scenario), target.headers,
+                                                 scenario, args.warmup, concurrency, self.deadline, target.name))
+            await asyncio.sleep(args.settle)
+            blocks = []
+            for round_no, n in enumerate(per_round):
+                order = self.targets if round_no % 2 == 0 else self.targets[::-1]
+                for target in order:
+                    blocks.append(await self.block(target, scenario, n, concurrency, sessions[target.name], round_no))
+        finally:
+            for session in sessions.values():
+                await session.close()
+        result = summarize_case(scenario, concurrency, blocks, self.targets)
+        for row in result["targets"].values():
+            self.log(f"  {scenario.name:<17} c={concurrency:<3} {row['name']:<22} {row['rps']:7.0f} req/s  "
+                     f"p50 {row['p50_ms']:6.3f} ms  p99 {row['p99_ms']:7.3f} ms  CPU {row['cpu_us_per_req']:6.0f} us/req"
+                     + (f"  ratio {row['ratio']:.2f}x" if row.get("ratio") is not None else ""))
+        return result
+
+    async def soak(self, target: Target, scenarios: list[Scenario], count: int, concurrency: int) -> None:
+        """`count` more requests through `target` (the scenarios in turn), then its memory, idle."""
+        self.place(target, 0)
+        started, done = time.perf_counter(), 0
+        chunk = max(1000, concurrency * 20)
+        async with client_session(concurrency) as session:
+            while done < count:
+                scenario = scenarios[(done // chunk) % len(scenarios)]
+                n = min(chunk, count - done)
+                done += len(await fire(session, target.url(scenario), target.headers, scenario, n, concurrency,
+                                       self.deadline, target.name))
+        seconds = time.perf_counter() - started
+        target.proxied += done
+        await asyncio.sleep(self.args.idle)
+        target.facts["soak"] = {"requests": done, "seconds": round(seconds, 2), "rps": round(done / seconds, 1),
+                                "memory_kb_after": memory_kb(target.child.pids())}
+        self.log(f"bench: soak {target.name}: {done} requests in {seconds:.1f} s, RSS "
+                 f"{target.facts['soak']['memory_kb_after']['VmRSS'] / 1024:.1f} MiB")
+
+    async def metering_check(self, target: Target) -> dict:
+        """The summary and the ledger of a Payware hold exactly the requests it was sent."""
+        headers = {"Authorization": f"Bearer {target.variant.key}"}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            async with session.get(target.child.url + "/v1/usage/summary", headers=headers) as resp:
+                if resp.status != 200:
+                    raise BenchError(f"{target.name}: GET /v1/usage/summary: HTTP {resp.status}: {await resp.text()}")
+                summary = await resp.json()
+            events = None
+            if not self.args.no_ledger_check:  # the endpoint flushes the recorder first
+                async with session.get(target.child.url + "/v1/usage/events", headers=headers) as resp:
+                    if resp.status != 200:
+                        raise BenchError(f"{target.name}: GET /v1/usage/events: HTTP {resp.status}")
+                    events = 0
+                    async for line in resp.content:
+                        events += bool(line.strip())
+        check = {"expected": target.proxied, "summary_requests": summary.get("requests"), "ledger_events": events,
+                 "summary_tokens": summary.get("tokens"), "amount_due": summary.get("amount_due")}
+        check["ok"] = check["summary_requests"] == target.proxied and events in (None, target.proxied)
+        return check
+
+    async def forget_redis_keys(self, variant: Variant) -> int:
+        """Delete the run's keys (its customers are unique to the run) from the Redis it used."""
+        client = self.redis.get(variant.counters)
+        if client is None:
+            return 0
+        deleted = 0
+        async for key in client.scan_iter(match=f"*{{{variant.customer}}}*", count=1000):
+            deleted += await client.delete(key)
+        return deleted
+
+    async def run(self) -> dict:
+        args = self.args
+        cases = []
+        for name in args.scenarios:
+            for concurrency in args.concurrency:
+                cases.append(await self.case(SCENARIOS[name], concurrency))
+        paywares = [t for t in self.targets if t.kind == "payware"]
+        for target in self.targets[1:]:
+            target.facts["memory_kb_after_cases"] = memory_kb(target.child.pids())
+            target.facts["requests_after_cases"] = target.proxied
+        if args.soak:
+            for target in paywares:
+                await self.soak(target, [SCENARIOS[n] for n in args.scenarios], args.soak, max(args.concurrency))
+        checks = {t.name: await self.metering_check(t) for t in paywares}
+        for target in paywares:
+            if target.variant.counters != "memory":
+                target.facts["redis_keys_deleted"] = await self.forget_redis_keys(target.variant)
+        for client in self.redis.values():
+            await client.aclose()
+        return {"cases": cases, "metering_check": checks,
+                "servers": {t.name: {"pid": t.child.pid, **t.facts} for t in self.targets[1:]}}
 
 
-async def fire(session: aiohttp.ClientSession, target: Target, body: bytes, stream: bool, count: int,
-               concurrency: int, deadline: float) -> list[int]:
-    """Send `count` requests with `concurrency` workers; latency of each (ns, to the last byte)."""
-    latencies: list[int] = []
-    remaining = count
-    clock = time.perf_counter_ns
+# ---------------------------------------------------------------------------- summaries
 
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = clock()
-            async with session.post(target.url, data=body, headers=target.headers) as resp:
-                payload = await resp.read()
-            latencies.append(clock() - started)
-            if resp.status != 200:
-                raise BenchError(f"{target.name}: HTTP {resp.status}: {payload[:300]!r}")
-            if stream and not payload.endswith(b"data: [DONE]\n\n"):
-                raise BenchError(f"{target.name}: stream did not end with [DONE]: {payload[-200:]!r}")
-            if time.monotonic() > deadline:
-                raise BenchError("time budget exceeded (--max-seconds)")
+def summarize_case(scenario: Scenario, concurrency: int, blocks: list[dict], targets: list[Target]) -> dict:
+    rows = {}
+    for target in targets:
+        own = [b for b in blocks if b["target"] == target.name]
+        n = sum(len(b["latencies_ns"]) for b in own)
+        server = target.child.name
+        cpu = sum(b["cpu_ns"][server] for b in own)
+        ticks = sum(b["cpu_ns"][server + ":ticks"] for b in own)
+        row = {"name": target.name, "kind": target.kind,
+               **latency_stats([x for b in own for x in b["latencies_ns"]], sum(b["seconds"] for b in own)),
+               # the server's own CPU: the proxy's, or for "direct" the upstream's
+               "cpu_us_per_req": cpu / n / 1e3,
+               "cpu_us_per_req_ticks": ticks / n / CLK_TCK * 1e6,
+               "cpu_sys_share": sum(b["cpu_ns"][server + ":sys_ticks"] for b in own) / max(1, ticks),
+               # what this server burnt during the other targets' blocks (idle timers; a flush
+               # the settle pause missed), not charged to its requests
+               "cpu_ns_outside_own_blocks": sum(b["cpu_ns"][server] for b in blocks if b["target"] != target.name),
+               "upstream_cpu_us_per_req": sum(b["cpu_ns"]["upstream"] for b in own) / n / 1e3,
+               "client_cpu_us_per_req": sum(b["cpu_ns"]["client"] for b in own) / n / 1e3,
+               "round_cpu_us_per_req": [b["cpu_ns"][server] / len(b["latencies_ns"]) / 1e3 for b in own],
+               "blocks": [{k: v for k, v in b.items() if k not in ("latencies_ns", "target")}
+                          | {"requests": len(b["latencies_ns"]), "seconds": round(b["seconds"], 4)} for b in own]}
+        if any("redis_calls" in b for b in own):
+            calls: dict[str, int] = {}
+            for b in own:
+                for name, value in b.get("redis_calls", {}).items():
+                    calls[name] = calls.get(name, 0) + value
+            row["redis_calls_per_req"] = {k: round(v / n, 3) for k, v in sorted(calls.items())}
+            row["redis_cpu_us_per_req"] = sum(b.get("redis_cpu_ns", 0) for b in own) / n / 1e3
+        rows[target.name] = row
+    direct, reference = rows["direct"], rows["reference"]
+    for row in rows.values():
+        if row["kind"] != "direct":
+            row["added_p50_ms"] = row["p50_ms"] - direct["p50_ms"]
+            row["added_p99_ms"] = row["p99_ms"] - direct["p99_ms"]
+        if row["kind"] == "payware":
+            row["ratio"] = row["cpu_us_per_req"] / reference["cpu_us_per_req"]
+            per_round = [a / b for a, b in zip(row["round_cpu_us_per_req"], reference["round_cpu_us_per_req"])]
+            row["round_ratios"] = [round(r, 3) for r in per_round]
+            row["ratio_min"], row["ratio_max"], row["ratio_median"] = min(per_round), max(per_round), median(per_round)
+    return {"scenario": scenario.name, "path": scenario.path, "stream": scenario.stream, "concurrency": concurrency,
+            "targets": rows}
 
-    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, count))]
+
+# ---------------------------------------------------------------------------- main
+
+def variants_of(args, run_id: str) -> list[Variant]:
+    """memory counters always; each --counters URL too; each with a capped customer under --limits."""
+    backends = ["memory"] + [url for url in dict.fromkeys(args.counters) if url != "memory"]
+    out = []
+    for counters in backends:
+        for limits in ((False, True) if args.limits else (False,)):
+            i = len(out)
+            out.append(Variant(counters=counters, limits=limits, customer=f"bench-{run_id}-{i}",
+                               key=f"pw-bench-{run_id}-{i}-0123456789abcdef"))
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Payware against a reference pass-through, side by side "
+                                            "(bench/README.md explains the method).")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few requests, seconds")
+    p.add_argument("--requests", type=int, help="measured requests per target and case at concurrency > 1 "
+                                                "(default 5000; --quick 300)")
+    p.add_argument("--requests-c1", type=int, help="the same at concurrency 1 (default 2000; --quick 150)")
+    p.add_argument("--warmup", type=int, help="warm-up requests per target and case (default 200; --quick 30)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per case, each with one block per target; "
+                                              "a multiple of 4 balances order and cores (default 4; --quick 2)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help="closed-loop workers (default 1 64)")
+    p.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=DEFAULT_SCENARIOS,
+                   help=f"rows of bench/scenarios.py (default {' '.join(DEFAULT_SCENARIOS)})")
+    p.add_argument("--limits", action="store_true",
+                   help="also a Payware whose customer has a hard cap and RPM/TPM limits, never reached")
+    p.add_argument("--counters", nargs="+", default=[], metavar="URL",
+                   help="also a Payware on these counters (redis://host:port/db: the run's keys are deleted "
+                        "at the end); memory counters are always measured")
+    p.add_argument("--proxy-args", default="", metavar="ARGS",
+                   help="extra flags for `payware serve`, one shell-quoted string, e.g. \"--workers 2\"")
+    p.add_argument("--pin", choices=["swap", "none"], default="swap",
+                   help="swap (default): the server under test alone on one core, the rest on the others, "
+                        "cores swapped every two rounds; none: no affinity (for --proxy-args \"--workers N\")")
+    p.add_argument("--soak", type=int, default=0, metavar="N",
+                   help="after the cases, N more requests through each Payware, then its RSS (e.g. 100000)")
+    p.add_argument("--settle", type=float, default=0.3,
+                   help="seconds after each block still counted in its CPU (Payware's ledger flushes every 0.2 s)")
+    p.add_argument("--idle", type=float, default=1.0, help="seconds idle before reading memory (default 1)")
+    p.add_argument("--max-seconds", type=float, default=900, help="abort after this long (default 900)")
+    p.add_argument("--no-ledger-check", action="store_true", help="check the summary only, not the ledger's events")
+    p.add_argument("--proxy-root", type=Path, default=ROOT,
+                   help="the checkout whose Payware to run (default: this one), e.g. a `git archive` snapshot")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, ledgers)")
+    p.add_argument("--out", type=Path, default=BENCH / "results", help="directory for the JSON result")
+    args = p.parse_args(argv)
+    args.requests = args.requests or (300 if args.quick else 5000)
+    args.requests_c1 = args.requests_c1 or (150 if args.quick else 2000)
+    args.warmup = args.warmup if args.warmup is not None else (30 if args.quick else 200)
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.proxy_root = args.proxy_root.resolve()
+    if min(args.concurrency) < 1 or min(args.requests, args.requests_c1) < args.rounds or args.warmup < 0:
+        p.error("concurrency must be >= 1, requests >= rounds, warmup >= 0")
+    if max(args.concurrency) > 512 or max(args.requests, args.requests_c1) > 200_000 or args.soak > 10_000_000:
+        p.error("bounded: concurrency <= 512, requests <= 200000, soak <= 10000000")
+    if any(not url.startswith(("redis://", "rediss://", "unix://")) for url in args.counters if url != "memory"):
+        p.error("--counters takes redis:// URLs (memory counters are always measured)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 (progress on stderr, table on stdout)
+    tmp = Path(tempfile.mkdtemp(prefix="payware-bench-"))
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # same clean-up as Ctrl-C
+    started = datetime.now(timezone.utc)
+    load_before = loadavg()
+    bench = Bench(args, log)
     try:
-        await asyncio.gather(*workers)
+        bench.start(tmp, variants_of(args, secrets.token_hex(3)))
+        report = run_loop(bench.run())
+        report.update({
+            "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
+            "wall_s": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
+            "git": git_rev(args.proxy_root),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "scenarios": {n: {"path": SCENARIOS[n].path, "stream": SCENARIOS[n].stream,
+                              "answer": SCENARIOS[n].answer} for n in args.scenarios},
+            "pinning": {"mode": args.pin, "cores": bench.cores},
+            "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg(),
+                        "python": platform.python_version(), "aiohttp": aiohttp.__version__,
+                        "platform": platform.platform()},
+        })
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / (started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json")
+        out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        print(markdown(report))
+        log(f"bench: {report['wall_s']} s; JSON written to {out}")
+        return 0 if all(c["ok"] for c in report["metering_check"].values()) else 1
+    except KeyboardInterrupt:
+        log("bench: interrupted")
+        return 130
+    except (BenchError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        log(f"bench: FAILED: {type(exc).__name__}: {exc}")
+        for child in bench.children:
+            if not child.alive():
+                log(f"--- {child.name} exited with {child.proc.returncode}; log tail:\n{child.log_tail()}")
+        return 1
     finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    return latencies
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for child in reversed(bench.children):
+            child.stop()
+        if args.keep:
+            log(f"bench: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def measured_block(session, target: Target, body: bytes, stream: bool, count: int, concurrency: int,
-                         proxy: Child, upstream: Child, deadline: float) -> Block:
-    p0, u0, c0 = CpuMark.of(proxy.pid), CpuMark.of(upstream.pid), self_cpu_ns()
-    started = time.perf_counter()
-    latencies = await fire(session, target, body, stream, count, concurrency, deadline)
-    seconds = time.perf_counter() - started
-    c1, u1, p1 = self_cpu_ns(), CpuMark.of(upstream.pid), CpuMark.of(proxy.pid)
-    return Block(target=target.name, requests=len(latencies), seconds=seconds, latencies_ns=latencies,
-                 proxy_cpu_ns=p1.ns - p0.ns, proxy_cpu_ticks=p1.ticks - p0.ticks,
-                 proxy_sys_ticks=p1.sys_ticks - p0.sys_ticks,
-                 upstream_cpu_ns=u1.ns - u0.ns, upstream_cpu_ticks=u1.ticks - u0.ticks,
-                 client_cpu_ns=c1 - c0)
+def run_loop(coro):
+    """The load client's loop: uvloop when installed, as the servers use, so the client is cheap."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
-def percentile(sorted_values: list[int], q: float) -> float:
-    """Nearest-rank percentile."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def summarize(blocks: list[Block]) -> dict:
-    lat = sorted(x for b in blocks for x in b.latencies_ns)
-    n = sum(b.requests for b in blocks)
-    seconds = sum(b.seconds for b in blocks)
-    return {
-        "requests": n,
-        "seconds": round(seconds, 4),
-        "rps": n / seconds if seconds else math.nan,
-        "p50_ms": percentile(lat, 50) / 1e6,
-        "p90_ms": percentile(lat, 90) / 1e6,
-        "p99_ms": percentile(lat, 99) / 1e6,
-        "mean_ms": sum(lat) / len(lat) / 1e6 if lat else math.nan,
-        "proxy_cpu_us_per_req": sum(b.proxy_cpu_ns for b in blocks) / n / 1e3,
-        "proxy_cpu_us_per_req_ticks": sum(b.proxy_cpu_ticks for b in blocks) / CLK_TCK / n * 1e6,
-        "proxy_sys_share": (sum(b.proxy_sys_ticks for b in blocks) / max(1, sum(b.proxy_cpu_ticks for b in blocks))),
-        "upstream_cpu_us_per_req": sum(b.upstream_cpu_ns for b in blocks) / n / 1e3,
-        "upstream_cpu_us_per_req_ticks": sum(b.upstream_cpu_ticks for b in blocks) / CLK_TCK / n * 1e6,
-        "client_cpu_us_per_req": sum(b.client_cpu_ns for b in blocks) / n / 1e3,
-        "blocks": [{"target": b.target, "requests": b.requests, "seconds": round(b.seconds, 4),
-                    "rps": round(b.requests / b.seconds, 1), "p50_ms": percentile(sorted(b.latencies_ns), 50) / 1e6,
-                    "proxy_cpu_ns": b.proxy_cpu_ns, "upstream_cpu_ns": b.upstream_cpu_ns,
-                    "client_cpu_ns": b.client_cpu_ns} for b in blocks],
-    }
-
-
-async def run_case(scenario: str, concurrency: int, count: int, warmup: int, blocks: int, targets: dict,
-                   proxy: Child, upstream: Child, deadline: float, log) -> dict:
-    stream = SCENARIOS[scenario]
-    body = request_body(stream)
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                     skip_auto_headers=("User-Agent",)) as session:
-        for name in ("direct", "proxy"):
-            await fire(session, targets[name], body, stream, warmup, concurrency, deadline)
-        done: dict[str, list[Block]] = {"direct": [], "proxy": []}
-        per_block = [count // blocks + (1 if i < count % blocks else 0) for i in range(blocks)]
-        for i, n in enumerate(per_block):
-            order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")  # ABBA: drift cancels
-            for name in order:
-                block = await measured_block(session, targets[name], body, stream, n, concurrency,
-                                             proxy, upstream, deadline)
-                done[name].append(block)
-        direct, via = summarize(done["direct"]), summarize(done["proxy"])
-    result = {
-        "scenario": scenario, "stream": stream, "concurrency": concurrency,
-        "warmup_per_target": warmup, "requests_per_target": count, "blocks_per_target": blocks,
-        "direct": direct, "proxy": via,
-        # Added latency = proxy percentile minus direct percentile (a difference of percentiles,
-        # not a percentile of per-request differences: the two sides are different requests).
-        "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
-        "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
-        # CPU: the proxy's over the proxied blocks; the upstream's over the direct blocks (the
-        # cheapest possible aiohttp server answering the same request), as the baseline.
-        "proxy_cpu_us_per_req": via["proxy_cpu_us_per_req"],
-        "upstream_cpu_us_per_req": direct["upstream_cpu_us_per_req"],
-        "cpu_ratio_proxy_over_upstream": via["proxy_cpu_us_per_req"] / direct["upstream_cpu_us_per_req"],
-        "proxy_memory_kb_after": memory_kb(proxy.pid),
-    }
-    log(f"  {scenario:<12} c={concurrency:<3} direct {direct['rps']:7.0f} req/s p50 {direct['p50_ms']:.3f} ms | "
-        f"proxy {via['rps']:7.0f} req/s p50 {via['p50_ms']:.3f} ms | added p50 {result['added_p50_ms']:+.3f} ms | "
-        f"proxy CPU {result['proxy_cpu_us_per_req']:.0f} us/req")
-    return result
-
-
-async def http_json(url: str, key: str) -> dict:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async with session.get(url, headers={"Authorization": f"Bearer {key}"}) as resp:
-            if resp.status != 200:
-                raise BenchError(f"GET {url}: HTTP {resp.status}: {(await resp.text())[:300]}")
-            return await resp.json()
-
-
-async def ledger_count(url: str, key: str) -> int:
-    """Events in the ledger (the endpoint flushes the recorder first)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        async with session.get(url + "/v1/usage/events", headers={"Authorization": f"Bearer {key}"}) as resp:
-            if resp.status != 200:
-                raise BenchError(f"GET /v1/usage/events: HTTP {resp.status}")
-            count = 0
-            async for line in resp.content:
-                if line.strip():
-                    count += 1
-            return count
-
-
-# ---------------------------------------------------------------------------- report
-
-def fmt(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def markdown(report: dict) -> str:
-    rows = ["| scenario | conc | req/s direct | req/s proxy | p50 direct ms | p50 proxy ms | **added p50 ms** | "
-            "p99 direct ms | p99 proxy ms | **added p99 ms** | **proxy CPU µs/req** | upstream CPU µs/req | "
-            "CPU ratio proxy/upstream |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["results"]:
-        d, p = r["direct"], r["proxy"]
-        rows.append(f"| {r['scenario']} | {r['concurrency']} | {d['rps']:.0f} | {p['rps']:.0f} | {fmt(d['p50_ms'])} | "
-                    f"{fmt(p['p50_ms'])} | **{r['added_p50_ms']:+.3f}** | {fmt(d['p99_ms'])} | {fmt(p['p99_ms'])} | "
-                    f"**{r['added_p99_ms']:+.3f}** | **{r['proxy_cpu_us_per_req']:.0f}** | "
-                    f"{r['upstream_cpu_us_per_req']:.0f} | {r['cpu_ratio_proxy_over_upstream']:.2f}x |")
-    mem, check = report["proxy_memory"], report["metering_check"]
-    lines = ["\n".join(rows), "",
-             "Added latency = proxy percentile − direct percentile (difference of percentiles). Latency of a stream = "
-             "time to its last byte. CPU/request from /proc/<pid>/task/*/schedstat (ns on CPU) over the measured "
-             "blocks; the proxy's over the proxied blocks, the upstream's over the direct ones (baseline). "
-             f"Ticks cross-check (utime+stime, {CLK_TCK} Hz) is in the JSON.",
-             "",
-             "Client CPU µs/req (this process, direct / proxy): " + ", ".join(
-                 f"{r['scenario']} c={r['concurrency']}: {r['direct']['client_cpu_us_per_req']:.0f} / "
-                 f"{r['proxy']['client_cpu_us_per_req']:.0f}" for r in report["results"]),
-             "Proxy CPU spent in the kernel (stime share, proxied blocks): " + ", ".join(
-                 f"{r['scenario']} c={r['concurrency']}: {100 * r['proxy']['proxy_sys_share']:.0f}%"
-                 for r in report["results"]),
-             f"Proxy memory: peak (VmHWM) {mem['VmHWM'] / 1024:.1f} MiB, RSS at the end {mem['VmRSS'] / 1024:.1f} MiB, "
-             f"RSS after start-up {report['proxy_memory_at_start']['VmRSS'] / 1024:.1f} MiB.",
-             f"Metering check: /v1/usage/summary requests = {check['summary_requests']}, expected "
-             f"{check['expected']} (warm-up + measured proxied requests) -> {'OK' if check['ok'] else 'MISMATCH'}; "
-             f"ledger events = {check['ledger_events']}.",
-             f"Machine: {report['machine']['cpus']} CPUs, load before {report['machine']['loadavg_before']}, "
-             f"after {report['machine']['loadavg_after']}; Python {report['machine']['python']}, "
-             f"aiohttp {report['machine']['aiohttp']}; git {report['git']}."]
-    if float(report["machine"]["loadavg_before"].split()[0]) > 0.5:
-        lines.append("WARNING: the machine was busy before the run (1-min load above 0.5): the numbers are noisy.")
-    return "\n".join(lines)
-
-
-def git_rev(root: Path = ROOT) -> str:
+def git_rev(root: Path) -> str:
     if not (root / ".git").exists():
         return f"{root} (not a git checkout)"
     try:
@@ -474,125 +464,6 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
-
-
-# ---------------------------------------------------------------------------- main
-
-async def bench(args, proxy: Child, upstream: Child, proxy_url: str, upstream_url: str, log) -> dict:
-    deadline = time.monotonic() + args.max_seconds
-    targets = {
-        "direct": Target("direct", upstream_url + "/v1/chat/completions",
-                         {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-direct"}),
-        "proxy": Target("proxy", proxy_url + "/v1/chat/completions",
-                        {"Content-Type": "application/json", "Authorization": f"Bearer {CUSTOMER_KEY}"}),
-    }
-    memory_at_start = memory_kb(proxy.pid)
-    results, proxied = [], 0
-    for scenario in args.scenarios:
-        for concurrency in args.concurrency:
-            count = args.requests_c1 if concurrency == 1 else args.requests
-            result = await run_case(scenario, concurrency, count, args.warmup, args.blocks, targets, proxy,
-                                    upstream, deadline, log)
-            results.append(result)
-            proxied += args.warmup + result["proxy"]["requests"]
-    memory = memory_kb(proxy.pid)  # before the checks below, which read the whole ledger
-    summary = await http_json(proxy_url + "/v1/usage/summary", CUSTOMER_KEY)
-    events = await ledger_count(proxy_url, CUSTOMER_KEY) if not args.no_ledger_check else None
-    check = {"summary_requests": summary.get("requests"), "expected": proxied,
-             "ledger_events": events, "summary_tokens": summary.get("tokens"),
-             "amount_due_exact": summary.get("amount_due_exact")}
-    check["ok"] = check["summary_requests"] == proxied and (events is None or events == proxied)
-    return {"results": results, "proxy_memory": memory, "proxy_memory_at_start": memory_at_start,
-            "metering_check": check}
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Benchmark the Payware proxy against a direct baseline.")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: few requests, seconds")
-    parser.add_argument("--requests", type=int, help="measured requests per target at concurrency > 1 (default 5000)")
-    parser.add_argument("--requests-c1", type=int, help="measured requests per target at concurrency 1 (default 2000)")
-    parser.add_argument("--warmup", type=int, help="warm-up requests per target and case (default 200)")
-    parser.add_argument("--blocks", type=int, help="alternating blocks per target and case (default 6)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
-    parser.add_argument("--limits", action="store_true",
-                        help="give the customer a (never reached) cap and rate limit, to exercise admission")
-    parser.add_argument("--counters", default="memory",
-                        help="storage.counters for the proxy: memory (default) or a redis:// URL "
-                             "(use a database you can spare: the bench writes keys there)")
-    parser.add_argument("--max-seconds", type=float, default=900, help="abort after this long (default 900)")
-    parser.add_argument("--no-ledger-check", action="store_true", help="skip counting the ledger's events")
-    parser.add_argument("--proxy-root", type=Path, default=ROOT,
-                        help="the checkout whose proxy to run (default: this one), e.g. a `git archive` snapshot")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, logs, ledger)")
-    parser.add_argument("--out", type=Path, default=BENCH / "results", help="directory for the JSON result")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    args.requests = args.requests or (300 if quick else 5000)
-    args.requests_c1 = args.requests_c1 or (150 if quick else 2000)
-    args.warmup = args.warmup if args.warmup is not None else (30 if quick else 200)
-    args.blocks = args.blocks or (2 if quick else 6)
-    if min(args.concurrency) < 1 or args.requests < args.blocks or args.requests_c1 < args.blocks:
-        parser.error("concurrency must be >= 1 and requests >= blocks")
-    if max(args.concurrency) > 512 or max(args.requests, args.requests_c1) > 200_000:
-        parser.error("bounded: concurrency <= 512, requests <= 200000")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 (progress on stderr, table on stdout)
-    tmp = Path(tempfile.mkdtemp(prefix="payware-bench-"))
-    children: list[Child] = []
-    # SIGTERM -> the same clean-up as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    started = datetime.now(timezone.utc)
-    load_before = loadavg()
-    try:
-        upstream, upstream_url = start_upstream(tmp)
-        children.append(upstream)
-        proxy, proxy_url = start_proxy(tmp, upstream_url, args.limits, args.proxy_root.resolve(), args.counters)
-        children.append(proxy)
-        log(f"bench: upstream {upstream_url} (pid {upstream.pid}), proxy {proxy_url} (pid {proxy.pid}), tmp {tmp}")
-        report = asyncio.run(bench(args, proxy, upstream, proxy_url, upstream_url, log))
-        report.update({
-            "started": started.isoformat(), "finished": datetime.now(timezone.utc).isoformat(),
-            "git": git_rev(args.proxy_root.resolve()),
-            "options": {"quick": args.quick, "requests": args.requests, "requests_c1": args.requests_c1,
-                        "warmup": args.warmup, "blocks": args.blocks, "concurrency": args.concurrency,
-                        "scenarios": args.scenarios, "limits": args.limits, "counters": args.counters,
-                        "proxy_root": str(args.proxy_root.resolve())},
-            "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": loadavg(),
-                        "python": platform.python_version(), "aiohttp": aiohttp.__version__,
-                        "platform": platform.platform()},
-            "notes": {"added_latency": "proxy percentile minus direct percentile (difference of percentiles)",
-                      "percentile": "nearest rank", "stream_latency": "time to the last byte",
-                      "cpu": "schedstat ns summed over live threads; *_ticks: utime+stime from /proc/<pid>/stat"},
-        })
-        args.out.mkdir(parents=True, exist_ok=True)
-        out = args.out / (started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json")
-        out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(markdown(report))
-        log(f"bench: JSON written to {out}")
-        return 0 if report["metering_check"]["ok"] else 1
-    except KeyboardInterrupt:
-        log("bench: interrupted")
-        return 130
-    except (BenchError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        log(f"bench: FAILED: {type(exc).__name__}: {exc}")
-        for child in children:
-            if child.alive():
-                continue
-            log(f"--- {child.name} exited with {child.proc.returncode}; log tail:\n{child.log_tail()}")
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for child in reversed(children):
-            child.stop()
-        if args.keep:
-            log(f"bench: kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""A minimal fixed-response OpenAI upstream for the benchmark (bench/run.py starts it).
+"""A minimal fixed-response upstream for the benchmark (bench/run.py starts it).
 
-`POST /v1/chat/completions` answers with pre-encoded bytes, whatever the prompt:
-non-streamed, one realistic `chat.completion` (~700 bytes, usage with both details objects);
+Canned answers by path (`ROUTES`), pre-encoded, whatever the prompt. `POST /v1/chat/completions`:
+non-streamed, one realistic `chat.completion` (~750 bytes, usage with both details objects);
 streamed, 40 `chat.completion.chunk` events written one `write()` each, no sleeps, then (when
 `stream_options.include_usage` is true) `"usage":null` on every chunk and a final usage chunk
-with `"choices":[]`, then `data: [DONE]`. It does as little as an aiohttp server can, so its
-CPU per request is the baseline the proxy's is quoted against.
+with `"choices":[]`, then `data: [DONE]`. It does as little as an aiohttp server can; the
+reference pass-through (bench/passthrough.py) and Payware both call it, and the load client
+calls it directly for the latency baseline.
+
+A new API format is a handler here, registered in `ROUTES` under its path, plus a row in
+bench/scenarios.py.
 
 Run: `python bench/upstream.py --port 0` prints `LISTENING http://127.0.0.1:<port>`.
 """
@@ -95,9 +99,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
+ROUTES = {"/v1/chat/completions": chat}  # path -> handler of POST: one per API format
+
+
 async def main(host: str, port: int) -> None:
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
+    for path, handler in ROUTES.items():
+        app.router.add_post(path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -117,4 +125,9 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    asyncio.run(main(args.host, args.port))
+    try:
+        import uvloop  # as the proxies run: the upstream should not be the slow part
+    except ImportError:
+        asyncio.run(main(args.host, args.port))
+    else:
+        uvloop.run(main(args.host, args.port))
