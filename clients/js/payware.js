@@ -1,4 +1,4 @@
-// Payware's client for Node (20+) and other runtimes with a global fetch: record custom usage,
+// Payware's client for Node (18+) and other runtimes with a global fetch: record custom usage,
 // read a customer's summary, events, cap and statements. No dependencies.
 //
 //   import { Payware } from "payware-client";
@@ -136,9 +136,14 @@ const RECORD_FIELDS = {
   idempotency_key: "idempotency_key",
 };
 
+// Web Crypto is global from Node 19 (and in Deno, Bun and browsers); Node 18 has it in node:crypto.
+const randomUUID = globalThis.crypto?.randomUUID
+  ? () => globalThis.crypto.randomUUID()
+  : (await import("node:crypto")).randomUUID;
+
 /** A fresh idempotency key for one logical record call (kept for all of its retries). */
 export function newIdempotencyKey() {
-  return "pwc_" + globalThis.crypto.randomUUID().replaceAll("-", "");
+  return "pwc_" + randomUUID().replaceAll("-", "");
 }
 
 /**

@@ -18,7 +18,7 @@ from tests.conftest import ADMIN_KEY, KEYS, ROOT, python_env
 NODE = shutil.which("node")
 
 
-@pytest.mark.skipif(NODE is None, reason="`node` is not on PATH: the Node client's tests need Node 20+")
+@pytest.mark.skipif(NODE is None, reason="`node` is not on PATH: the Node client's tests need Node 18.17+")
 def test_the_node_client_passes_its_tests_against_a_real_proxy(proxy_factory):
     proxy = proxy_factory(plans=PLANS)
     env = python_env() | {
