@@ -6,6 +6,8 @@ import math
 
 from loadgen import median
 
+SCRIPT_COMMANDS = ("eval", "fcall")  # eval, evalsha, eval_ro, evalsha_ro, fcall, fcall_ro: one round trip each
+
 
 def _f(x, digits: int = 3, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -38,14 +40,15 @@ def ratio_table(report: dict) -> str:
 
 def detail_table(report: dict) -> str:
     rows = ["| scenario | c | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/req | "
-            "ratio | kernel share | upstream µs/req | client µs/req |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "ratio | server busy | kernel share | upstream µs/req | client µs/req |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case in report["cases"]:
         for row in case["targets"].values():
             rows.append(
                 f"| {case['scenario']} | {case['concurrency']} | {row['name']} | {row['rps']:.0f} | {_f(row['p50_ms'])} | "
                 f"{_f(row['p99_ms'])} | {_f(row.get('added_p50_ms'), sign=True)} | {_f(row.get('added_p99_ms'), sign=True)} | "
-                f"{row['cpu_us_per_req']:.0f} | {_f(row.get('ratio'), 2)} | {100 * row['cpu_sys_share']:.0f}% | "
+                f"{row['cpu_us_per_req']:.0f} | {_f(row.get('ratio'), 2)} | {100 * row['busy']:.0f}% | "
+                f"{100 * row['cpu_sys_share']:.0f}% | "
                 f"{row['upstream_cpu_us_per_req']:.0f} | {row['client_cpu_us_per_req']:.0f} |")
     return "\n".join(rows)
 
@@ -66,14 +69,18 @@ def facts(report: dict) -> list[str]:
         lines.append("Soak: " + ", ".join(
             f"{name} {s['requests']} more requests at {s['rps']:.0f} req/s, then RSS {_mib(s['memory_kb_after'])} "
             f"(peak {_mib(s['memory_kb_after'], 'VmHWM')})" for name, s in soaks.items()) + ".")
+    redis: dict[str, list[str]] = {}
     for case in report["cases"]:
         for row in case["targets"].values():
             if "redis_calls_per_req" in row:
                 calls = row["redis_calls_per_req"]
-                lines.append(f"Redis, {row['name']} {case['scenario']} c={case['concurrency']}: "
-                             f"{sum(calls.values()):.2f} commands/request (commandstats, script-inner calls "
-                             f"included: {', '.join(f'{k} {v}' for k, v in calls.items())}), Redis CPU "
-                             f"{row['redis_cpu_us_per_req']:.0f} µs/request.")
+                scripts = sum(v for k, v in calls.items() if k.startswith(SCRIPT_COMMANDS))
+                redis.setdefault(row["name"], []).append(
+                    f"{case['scenario']} c={case['concurrency']}: {scripts:.2f} scripts, "
+                    f"{sum(calls.values()):.1f} commands, {row['redis_cpu_us_per_req']:.0f} µs Redis CPU")
+    for name, cells in redis.items():
+        lines.append(f"Redis per request, {name} (server-wide INFO, script-inner commands included; the "
+                     f"breakdown is in the JSON): " + "; ".join(cells) + ".")
     for name, check in checks.items():
         verdict = "OK" if check["ok"] else "MISMATCH"
         lines.append(f"Metering check {name}: sent {check['expected']} (start-up, warm-up, measured"
@@ -97,5 +104,7 @@ def markdown(report: dict) -> str:
         "range]. CPU from each server's /proc/<pid>/task/*/schedstat over its own blocks.", "",
         detail_table(report), "",
         "Added latency = the target's percentile minus the direct one (a difference of percentiles); a stream's "
-        "latency is to its last byte. For `direct` the CPU column is the upstream's.", "",
+        "latency is to its last byte. For `direct` the CPU column is the upstream's. Server busy = its CPU over "
+        "its blocks' wall time (1 core = 100 %): at c > 1, well below 100 % means the load side, not this "
+        "server, set the pace. Kernel share: stime/(utime+stime), 100 Hz ticks (coarse in short runs).", "",
         *facts(report)])

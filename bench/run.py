@@ -294,6 +294,9 @@ def summarize_case(scenario: Scenario, concurrency: int, blocks: list[dict], tar
                **latency_stats([x for b in own for x in b["latencies_ns"]], sum(b["seconds"] for b in own)),
                # the server's own CPU: the proxy's, or for "direct" the upstream's
                "cpu_us_per_req": cpu / n / 1e3,
+               # the share of one core the server used while loaded: at c > 1 a server well below
+               # 100 % was not the bottleneck (the load side was), so it ran at a lower load
+               "busy": cpu / 1e9 / max(1e-9, sum(b["seconds"] for b in own)),
                "cpu_us_per_req_ticks": ticks / n / CLK_TCK * 1e6,
                "cpu_sys_share": sum(b["cpu_ns"][server + ":sys_ticks"] for b in own) / max(1, ticks),
                # what this server burnt during the other targets' blocks (idle timers; a flush
