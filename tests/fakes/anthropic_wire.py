@@ -184,8 +184,9 @@ async def _messages(request: web.Request, body: dict) -> web.StreamResponse:
         return _error(400, INVALID)
     if body.get("stream"):
         delay = slow_delay(request) if scenario == "claude-fake-slow" else 0
-        return await write_stream(request, stream_bytes(scenario, model), delay=delay, cut=scenario == "claude-fake-cut",
-                                  content_type="text/event-stream; charset=utf-8", headers={"request-id": REQUEST_ID})
+        return await write_stream(request, stream_bytes(scenario, model), delay=delay,
+                                  cut=scenario == "claude-fake-cut", content_type="text/event-stream; charset=utf-8",
+                                  headers={"request-id": REQUEST_ID})
     if scenario == "claude-fake-cut":
         return drop(request)
     if scenario == "claude-fake-slow":

@@ -67,9 +67,10 @@ def usage(scenario: str, chain_tokens: int = 0) -> dict | None:
     """`scenario`'s usage; `chain_tokens` are the previous responses' tokens billed again as input."""
     if scenario == "responses-fake-cut":
         return None
-    output, reasoning = {"responses-fake-incomplete": (INCOMPLETE_OUTPUT_TOKENS, INCOMPLETE_REASONING_TOKENS),
-                         "responses-fake-failed": (FAILED_OUTPUT_TOKENS, FAILED_REASONING_TOKENS),
-                         "responses-fake-slow": (SLOW_OUTPUT_TOKENS, 0)}.get(scenario, (OUTPUT_TOKENS, REASONING_TOKENS))
+    tokens = {"responses-fake-incomplete": (INCOMPLETE_OUTPUT_TOKENS, INCOMPLETE_REASONING_TOKENS),
+              "responses-fake-failed": (FAILED_OUTPUT_TOKENS, FAILED_REASONING_TOKENS),
+              "responses-fake-slow": (SLOW_OUTPUT_TOKENS, 0)}
+    output, reasoning = tokens.get(scenario, (OUTPUT_TOKENS, REASONING_TOKENS))
     input_tokens = INPUT_TOKENS + chain_tokens
     return {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
             "output_tokens": output, "output_tokens_details": {"reasoning_tokens": reasoning},
