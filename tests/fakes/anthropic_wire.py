@@ -12,11 +12,18 @@ The wire, as Anthropic sends it (public captures of the real API, 2025-2026):
   content, `output_tokens` 1), content_block_start, ping (`{"type": "ping"}`, the one event with
   spaces), content_block_delta..., content_block_stop, message_delta (stop_reason and the
   cumulative usage: each field's last value wins, never a sum), message_stop. No [DONE].
-- thinking streams pad each JSON's last `}` with spaces (a length side-channel guard);
-  their usage adds `output_tokens_details: {thinking_tokens}` (part of `output_tokens`).
+- the API pads most events' JSON with 0-15 spaces before its last `}` (seen in every capture
+  since 2025; presumably against length side channels): the fake pads deterministically.
+- a thinking answer's usage adds `output_tokens_details: {thinking_tokens}` (part of `output_tokens`).
 - errors: `{"type":"error","error":{"type","message"},"request_id"}` with a `request-id` header;
   mid-stream as `event: error` (its `error` starts with `"details":null`), then the body ends.
 
+Scenarios: `claude-fake-ok`; `-cache` (cache reads and both 5-minute and 1-hour cache writes);
+`-thinking` (a thinking block with its signature, then text); `-cut` (the connection drops after two
+text deltas; not streamed: dropped with no answer); `-slow` (200 deltas, SLOW_DELAY_MS apart or
+`x-fake-delay-ms`); `-overloaded` (529); `-error-400`; `-error-midstream` (two deltas, then
+`event: error`; not streamed: a 529); `-packed` (PACKED_EVENTS_PER_WRITE events per network write
+and CRLF line ends: not what Anthropic sends, a framing robustness case).
 `stream_events` / `stream_bytes` give the exact bytes of each scenario's stream.
 """
 
@@ -114,14 +121,13 @@ def _delta_usage(scenario: str) -> dict:
 def stream_events(scenario: str, model: str) -> list[bytes]:
     """The SSE events (one bytes each, pings included) a stream of `scenario` sends, in order."""
     newline = b"\r\n" if scenario == "claude-fake-packed" else b"\n"
-    padded = scenario == "claude-fake-thinking"
     count = 0
 
     def event(name: str, data: dict) -> bytes:
         nonlocal count
         body = compact(data)
-        if padded:  # deterministic stand-in for the API's random padding
-            body = body[:-1] + b" " * (count * 7 % 13) + b"}"
+        if name != "error":  # a deterministic stand-in for the API's random padding
+            body = body[:-1] + b" " * (count * 7 % 16) + b"}"
         count += 1
         return b"event: " + name.encode() + newline + b"data: " + body + newline * 2
 

@@ -21,6 +21,11 @@ The wire, as Gemini sends it (public captures of the real API, 2025-2026):
   usage of the prompt alone.
 - errors: {"error": {"code", "message", "status", "details"?}}, indented by 2.
 
+Scenarios: `gemini-fake-ok`; `-cached-thoughts` (cached, tool-use prompt and thought tokens, a
+thought part first); `-blocked` (200 with promptFeedback.blockReason); `-cut` (the connection drops
+after two chunks, whose usage is partial; not streamed: dropped with no answer); `-slow` (200
+chunks, SLOW_DELAY_MS apart or `x-fake-delay-ms`); `-error-400` (INVALID_ARGUMENT); `-overloaded`
+(503 UNAVAILABLE). `:countTokens` answers COUNT_TOKENS for any model.
 `stream_events` / `stream_bytes` give the exact bytes of each scenario's stream.
 """
 

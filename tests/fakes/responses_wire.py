@@ -18,6 +18,13 @@ The wire, as OpenAI sends it (public captures of the real API, 2025 to January 2
   {reasoning_tokens}, total_tokens}; a `previous_response_id` makes the provider bill the chain: the
   fake's input_tokens then add the previous response's input and output tokens.
 
+Scenarios: `responses-fake-ok` (a reasoning item, then the message); `-incomplete` (stops at
+max_output_tokens: response.incomplete); `-failed` (two deltas, then response.failed with its
+usage; not streamed: a 500); `-cut` (the connection drops after two deltas, no usage; not
+streamed: dropped with no answer); `-slow` (200 deltas, SLOW_DELAY_MS apart or `x-fake-delay-ms`);
+`-error-429`. Every created response is stored unless `store: false`; `background: true` answers
+"queued", and the next GET (or cancel) finds it completed (or cancelled).
+
 Simplification: a Response echoes the request's model, previous_response_id, background and store;
 its other settings (instructions, tools, metadata, temperature...) are this module's fixed values.
 `stream_events` / `stream_bytes` give the exact bytes of each scenario's stream.
