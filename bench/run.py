@@ -39,7 +39,7 @@ from pathlib import Path
 
 import aiohttp
 
-from loadgen import BenchError, client_session, fire, latency_stats, median
+from loadgen import BenchError, Client, fire, latency_stats, median
 from procs import (CLK_TCK, ROOT, Child, Variant, cpu_ns, cpu_ticks, first_answer, memory_kb, parents_map, pin,
                    spawn_payware, spawn_reference, start_upstream)
 from report import markdown
@@ -157,14 +157,14 @@ class Bench:
 
     # ------------------------------------------------------------------ load
 
-    async def block(self, target: Target, scenario: Scenario, count: int, concurrency: int, session,
+    async def block(self, target: Target, scenario: Scenario, count: int, concurrency: int, client: Client,
                     round_no: int) -> dict:
         placement = self.place(target, round_no)
         counters = target.variant.counters if target.variant and target.variant.counters != "memory" else None
         redis0 = await self.redis_info(counters) if counters else None
         m0 = self.mark()
         client0, started = time.process_time_ns(), time.perf_counter()
-        latencies = await fire(session, target.url(scenario), target.headers, scenario, count, concurrency,
+        latencies = await fire(client, scenario.path, target.headers, scenario, count, concurrency,
                                self.deadline, target.name)
         seconds, client1 = time.perf_counter() - started, time.process_time_ns()
         target.proxied += len(latencies)
@@ -185,21 +185,21 @@ class Bench:
         args = self.args
         count = args.requests_c1 if concurrency == 1 else args.requests
         per_round = [count // args.rounds + (1 if i < count % args.rounds else 0) for i in range(args.rounds)]
-        sessions = {t.name: client_session(concurrency) for t in self.targets}
+        clients = {t.name: Client(t.child.url, concurrency) for t in self.targets}
         try:
             for target in self.targets:  # warm-up: connections opened, caches filled
                 self.place(target, 0)
-                target.proxied += len(await fire(sessions[target.name], target.url(scenario), target.headers,
+                target.proxied += len(await fire(clients[target.name], scenario.path, target.headers,
                                                  scenario, args.warmup, concurrency, self.deadline, target.name))
             await asyncio.sleep(args.settle)
             blocks = []
             for round_no, n in enumerate(per_round):
                 order = self.targets if round_no % 2 == 0 else self.targets[::-1]
                 for target in order:
-                    blocks.append(await self.block(target, scenario, n, concurrency, sessions[target.name], round_no))
+                    blocks.append(await self.block(target, scenario, n, concurrency, clients[target.name], round_no))
         finally:
-            for session in sessions.values():
-                await session.close()
+            for client in clients.values():
+                client.close()
         result = summarize_case(scenario, concurrency, blocks, self.targets)
         for row in result["targets"].values():
             self.log(f"  {scenario.name:<17} c={concurrency:<3} {row['name']:<22} {row['rps']:7.0f} req/s  "
@@ -212,12 +212,15 @@ class Bench:
         self.place(target, 0)
         started, done = time.perf_counter(), 0
         chunk = max(1000, concurrency * 20)
-        async with client_session(concurrency) as session:
+        client = Client(target.child.url, concurrency)
+        try:
             while done < count:
                 scenario = scenarios[(done // chunk) % len(scenarios)]
                 n = min(chunk, count - done)
-                done += len(await fire(session, target.url(scenario), target.headers, scenario, n, concurrency,
+                done += len(await fire(client, scenario.path, target.headers, scenario, n, concurrency,
                                        self.deadline, target.name))
+        finally:
+            client.close()
         seconds = time.perf_counter() - started
         target.proxied += done
         await asyncio.sleep(self.args.idle)

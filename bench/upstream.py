@@ -1,15 +1,22 @@
-"""A minimal fixed-response upstream for the benchmark (bench/run.py starts it).
+"""A minimal fixed-answer upstream for the benchmark (bench/run.py starts it).
 
 Canned answers by path (`ROUTES`), pre-encoded, whatever the prompt. `POST /v1/chat/completions`:
 non-streamed, one realistic `chat.completion` (~750 bytes, usage with both details objects);
-streamed, 40 `chat.completion.chunk` events written one `write()` each, no sleeps, then (when
-`stream_options.include_usage` is true) `"usage":null` on every chunk and a final usage chunk
-with `"choices":[]`, then `data: [DONE]`. It does as little as an aiohttp server can; the
-reference pass-through (bench/passthrough.py) and Payware both call it, and the load client
-calls it directly for the latency baseline.
+streamed, 40 `chat.completion.chunk` events, each its own HTTP chunk and its own `write()`, no
+sleeps, then (when `stream_options.include_usage` is true) `"usage":null` on every chunk and a
+final usage chunk with `"choices":[]`, then `data: [DONE]`. The reference pass-through
+(bench/passthrough.py) and Payware both call it, and the load client calls it directly for the
+latency baseline.
 
-A new API format is a handler here, registered in `ROUTES` under its path, plus a row in
-bench/scenarios.py.
+It speaks HTTP/1.1 itself over an asyncio protocol (keep-alive, Content-Length request bodies,
+answers written from pre-encoded bytes) rather than through aiohttp's server: on 2 cores it
+shares a core with the load client while the proxy under test has the other, and the less it
+costs, the more surely the proxy is the bottleneck at c=64. To the proxies it looks like any
+HTTP/1.1 server: status line, Date, Content-Type, the provider's headers, Content-Length or
+chunked.
+
+A new API format is a function here (request JSON -> `Answer`) registered in `ROUTES` under its
+path, plus a row in bench/scenarios.py.
 
 Run: `python bench/upstream.py --port 0` prints `LISTENING http://127.0.0.1:<port>`.
 """
@@ -20,8 +27,8 @@ import argparse
 import asyncio
 import json
 import signal
-
-from aiohttp import web
+from dataclasses import dataclass
+from functools import cache
 
 MODEL = "gpt-4o-mini-2024-07-18"
 CREATED = 1_741_569_952
@@ -81,43 +88,121 @@ def _events(include_usage: bool) -> list[bytes]:
 STREAM = {False: _events(False), True: _events(True)}
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
-    try:
-        body = json.loads(await request.read())
-    except ValueError:
-        return web.json_response({"error": {"message": "bad JSON", "type": "invalid_request_error",
-                                            "param": None, "code": None}}, status=400)
-    if not body.get("stream"):
-        return web.Response(body=COMPLETION, content_type="application/json", headers=HEADERS)
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream; charset=utf-8"})
-    await response.prepare(request)
-    for event in STREAM[include_usage]:
-        await response.write(event)
-    await response.write_eof()
-    return response
+@dataclass(frozen=True)
+class Answer:
+    """A canned answer: one body (sent with a Content-Length), or events (each its own chunk)."""
+
+    content_type: str
+    body: bytes = b""
+    events: tuple[bytes, ...] = ()
+    status: int = 200
 
 
-ROUTES = {"/v1/chat/completions": chat}  # path -> handler of POST: one per API format
+CHAT = {None: Answer("application/json", body=COMPLETION)} | {  # stream and include_usage -> answer
+    include_usage: Answer("text/event-stream; charset=utf-8", events=tuple(STREAM[include_usage]))
+    for include_usage in (False, True)}
+
+
+def chat(request: dict) -> Answer:
+    """OpenAI chat completions: whole, or streamed with or without the usage chunk."""
+    if not request.get("stream"):
+        return CHAT[None]
+    options = request.get("stream_options")
+    return CHAT[isinstance(options, dict) and options.get("include_usage") is True]
+
+
+ROUTES = {"/v1/chat/completions": chat}  # path of a POST -> its canned answer: one per API format
+
+
+def _error(status: int, message: str) -> Answer:
+    return Answer("application/json", status=status, body=_dump(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}))
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+DATE = "Thu, 26 Nov 2026 12:00:00 GMT"  # fixed: nothing reads it
+
+
+@cache
+def encoded(answer: Answer) -> tuple[bytes, ...]:
+    """The bytes of an answer, by write(): whole; or the head with the first chunk, one per chunk, the end."""
+    head = [f"HTTP/1.1 {answer.status} {REASONS.get(answer.status, 'Error')}", f"Date: {DATE}",
+            "Server: bench-upstream", f"Content-Type: {answer.content_type}",
+            *(f"{name}: {value}" for name, value in HEADERS.items())]
+    if not answer.events:
+        head.append(f"Content-Length: {len(answer.body)}")
+        return (("\r\n".join(head) + "\r\n\r\n").encode() + answer.body,)
+    head += ["Transfer-Encoding: chunked", "Cache-Control: no-cache"]
+    chunks = [b"%x\r\n%s\r\n" % (len(event), event) for event in answer.events]
+    return ((("\r\n".join(head) + "\r\n\r\n").encode() + chunks[0]), *chunks[1:], b"0\r\n\r\n")
+
+
+class Server(asyncio.Protocol):
+    """One client connection: read requests (head, then Content-Length bytes), write canned answers."""
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.buf = bytearray()
+        self.head: tuple[str, str, int, bool] | None = None  # method, path, body length, keep-alive
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            if self.head is None:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+                del self.buf[:end + 4]
+                method, target, _ = lines[0].split(" ", 2)
+                length, keep = 0, True
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    name = name.strip().lower()
+                    if name == "content-length":
+                        length = int(value)
+                    elif name == "connection" and value.strip().lower() == "close":
+                        keep = False
+                self.head = (method, target.split("?", 1)[0], length, keep)
+            method, path, length, keep = self.head
+            if len(self.buf) < length:
+                return
+            body = bytes(self.buf[:length])
+            del self.buf[:length]
+            self.head = None
+            for part in encoded(self.answer(method, path, body)):
+                self.transport.write(part)  # NOTE: one write per event, as a provider streams them
+            if not keep:
+                self.transport.close()
+                return
+
+    @staticmethod
+    def answer(method: str, path: str, body: bytes) -> Answer:
+        route = ROUTES.get(path)
+        if route is None:
+            return _error(404, f"no route {path}")
+        if method != "POST":
+            return _error(405, f"{method} {path}")
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return _error(400, "bad JSON")
+        return route(request) if isinstance(request, dict) else _error(400, "not a JSON object")
 
 
 async def main(host: str, port: int) -> None:
-    app = web.Application()
-    for path, handler in ROUTES.items():
-        app.router.add_post(path, handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Server, host, port)
+    bound = server.sockets[0].getsockname()[1]
     print(f"LISTENING http://{host}:{bound}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
+    server.close()
 
 
 if __name__ == "__main__":
@@ -126,7 +211,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     try:
-        import uvloop  # as the proxies run: the upstream should not be the slow part
+        import uvloop  # as the proxies run
     except ImportError:
         asyncio.run(main(args.host, args.port))
     else:
