@@ -48,6 +48,17 @@ def root(fake_upstream) -> str:
     return fake_upstream.url.removesuffix("/v1")
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/messages", {"model": "claude-fake-cut", "max_tokens": 8, "messages": HI}),
+    ("/v1beta/models/gemini-fake-cut:generateContent", {"contents": [{"parts": [{"text": "hi"}]}]}),
+    ("/v1/responses", {"model": "responses-fake-cut", "input": "hi"}),
+], ids=["anthropic", "gemini", "responses"])
+async def test_a_non_streamed_cut_scenario_drops_the_connection_with_no_answer(fake_upstream, path, body):
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await session.post(root(fake_upstream) + path, json=body)
+
+
 # --- Anthropic Messages ----------------------------------------------------------------------------
 
 def claude_sdk(fake_upstream, **kwargs) -> anthropic.Anthropic:
