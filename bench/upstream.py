@@ -166,6 +166,10 @@ class Server(asyncio.Protocol):
                         length = int(value)
                     elif name == "connection" and value.strip().lower() == "close":
                         keep = False
+                    elif name == "transfer-encoding":  # the proxies send a Content-Length; say so loudly
+                        self.transport.write(encoded(_error(400, "chunked request bodies are not supported"))[0])
+                        self.transport.close()
+                        return
                 self.head = (method, target.split("?", 1)[0], length, keep)
             method, path, length, keep = self.head
             if len(self.buf) < length:
