@@ -106,5 +106,5 @@ def markdown(report: dict) -> str:
         "Added latency = the target's percentile minus the direct one (a difference of percentiles); a stream's "
         "latency is to its last byte. For `direct` the CPU column is the upstream's. Server busy = its CPU over "
         "its blocks' wall time (1 core = 100 %): at c > 1, well below 100 % means the load side, not this "
-        "server, set the pace. Kernel share: stime/(utime+stime), 100 Hz ticks (coarse in short runs).", "",
+        "server, set the pace (above 100 %: the CPU includes the settle pause's ledger flush). Kernel share: stime/(utime+stime), 100 Hz ticks (coarse in short runs).", "",
         *facts(report)])
