@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from tests.fuzz.generators import Case
+from tests.fuzz.cases import Case
 from tests.fuzz.wire import Answer
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from tests.fuzz.generators import Case
+from tests.fuzz.cases import Case
 
 BODY = b'{"model":"fake-ok","messages":[{"role":"user","content":"hi"}]}'
 TARGETS = (("POST", b"/v1/chat/completions"), ("POST", b"/v1/usage/records"), ("GET", b"/v1/models"),

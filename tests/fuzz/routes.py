@@ -54,6 +54,8 @@ UNKNOWN_PATHS = (
     "/v1/chat/completions?x=" + "a" * 2000, "/" + "a" * 4000, "/v1/%ed%a0%80", "/healthz/",
 )
 
+# Models whose upstream name differs (proxy_config): their body is always serialized again.
+MODELS_RENAMED = ("renamed", "fake-embed")
 MODELS_CHAT = ("fake-ok", "renamed", "fake-no-usage", "fake-finish-usage", "fake-crlf", "fake-split")
 MODELS_EMBED = ("fake-embed",)
 # The provider's own refusals: passed through, not billed, but counted by the fake provider.

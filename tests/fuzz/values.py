@@ -93,7 +93,8 @@ AMOUNT_CLASSES = {
 }
 HEADER_CLASSES = {
     "len-257": "len > 256", "len-300": "len > 256", "len-513": "len > 256", "len-5000": "len > 256",
-    "non-utf8 \\xff\\xfe": "non-utf8", "latin-1 \\xe9": "non-utf8", "utf8-encoded surrogate \\xed\\xa0\\x80": "non-utf8",
+    "non-utf8 \\xff\\xfe": "non-utf8", "latin-1 \\xe9": "non-utf8",
+    "utf8-encoded surrogate \\xed\\xa0\\x80": "non-utf8",
     "utf-8 emoji": "odd but valid", "tab inside": "odd but valid", "empty": "odd but valid",
     "json-ish": "odd but valid", "percent %00": "odd but valid",
 }

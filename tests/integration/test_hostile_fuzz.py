@@ -10,6 +10,11 @@ for malformed HTTP); no secret in any answer or log line; every served call and 
 ledger exactly once and nothing else there; the provider called exactly for the served calls
 and its own refusals; and afterwards a normal call reaches the ledger within its flush interval.
 Failures are grouped into one table rather than stopping at the first.
+
+Run alone: `PAYWARE_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:55432/payware_test
+.venv/bin/python -m pytest -q tests/integration/test_hostile_fuzz.py` (about 10 s on a sound
+proxy; up to ~50 s while the ledger is stuck, as reads then wait for it). Add a route to
+`tests/fuzz/routes.py`; give it a family of mutators and an envelope if it is a new kind.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from psycopg import sql
 
 from tests.conftest import ADMIN_KEY, KEYS, key_hash, proxy_config
 from tests.fuzz import judge as J
-from tests.fuzz.generators import Case, cap_phase, generate
+from tests.fuzz.cases import Case
+from tests.fuzz.generators import cap_phase, generate
 from tests.fuzz.raw import malformed
 from tests.fuzz.wire import Answer, exchange, request_bytes
 
@@ -184,6 +190,9 @@ def reconcile(results: list[tuple[Case, Answer]], api_events: dict[str, dict], d
     missing.sort(key=lambda event_id: position.get(event_id, len(position)))
     classes = {served[event_id][0].klass for event_id in missing}
     stuck = len(classes) > 12  # every kind of event is missing: the ledger stopped taking events
+    ledger_errors = [f"{line} (x{count})" for (message, line), count in log.exceptions.most_common()
+                     if "ledger" in message]
+    why = f"; the log: {'; '.join(ledger_errors)}" if ledger_errors else ""
     for event_id in missing:
         case, answer = served[event_id]
         where = "journaled, not in the ledger" if event_id in position else "in neither the journal nor the ledger"
@@ -191,7 +200,8 @@ def reconcile(results: list[tuple[Case, Answer]], api_events: dict[str, dict], d
             first = served[missing[0]][0]
             failures.append(J.Failure("served (2xx) but not billed in the ledger", case.route, "2xx",
                                       f"any of {len(classes)} classes (the ledger stopped taking events)",
-                                      f"earliest missing in journal order: {first.klass}: {first.example()}", where))
+                                      f"earliest missing in journal order: {first.klass}: {first.example()}",
+                                      where + why))
         else:
             failures.append(J.Failure("served (2xx) but not billed in the ledger", case.route, "2xx", case.klass,
                                       case.example(), where))
