@@ -22,6 +22,7 @@ from config import pricedb
 from config.schema import (
     CAP_ACTIONS,
     CAP_MODES,
+    MAX_CAP,
     INTERVALS,
     PROVIDER_KINDS,
     TOKEN_TYPES,
@@ -205,6 +206,13 @@ class _Reader:
             return None
         return value
 
+    def cap_amount(self, value: Decimal | None, path: str) -> Decimal | None:
+        """A spend cap: at most MAX_CAP (the counters' exact range), at most 9 decimal places."""
+        if value is not None and value > MAX_CAP:
+            self.fail(path, f"{value} is above the largest cap the counters hold exactly, {MAX_CAP}")
+            return None
+        return self.precise(value, path, PRICE_PLACES)
+
     def to_decimal(self, value: Any, path: str) -> Decimal | None:
         if isinstance(value, bool):
             self.fail(path, f"{value!r} is not a decimal")
@@ -220,6 +228,14 @@ class _Reader:
             self.fail(path, f"{value} must not be negative")
             return None
         return number
+
+    def positive(self, data: dict, key: str, path: str, default: float) -> float:
+        """A number of seconds above zero."""
+        value = self.number(data, key, path, default)
+        if value <= 0:
+            self.fail(f"{path}.{key}", f"{value} must be above 0")
+            return default
+        return value
 
     def number(self, data: dict, key: str, path: str, default: float) -> float:
         value = self.decimal(data, key, path, Decimal(str(default)))
@@ -287,7 +303,7 @@ class _Reader:
 
     def server(self, data: dict, path: str) -> ServerConfig:
         self.mapping(data, path, ("host", "port", "admin_key", "max_body_bytes", "connect_timeout", "read_timeout",
-                                  "statement_grace"))
+                                  "statement_grace", "body_timeout", "idle_timeout"))
         admin_key = self.string(data, "admin_key", path, None)
         if admin_key is not None and admin_key and len(admin_key) < 16:
             self.fail(f"{path}.admin_key", "must be at least 16 characters")
@@ -302,6 +318,8 @@ class _Reader:
             connect_timeout=self.number(data, "connect_timeout", path, 10.0),
             read_timeout=self.number(data, "read_timeout", path, 600.0),
             statement_grace=self.number(data, "statement_grace", path, 900.0),
+            body_timeout=self.positive(data, "body_timeout", path, 30.0),
+            idle_timeout=self.positive(data, "idle_timeout", path, 75.0),
         )
 
     def storage(self, data: dict, path: str) -> StorageConfig:
@@ -383,7 +401,11 @@ class _Reader:
 
     def plan(self, data: dict, path: str, name: str) -> PlanConfig | None:
         self.mapping(data, path, ("interval", "currency", "base_fee", "included", "price", "tiers", "threshold",
-                                  "timezone"))
+                                  "timezone", "self_report"))
+        self_report = data.get("self_report", False)
+        if not isinstance(self_report, bool):
+            self.fail(f"{path}.self_report", "must be true or false")
+            self_report = False
         interval = self.choice(data, "interval", path, INTERVALS, "monthly")
         zone = self.string(data, "timezone", path, "UTC")
         try:
@@ -424,7 +446,7 @@ class _Reader:
             metric_prices={k: v for k, v in metric_prices.items() if v is not None},
             request_fee=self.precise(self.decimal(price, "per_request", f"{path}.price", Decimal(0)),
                                      f"{path}.price.per_request", PRICE_PLACES) or Decimal(0),
-            tiers=tiers, threshold=threshold,
+            tiers=tiers, threshold=threshold, self_report=self_report,
         )
 
     def token_prices(self, value: Any, path: str) -> dict[str, Decimal]:
@@ -472,7 +494,7 @@ class _Reader:
         cap = None
         if data.get("cap") is not None:
             raw = self.mapping(data["cap"], f"{path}.cap", ("amount", "action", "mode", "clamp", "throttle_rpm"))
-            amount = self.decimal(raw, "amount", f"{path}.cap")
+            amount = self.cap_amount(self.decimal(raw, "amount", f"{path}.cap"), f"{path}.cap.amount")
             clamp = raw.get("clamp", False)
             if not isinstance(clamp, bool):
                 self.fail(f"{path}.cap.clamp", "must be true or false")
@@ -525,6 +547,7 @@ class _Reader:
                 self.fail(f"{path}.key_caps.{kid}", "is not the id of one of this customer's keys "
                                                    "(`payware keys list` shows them)")
             value = self.to_decimal(self.expand(amount, f"{path}.key_caps.{kid}"), f"{path}.key_caps.{kid}")
+            value = self.cap_amount(value, f"{path}.key_caps.{kid}")
             if value is not None:
                 key_caps[kid] = value
         return CustomerConfig(id=name, plan=plan, cap=cap, rate_limit=rate, keys=tuple(keys),

@@ -15,6 +15,9 @@ CAP_ACTIONS = ("block", "throttle", "notify")
 CAP_MODES = ("hard", "soft")
 TOKEN_TYPES = ("input", "cached_input", "output")
 PROVIDER_KINDS = ("openai", "echo")
+# The largest cap the counters hold exactly: 2**53 - 1 nano-USD (Lua numbers are doubles).
+MAX_CAP = Decimal("9007199.254740991")
+MAX_OUTPUT_TOKENS = 100_000_000  # a request's max_tokens above this is refused: no model writes that much
 
 
 class Secret(str):
@@ -33,6 +36,8 @@ class ServerConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 600.0  # between two reads from the provider, streams included
     statement_grace: float = 900.0  # seconds after a period's end before its statement is frozen
+    body_timeout: float = 30.0  # seconds to receive a request's whole body (slow clients are cut: 408)
+    idle_timeout: float = 75.0  # seconds a connection may sit without a complete request's headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ class PlanConfig:
     request_fee: Decimal = Decimal(0)
     tiers: Tiers | None = None
     threshold: Decimal | None = None  # interval "threshold": the period closes at this amount
+    self_report: bool = False  # customers' own keys may record custom usage (priced by the plan only)
 
 
 @dataclass(frozen=True, slots=True)

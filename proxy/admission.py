@@ -17,10 +17,11 @@ from decimal import Decimal
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from config.schema import CustomerConfig, ModelConfig, PlanConfig
-from metering.limits.budget import NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
+from config.schema import MAX_OUTPUT_TOKENS, CustomerConfig, ModelConfig, PlanConfig
+from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
 from metering.store.events import decimal_str
 from metering.billing.plans import max_tokens_amount
+from metering.limits.ratelimit import MAX_TOKENS as RATE_MAX_TOKENS
 from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from metering.usage.tokens import count_prompt
 from metering.usage.normalized import Usage
@@ -103,9 +104,9 @@ class Gate:
     def scopes(self, customer: CustomerConfig, key_id: str | None) -> list[Scope]:
         amount = self.cap_amount(customer)
         mode = customer.cap.mode if customer.cap is not None else "hard"
-        scopes = [Scope(name="customer", limit=to_units(amount) if amount is not None else None, mode=mode)]
+        scopes = [Scope(name="customer", limit=_units(amount) if amount is not None else None, mode=mode)]
         if key_id is not None and key_id in customer.key_caps:
-            scopes.append(Scope(name=f"key:{key_id}", limit=to_units(customer.key_caps[key_id]), mode=mode))
+            scopes.append(Scope(name=f"key:{key_id}", limit=_units(customer.key_caps[key_id]), mode=mode))
         return scopes
 
     def capped(self, customer: CustomerConfig) -> bool:
@@ -118,16 +119,17 @@ class Gate:
         needs_count = capped or (customer.rate_limit is not None and customer.rate_limit.tpm)
         prompt = count_prompt(endpoint, body, model.upstream) if needs_count else 0
         max_out = 0 if endpoint == "embeddings" else _max_output(body, model)
+        tokens = min(prompt + max_out, RATE_MAX_TOKENS)  # charged to TPM limits up front
         if not capped:  # pay-as-you-go without a cap: nothing to reserve (saves two store calls)
             rate, local = await self._use(
-                lambda _budget, limiter: self._rate(limiter, customer, key_id, prompt + max_out))
+                lambda _budget, limiter: self._rate(limiter, customer, key_id, tokens))
             return Admitted(customer.id, key_id, period, ("customer",), None, prompt, rate, local=local,
-                            capped=False, rate_tokens=prompt + max_out if rate is not None else 0)
+                            capped=False, rate_tokens=tokens if rate is not None else 0)
         scopes = self.scopes(customer, key_id)
-        worst = to_units(_amount(model, plan, prompt, max_out, now))
+        worst = _units(_amount(model, plan, prompt, max_out, now))  # past the store's range: never fits
 
         async def reserve(budget: BudgetStore, limiter: RateLimiter):
-            rate = await self._rate(limiter, customer, key_id, prompt + max_out)
+            rate = await self._rate(limiter, customer, key_id, tokens)
             decision = await budget.reserve(customer=customer.id, period=period, hold_id=request_id,
                                             units=worst, scopes=scopes, ttl=self.reservation_ttl)
             return rate, decision
@@ -135,7 +137,7 @@ class Gate:
         (rate, decision), local = await self._use(reserve)
         admitted = await self._decide(request_id, customer, key_id, plan, model, endpoint, prompt, period,
                                       scopes, rate, decision, local, now)
-        admitted.rate_tokens = prompt + max_out if rate is not None else 0
+        admitted.rate_tokens = tokens if rate is not None else 0
         return admitted
 
     async def _decide(self, request_id, customer, key_id, plan, model, endpoint, prompt, period, scopes, rate,
@@ -272,12 +274,17 @@ def _max_output(body: dict, model: ModelConfig) -> int:
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return model.max_output_tokens or DEFAULT_MAX_OUTPUT
+    return min(model.max_output_tokens or DEFAULT_MAX_OUTPUT, MAX_OUTPUT_TOKENS)
 
 
 def _amount(model: ModelConfig, plan: PlanConfig, input_tokens: int, output_tokens: int, now: datetime) -> Decimal:
     """The most this many tokens can cost under `plan`, wherever in the period they fall."""
     return max_tokens_amount(plan, model, Usage(input_tokens=input_tokens, output_tokens=output_tokens), now)
+
+
+def _units(amount: Decimal) -> int:
+    """`amount` in nano-USD, at most what the stores hold (a cap of that size is never reached)."""
+    return min(to_units(amount), MAX_UNITS)
 
 
 def _seconds(value: float) -> str:

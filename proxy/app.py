@@ -30,6 +30,7 @@ from proxy.auth import KeyRing
 from proxy.routes.billing import get_cap, put_cap
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
+from proxy.jsonbody import BODY_TIMEOUT
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
@@ -53,6 +54,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, error_middleware],
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
+    app[BODY_TIMEOUT] = config.server.body_timeout
     app[KEYRING] = KeyRing(config)
     app[METER] = Meter(config)
     app.cleanup_ctx.append(_upstreams)

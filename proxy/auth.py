@@ -29,9 +29,9 @@ class KeyRing:
 
     def caller(self, request: web.Request) -> Caller:
         key = _bearer(request)
-        if self._admin is not None and hmac.compare_digest(key.encode(), self._admin):
+        if self._admin is not None and hmac.compare_digest(key, self._admin):
             return Caller(customer=None, key_id="admin", admin=True)
-        found = self._index.get(hashlib.sha256(key.encode()).hexdigest())
+        found = self._index.get(hashlib.sha256(key).hexdigest())
         if found is None:
             raise InvalidApiKey("Incorrect API key provided. Use a Payware key issued for this proxy.")
         customer_id, key_id = found
@@ -60,10 +60,14 @@ class KeyRing:
         return customer
 
 
-def _bearer(request: web.Request) -> str:
+def _bearer(request: web.Request) -> bytes:
+    """The key of the `Authorization: Bearer` header, as bytes; keys are printable ASCII."""
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise InvalidApiKey("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
-    return key
+    try:
+        return key.encode("ascii")
+    except UnicodeEncodeError:  # aiohttp keeps bytes that are not UTF-8 as surrogate escapes
+        raise InvalidApiKey("Incorrect API key provided. Use a Payware key issued for this proxy.") from None

@@ -18,7 +18,7 @@ from decimal import Decimal
 import aiohttp
 from aiohttp import web
 
-from config.schema import Config, CustomerConfig, ModelConfig
+from config.schema import MAX_OUTPUT_TOKENS, Config, CustomerConfig, ModelConfig
 from metering.usage.fallback import final_usage
 from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
@@ -30,6 +30,7 @@ from proxy.admission import Admitted, rate_headers
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
+from proxy.jsonbody import dump_json, parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.recording import record_event
 from proxy.upstream import PATHS, error_passthrough, open_upstream, outgoing_headers, relayed_headers
@@ -105,11 +106,12 @@ async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     caller = app[KEYRING].customer(request)
-    raw = await request.read()
+    raw = await read_body(request)
     body = _json_object(raw)
     config = app[CONFIG]
     model = _model(config, caller.customer, body, endpoint)
     stream = _stream_flag(body, endpoint)
+    _check_max_tokens(body)
     customer = caller.customer
     now = utcnow()
     admitted = await app[GATE].admit(
@@ -153,7 +155,7 @@ async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Respo
         upstream.release()
     try:
         parsed = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # whatever the provider sent, the call is still metered
         parsed = None
     await call.record(usage_from_json(parsed), "ok", lambda: generated_text(parsed))
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
@@ -225,11 +227,7 @@ def _response_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str,
 
 
 def _json_object(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("We could not parse the JSON body of your request. "
-                             "(HINT: This likely means you aren't using your HTTP library correctly.)") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
@@ -262,6 +260,17 @@ def _stream_flag(body: dict, endpoint: str) -> bool:
     return stream
 
 
+def _check_max_tokens(body: dict) -> None:
+    """`max_tokens` / `max_completion_tokens`: absent, null, or a whole number the counters can price."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if type(value) is not int or not 1 <= value <= MAX_OUTPUT_TOKENS:
+            raise InvalidRequest(f"`{name}` must be an integer from 1 to {MAX_OUTPUT_TOKENS}", param=name,
+                                 code="invalid_value")
+
+
 def _max_tokens_field(body: dict) -> str:
     return "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
 
@@ -281,4 +290,4 @@ def _upstream_body(raw: bytes, body: dict, model: ModelConfig, stream: bool) -> 
     outgoing["model"] = model.upstream
     if stream:
         outgoing["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return json.dumps(outgoing, ensure_ascii=False, separators=(",", ":")).encode(), strip_usage
+    return dump_json(outgoing), strip_usage

@@ -89,23 +89,33 @@ def _config(args) -> Config:
 
 
 def _serve(args) -> int:
-    from aiohttp import web
-
     from proxy.app import make_app
+    from proxy.redact import RedactingFormatter
+    from proxy.server import run
 
     config = _config(args)
-    logging.basicConfig(level=os.environ.get("PAYWARE_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                            secrets=_secrets(config)))
+    logging.basicConfig(level=os.environ.get("PAYWARE_LOG_LEVEL", "INFO"), handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter at every start
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     app = make_app(config)
-    print(f"payware: serving on http://{host}:{port}/v1 (config {config.source})", flush=True)
-    # NOTE: handler_cancellation makes a client's disconnect cancel its handler at once, which
-    # is how an abandoned stream stops the provider and gets billed as partial.
-    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=None,
-                loop=_event_loop())
+
+    def ready() -> None:
+        print(f"payware: serving on http://{host}:{port}/v1 (config {config.source})", flush=True)
+
+    run(app, host=host, port=port, idle_timeout=config.server.idle_timeout, loop=_event_loop(), on_ready=ready)
     return 0
+
+
+def _secrets(config: Config) -> list[str]:
+    """Every secret the config holds: none of them may reach a log line."""
+    found = [config.server.admin_key] + [p.api_key for p in config.providers.values()]
+    if config.webhooks is not None:
+        found.append(config.webhooks.secret)
+    return [str(s) for s in found if s]
 
 
 def _event_loop():

@@ -20,6 +20,7 @@ class ApiError(Exception):
     status = 400
     type = "invalid_request_error"
     code: str | None = None
+    close = False  # close the connection after the answer
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -58,6 +59,11 @@ class BodyTooLarge(ApiError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class RequestTimeout(ApiError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+    close = True  # the rest of the body may never come: do not wait for it
+
+
 class RateLimited(ApiError):
     status, type, code = 429, "requests", "rate_limit_exceeded"
 
@@ -79,8 +85,11 @@ class ServiceUnavailable(ApiError):
 
 
 def error_response(error: ApiError) -> web.Response:
-    return web.Response(status=error.status, body=json.dumps(error.body()).encode(),
-                        content_type="application/json", headers=error.headers)
+    response = web.Response(status=error.status, body=json.dumps(error.body()).encode(),
+                            content_type="application/json", headers=error.headers)
+    if error.close:
+        response.force_close()
+    return response
 
 
 @web.middleware

@@ -64,7 +64,7 @@ async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str) -> 
     headers = relayed_headers(upstream)
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), (dict, str)):
         headers["Content-Type"] = "application/json"

@@ -90,7 +90,7 @@ def fake_upstream() -> Iterator[FakeUpstream]:
 
 def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", customers: str | None = None,
                  storage: str = "", plans: str | None = None, ledger: str | None = None,
-                 webhooks: str = "") -> str:
+                 webhooks: str = "", server: str = "") -> str:
     """A config for the tests: the fake provider, two customers, storage under `tmp`."""
     models = "\n".join(
         f"  {name}: {{provider: fake, cost: {{input: \"0.15\", cached_input: \"0.075\", output: \"0.60\"}}}}"
@@ -103,7 +103,7 @@ def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", custom
 """
     plans = plans if plans is not None else '  payg: {interval: monthly, price: {markup: "1.25"}}\n'
     return f"""
-server: {{host: 127.0.0.1, admin_key: "{ADMIN_KEY}", max_body_bytes: 65536, read_timeout: 5, statement_grace: 0}}
+server: {{host: 127.0.0.1, admin_key: "{ADMIN_KEY}", max_body_bytes: 65536, read_timeout: 5, statement_grace: 0{server}}}
 storage:
   ledger: {ledger or f"sqlite:///{tmp}/ledger.db"}
   journal: {tmp}/payware.journal

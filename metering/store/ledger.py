@@ -8,19 +8,24 @@ SQLite (whose NUMERIC would round through a float).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Numeric, String, TypeDecorator, create_engine, func
+from sqlalchemy import JSON, BigInteger, Column, Numeric, String, Text, TypeDecorator, create_engine, func, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, select
 
+from metering.store.bounds import clean_text
 from metering.store.events import UsageEvent, decimal_str
+
+log = logging.getLogger("payware.ledger")
 
 
 class ExactDecimal(TypeDecorator):
@@ -104,6 +109,24 @@ class StatementRow(SQLModel, table=True):
     body: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
+class DeadLetterRow(SQLModel, table=True):
+    """An event the ledger refused as it was, kept aside with the reason, never retried in a loop.
+
+    `event` is its journal line in ASCII JSON (escapes for every other character), which any
+    text column holds. A copy stripped of its metadata is billed in `usage_events` when the
+    database takes it (`billed`), so a kept-aside event still counts on the statement.
+    """
+
+    __tablename__ = "dead_letters"
+
+    id: str = Field(primary_key=True, max_length=128)
+    customer: str = Field(index=True, max_length=128)
+    ts_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    billed: bool = False
+    event: str = Field(sa_column=Column(Text, nullable=False))
+
+
 _COLUMNS = [c.name for c in EventRow.__table__.columns]
 
 
@@ -173,6 +196,70 @@ class Ledger:
         postgres = self.engine.dialect.name == "postgresql"
         with self.engine.begin() as conn:
             conn.exec_driver_sql(self._append_sql, [_driver_row(e, postgres) for e in events])
+
+    def write(self, events: list[UsageEvent]) -> list[UsageEvent]:
+        """Append `events`; a row the database refuses never holds back the others.
+
+        A failed batch is split in halves until the refused rows are alone; each is kept aside
+        (`dead_letters`) and a copy without its metadata is billed. Returns the events kept
+        aside. Raises only when the database itself is unreachable: the caller retries the
+        whole batch later (every write here is idempotent by event id).
+        """
+        try:
+            self.append(events)
+            return []
+        except Exception as exc:
+            if not self.reachable():
+                raise
+            if len(events) == 1:
+                return [self._keep_aside(events[0], exc)]
+        middle = len(events) // 2
+        return self.write(events[:middle]) + self.write(events[middle:])
+
+    def reachable(self) -> bool:
+        """Whether the database answers at all (an outage, as opposed to a refused row)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def _keep_aside(self, event: UsageEvent, error: Exception) -> UsageEvent:
+        reason = clean_text(f"{type(error).__name__}: {error}", 2000)
+        log.error("ledger refused event %s of %s (%s); kept aside in dead_letters", event.id, event.customer,
+                  reason.splitlines()[0][:300])
+        stripped = replace(event, meta={"payware_kept_aside": True}, raw_usage=None, session=None, feature=None)
+        try:
+            self.append([stripped])
+            billed = True
+        except Exception:
+            if not self.reachable():
+                raise
+            billed = False
+            log.error("event %s could not be billed in the ledger even without its metadata", event.id)
+        row = {"id": event.id[:128], "customer": clean_text(event.customer, 128), "ts_us": _to_us(event.ts),
+               "reason": reason, "billed": billed, "event": _ascii_line(event)}
+        table = DeadLetterRow.__table__
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as conn:
+            conn.execute(dialect.insert(table).on_conflict_do_nothing(index_elements=["id"]), [row])
+        return event
+
+    def dead_letters(self, customer: str | None = None) -> list[dict]:
+        """The events kept aside (of one customer, or all), oldest first."""
+        query = select(DeadLetterRow).order_by(DeadLetterRow.ts_us)
+        if customer is not None:
+            query = query.where(DeadLetterRow.customer == customer)
+        with self.engine.connect() as conn:
+            return [{"id": r.id, "customer": r.customer, "ts_us": r.ts_us, "reason": r.reason, "billed": r.billed,
+                     "event": r.event} for r in conn.execute(query)]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """How many events of each customer were kept aside."""
+        query = select(DeadLetterRow.customer, func.count()).group_by(DeadLetterRow.customer)
+        with self.engine.connect() as conn:
+            return {customer: count for customer, count in conn.execute(query)}
 
     @property
     def _append_sql(self) -> str:
@@ -277,6 +364,14 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def _ascii_line(event: UsageEvent) -> str:
+    """The event as ASCII JSON: every other character escaped, so any text column holds it."""
+    try:
+        return json.dumps(json.loads(event.to_json()), ensure_ascii=True, separators=(",", ":"))
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps({"id": event.id, "unreadable": True})
 
 
 def _json_dumps(value: Any) -> str:

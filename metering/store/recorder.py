@@ -17,6 +17,7 @@ from datetime import datetime
 from redis.exceptions import RedisError
 
 from metering.limits.counters import Counters
+from metering.store.bounds import bounded
 from metering.store.events import UsageEvent
 from metering.store.journal import Journal
 from metering.store.ledger import Ledger
@@ -46,6 +47,7 @@ class Recorder:
         self.on_counters_back: Callable[[], Awaitable[None]] | None = None  # the resync, set by the app
         self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
+        self.dead_letters: dict[str, int] = {}  # customer -> events the ledger kept aside (evidence)
 
     async def start(self, open_periods: Callable[[], tuple[dict[str, str], datetime]]) -> list[UsageEvent]:
         """Replay the journal into the ledger, rebuild counters, start the flusher.
@@ -55,6 +57,7 @@ class Recorder:
         rebuild other projections).
         """
         loop = asyncio.get_running_loop()
+        self.dead_letters = await loop.run_in_executor(self._writer, self.ledger.dead_letter_counts)
         recovered = await loop.run_in_executor(self._writer, self._replay)
         events = await loop.run_in_executor(None, lambda: self.open_events(*open_periods()))
         await self.counters.rebuild(events)
@@ -67,10 +70,17 @@ class Recorder:
         return [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period]
 
     def _replay(self) -> int:
-        events = list(self.journal.replay())
+        # NOTE: bounded again: a journal written by an older version may hold what the ledger refuses.
+        events = [bounded(event) for event in self.journal.replay()]
         recovered = 0
         for i in range(0, len(events), self.flush_batch):
-            recovered += self.ledger.insert(events[i:i + self.flush_batch])
+            batch = events[i:i + self.flush_batch]
+            try:
+                recovered += self.ledger.insert(batch)
+            except Exception:  # a row the ledger refuses: keep it aside, write the rest, start anyway
+                if not self.ledger.reachable():
+                    raise
+                self._kept_aside(self.ledger.write(batch))
         self.journal.sync()
         self.journal.truncate()
         if recovered:
@@ -79,7 +89,7 @@ class Recorder:
 
     async def record(self, event: UsageEvent) -> None:
         """Make `event` durable and visible. Call before the response's last byte."""
-        self.journal.append(event)  # NOTE: first, so a crash after this line cannot lose it
+        self.journal.append(bounded(event))  # NOTE: first, so a crash after this line cannot lose it
         self._queue.append(event)
         self._queued += 1
         if len(self._queue) >= self.flush_batch:
@@ -134,7 +144,11 @@ class Recorder:
 
     def _write(self, batch: list[UsageEvent]) -> None:
         self.journal.sync()  # power-loss safety for what is about to be acknowledged
-        self.ledger.append(batch)
+        self._kept_aside(self.ledger.write(batch))
+
+    def _kept_aside(self, events: list[UsageEvent]) -> None:
+        for event in events:
+            self.dead_letters[event.customer] = self.dead_letters.get(event.customer, 0) + 1
 
     async def close(self) -> None:
         """Flush what is queued, then stop. Whatever is left stays in the journal."""

@@ -8,10 +8,12 @@ from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
+from config.schema import MAX_CAP
 from metering.limits.budget import NANO, to_units
 from metering.store.events import decimal_str, money_str, utcnow
 from proxy.appkeys import GATE, KEYRING, METER, RECORDER
 from proxy.errors import InvalidRequest
+from proxy.jsonbody import parse_json, read_body
 
 
 async def get_cap(request: web.Request) -> web.Response:
@@ -24,10 +26,7 @@ async def put_cap(request: web.Request) -> web.Response:
     """`PUT /v1/billing/cap` `{"amount": "5.00"}` sets the customer's own cap; `null` removes it."""
     app = request.app
     customer = app[KEYRING].subject(request)
-    try:
-        body = json.loads(await request.read())
-    except ValueError:
-        raise InvalidRequest("the body must be JSON: {\"amount\": \"5.00\"}") from None
+    body = parse_json(await read_body(request))
     if not isinstance(body, dict) or "amount" not in body:
         raise InvalidRequest("give the cap as {\"amount\": \"5.00\"} (or null to remove it)", param="amount")
     amount = _amount(body["amount"])
@@ -73,6 +72,9 @@ def _amount(value: object) -> Decimal | None:
         raise InvalidRequest("amount must be a decimal of zero or more", param="amount")
     if amount.as_tuple().exponent < -9:
         raise InvalidRequest("amount has more than 9 decimal places", param="amount")
+    if amount > MAX_CAP:
+        raise InvalidRequest(f"amount is above the largest cap Payware holds, {MAX_CAP}", param="amount",
+                             code="cap_above_limit")
     return amount
 
 

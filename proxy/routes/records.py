@@ -23,13 +23,16 @@ from metering.limits.budget import to_units
 from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
 from proxy.auth import Caller
-from proxy.errors import InvalidRequest
+from metering.store.bounds import TEXT_COLUMNS, is_clean
+from proxy.errors import Forbidden, InvalidRequest
+from proxy.jsonbody import parse_json, read_body
 from proxy.recording import record_event
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _FIELDS = {"metric", "quantity", "unit_price", "meta", "idempotency_key", "customer", "session", "feature"}
 MAX_BATCH = 1000
 MAX_DECIMALS = 9
+MAX_VALUE = Decimal(10) ** 9  # a quantity or a unit price; their product stays far inside the ledger's range
 
 
 @dataclass(slots=True)
@@ -46,10 +49,7 @@ class _Record:
 async def post_records(request: web.Request) -> web.Response:
     app = request.app
     caller = app[KEYRING].caller(request)
-    try:
-        body = json.loads(await request.read(), parse_float=Decimal)
-    except ValueError:
-        raise InvalidRequest("the body must be JSON: a record, a list of records or {\"records\": [...]}") from None
+    body = parse_json(await read_body(request), parse_float=Decimal)
     items, batch = _items(body)
     customer = _customer(app, caller, body if isinstance(body, dict) else {}, items)
     plan = app[CONFIG].plans[customer.plan]
@@ -78,12 +78,25 @@ def _items(body: object) -> tuple[list[dict], bool]:
 
 
 def _customer(app: web.Application, caller: Caller, body: dict, items: list[dict]) -> CustomerConfig:
-    """The customer billed: the caller's own; the admin must name one."""
+    """The customer billed: the one the merchant (admin key) names.
+
+    Usage is the merchant's to report. A customer key may record only when its plan says
+    `self_report: true`, and then only for itself, without a price of its own.
+    """
     named = {item.get("customer") for item in items if item.get("customer") is not None} | (
         {body["customer"]} if body.get("customer") is not None and "records" in body else set())
+    if not all(isinstance(name, str) for name in named):
+        raise InvalidRequest("customer must be a string", param="customer")
     if not caller.admin:
+        if not app[CONFIG].plans[caller.customer.plan].self_report:
+            raise Forbidden("usage records come from the merchant: send them with the admin key, naming the "
+                            "customer (this customer's plan does not allow self-reporting)")
         if named - {caller.customer.id}:
-            raise InvalidRequest("a customer key records usage for its own customer only", param="customer")
+            raise Forbidden("a customer key records usage for its own customer only", param="customer")
+        for i, item in enumerate(items):
+            if item.get("unit_price") is not None:
+                raise Forbidden("a customer cannot price its own usage: the plan prices self-reported records",
+                                param=f"records[{i}].unit_price" if len(items) > 1 else "unit_price")
         return caller.customer
     if len(named) != 1:
         raise InvalidRequest("the admin key must name exactly one customer", param="customer")
@@ -110,16 +123,33 @@ def _record(item: dict, where: str, plan: PlanConfig) -> _Record:
     meta = item.get("meta", {})
     if not isinstance(meta, dict) or len(json.dumps(meta, default=str)) > 4096:
         raise InvalidRequest("meta must be an object of at most 4 KB", param=where + "meta")
+    if not _clean_json(meta):
+        raise InvalidRequest("meta must hold valid UTF-8 text without NUL, at most 16 levels deep",
+                             param=where + "meta")
     key = item.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
-        raise InvalidRequest("idempotency_key must be a string of 1 to 255 characters", param=where + "idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255 or not is_clean(key)):
+        raise InvalidRequest("idempotency_key must be a string of 1 to 255 characters (UTF-8, no NUL)",
+                             param=where + "idempotency_key")
     strings = {}
     for name in ("session", "feature"):
         value = item.get(name)
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"{name} must be a string", param=where + name)
+        if value is not None and (not isinstance(value, str) or len(value) > TEXT_COLUMNS[name]
+                                  or not is_clean(value)):
+            raise InvalidRequest(f"{name} must be a string of at most {TEXT_COLUMNS[name]} characters "
+                                 "(UTF-8, no NUL)", param=where + name)
         strings[name] = value
     return _Record(metric, quantity, unit_price, _plain(meta), key, strings["session"], strings["feature"])
+
+
+def _clean_json(value: object, depth: int = 0) -> bool:
+    """Whether every string of `value` (keys too) is clean, at most 16 levels deep."""
+    if isinstance(value, str):
+        return is_clean(value)
+    if isinstance(value, dict):
+        return depth < 16 and all(_clean_json(k) and _clean_json(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return depth < 16 and all(_clean_json(v, depth + 1) for v in value)
+    return True
 
 
 def _decimal(value: object, param: str, *, required: bool) -> Decimal | None:
@@ -137,8 +167,8 @@ def _decimal(value: object, param: str, *, required: bool) -> Decimal | None:
         raise InvalidRequest(f"{param} must be a finite number of zero or more", param=param)
     if number.as_tuple().exponent < -MAX_DECIMALS:
         raise InvalidRequest(f"{param} has more than {MAX_DECIMALS} decimal places", param=param)
-    if number > Decimal(10) ** 12:
-        raise InvalidRequest(f"{param} is too large", param=param)
+    if number > MAX_VALUE:
+        raise InvalidRequest(f"{param} is too large (at most {MAX_VALUE})", param=param)
     return number
 
 
@@ -159,7 +189,10 @@ async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, 
                 record: _Record, priced: Rated) -> dict:
     now = utcnow()
     if record.idempotency_key is not None:
-        digest = hashlib.sha256(f"{customer.id}\0{record.idempotency_key}".encode()).hexdigest()
+        # NOTE: a self-reporting customer's keys live apart from the merchant's: a customer who
+        # guesses the merchant's next key cannot make the merchant's record a "replay".
+        space = "" if caller.admin else "\0self"
+        digest = hashlib.sha256(f"{customer.id}{space}\0{record.idempotency_key}".encode()).hexdigest()
         event_id = "rec_" + digest[:32]
     else:
         event_id = "rec_" + uuid.uuid4().hex

@@ -87,7 +87,7 @@ def test_migrations_build_exactly_the_schema_the_models_describe(ledger):
     with ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert diff == []
-        assert MigrationContext.configure(conn).get_current_revision() == "0002"
+        assert MigrationContext.configure(conn).get_current_revision() == "0003"
 
 
 def test_the_flushers_batch_write_stores_what_insert_stores(ledger):

@@ -12,9 +12,10 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
-from tests.conftest import KEYS
+from tests.conftest import ADMIN_KEY, KEYS
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PLANS = ('  payg: {interval: threshold, threshold: "0.00003", base_fee: "0.50", '
          'price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n')
 
@@ -46,8 +47,8 @@ async def test_statements_equal_their_events_and_the_summary_equals_the_open_per
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4)) as session:
         async def call(i: int):
             if i % 5 == 0:
-                record = {"metric": "agent_actions", "quantity": 3}
-                async with session.post(proxy.url + "/v1/usage/records", json=record, headers=AUTH) as resp:
+                record = {"customer": "acme", "metric": "agent_actions", "quantity": 3}  # the merchant reports
+                async with session.post(proxy.url + "/v1/usage/records", json=record, headers=ADMIN) as resp:
                     assert resp.status == 200
             else:
                 async with session.post(proxy.url + "/v1/chat/completions", json=body, headers=AUTH) as resp:

@@ -18,7 +18,19 @@ def auth(key: str = KEYS["acme"]) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def post(session, proxy, body, key=KEYS["acme"]) -> tuple[int, dict]:
+def for_acme(body):
+    """The merchant names the customer: on a record, or once on a batch."""
+    if isinstance(body, dict) and "records" not in body:
+        return {"customer": "acme", **body}
+    if isinstance(body, dict):
+        return {"customer": "acme", **body}
+    return body
+
+
+async def post(session, proxy, body, key=ADMIN_KEY) -> tuple[int, dict]:
+    """Records go in with the merchant's (admin) key, for acme unless the body names a customer."""
+    if key == ADMIN_KEY:
+        body = for_acme(body)
     async with session.post(proxy.url + "/v1/usage/records", json=body, headers=auth(key)) as resp:
         return resp.status, await resp.json()
 
@@ -98,11 +110,58 @@ async def test_bad_records_get_a_clear_400_and_a_batch_with_one_changes_nothing(
         assert await events(session, proxy) == []
 
 
-async def test_the_admin_records_for_a_named_customer_and_a_customer_only_for_itself(proxy):
+async def test_the_admin_records_for_the_customer_it_names(proxy):
     async with aiohttp.ClientSession() as session:
-        status, _ = await post(session, proxy, {"metric": "agent_actions", "quantity": 1, "customer": "acme"},
-                               key=ADMIN_KEY)
+        status, _ = await post(session, proxy, {"metric": "agent_actions", "quantity": 1, "customer": "acme"})
         assert status == 200
-        status, _ = await post(session, proxy, {"metric": "agent_actions", "quantity": 1, "customer": "globex"})
-        assert status == 400
+        status, body = await post(session, proxy, {"metric": "agent_actions", "quantity": 1, "customer": "nobody"})
+        assert status == 400 and body["error"]["code"] == "customer_not_found"
         assert len(await events(session, proxy)) == 1
+
+
+async def test_a_customer_key_cannot_record_its_own_usage_unless_its_plan_says_so(proxy):
+    """Finding 6: a customer recorded the merchant's next idempotency key first, at $0."""
+    async with aiohttp.ClientSession() as session:
+        for record in ({"metric": "agent_actions", "quantity": 1},
+                       {"metric": "agent_actions", "quantity": 1, "unit_price": "0", "idempotency_key": "order-7"}):
+            status, body = await post(session, proxy, record, key=KEYS["acme"])
+            assert status == 403 and body["error"]["code"] == "forbidden"
+        status, body = await post(session, proxy, {"metric": "agent_actions", "quantity": 2,
+                                                   "idempotency_key": "order-7"})
+        assert status == 200 and not body["duplicate"] and body["amount"] == "0.004"
+        assert len(await events(session, proxy)) == 1
+
+
+async def test_a_self_reporting_customer_is_priced_by_the_plan_and_its_keys_live_apart(proxy_factory):
+    plans = ('  payg: {interval: monthly, self_report: true, '
+             'price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n')
+    proxy = proxy_factory(plans=plans)
+    async with aiohttp.ClientSession() as session:
+        status, body = await post(session, proxy, {"metric": "agent_actions", "quantity": 1, "unit_price": "0"},
+                                  key=KEYS["acme"])
+        assert status == 403 and body["error"]["param"] == "unit_price"
+        status, mine = await post(session, proxy, {"metric": "agent_actions", "quantity": 1,
+                                                   "idempotency_key": "order-8"}, key=KEYS["acme"])
+        assert status == 200 and mine["amount"] == "0.002"
+        status, body = await post(session, proxy, {"metric": "agent_actions", "quantity": 1, "customer": "globex"},
+                                  key=KEYS["acme"])
+        assert status == 403
+        status, merchant = await post(session, proxy, {"metric": "agent_actions", "quantity": 5,
+                                                       "idempotency_key": "order-8"})
+        assert status == 200 and not merchant["duplicate"] and merchant["id"] != mine["id"]
+        assert len(await events(session, proxy)) == 2
+
+
+@pytest.mark.parametrize("field, value", [
+    ("session", "s" * 257), ("feature", "f" * 400), ("feature", "a\x00b"), ("session", "\ud800"),
+    ("idempotency_key", "k\x00"), ("meta", {"k": "\x00"}), ("meta", {"\udc80": 1}),
+    ("quantity", "1e30"), ("unit_price", "99999999999"),
+])
+async def test_record_fields_the_ledger_cannot_hold_are_refused_by_name(proxy, field, value):
+    """Finding 1: such a record was accepted, and on PostgreSQL its batch failed forever."""
+    async with aiohttp.ClientSession() as session:
+        raw = json.dumps({"customer": "acme", "metric": "agent_actions", "quantity": 1, field: value})
+        async with session.post(proxy.url + "/v1/usage/records", data=raw, headers=auth(ADMIN_KEY)) as resp:
+            status, body = resp.status, await resp.json()
+        assert status == 400 and body["error"]["param"] == field, body
+        assert await events(session, proxy) == []

@@ -1,0 +1,142 @@
+"""What a value may be when it reaches the journal and the ledger: one rule, applied in one place.
+
+Every event passes `bounded` before it is journaled (`Recorder.record`, and the replay):
+
+- **Text** is valid UTF-8 without NUL. Python lets a lone surrogate into a `str` (a JSON
+  escape such as "\\ud800", or a header byte that is not UTF-8, which aiohttp keeps as a
+  surrogate escape); neither UTF-8 nor PostgreSQL can hold it, nor a NUL. Both become
+  U+FFFD, the Unicode replacement character.
+- **Text is clipped to its column**, never refused: metadata is evidence, and the call it
+  describes is billed all the same. The limits are the ledger's column widths.
+- **JSON values** (meta, the raw usage) are cleaned the same way, keys included, at most
+  `MAX_DEPTH` deep; one larger than its byte budget is replaced by a note saying so.
+- **Counts** fit the ledger's BIGINT: a count outside [0, 2**53) is clamped and the event's
+  meta says so (`payware_clamped`).
+
+Callers that can answer a client (the records API) validate the same bounds first and answer
+400 naming the field; this module is the guard behind them, so no path can skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+REPLACEMENT = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# The ledger's column widths (metering.store.ledger.EventRow); a test keeps them in step.
+TEXT_COLUMNS = {"id": 128, "customer": 128, "key_id": 64, "metric": 128, "model": 128, "upstream_model": 128,
+                "provider": 128, "endpoint": 32, "currency": 8, "session": 256, "feature": 256, "status": 16,
+                "period": 40}
+# `pricing` and `usage_source` are written by the rating code from the config, not from input.
+JSON_BYTES = {"meta": 16_384, "raw_usage": 16_384}
+INT_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+               "output_tokens", "reasoning_tokens", "latency_ms")
+MAX_COUNT = 2**53  # tokens of one call: far beyond any context window, exact in a double
+MAX_DEPTH = 16
+
+
+def clean_text(value: str, limit: int | None = None) -> str:
+    """`value` as valid UTF-8 without NUL (bad code points become U+FFFD), at most `limit` chars."""
+    if "\x00" in value:
+        value = value.replace("\x00", REPLACEMENT)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = _SURROGATE.sub(REPLACEMENT, value)  # only lone surrogates fail to encode
+    if limit is not None and len(value) > limit:
+        value = value[:limit]
+    return value
+
+
+def is_clean(value: str) -> bool:
+    """Whether `clean_text` would leave `value` as it is (for validators that refuse instead)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_json(value: object, depth: int = 0) -> object:
+    """A JSON-safe copy of `value`: clean strings (keys too), plain types, at most MAX_DEPTH deep."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if depth >= MAX_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {clean_text(str(key)): clean_json(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(item, depth + 1) for item in value]
+    return clean_text(str(value))  # Decimal, datetime, anything else: its text
+
+
+def _budgeted(value: object, budget: int) -> object:
+    """`value` cleaned, or a note in its place when its JSON is larger than `budget` bytes."""
+    if value is None:
+        return None
+    cleaned = clean_json(value)
+    size = len(json.dumps(cleaned, ensure_ascii=False, separators=(",", ":")).encode())
+    if size <= budget:
+        return cleaned
+    return {"payware_truncated": True, "bytes": size}
+
+
+def bounded(event):
+    """Make `event` (a UsageEvent) fit the journal and the ledger, in place; returns it. Never raises.
+
+    Money is left as it is: the rating code keeps it exact and in range (the ledger keeps an
+    event it cannot hold aside, see `Ledger.write`).
+    """
+    for name, limit in TEXT_COLUMNS.items():
+        value = getattr(event, name)
+        if value is not None:
+            if not isinstance(value, str):
+                value = str(value)
+            if len(value) > limit or not is_clean(value):
+                setattr(event, name, clean_text(value, limit))
+    for name, budget in JSON_BYTES.items():
+        value = getattr(event, name)
+        if value is None:
+            continue
+        # Fast path: the usual small dict of plain strings and numbers needs no copy.
+        if not _plain_and_small(value):
+            value = _budgeted(value, budget)
+            if name != "raw_usage" and not isinstance(value, dict):
+                value = {"value": value}
+            setattr(event, name, value)
+    clamped = [name for name in INT_COLUMNS if not _is_count(getattr(event, name, 0))]
+    for name in clamped:  # only a hostile or broken provider reports such counts
+        count = getattr(event, name)
+        setattr(event, name, min(max(count, 0), MAX_COUNT - 1) if type(count) is int else 0)
+    if clamped:
+        event.meta = {**event.meta, "payware_clamped": clamped}
+    return event
+
+
+def _plain_and_small(value: object, depth: int = 0) -> bool:
+    """A dict of at most 32 short, clean strings, plain numbers and such dicts, at most 3 levels
+    deep (what most events carry: metadata, a provider's usage with its details objects)."""
+    if not isinstance(value, dict) or len(value) > 32 or depth > 2:
+        return False
+    for key, item in value.items():
+        if not isinstance(key, str) or len(key) > 128 or not is_clean(key):
+            return False
+        if isinstance(item, str):
+            if len(item) > 512 or not is_clean(item):
+                return False
+        elif isinstance(item, dict):
+            if not _plain_and_small(item, depth + 1):
+                return False
+        elif not (item is None or isinstance(item, (bool, int))):
+            return False
+    return True
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value < MAX_COUNT

@@ -1,0 +1,82 @@
+"""Reading and writing JSON bodies: one place where any bytes become a 400, never a 500.
+
+A request body may be anything: not JSON, not UTF-8, nested a million deep, compressed with
+a `Content-Encoding` that does not match its bytes, or sent slower than any client should.
+`read_json` turns each of those into an `InvalidRequest` (or a 408 for the slow body) that
+names the problem. `dump_json` serializes a body we changed, whatever strings it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
+
+from proxy.errors import InvalidRequest, RequestTimeout
+
+MAX_DEPTH = 64  # deeper JSON is refused: no API we serve nests anywhere near this
+
+BODY_TIMEOUT = web.AppKey("body_timeout", float)  # seconds to receive a whole request body
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, decompressed; a 400 if its encoding is wrong, a 408 if it is too slow.
+
+    NOTE: the deadline bounds a client that sends its headers and then trickles the body.
+    """
+    timeout = request.app.get(BODY_TIMEOUT, 30.0)
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    except (RequestPayloadError, BadHttpMessage) as exc:
+        message = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise InvalidRequest(f"the request body could not be read: {message}") from None
+
+
+def parse_json(raw: bytes, *, parse_float: Callable[[str], object] | None = None, what: str = "body") -> object:
+    """`raw` as JSON, or InvalidRequest saying why not."""
+    try:
+        value = json.loads(raw, parse_float=parse_float)
+    except RecursionError:
+        raise InvalidRequest(f"the JSON {what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(f"We could not parse the JSON {what} of your request. (HINT: This likely means "
+                             "you aren't using your HTTP library correctly.)") from None
+    # The brackets bound the depth: most bodies need no walk at all.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(value):
+        raise InvalidRequest(f"the JSON {what} is nested too deeply (at most {MAX_DEPTH} levels)")
+    return value
+
+
+def _too_deep(value: object) -> bool:
+    """Whether `value` nests more than MAX_DEPTH containers (iterative: no recursion limit)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        deeper = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            deeper.extend(child for child in children if isinstance(child, (dict, list)))
+        if not deeper:
+            return False
+        level = deeper
+    return True
+
+
+async def read_json(request: web.Request, **kwargs) -> object:
+    """`read_body` then `parse_json`."""
+    return parse_json(await read_body(request), **kwargs)
+
+
+def dump_json(value: object) -> bytes:
+    """Compact UTF-8 JSON; strings that UTF-8 cannot hold (lone surrogates) go as \\u escapes."""
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()

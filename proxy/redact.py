@@ -1,0 +1,52 @@
+"""Secrets out of every log line: keys are replaced by a mark before any text is written.
+
+Two nets: the exact secrets this process knows (the admin key, provider keys, the webhook
+secret), and anything shaped like a credential (an `Authorization`, `x-api-key`, `api-key` or
+`x-goog-api-key` header line, a bearer token, a `key=` query parameter, `pw-…`/`sk-…` keys),
+whatever aiohttp's parser or a traceback quotes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+MARK = "[redacted]"
+_SHAPES = re.compile(
+    r"(?i)"
+    r"((?:proxy-)?authorization|x-api-key|api-key|x-goog-api-key)(\s*[:=]\s*)[^\r\n'\"\\]*"  # header lines
+    r"|(bearer\s+)[^\s'\"\\,;]+"  # a bearer token anywhere
+    r"|([?&](?:key|api_key|token)=)[^&\s'\"\\]+"  # a key in a query string
+    r"|\b(?:pw|sk|pk|rk)-[A-Za-z0-9_\-]{6,}"  # key-shaped values (Payware's, OpenAI's, Anthropic's sk-ant-)
+    r"|\bAIza[A-Za-z0-9_\-]{20,}"  # Google API keys
+)
+
+
+def _mark(match: re.Match) -> str:
+    if match.group(1):
+        return match.group(1) + match.group(2) + MARK
+    if match.group(3):
+        return match.group(3) + MARK
+    if match.group(4):
+        return match.group(4) + MARK
+    return MARK
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every known secret and every credential-shaped value replaced by MARK."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, MARK)
+    return _SHAPES.sub(_mark, text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose output (message, arguments and traceback) never holds a secret."""
+
+    def __init__(self, fmt: str | None = None, *, secrets: Iterable[str] = ()):
+        super().__init__(fmt)
+        self.secrets = tuple(s for s in secrets if s)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)

@@ -1,0 +1,99 @@
+"""Running the app: aiohttp's server, with malformed HTTP answered in our envelope.
+
+aiohttp's HTTP parser refuses malformed requests (a NUL in a header, an over-long or
+unparsable line, bad chunking, Transfer-Encoding with Content-Length…) before any middleware
+runs, with a text/plain 400 that may quote the offending line, and logs that line with a
+traceback. A quoted line can be an `Authorization` header. Here those answers are OpenAI's
+JSON envelope with a fixed message, and the log line is one line, redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.errors import ApiError, error_response
+
+log = logging.getLogger("payware.http")
+
+
+class _EnvelopeHandler(RequestHandler):
+    """aiohttp's connection handler, answering parser errors in OpenAI's envelope."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        # NOTE: never echo the request's bytes: the bad line may carry a key.
+        kind = type(exc).__name__ if exc is not None else "error"
+        log.warning("malformed HTTP from %s answered %d (%s)", request.remote, status, kind)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; the connection is closed instead")
+        error = ApiError(f"malformed HTTP request ({kind})" if status < 500 else "internal error")
+        error.status = status
+        error.code = "malformed_request" if status < 500 else "internal_error"
+        if status >= 500:
+            error.type = "server_error"
+        response = error_response(error)
+        response.force_close()
+        return response
+
+
+class _EnvelopeServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _EnvelopeHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _EnvelopeServer  # same state, our handler class (aiohttp offers no hook)
+        return server
+
+
+def run(app: web.Application, *, host: str, port: int, idle_timeout: float, reuse_port: bool = False,
+        loop: asyncio.AbstractEventLoop, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then shut down cleanly (as `web.run_app` does).
+
+    NOTE: handler_cancellation makes a client's disconnect cancel its handler at once, which
+    is how an abandoned stream stops the provider and gets billed as partial. aiohttp's
+    keep-alive timer also closes a connection whose request headers never complete, so
+    `idle_timeout` is the header timeout too.
+    """
+    # lingering_time: after an answer sent before its body was read (a 401, a 408 for a slow
+    # body), aiohttp reads the rest for keep-alive's sake; a slow client gets 1 s, not 10.
+    runner = _Runner(app, handle_signals=True, access_log=None, handler_cancellation=True,
+                     keepalive_timeout=idle_timeout, lingering_time=1.0)
+
+    async def main() -> None:
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+            await site.start()
+            if on_ready is not None:
+                on_ready()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError, web.GracefulExit):
+                loop.run_until_complete(task)
+        pending = asyncio.all_tasks(loop)
+        for other in pending:
+            other.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
