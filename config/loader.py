@@ -45,7 +45,7 @@ from config.schema import (
 
 # Prices per million with at most 9 places and markups with at most 3 keep every amount
 # (tokens x price / 1e6 x markup) exact in 18 decimal places: the ledger's NUMERIC(38, 18).
-PRICE_PLACES = 9
+PRICE_PLACES = pricedb.PRICE_PLACES  # 9
 MAX_RATE = 10**9  # per minute: the rate limiters' exact-integer bound
 MARKUP_PLACES = 3
 
@@ -324,7 +324,7 @@ class _Reader:
 
     def storage(self, data: dict, path: str) -> StorageConfig:
         self.mapping(data, path, ("ledger", "counters", "journal", "flush_interval", "flush_batch",
-                                  "on_counter_failure"))
+                                  "on_counter_failure", "hold_ttl"))
         ledger = self.string(data, "ledger", path, "sqlite:///payware.db")
         if not ledger.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             self.fail(f"{path}.ledger", f"{ledger!r} must be sqlite:///FILE or postgresql://…")
@@ -339,6 +339,7 @@ class _Reader:
             flush_batch=self.integer(data, "flush_batch", path, 500, minimum=1),
             on_counter_failure=self.choice(data, "on_counter_failure", path, ("fail_closed", "fail_open"),
                                            "fail_closed"),
+            hold_ttl=self.positive(data, "hold_ttl", path, 60.0),
         )
 
     def provider(self, data: dict, path: str, name: str) -> ProviderConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from config.schema import ModelPrice
 
 _PRICE_FILE = "model_prices_and_context_window_backup.json"
 _MILLION = Decimal(1_000_000)
+PRICE_PLACES = 9  # as config prices (config.loader.PRICE_PLACES)
+_PLACE = Decimal(1).scaleb(-PRICE_PLACES)
 
 
 def litellm_dir() -> Path | None:
@@ -56,11 +58,23 @@ def price_of(entry: dict) -> ModelPrice | None:
     if per_token_cached is None:
         per_token_cached = per_token_in
     return ModelPrice(
-        input=(per_token_in * _MILLION).normalize(),
-        cached_input=(per_token_cached * _MILLION).normalize(),
-        output=(per_token_out * _MILLION).normalize(),
+        input=per_million(per_token_in),
+        cached_input=per_million(per_token_cached),
+        output=per_million(per_token_out),
         source="litellm",
     )
+
+
+def per_million(per_token: Decimal) -> Decimal:
+    """A per-token price as USD per 1M tokens, rounded UP to PRICE_PLACES (9) decimal places.
+
+    litellm's prices are floats written with up to 17 significant digits (e.g. 2.0571428571428573e-07);
+    read as their shortest decimal text, times a million, some have more places than config
+    prices may (9), and every amount priced with them would have more than the 18 places the
+    ledger and the counters hold. Rounding up (at most a billionth of a dollar per million
+    tokens) keeps the price within the config's bound and never below the provider's.
+    """
+    return (per_token * _MILLION).quantize(_PLACE, rounding=ROUND_CEILING).normalize()
 
 
 def _decimal(value: object) -> Decimal | None:

@@ -48,6 +48,7 @@ class StorageConfig:
     flush_interval: float = 0.2  # seconds between two batched ledger writes
     flush_batch: int = 500
     on_counter_failure: str = "fail_closed"  # Redis unreachable: "fail_closed" (503) | "fail_open" (local counters)
+    hold_ttl: float = 60.0  # seconds a reservation outlives its proxy (renewed every second while its call runs)
 
 
 @dataclass(frozen=True, slots=True)

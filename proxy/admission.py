@@ -8,6 +8,7 @@ before generating anything it is released.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.schema import MAX_OUTPUT_TOKENS, CustomerConfig, ModelConfig, PlanConfig
 from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
+from metering.limits.reservations import Recovering, Reservations, Source
 from metering.store.events import decimal_str
 from metering.billing.plans import max_tokens_amount
 from metering.limits.ratelimit import MAX_TOKENS as RATE_MAX_TOKENS
@@ -55,12 +57,12 @@ class Admitted:
 class Gate:
     """Decides, per call, whether it may go upstream; keyword-only dependencies."""
 
-    def __init__(self, *, budget: BudgetStore, limiter: RateLimiter, reservation_ttl: float = 900.0,
-                 notifier: Notifier | None = None, fail_open: bool = False,
+    def __init__(self, *, budget: BudgetStore, limiter: RateLimiter, source: Source, shared: bool = False,
+                 reservation_ttl: float = 60.0, notifier: Notifier | None = None, fail_open: bool = False,
                  on_recovery: Callable[[], Awaitable[None]] | None = None):
-        self.shared = (budget, limiter)
-        self.fallback = (MemoryBudget(), MemoryRateLimiter()) if fail_open else None
-        self.reservation_ttl = reservation_ttl
+        self.shared = (Reservations(store=budget, source=source, shared=shared, ttl=reservation_ttl), limiter)
+        self.fallback = (Reservations(store=MemoryBudget(), source=source, shared=False, ttl=reservation_ttl),
+                         MemoryRateLimiter()) if fail_open else None
         self.notifier = notifier
         self.on_recovery = on_recovery  # resync the shared counters from the ledger after an outage
         self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
@@ -68,8 +70,15 @@ class Gate:
         self.store_down = False
 
     @property
-    def budget(self) -> BudgetStore:
+    def budget(self) -> Reservations:
         return self.shared[0]
+
+    async def run(self) -> None:
+        """Renew the holds of calls in flight, on the shared store and the fallback (cancel to stop)."""
+        loops = [self.shared[0].run(lambda: self.store_down)]
+        if self.fallback is not None:
+            loops.append(self.fallback[0].run())
+        await asyncio.gather(*loops)
 
     async def _use(self, op: Callable, *, local: bool = False):
         """Run `op(budget, limiter)` on the shared store; on an outage apply the failure policy."""
@@ -128,10 +137,15 @@ class Gate:
         scopes = self.scopes(customer, key_id)
         worst = _units(_amount(model, plan, prompt, max_out, now))  # past the store's range: never fits
 
-        async def reserve(budget: BudgetStore, limiter: RateLimiter):
+        async def reserve(budget: Reservations, limiter: RateLimiter):
             rate = await self._rate(limiter, customer, key_id, tokens)
-            decision = await budget.reserve(customer=customer.id, period=period, hold_id=request_id,
-                                            units=worst, scopes=scopes, ttl=self.reservation_ttl)
+            try:
+                decision = await budget.reserve(customer=customer.id, period=period, hold_id=request_id,
+                                                units=worst, scopes=scopes)
+            except Recovering as recovering:
+                raise ServiceUnavailable("Spend counters are being rebuilt after an outage; the request was not "
+                                         "forwarded. Retry shortly.",
+                                         headers={"Retry-After": _seconds(recovering.wait)}) from None
             return rate, decision
 
         (rate, decision), local = await self._use(reserve)
@@ -177,11 +191,12 @@ class Gate:
 
         The TPM limits were charged the worst case up front; they get the difference back.
         """
-        units = to_units(amount)
+        units = max(-MAX_UNITS, min(to_units(amount), MAX_UNITS))
+        tokens = min(tokens, RATE_MAX_TOKENS)
         limit = self.cap_amount(customer)
         notify = self.notifier is not None and limit is not None and admitted.capped
 
-        async def settle(budget: BudgetStore, _limiter):
+        async def settle(budget: Reservations, _limiter):
             if admitted.rate_tokens and tokens != admitted.rate_tokens:
                 await _limiter.adjust(customer=customer.id, limits=_limits(customer, admitted.key_id),
                                       delta_tokens=tokens - admitted.rate_tokens)
@@ -209,7 +224,7 @@ class Gate:
             try:
                 await self._use(lambda budget, _limiter: budget.release(admitted.hold), local=admitted.local)
             except ServiceUnavailable:
-                pass  # the hold expires on its own
+                self.shared[0].forget(admitted.hold)  # not renewed any more: it expires on its own
 
     async def _rate(self, limiter: RateLimiter, customer: CustomerConfig, key_id: str | None,
                     tokens: int) -> RateDecision | None:
@@ -237,7 +252,7 @@ class Gate:
         worst = to_units(_amount(model, plan, prompt, max_tokens, now))
         retry, _ = await self._use(
             lambda budget, _limiter: budget.reserve(customer=customer.id, period=period, hold_id=request_id,
-                                                    units=worst, scopes=scopes, ttl=self.reservation_ttl),
+                                                    units=worst, scopes=scopes),
             local=local)
         return (retry.hold, max_tokens) if retry.allowed else None
 

@@ -12,25 +12,23 @@ from datetime import datetime
 from aiohttp import web
 
 from config.schema import Config
-from metering.limits.budget import MemoryBudget, RedisBudget, to_units
 from metering.limits.counters import MemoryCounters
 from metering.store.events import utcnow
 from metering.store.journal import Journal
 from metering.store.ledger import Ledger
 from metering.billing.meter import Meter
-from metering.limits.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from metering.store.recorder import Recorder
 from metering.limits.redis_counters import RedisCounters
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
-from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
-from proxy.admission import STORE_DOWN, Gate
-from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, THRESHOLDS, UPSTREAMS
+from proxy.admission import STORE_DOWN
+from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.auth import KeyRing
 from proxy.routes.billing import get_cap, put_cap
 from proxy.calls import endpoint_handler
 from proxy.errors import error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
+from proxy.limits import admission_ctx
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
@@ -38,8 +36,6 @@ from proxy.routes.usage import usage_events, usage_summary
 
 log = logging.getLogger("payware")
 
-OPEN_EVENTS = web.AppKey("open_events", list)  # handed from the ledger start-up to the budget rebuild
-REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis, or None with in-process counters
 
 
 @web.middleware
@@ -60,7 +56,7 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_recorder)
-    app.cleanup_ctx.append(_admission)
+    app.cleanup_ctx.append(admission_ctx)
     app.cleanup_ctx.append(closing_job)
     app.router.add_post("/v1/chat/completions", endpoint_handler("chat"))
     app.router.add_post("/v1/completions", endpoint_handler("completions"))
@@ -154,118 +150,13 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
         return meter.open_periods(utcnow())
 
     started = time.perf_counter()
-    app[OPEN_EVENTS] = await recorder.start(open_periods)
+    await recorder.start(open_periods)
     log.info("ledger ready in %.0f ms (%d events recovered from the journal)",
              (time.perf_counter() - started) * 1000, recorder.recovered)
     app[RECORDER] = recorder
     yield
     await recorder.close()
     ledger.close()
-
-
-async def _admission(app: web.Application) -> AsyncIterator[None]:
-    """Budget, rate limits and webhooks: in this process, or in Redis shared by many proxies."""
-    config = app[CONFIG]
-    storage = config.storage
-    client = app[REDIS]
-    if client is None:
-        budget, limiter, dedupe = MemoryBudget(), MemoryRateLimiter(), MemoryDedupe()
-    else:
-        budget, limiter, dedupe = RedisBudget(client), RedisRateLimiter(client), RedisDedupe(client)
-    notifier = Notifier(session=app[HTTP], config=config.webhooks, dedupe=dedupe) if config.webhooks else None
-    recorder = app[RECORDER]
-
-    async def resync() -> None:
-        await _resync_budget(app, budget)
-
-    gate = Gate(budget=budget, limiter=limiter, notifier=notifier, on_recovery=resync,
-                fail_open=storage.on_counter_failure == "fail_open")
-    recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
-    gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
-    events = app.pop(OPEN_EVENTS)
-    try:
-        for (customer, period), by_scope in _spent_by_scope(events).items():
-            if await budget.usage(customer=customer, period=period, scope="customer") == (0, 0):
-                await budget.rebuild(customer=customer, period=period, spent_by_scope=by_scope)
-    except STORE_DOWN as exc:
-        log.error("counter store unreachable at start (%s); it is rebuilt from the ledger when it is back",
-                  type(exc).__name__)
-        gate.store_down = True
-    app[GATE] = gate
-    refresher = asyncio.create_task(_refresh_customer_caps(gate, recorder.ledger), name="customer-caps")
-    yield
-    refresher.cancel()
-    try:
-        await refresher
-    except asyncio.CancelledError:
-        pass
-    if notifier is not None:
-        await notifier.close()
-    await budget.close()
-
-
-CAPS_REFRESH = 2.0  # seconds: how soon a cap a customer set on another proxy applies here
-
-
-async def _refresh_customer_caps(gate: Gate, ledger: Ledger) -> None:
-    """Customers' own caps live in the shared ledger; other proxies' changes arrive here."""
-    loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(CAPS_REFRESH)
-        version = gate.caps_version
-        try:
-            caps = await loop.run_in_executor(None, ledger.customer_caps)
-        except Exception as exc:  # the ledger may be briefly unreachable: keep the last known caps
-            log.warning("could not refresh customers' caps: %s", type(exc).__name__)
-            continue
-        if version == gate.caps_version:  # a cap set here during the read is newer than the read
-            gate.customer_caps = caps
-
-
-def _spent_by_scope(events) -> dict[tuple[str, str], dict[str, int]]:
-    """Units spent per cap scope, per (customer, period), from ledger events.
-
-    NOTE: units are summed per event, rounded up, exactly as settlement adds them.
-    """
-    spent: dict[tuple[str, str], dict[str, int]] = {}
-    for event in events:
-        scopes = spent.setdefault((event.customer, event.period), {})
-        units = to_units(event.amount)
-        scopes["customer"] = scopes.get("customer", 0) + units
-        if event.key_id:
-            scopes[f"key:{event.key_id}"] = scopes.get(f"key:{event.key_id}", 0) + units
-    return spent
-
-
-async def _resync_budget(app: web.Application, budget) -> None:
-    """After a counter-store outage, set every open period's spend and totals from the ledger.
-
-    NOTE: holds of calls in flight are dropped by the rebuild; their settlement still counts.
-    It never fails the request that noticed the store is back: a failed resync is retried by
-    the next one.
-    """
-    recorder = app[RECORDER]
-    try:
-        await recorder.flush()
-        open_periods, since = app[METER].open_periods(utcnow())
-        events = await asyncio.get_running_loop().run_in_executor(None, recorder.open_events, open_periods, since)
-        spent = _spent_by_scope(events)
-        by_period: dict[tuple[str, str], list] = {}
-        for event in events:
-            by_period.setdefault((event.customer, event.period), []).append(event)
-        counters = recorder.counters
-        for customer, period in open_periods.items():
-            await budget.rebuild(customer=customer, period=period, spent_by_scope=spent.get((customer, period), {}))
-            if isinstance(counters, RedisCounters):
-                await counters.replace(customer, period, by_period.get((customer, period), []))
-    except Exception:
-        log.exception("resync from the ledger failed; the next call retries it")
-        recorder.counters_stale = True
-        if GATE in app:
-            app[GATE].store_down = True
-        return
-    recorder.counters_stale = False
-    log.warning("counter store resynced from the ledger (%d events)", len(events))
 
 
 async def list_models(request: web.Request) -> web.Response:

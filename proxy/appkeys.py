@@ -18,4 +18,5 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 RECORDER = web.AppKey("recorder", Recorder)
 GATE = web.AppKey("gate", Gate)
 THRESHOLDS = web.AppKey("thresholds", object)  # metering.thresholds.RedisThresholds, or None in one process
+REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis, or None with in-process counters
 UPSTREAMS = web.AppKey("upstreams", dict)  # provider name -> base URL (the echo provider's is known at start)

@@ -84,6 +84,11 @@ class ServiceUnavailable(ApiError):
     status, type, code = 503, "server_error", "service_unavailable"
 
 
+def counters_unavailable() -> ServiceUnavailable:
+    """The 503 of a metering read while the counter store does not answer."""
+    return ServiceUnavailable("The usage counters are unavailable; retry shortly.", headers={"Retry-After": "1"})
+
+
 def error_response(error: ApiError) -> web.Response:
     response = web.Response(status=error.status, body=json.dumps(error.body()).encode(),
                             content_type="application/json", headers=error.headers)

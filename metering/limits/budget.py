@@ -8,8 +8,17 @@ each scope (the customer, a key, ...) has `spent` (settled) and `held` (live res
   `hard`: allowed iff spent + held + units <= limit, so racing requests never exceed the cap.
   `soft`: allowed iff spent < limit; what is in flight may overshoot it.
 - `settle` adds the actual units to spent once per hold id, even after the hold expired.
-- `release` drops a hold and spends nothing. Holds older than their ttl (a crashed proxy)
-  are dropped, their units freed, before every operation reads `held`.
+  Units are signed (a volume tier's marginal amount can be negative); a cap sees spent as
+  `max(spent, 0)`, so a credit never makes room below zero.
+- `release` drops a hold and spends nothing. Holds not renewed for their ttl (a crashed proxy)
+  are dropped, their units freed, before every operation reads `held`; `renew` keeps the holds
+  of calls still running alive (and puts back any the store lost).
+
+Seeding: a period's spend is known only once it has been merged from the ledger (`seed`,
+idempotent by event id). Until then `reserve` answers `unseeded` and reserves nothing, so a
+store that lost its data (a Redis restarted empty) is never reserved against as if empty.
+`seed` may open a recovery window (`ready_in`): reserves answer `wait` until it ends, while the
+other proxies put back their holds and the events the ledger did not have yet.
 
 Hold ids and `add_spent` event ids share one idempotency set per period: both are the usage
 event's id, so a request is counted at most once whichever path records it. Period state
@@ -32,6 +41,7 @@ NANO = 10**9
 MAX_UNITS = 2**53 - 1  # Lua numbers are doubles: beyond this, sums stop being exact
 KEY_TTL = 40 * 86400.0  # longer than any billing period, so an open period never expires while in use
 MODES = ("hard", "soft")
+_SEED_CHUNK = 2000  # events per seeding script
 
 
 def to_units(amount: Decimal) -> int:
@@ -87,6 +97,18 @@ class Decision:
     spent: int  # of the refusing scope; when allowed, of "customer" (else the first scope), hold included
     held: int
     limit: int | None
+    unseeded: bool = False  # nothing was decided: seed the period from the ledger, then ask again
+    wait: float = 0.0  # seconds: nothing was decided, the period is recovering; ask again after this
+    generation: str = ""  # of the period's seeding (changes when the store lost it and it was re-seeded)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """An event to merge into a period's spend when seeding it: counted once, by id."""
+
+    id: str
+    units: int  # signed
+    scopes: tuple[str, ...]
 
 
 class BudgetStore(Protocol):
@@ -104,14 +126,18 @@ class BudgetStore(Protocol):
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]: ...
 
-    async def rebuild(self, *, customer: str, period: str, spent_by_scope: dict[str, int]) -> None: ...
+    async def renew(self, *, customer: str, period: str, holds: list[Hold], ttl: float) -> str: ...
+
+    async def seed(self, *, customer: str, period: str, events: list[Spend], generation: str,
+                   ready_in: float = 0.0) -> None: ...
 
     async def close(self) -> None: ...
 
 
-def _check_units(units: int, what: str) -> None:
-    if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_UNITS:
-        raise ValueError(f"{what} must be an int in [0, 2**53), not {units!r}")
+def _check_units(units: int, what: str, *, signed: bool = False) -> None:
+    low = -MAX_UNITS if signed else 0
+    if isinstance(units, bool) or not isinstance(units, int) or not low <= units <= MAX_UNITS:
+        raise ValueError(f"{what} must be an int in [{'-2**53' if signed else '0'}, 2**53), not {units!r}")
 
 
 def _check_scopes(scopes: Iterable[Scope | str]) -> None:
@@ -142,17 +168,35 @@ class _Period:
     holds: dict[str, _Held] = field(default_factory=dict)
     applied: set[str] = field(default_factory=set)  # settled hold ids and add_spent event ids
     touched: float = 0.0
+    generation: str = ""  # set by seed: "" means the period's spend is not known yet
+    ready_at: float = 0.0
+
+    def spend(self, event_id: str, units: int, scopes: Iterable[str]) -> bool:
+        if event_id in self.applied:
+            return False
+        self.applied.add(event_id)
+        for name in scopes:
+            self.spent[name] = self.spent.get(name, 0) + units
+        return True
+
+    def floored(self, scope: str) -> int:
+        return max(self.spent.get(scope, 0), 0)
+
+    def hold(self, hold_id: str, units: int, scopes: tuple[str, ...], expires: float) -> None:
+        for name in scopes:
+            self.held[name] = self.held.get(name, 0) + units
+        self.holds[hold_id] = _Held(units, scopes, expires)
 
     def drop(self, hold_id: str) -> bool:
         held = self.holds.pop(hold_id, None)
         if held is None:
             return False
         for name in held.scopes:
-            left = self.held[name] - held.units
+            left = self.held.get(name, 0) - held.units
             if left:
                 self.held[name] = left
             else:
-                del self.held[name]
+                self.held.pop(name, None)
         return True
 
     def prune(self, now: float) -> None:
@@ -196,39 +240,39 @@ class MemoryBudget:
         _check_units(units, "units")
         _check_scopes(scopes)
         state = self._period(customer, period, write=True)
+        if not state.generation:
+            return Decision(False, None, None, 0, 0, None, unseeded=True)
+        wait = state.ready_at - self._clock()
+        if wait > 0:
+            return Decision(False, None, None, 0, 0, None, wait=wait)
         names = tuple(s.name for s in scopes)
         existing = state.holds.get(hold_id)
         if existing is None:
             for scope in scopes:
                 if scope.limit is None:
                     continue
-                spent, held = state.spent.get(scope.name, 0), state.held.get(scope.name, 0)
+                spent, held = state.floored(scope.name), state.held.get(scope.name, 0)
                 ok = spent + held + units <= scope.limit if scope.mode == "hard" else spent < scope.limit
                 if not ok:
-                    return Decision(False, None, scope.name, spent, held, scope.limit)
-            for name in names:
-                state.held[name] = state.held.get(name, 0) + units
-            existing = state.holds[hold_id] = _Held(units, names, self._clock() + ttl)
+                    return Decision(False, None, scope.name, spent, held, scope.limit, generation=state.generation)
+            state.hold(hold_id, units, names, self._clock() + ttl)
+            existing = state.holds[hold_id]
         # else: a retried reserve of a live hold: grant it again, hold nothing more
         hold = Hold(hold_id, customer, period, names, existing.units)
         if not scopes:
-            return Decision(True, hold, None, 0, 0, None)
+            return Decision(True, hold, None, 0, 0, None, generation=state.generation)
         report = scopes[_report_index(scopes)]
-        return Decision(True, hold, None, state.spent.get(report.name, 0), state.held.get(report.name, 0),
-                        report.limit)
+        return Decision(True, hold, None, state.floored(report.name), state.held.get(report.name, 0),
+                        report.limit, generation=state.generation)
 
     async def settle(self, hold: Hold, actual_units: int) -> bool:
         """Spend `actual_units` on the hold's scopes and drop it; only the first call counts."""
-        _check_units(actual_units, "actual_units")
+        _check_units(actual_units, "actual_units", signed=True)
         state = self._period(hold.customer, hold.period, write=True)
         # NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
-        if hold.id in state.applied:
-            return False
-        state.applied.add(hold.id)
-        for name in hold.scopes:
-            state.spent[name] = state.spent.get(name, 0) + actual_units
+        first = state.spend(hold.id, actual_units, hold.scopes)
         state.drop(hold.id)
-        return True
+        return first
 
     async def release(self, hold: Hold) -> bool:
         """Drop a live hold, spending nothing; False if it was settled, released or expired."""
@@ -238,29 +282,39 @@ class MemoryBudget:
     async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
                         event_id: str) -> bool:
         """Spend without a hold (a custom usage record, a call served past the cap); once per event id."""
-        _check_units(units, "units")
+        _check_units(units, "units", signed=True)
         _check_scopes(scopes)
-        state = self._period(customer, period, write=True)
-        if event_id in state.applied:
-            return False
-        state.applied.add(event_id)
-        for name in scopes:
-            state.spent[name] = state.spent.get(name, 0) + units
-        return True
+        return self._period(customer, period, write=True).spend(event_id, units, scopes)
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
-        """(spent, held) of one scope, live holds only."""
+        """(spent, held) of one scope, live holds only; spent never below 0."""
         state = self._period(customer, period, write=False)
-        return state.spent.get(scope, 0), state.held.get(scope, 0)
+        return state.floored(scope), state.held.get(scope, 0)
 
-    async def rebuild(self, *, customer: str, period: str, spent_by_scope: dict[str, int]) -> None:
-        """Set spent from the ledger and clear the holds; the applied ids are kept."""
-        for name, units in spent_by_scope.items():
-            _check_units(units, f"spent of {name!r}")
+    async def renew(self, *, customer: str, period: str, holds: list[Hold], ttl: float) -> str:
+        """Keep calls in flight held for `ttl` more (put back any hold not settled); the generation."""
+        state = self._period(customer, period, write=bool(holds))
+        expires = self._clock() + ttl
+        for hold in holds:
+            if hold.id in state.applied:
+                continue
+            live = state.holds.get(hold.id)
+            if live is None:
+                state.hold(hold.id, hold.units, hold.scopes, expires)
+            else:
+                live.expires = expires
+        return state.generation
+
+    async def seed(self, *, customer: str, period: str, events: list[Spend], generation: str,
+                   ready_in: float = 0.0) -> None:
+        """Merge `events` into spent, each once by id; then the period is known (after `ready_in` s)."""
+        for event in events:
+            _check_units(event.units, f"units of {event.id}", signed=True)
         state = self._period(customer, period, write=True)
-        state.spent = {name: units for name, units in spent_by_scope.items()}
-        state.held.clear()
-        state.holds.clear()
+        for event in events:
+            state.spend(event.id, event.units, event.scopes)
+        if not state.generation:
+            state.generation, state.ready_at = generation, self._clock() + ready_in
 
     async def close(self) -> None:
         """Nothing to close: the state lives and dies with the process."""
@@ -284,11 +338,12 @@ class RedisBudget:
         self._release = client.register_script(redis_scripts.BUDGET_RELEASE)
         self._add_spent = client.register_script(redis_scripts.BUDGET_ADD_SPENT)
         self._usage = client.register_script(redis_scripts.BUDGET_USAGE)
-        self._rebuild = client.register_script(redis_scripts.BUDGET_REBUILD)
+        self._renew = client.register_script(redis_scripts.BUDGET_RENEW)
+        self._seed = client.register_script(redis_scripts.BUDGET_SEED)
 
     def _keys(self, customer: str, period: str) -> list[str]:
         base = f"{self._prefix}:{{{customer}}}:budget:{period}"
-        return [f"{base}:{part}" for part in ("spent", "held", "holds", "expiry", "applied")]
+        return [f"{base}:{part}" for part in ("spent", "held", "holds", "expiry", "applied", "seeded")]
 
     async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
                       ttl: float = 900.0) -> Decision:
@@ -299,17 +354,23 @@ class RedisBudget:
                            str(_report_index(scopes) + 1 if scopes else 0)]
         for scope in scopes:
             args += [scope.name, "" if scope.limit is None else str(scope.limit), scope.mode]
-        status, index, spent, held, limit, held_units = await self._reserve(
+        status, index, spent, held, limit, held_units, generation, wait = await self._reserve(
             keys=self._keys(customer, period), args=args)
+        generation = generation.decode() if isinstance(generation, bytes) else str(generation or "")
+        if status == 3:
+            return Decision(False, None, None, 0, 0, None, unseeded=True)
+        if status == 4:
+            return Decision(False, None, None, 0, 0, None, wait=int(wait) / 1000)
         scope_limit = None if limit < 0 else int(limit)
         if status == 0:
-            return Decision(False, None, scopes[index - 1].name, int(spent), int(held), scope_limit)
+            return Decision(False, None, scopes[index - 1].name, int(spent), int(held), scope_limit,
+                            generation=generation)
         hold = Hold(hold_id, customer, period, tuple(s.name for s in scopes), int(held_units))
-        return Decision(True, hold, None, int(spent), int(held), scope_limit)
+        return Decision(True, hold, None, int(spent), int(held), scope_limit, generation=generation)
 
     async def settle(self, hold: Hold, actual_units: int) -> bool:
         """Spend `actual_units` on the hold's scopes and drop it; only the first call counts."""
-        _check_units(actual_units, "actual_units")
+        _check_units(actual_units, "actual_units", signed=True)
         args = [self._key_ttl, hold.id, str(actual_units), *hold.scopes]
         return bool(await self._settle(keys=self._keys(hold.customer, hold.period), args=args))
 
@@ -321,30 +382,43 @@ class RedisBudget:
     async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
                         event_id: str) -> bool:
         """Spend without a hold (a custom usage record, a call served past the cap); once per event id."""
-        _check_units(units, "units")
+        _check_units(units, "units", signed=True)
         _check_scopes(scopes)
         args = [self._key_ttl, event_id, str(units), *scopes]
         return bool(await self._add_spent(keys=self._keys(customer, period), args=args))
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
-        """(spent, held) of one scope, live holds only."""
-        spent, held = await self._usage(keys=self._keys(customer, period), args=[self._key_ttl, scope])
+        """(spent, held) of one scope, live holds only; spent never below 0."""
+        spent, held, _seeded = await self._usage(keys=self._keys(customer, period), args=[self._key_ttl, scope])
         return int(spent), int(held)
 
-    async def rebuild(self, *, customer: str, period: str, spent_by_scope: dict[str, int]) -> None:
-        """Set spent from the ledger and clear the holds; the applied ids are kept.
+    async def renew(self, *, customer: str, period: str, holds: list[Hold], ttl: float) -> str:
+        """Keep calls in flight held for `ttl` more (put back any hold not settled); the generation."""
+        args = [self._key_ttl, str(max(1, int(ttl * 1000)))]
+        for hold in holds:
+            args += [hold.id, str(hold.units), str(len(hold.scopes)), *hold.scopes]
+        generation = await self._renew(keys=self._keys(customer, period), args=args)
+        return generation.decode() if isinstance(generation, bytes) else str(generation or "")
 
-        NOTE: with several proxies on one Redis this also drops the other proxies' live holds,
-        and the ledger may lag their settled spend: rebuild only counters that are missing.
+    async def seed(self, *, customer: str, period: str, events: list[Spend], generation: str,
+                   ready_in: float = 0.0) -> None:
+        """Merge `events` into spent, each once by id; then the period is known (after `ready_in` s).
+
+        In chunks (a script runs alone on the server: a long one would stall every proxy).
         """
-        args = [self._key_ttl]
-        for name, units in spent_by_scope.items():
-            _check_units(units, f"spent of {name!r}")
-            args += [name, str(units)]
-        await self._rebuild(keys=self._keys(customer, period), args=args)
+        for event in events:
+            _check_units(event.units, f"units of {event.id}", signed=True)
+        keys = self._keys(customer, period)
+        chunks = [events[i:i + _SEED_CHUNK] for i in range(0, len(events), _SEED_CHUNK)] or [[]]
+        for number, chunk in enumerate(chunks, 1):
+            args = [self._key_ttl, "1" if number == len(chunks) else "0", generation,
+                    str(max(0, int(ready_in * 1000)))]
+            for event in chunk:
+                args += [event.id, str(event.units), str(len(event.scopes)), *event.scopes]
+            await self._seed(keys=keys, args=args)
 
     async def close(self) -> None:
         """Nothing to close: the Redis client belongs to the caller."""
 
 
-__all__ = ["NANO", "BudgetStore", "Decision", "Hold", "MemoryBudget", "RedisBudget", "Scope", "to_units"]
+__all__ = ["NANO", "BudgetStore", "Decision", "Hold", "MemoryBudget", "RedisBudget", "Scope", "Spend", "to_units"]

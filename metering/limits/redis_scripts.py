@@ -19,11 +19,12 @@ local function now_ms()
 end
 """
 
-# Budget: KEYS = spent (hash scope->units), held (hash scope->units), holds (hash id->json),
-# expiry (zset id->expiry ms), applied (set of settled hold ids and event ids).
+# Budget: KEYS = spent (hash scope->units, signed), held (hash scope->units), holds (hash
+# id->json), expiry (zset id->expiry ms), applied (set of settled hold ids and event ids), seeded
+# (string "<generation>|<ready at, ms>": the period's spend was merged from the ledger).
 # ARGV[1] is always the period keys' TTL in seconds.
 _BUDGET_PRELUDE = _PRELUDE + """
-local SPENT, HELD, HOLDS, EXPIRY, APPLIED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local SPENT, HELD, HOLDS, EXPIRY, APPLIED, SEEDED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 
 local function unhold(raw)
   local h = cjson.decode(raw)
@@ -41,7 +42,7 @@ local function drop(id)
   return true
 end
 
--- Holds of crashed proxies: free their units before anything reads `held`.
+-- Holds of crashed proxies (no renewal for a ttl): free their units before anything reads `held`.
 local function prune(now)
   local expired = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', fmt(now))
   for _, id in ipairs(expired) do
@@ -55,19 +56,40 @@ local function prune(now)
 end
 
 local function touch()
-  for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+  for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 end
 
+-- Spent as a cap sees it: a volume tier's negative marginal amount is a credit, never below 0.
 local function usage(scope)
-  return tonumber(redis.call('HGET', SPENT, scope) or '0'), tonumber(redis.call('HGET', HELD, scope) or '0')
+  local spent = tonumber(redis.call('HGET', SPENT, scope) or '0')
+  return math.max(spent, 0), tonumber(redis.call('HGET', HELD, scope) or '0')
+end
+
+-- {generation, ms until the recovery window ends}; generation '' while never seeded.
+local function seeded(now)
+  local raw = redis.call('GET', SEEDED)
+  if not raw then return '', 0 end
+  local bar = string.find(raw, '|', 1, true)
+  return string.sub(raw, 1, bar - 1), math.max(0, tonumber(string.sub(raw, bar + 1)) - now)
+end
+
+local function spend(id, units, first, last)
+  if redis.call('SADD', APPLIED, id) == 0 then return 0 end
+  for i = first, last do redis.call('HINCRBY', SPENT, ARGV[i], units) end
+  return 1
 end
 """
 
 # ARGV: key_ttl, hold_id, units, ttl_ms, report (1-based scope index), then per scope: name, limit|'', mode.
-# Returns {status, scope index, spent, held, limit|-1, units}; status 0 refused, 1 granted,
-# 2 granted earlier (a retried reserve of a live hold: nothing more is held).
+# Returns {status, scope index, spent, held, limit|-1, units, generation, wait ms}; status 0 refused,
+# 1 granted, 2 granted earlier (a retried reserve of a live hold: nothing more is held),
+# 3 not seeded (merge the ledger first: the store lost or never had this period), 4 recovering
+# (seeded after a loss: other proxies are still putting back their calls in flight; wait ms).
 BUDGET_RESERVE = _BUDGET_PRELUDE + """
 local now = now_ms()
+local generation, wait = seeded(now)
+if generation == '' then return {3, 0, 0, 0, -1, 0, '', 0} end
+if wait > 0 then return {4, 0, 0, 0, -1, 0, generation, wait} end
 prune(now)
 local id, units_s, ttl_ms, report = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local units = tonumber(units_s)
@@ -78,10 +100,10 @@ for i = 6, #ARGV, 3 do
   modes[#modes + 1] = ARGV[i + 2]
 end
 local function answer(status, i, held_units)
-  if i == 0 then return {status, 0, 0, 0, -1, held_units} end
+  if i == 0 then return {status, 0, 0, 0, -1, held_units, generation, 0} end
   local spent, held = usage(scopes[i])
   local limit = limits[i] == '' and -1 or tonumber(limits[i])
-  return {status, i, spent, held, limit, held_units}
+  return {status, i, spent, held, limit, held_units, generation, 0}
 end
 
 local existing = redis.call('HGET', HOLDS, id)
@@ -104,15 +126,15 @@ touch()
 return answer(1, report, units)
 """
 
-# ARGV: key_ttl, hold_id, actual_units, then the hold's scope names. Returns 1, or 0 if settled before.
+# ARGV: key_ttl, hold_id, actual_units (signed), then the hold's scope names. Returns 1, or 0 if
+# settled before. It counts on an unseeded period too: seeding merges by id, so nothing doubles.
 BUDGET_SETTLE = _BUDGET_PRELUDE + """
 prune(now_ms())
 -- NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
-if redis.call('SADD', APPLIED, ARGV[2]) == 0 then return 0 end
-for i = 4, #ARGV do redis.call('HINCRBY', SPENT, ARGV[i], ARGV[3]) end
+local first = spend(ARGV[2], ARGV[3], 4, #ARGV)
 drop(ARGV[2])
 touch()
-return 1
+return first
 """
 
 # ARGV: key_ttl, hold_id. Returns 1 if the hold was live, else 0.
@@ -123,26 +145,61 @@ touch()
 return 1
 """
 
-# ARGV: key_ttl, event_id, units, then scope names. Returns 1, or 0 if that event was counted before.
+# ARGV: key_ttl, event_id, units (signed), then scope names. Returns 1, or 0 if counted before.
 BUDGET_ADD_SPENT = _BUDGET_PRELUDE + """
-if redis.call('SADD', APPLIED, ARGV[2]) == 0 then return 0 end
-for i = 4, #ARGV do redis.call('HINCRBY', SPENT, ARGV[i], ARGV[3]) end
+local first = spend(ARGV[2], ARGV[3], 4, #ARGV)
 touch()
-return 1
+return first
 """
 
-# ARGV: key_ttl, scope. Returns {spent, held}.
+# ARGV: key_ttl, scope. Returns {spent (never below 0), held, seeded 1|0}.
 BUDGET_USAGE = _BUDGET_PRELUDE + """
-prune(now_ms())
+local now = now_ms()
+prune(now)
 local spent, held = usage(ARGV[2])
-return {spent, held}
+return {spent, held, (seeded(now)) ~= '' and 1 or 0}
 """
 
-# ARGV: key_ttl, then pairs of scope name, spent units. The applied set is kept on purpose:
-# an event already counted and in the ledger must not count again if its settle is retried.
-BUDGET_REBUILD = _BUDGET_PRELUDE + """
-redis.call('DEL', SPENT, HELD, HOLDS, EXPIRY)
-for i = 2, #ARGV, 2 do redis.call('HSET', SPENT, ARGV[i], ARGV[i + 1]) end
+# Holds of calls in flight, from the proxy that runs them: each is kept alive for ttl_ms more,
+# and put back if the store lost it (not if it was settled: the applied set says so).
+# ARGV: key_ttl, ttl_ms, then per hold: id, units, scope count, scope names. Returns the generation.
+BUDGET_RENEW = _BUDGET_PRELUDE + """
+local now = now_ms()
+prune(now)
+local expires_at = fmt(now + tonumber(ARGV[2]))
+local i = 3
+while i <= #ARGV do
+  local id, units, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if redis.call('SISMEMBER', APPLIED, id) == 0 then
+    if redis.call('HEXISTS', HOLDS, id) == 0 then
+      local scopes = {}
+      for j = 1, n do
+        scopes[j] = ARGV[i + 2 + j]
+        redis.call('HINCRBY', HELD, scopes[j], units)
+      end
+      redis.call('HSET', HOLDS, id, cjson.encode({u = units, s = scopes}))
+    end
+    redis.call('ZADD', EXPIRY, expires_at, id)
+  end
+  i = i + 3 + n
+end
+if #ARGV > 2 then touch() end
+return (seeded(now))
+"""
+
+# Merge events into spent, each once (by id: what is already applied stays as it is), then, on the
+# last chunk, mark the period seeded. ARGV: key_ttl, last 1|0, generation, ready_in_ms, then per
+# event: id, units (signed), scope count, scope names. Returns 1.
+BUDGET_SEED = _BUDGET_PRELUDE + """
+local i = 5
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  spend(ARGV[i], ARGV[i + 1], i + 3, i + 2 + n)
+  i = i + 3 + n
+end
+if ARGV[2] == '1' and not redis.call('GET', SEEDED) then
+  redis.call('SET', SEEDED, ARGV[3] .. '|' .. fmt(now_ms() + tonumber(ARGV[4])))
+end
 touch()
 return 1
 """

@@ -65,6 +65,10 @@ class Recorder:
         self.recovered = recovered
         return events
 
+    def queued(self) -> list[UsageEvent]:
+        """Events recorded here and not yet confirmed by the ledger."""
+        return list(self._queue)
+
     def open_events(self, open_periods: dict[str, str], since: datetime) -> list[UsageEvent]:
         """The ledger's events of each customer's open period (blocking: run it in a thread)."""
         return [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period]

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
 from config.schema import MAX_CAP
-from metering.limits.budget import NANO, to_units
+from metering.limits.budget import NANO
 from metering.store.events import decimal_str, money_str, utcnow
 from proxy.appkeys import GATE, KEYRING, METER, RECORDER
-from proxy.errors import InvalidRequest
+from proxy.admission import STORE_DOWN
+from proxy.errors import InvalidRequest, counters_unavailable
 from proxy.jsonbody import parse_json, read_body
 
 
@@ -34,11 +34,11 @@ async def put_cap(request: web.Request) -> web.Response:
     if amount is not None and admin is not None and amount > admin:
         raise InvalidRequest(f"the cap cannot be above the limit the operator set (${decimal_str(admin)})",
                              param="amount", code="cap_above_limit")
-    await asyncio.get_running_loop().run_in_executor(
-        None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
     gate = app[GATE]
     if amount is not None and not gate.capped(customer):
-        await _seed_spent(app, customer)
+        await _seed_spent(app, customer)  # first: a failure here changes nothing
+    await asyncio.get_running_loop().run_in_executor(
+        None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
     gate.caps_version += 1
     if amount is None:
         gate.customer_caps.pop(customer.id, None)
@@ -48,15 +48,12 @@ async def put_cap(request: web.Request) -> web.Response:
 
 
 async def _seed_spent(app: web.Application, customer) -> None:
-    """A customer without any cap was never reserved against: give the cap store what it spent.
-
-    NOTE: from the real-time totals, rounded up once (settlement rounds each event up: the
-    difference is below a nano-dollar per event).
-    """
+    """A customer without any cap was never reserved against: merge what it spent (by event id)."""
     period = app[METER].period(customer, utcnow()).key
-    totals = await app[RECORDER].counters.totals(customer.id, period)
-    await app[GATE].budget.rebuild(customer=customer.id, period=period,
-                                   spent_by_scope={"customer": to_units(totals.all.amount)})
+    try:
+        await app[GATE].budget.refresh(customer.id, period)
+    except STORE_DOWN:
+        raise counters_unavailable() from None
 
 
 def _amount(value: object) -> Decimal | None:
@@ -81,11 +78,16 @@ def _amount(value: object) -> Decimal | None:
 async def _cap_view(app: web.Application, customer) -> dict:
     gate = app[GATE]
     period = app[METER].period(customer, utcnow())
-    if gate.capped(customer):
-        spent, held = await gate.budget.usage(customer=customer.id, period=period.key, scope="customer")
-    else:  # nothing is reserved for an uncapped customer: its spend is the real-time total
+    # NOTE: spent is the exact real-time total (as the summary and the ledger have it); the
+    # budget enforces the cap on amounts rounded up to the nano-dollar, and holds what is in flight.
+    try:
         totals = await app[RECORDER].counters.totals(customer.id, period.key)
-        spent, held = to_units(totals.all.amount), 0
+        held = 0
+        if gate.capped(customer):
+            _, held = await gate.budget.usage(customer=customer.id, period=period.key, scope="customer")
+    except STORE_DOWN:
+        raise counters_unavailable() from None
+    spent = max(totals.all.amount, Decimal(0))
     effective = gate.cap_amount(customer)
     admin = customer.cap
     return {
@@ -95,9 +97,10 @@ async def _cap_view(app: web.Application, customer) -> dict:
                                                   "mode": admin.mode, "clamp": admin.clamp},
         "customer_cap": _money(gate.customer_caps.get(customer.id)),
         "amount": _money(effective),
-        "spent": money_str(Decimal(spent) / NANO),
+        "spent": money_str(spent),
         "held": money_str(Decimal(held) / NANO),
-        "remaining": None if effective is None else money_str(max(effective - Decimal(spent + held) / NANO, Decimal(0))),
+        "remaining": None if effective is None else money_str(max(effective - spent - Decimal(held) / NANO,
+                                                                  Decimal(0))),
     }
 
 

@@ -83,10 +83,10 @@ def _customer(app: web.Application, caller: Caller, body: dict, items: list[dict
     Usage is the merchant's to report. A customer key may record only when its plan says
     `self_report: true`, and then only for itself, without a price of its own.
     """
-    named = {item.get("customer") for item in items if item.get("customer") is not None} | (
-        {body["customer"]} if body.get("customer") is not None and "records" in body else set())
-    if not all(isinstance(name, str) for name in named):
+    given = [item.get("customer") for item in items] + ([body.get("customer")] if "records" in body else [])
+    if not all(name is None or isinstance(name, str) for name in given):
         raise InvalidRequest("customer must be a string", param="customer")
+    named = {name for name in given if name is not None}
     if not caller.admin:
         if not app[CONFIG].plans[caller.customer.plan].self_report:
             raise Forbidden("usage records come from the merchant: send them with the admin key, naming the "

@@ -32,7 +32,8 @@ async def close_periods(app: web.Application, customers: list[CustomerConfig] | 
     config, meter, recorder = app[CONFIG], app[METER], app[RECORDER]
     grace = timedelta(seconds=config.server.statement_grace)
     now = utcnow()
-    await recorder.flush()
+    # NOTE: bounded: with the ledger down, statements wait for the next pass, requests do not hang
+    await asyncio.wait_for(recorder.flush(), timeout=5)
     loop = asyncio.get_running_loop()
     closed = 0
     for customer in customers if customers is not None else config.customers.values():
@@ -88,7 +89,10 @@ async def list_statements(request: web.Request) -> web.Response:
     """`GET /v1/billing/statements`: the customer's closed periods, newest first, with line items."""
     app = request.app
     customer = app[KEYRING].subject(request)
-    await close_periods(app, [customer])  # whatever closed since the last pass shows at once
+    try:
+        await close_periods(app, [customer])  # whatever closed since the last pass shows at once
+    except asyncio.TimeoutError:
+        pass  # the ledger is behind: the statements frozen so far are still right
     frozen = await asyncio.get_running_loop().run_in_executor(None, app[RECORDER].ledger.statements, customer.id)
     data = [frozen[key] for key in sorted(frozen, reverse=True)]
     return web.json_response({"object": "list", "data": data})

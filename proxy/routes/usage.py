@@ -18,7 +18,8 @@ from metering.limits.counters import Totals
 from metering.store.events import decimal_str, money_str, utcnow
 from metering.billing.statements import round_money
 from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
-from proxy.errors import InvalidRequest
+from proxy.admission import STORE_DOWN
+from proxy.errors import InvalidRequest, counters_unavailable
 
 _CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model", "upstream_model", "provider",
                 "endpoint", "stream", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
@@ -38,7 +39,10 @@ async def usage_summary(request: web.Request) -> web.Response:
     customer = app[KEYRING].subject(request)
     plan = app[CONFIG].plans[customer.plan]
     period = app[METER].period(customer, utcnow())
-    totals = await app[RECORDER].counters.totals(customer.id, period.key)
+    try:
+        totals = await app[RECORDER].counters.totals(customer.id, period.key)
+    except STORE_DOWN:
+        raise counters_unavailable() from None
     due = plan.base_fee + totals.all.amount
     cap = None
     limit = app[GATE].cap_amount(customer)  # the admin's, or the customer's own when lower
@@ -64,6 +68,8 @@ async def usage_summary(request: web.Request) -> web.Response:
         "currency": plan.currency,
         "cap": cap,
         "by_model": by_model,
+        # events the ledger refused as they were (kept aside in dead_letters, billed without metadata)
+        "evidence": {"kept_aside": app[RECORDER].dead_letters.get(customer.id, 0)},
     }
     return web.json_response(summary)
 

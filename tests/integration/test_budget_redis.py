@@ -52,7 +52,7 @@ async def test_keys_carry_the_customer_hash_tag_and_expire(client: aioredis.Redi
     await reserve(budget, "r2", 10, [customer(100)])
     keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}:*")])
     base = f"{prefix}:{{acme}}:budget:{PERIOD}"
-    assert keys == [f"{base}:{part}" for part in ("applied", "expiry", "held", "holds", "spent")]
+    assert keys == [f"{base}:{part}" for part in ("applied", "expiry", "held", "holds", "seeded", "spent")]
     for key in keys:
         assert 0 < await client.ttl(key) <= KEY_TTL
 

@@ -210,3 +210,50 @@ async def test_counters_of_an_uncapped_customer_are_resynced_after_redis_comes_b
     assert len(events) == 3
     assert summary["requests"] == 3
     assert Decimal(summary["amount_due_exact"]) == sum(Decimal(e["amount"]) for e in events)
+
+
+async def _figures(session, proxy) -> tuple[Decimal, Decimal, Decimal]:
+    """What each of three places says acme spent: the summary, the cap endpoint, the ledger."""
+    async with session.get(proxy.url + "/v1/usage/summary", headers=AUTH) as resp:
+        summary = await resp.json()
+    async with session.get(proxy.url + "/v1/billing/cap", headers=AUTH) as resp:
+        cap = await resp.json()
+    events = await ledger_events(session, proxy.url)
+    return (Decimal(summary["cap"]["spent"]), Decimal(cap["spent"]),
+            sum(Decimal(e["amount"]) for e in events))
+
+
+async def test_redis_restarted_empty_at_a_reached_hard_cap_never_serves_past_it(proxy_factory, fake_upstream,
+                                                                               own_redis, tmp_path):
+    """Finding 3: after Redis came back empty, 5-8 more calls were served (8.3 % past the cap):
+    reservations ran on the empty store before the rebuild, and the rebuild then missed the
+    calls in flight. Afterwards summary, cap endpoint and ledger disagreed."""
+    cap = Decimal("0.0001")  # each call reserves $0.000009, costs $0.0000073125: 13 fit
+    ledger = f"sqlite:///{tmp_path}/shared-ledger.db"
+    storage = f"  counters: {own_redis.url}"
+    slow = {**BODY, "model": "fake-slow"}  # 200 words at 20 ms: calls are in flight when Redis dies
+    proxies = [proxy_factory(name=f"p{i}", customers=acme(f'amount: "{cap}", action: block, mode: hard'),
+                             storage=storage, ledger=ledger) for i in range(2)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def call(i: int, body=BODY) -> int:
+            return (await chat(session, proxies[i % 2].url, body))[0]
+
+        first = await asyncio.gather(*(call(i, slow if i < 6 else BODY) for i in range(30)))
+        assert 200 in first and 429 in first  # the cap is reached
+        in_flight = [asyncio.create_task(call(i, slow)) for i in range(4)]  # refused or running
+        await asyncio.sleep(0.3)
+        own_redis.kill()
+        own_redis.start()  # back, and empty
+        burst = await asyncio.gather(*(call(i) for i in range(60)))
+        await asyncio.gather(*in_flight)
+        await asyncio.sleep(4)  # past the recovery window
+        burst += await asyncio.gather(*(call(i) for i in range(20)))
+        assert set(burst) <= {200, 429, 503}
+        events = {e["id"]: e for p in proxies for e in await ledger_events(session, p.url)}
+        billed = sum(Decimal(e["amount"]) for e in events.values())
+        assert billed <= cap
+        for proxy in proxies:
+            assert await _figures(session, proxy) == (billed, billed, billed)
+    # and the cap is enforced on the same events, each rounded up to the nano-dollar
+    assert await spent_in_redis(own_redis.url, next(iter(events.values()))["period"]) == sum(
+        to_units(Decimal(e["amount"])) for e in events.values())

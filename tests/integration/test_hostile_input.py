@@ -205,3 +205,82 @@ def test_a_slow_body_is_cut_after_its_deadline(proxy_factory, fake_upstream):
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert waited < 8  # generous: the deadline is 1 s
     assert fake_upstream.stats()["requests"] == {}
+
+
+async def test_a_journal_holding_what_the_ledger_refuses_still_starts_and_keeps_it_aside(proxy_factory, pg_ledger):
+    """Finding 1: after a kill -9, the journal replay raised DataError and `payware serve` exited 1."""
+    proxy = proxy_factory(ledger=pg_ledger)
+    async with aiohttp.ClientSession() as session:
+        assert (await chat(session, proxy))[0] == 200
+    proxy.kill()
+    journal = proxy.config_path.parent / "payware.journal"
+    line = json.loads(journal.read_text().splitlines()[0])
+    poison = {**line, "id": "req_poison", "cost": "1" + "0" * 25 + ".00", "session": "s" * 300,
+              "feature": "bad\u0000feature"}
+    with journal.open("a") as fh:
+        fh.write(json.dumps(poison) + "\n")
+    proxy.start()
+    async with aiohttp.ClientSession() as session:
+        assert (await chat(session, proxy))[0] == 200
+        ids = {e["id"] for e in await ledger_events(session, proxy)}
+    assert line["id"] in ids and "req_poison" not in ids and len(ids) == 2
+    import psycopg as pg
+
+    with pg.connect(pg_ledger) as conn:
+        (reason,) = conn.execute("SELECT reason FROM dead_letters WHERE id = 'req_poison'").fetchone()
+    assert "NumericValueOutOfRange" in reason or "numeric" in reason.lower()
+
+
+@pytest.mark.parametrize("case", ["over-long line", "NUL in a header", "too many headers", "TE and CL"])
+def test_malformed_http_is_a_json_400_and_the_key_reaches_no_log_line(proxy, case):
+    """Finding 5: aiohttp's parser answered text/plain, echoed an over-long line in the body,
+    and its error log quoted the offending header line, an `Authorization: Bearer` one included."""
+    key = KEYS["acme"].encode()
+    auth = b"Authorization: Bearer " + key
+    body = json.dumps(CHAT).encode()
+    lines = {"over-long line": [auth + b"x" * 9000],
+             "NUL in a header": [b"X-Payware-Session: a\x00b", auth],
+             "too many headers": [auth] + [b"X-Junk-%d: v" % i for i in range(200)],
+             "TE and CL": [auth, b"Transfer-Encoding: chunked"]}[case]
+    status, answer = raw_request(proxy, "POST", "/v1/chat/completions", lines, body)
+    assert status == 400
+    assert json.loads(answer)["error"]["code"] == "malformed_request"
+    assert key not in answer
+    time.sleep(0.2)  # the log line is written after the answer
+    assert KEYS["acme"] not in proxy.log() and "malformed HTTP" in proxy.log()
+
+
+async def test_a_call_longer_than_the_hold_ttl_keeps_its_reservation(proxy_factory, fake_upstream):
+    """Finding 8: holds expired after 900 s and were never renewed: a hard-capped customer's long
+    call freed its hold mid-flight, a second call took the room, and spend passed the cap."""
+    customers = f"""
+  acme: {{plan: payg, keys: ["{_hash(KEYS['acme'])}"], cap: {{amount: "0.00001", mode: hard}}}}
+"""  # one call's worst case ($0.000009 with max_tokens 10) fits, two do not
+    proxy = proxy_factory(customers=customers, storage="  hold_ttl: 1")
+    slow = {"model": "fake-slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10,
+            "stream": True}  # ~4 s: 200 words at 20 ms
+    fast = {**slow, "model": "fake-ok", "stream": False}
+
+    async def long_call() -> int:
+        async with session.post(proxy.url + "/v1/chat/completions", json=slow, headers=AUTH) as resp:
+            await resp.read()
+            return resp.status
+
+    async with aiohttp.ClientSession() as session:
+        running = asyncio.create_task(long_call())
+        await asyncio.sleep(2.5)  # past the 1 s ttl: only renewals keep the hold alive
+        status, answer = await chat(session, proxy, fast)
+        assert status == 429 and answer["error"]["code"] == "spend_cap_reached"
+        assert await running == 200
+
+
+async def test_a_model_priced_from_litellms_floats_is_billed_exactly(proxy_factory):
+    """Finding 9: such a call's cost had 21 places at markup 1.25; the client got a 500 for a
+    call the provider had served."""
+    proxy = proxy_factory(extra_models="  glm: {provider: fake, upstream: bigmodel/glm-5.3}\n")
+    async with aiohttp.ClientSession() as session:
+        status, _ = await chat(session, proxy, {**CHAT, "model": "glm"})
+        assert status == 200
+        event, = await ledger_events(session, proxy)
+    # 9 uncached input at 1.142857143, 4 cached at 0.285714286, 7 output at 4 (per 1M), x 1.25
+    assert event["amount"] == "0.00004928571428875"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import create_engine
 
 from metering.store.events import UsageEvent
-from metering.store.ledger import EventRow, Ledger
+from metering.store.ledger import DeadLetterRow, EventRow, Ledger
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -101,3 +103,49 @@ def test_the_flushers_batch_write_stores_what_insert_stores(ledger):
         assert (stored.amount, stored.cost, stored.quantity, stored.meta, stored.pricing, stored.raw_usage,
                 stored.ts) == (original.amount, original.cost, original.quantity, original.meta, original.pricing,
                                original.raw_usage, original.ts)
+
+
+@pytest.fixture
+def pg_ledger(postgres_url):
+    ledger = Ledger(postgres_url)
+    with ledger.engine.begin() as conn:
+        conn.execute(EventRow.__table__.delete())
+        conn.execute(DeadLetterRow.__table__.delete())
+    yield ledger
+    ledger.close()
+
+
+@pytest.mark.parametrize("poison", [
+    {"session": "s" * 300},  # past VARCHAR(256): what a long X-Payware-Session header used to be
+    {"feature": "a\x00b"},  # PostgreSQL text holds no NUL
+    {"cost": Decimal("1e25")},  # past NUMERIC(38, 18)
+])
+def test_a_row_postgres_refuses_is_kept_aside_and_never_holds_back_the_batch(pg_ledger, poison):
+    """Finding 1: the recorder retried a batch holding such a row forever; no later event
+    reached the ledger. Now the row is kept aside and the others are written."""
+    events = [event(i, "0.01") for i in range(9)]
+    bad = event(99, "0.01", **poison)
+    kept = pg_ledger.write(events[:4] + [bad] + events[4:])
+    assert [e.id for e in kept] == [bad.id]
+    stored = {e.id: e for e in pg_ledger.events(customer="acme")}
+    assert set(e.id for e in events) <= set(stored)
+    dead, = pg_ledger.dead_letters("acme")
+    assert dead["id"] == bad.id and dead["reason"]
+    assert json.loads(dead["event"])["id"] == bad.id  # the evidence, whole, in ASCII JSON
+    if "cost" in poison:  # no copy can hold that cost: evidence only
+        assert not dead["billed"] and bad.id not in stored
+    else:  # billed without its metadata
+        assert dead["billed"] and stored[bad.id].meta == {"payware_kept_aside": True}
+        assert stored[bad.id].amount == bad.amount
+    assert pg_ledger.dead_letter_counts() == {"acme": 1}
+    assert pg_ledger.write([bad]) == [bad]  # idempotent: kept aside once
+    assert len(pg_ledger.dead_letters()) == 1
+
+
+def test_an_outage_is_not_mistaken_for_a_bad_row(tmp_path):
+    """A write to a database that does not answer raises (the batch is retried); nothing is kept aside."""
+    ledger = Ledger(f"sqlite:///{tmp_path}/l.db")
+    ledger.engine.dispose()
+    ledger.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")  # nothing listens
+    with pytest.raises(Exception):
+        ledger.write([event(1, "0.01")])

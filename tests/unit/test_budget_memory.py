@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Hold, MemoryBudget, Scope, to_units
+from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Hold, MemoryBudget, Scope, Spend, to_units
 
 PERIOD = "2025-06-01T00:00:00+00:00"
 NEXT_PERIOD = "2025-07-01T00:00:00+00:00"
@@ -34,7 +34,14 @@ def customer(limit: int | None, mode: str = "hard") -> Scope:
 
 async def reserve(budget: BudgetStore, hold_id: str, units: int, scopes: list[Scope], *, who: str = "acme",
                   period: str = PERIOD, ttl: float = 900.0):
-    return await budget.reserve(customer=who, period=period, hold_id=hold_id, units=units, scopes=scopes, ttl=ttl)
+    """Reserve on a known period: one the store does not know yet is seeded empty first."""
+    decision = await budget.reserve(customer=who, period=period, hold_id=hold_id, units=units, scopes=scopes,
+                                    ttl=ttl)
+    if decision.unseeded:
+        await budget.seed(customer=who, period=period, events=[], generation="g0")
+        decision = await budget.reserve(customer=who, period=period, hold_id=hold_id, units=units, scopes=scopes,
+                                        ttl=ttl)
+    return decision
 
 
 async def usage(budget: BudgetStore, scope: str = "customer", *, who: str = "acme",
@@ -172,15 +179,56 @@ class BudgetContract:
         assert retry.allowed and retry.hold == first.hold
         assert await usage(budget) == (0, 40)
 
-    async def test_rebuild_sets_spent_and_clears_holds(self, budget: BudgetStore):
-        hold = (await reserve(budget, "r1", 40, [customer(100), Scope("key:old", None)])).hold
+    async def test_a_period_the_store_does_not_know_is_never_reserved_against(self, budget: BudgetStore):
+        """A store that lost its data (Redis restarted empty) must not look like a customer who spent 0."""
+        decision = await budget.reserve(customer="acme", period=PERIOD, hold_id="r1", units=10,
+                                        scopes=[customer(100)], ttl=60)
+        assert decision.unseeded and not decision.allowed and decision.hold is None
+        assert await usage(budget) == (0, 0)
+
+    async def test_seeding_merges_events_once_by_id(self, budget: BudgetStore):
+        settled = (await reserve(budget, "req-1", 50, [customer(100), Scope("key:k1", None)])).hold
+        await budget.settle(settled, 30)
+        events = [Spend("req-1", 30, ("customer", "key:k1")), Spend("req-2", 20, ("customer",))]
+        await budget.seed(customer="acme", period=PERIOD, events=events, generation="g1")
+        await budget.seed(customer="acme", period=PERIOD, events=events, generation="g2")  # again: no change
+        assert await usage(budget) == (50, 0)
+        assert await usage(budget, "key:k1") == (30, 0)
+        assert await budget.renew(customer="acme", period=PERIOD, holds=[], ttl=60) == "g0"  # the first stands
+
+    async def test_a_recovery_window_makes_reserves_wait(self, budget: BudgetStore, advance: Advance):
+        await budget.seed(customer="acme", period=PERIOD, events=[Spend("e1", 5, ("customer",))],
+                          generation="g1", ready_in=0.3)
+        waiting = await budget.reserve(customer="acme", period=PERIOD, hold_id="r1", units=1,
+                                       scopes=[customer(100)], ttl=60)
+        assert not waiting.allowed and 0 < waiting.wait <= 0.3 and await usage(budget) == (5, 0)
+        await advance(0.35)
+        assert (await reserve(budget, "r1", 1, [customer(100)])).allowed
+
+    async def test_renewing_keeps_a_hold_past_its_ttl_and_puts_back_a_lost_one(self, budget: BudgetStore,
+                                                                              advance: Advance):
+        hold = (await reserve(budget, "long-call", 60, [customer(100)], ttl=0.3)).hold
+        for _ in range(3):
+            await advance(0.2)
+            await budget.renew(customer="acme", period=PERIOD, holds=[hold], ttl=0.3)
+        assert await usage(budget) == (0, 60)  # 0.6 s after a 0.3 s ttl: still held
+        assert not (await reserve(budget, "r2", 50, [customer(100)])).allowed
+        await budget.release(hold)
+        await budget.renew(customer="acme", period=PERIOD, holds=[hold], ttl=0.3)  # a store that lost it
+        assert await usage(budget) == (0, 60)
         await budget.settle(hold, 40)
-        await reserve(budget, "r2", 50, [customer(100)])
-        await budget.rebuild(customer="acme", period=PERIOD, spent_by_scope={"customer": 70, "key:k1": 5})
-        assert await usage(budget) == (70, 0)
-        assert await usage(budget, "key:k1") == (5, 0)
-        assert await usage(budget, "key:old") == (0, 0)
-        assert (await reserve(budget, "r3", 30, [customer(100)])).allowed
+        await budget.renew(customer="acme", period=PERIOD, holds=[hold], ttl=0.3)  # settled: never put back
+        assert await usage(budget) == (40, 0)
+
+    async def test_a_negative_spend_is_a_credit_but_a_cap_never_sees_below_zero(self, budget: BudgetStore):
+        """Finding 10: a volume tier's negative marginal amount drove a key's spent below 0."""
+        hold = (await reserve(budget, "r1", 10, [customer(100), Scope("key:k1", 50)])).hold
+        await budget.settle(hold, -80)
+        assert await usage(budget, "key:k1") == (0, 0)
+        assert not (await reserve(budget, "r2", 51, [Scope("key:k1", 50)])).allowed  # no room below zero
+        await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer", "key:k1"), units=90,
+                               event_id="e3")
+        assert await usage(budget, "key:k1") == (10, 0)  # -80 + 90: the credit counted in the sum
 
     async def test_customers_and_periods_do_not_share_spend(self, budget: BudgetStore):
         await reserve(budget, "r1", 100, [customer(100)])
@@ -269,7 +317,7 @@ def test_scope_refuses_bad_values(kwargs: dict):
 
 
 @pytest.mark.parametrize("units, scopes", [
-    pytest.param(-1, [customer(10)], id="negative units"),
+    pytest.param(-1, [customer(10)], id="negative units to hold"),
     pytest.param(True, [customer(10)], id="bool units"),
     pytest.param(1, [customer(10), customer(20)], id="a scope twice"),
 ])

@@ -172,3 +172,18 @@ def test_a_customer_with_rate_limits_keeps_its_own_id():
     text = BASE.replace("acme: {plan: payg,", "acme: {plan: payg, rate_limit: {rpm: 5, tpm: 100},")
     config = parse(text)
     assert set(config.customers) == {"acme"} and config.customers["acme"].rate_limit.tpm == 100
+
+
+def test_every_litellm_price_fits_the_ledgers_precision():
+    """Finding 9: litellm's float prices (e.g. bigmodel/glm-5.3) at markup 1.25 gave amounts with
+    more than 18 places, and every call of such a model failed after the provider answered."""
+    from config import pricedb
+
+    prices = [pricedb.price_of(entry) for entry in pricedb._database().values()]
+    prices = [p for p in prices if p is not None]
+    assert len(prices) > 1000
+    for price in prices:
+        for value in (price.input, price.cached_input, price.output):
+            assert value.as_tuple().exponent >= -9
+    glm = pricedb.price_of(pricedb.lookup("bigmodel/glm-5.3"))
+    assert glm.input == Decimal("1.142857143")  # 1.1428571428571428e-06 per token, rounded up

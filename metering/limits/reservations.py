@@ -1,0 +1,225 @@
+"""This proxy's side of the budget: the holds of its calls in flight and what it spent lately.
+
+A `BudgetStore` knows holds and spend; only the proxy that runs a call knows the call is still
+running. `Reservations` wraps a store with that knowledge:
+
+- **Renewal.** Every `renew_every` seconds each live hold is renewed for `ttl` more, so a hold
+  lives as long as its call (a 15-minute reasoning call keeps its room), and only the holds of
+  a dead proxy expire, `ttl` after it stopped renewing them.
+- **Seeding.** A period the store does not know (`Decision.unseeded`: a Redis restarted empty,
+  a new period, a customer who just got a cap) is merged from the ledger first: the `source`
+  callback gives every event of the period this proxy knows of (the ledger after a flush, plus
+  what is still queued), merged by id, so nothing counts twice however often it runs.
+- **Recovery.** After a loss, the periods this proxy had seen come back unseeded (or with a
+  generation it has not seen). It then puts back its live holds and re-applies the spends of
+  the last `recent_for` seconds (idempotent by id: those the ledger already gave are skipped),
+  and a period seeded after a loss stays closed to reserves for `window` seconds, long enough
+  for every proxy's renewal to do the same. Reserves wait for the window, up to `max_wait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from metering.limits.budget import BudgetStore, Decision, Hold, Scope, Spend
+
+log = logging.getLogger("payware.reservations")
+
+Source = Callable[[str, str], Awaitable[list[Spend]]]  # (customer, period) -> its known spends
+
+
+class Recovering(Exception):
+    """The period is closed to reserves for a little longer (a recovery window): retry after `wait` s."""
+
+    def __init__(self, wait: float):
+        super().__init__(f"recovering for {wait:.1f} s more")
+        self.wait = wait
+
+
+@dataclass(slots=True)
+class _Recent:
+    at: float
+    customer: str
+    period: str
+    spend: Spend
+
+
+class Reservations:
+    """Holds and spends of this proxy against one `BudgetStore`; keyword-only dependencies."""
+
+    def __init__(self, *, store: BudgetStore, source: Source, shared: bool, ttl: float = 60.0,
+                 renew_every: float = 1.0, recent_for: float = 30.0, window: float = 3.0, max_wait: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.source = source
+        self.shared = shared  # other proxies use the store too (Redis): a loss needs a recovery window
+        self.ttl = ttl
+        self.renew_every = renew_every
+        self.recent_for = recent_for
+        self.window = window
+        self.max_wait = max_wait
+        self._clock = clock
+        self.live: dict[str, Hold] = {}  # hold id -> the hold of a call in flight here
+        self._recent: deque[_Recent] = deque()
+        self._generations: dict[tuple[str, str], str] = {}  # the last generation seen per period
+        self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
+        # Spends the store did not take (it was down): settled, by id, once it answers again
+        # (a settle also drops the hold; an id the store knows already counts nothing).
+        self._pending: deque[tuple[Hold, Spend]] = deque(maxlen=1_000_000)
+        self.on_loss: Callable[[str, str], Awaitable[None]] | None = None  # after a recovery window
+
+    # -- the call path ---------------------------------------------------------------------
+
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int,
+                      scopes: list[Scope]) -> Decision:
+        """Reserve, seeding the period first if the store does not know it; Recovering if it is
+        in a recovery window longer than `max_wait`."""
+        waited = 0.0
+        for _ in range(4):
+            decision = await self.store.reserve(customer=customer, period=period, hold_id=hold_id, units=units,
+                                                scopes=scopes, ttl=self.ttl)
+            if decision.unseeded:
+                await self.seed(customer, period)
+                continue
+            if decision.wait > 0:
+                if waited + decision.wait > self.max_wait:
+                    raise Recovering(decision.wait)
+                waited += decision.wait
+                await asyncio.sleep(decision.wait)
+                continue
+            if decision.hold is not None:
+                self.live[decision.hold.id] = decision.hold
+            if decision.generation:
+                self._generations.setdefault((customer, period), decision.generation)
+            return decision
+        raise Recovering(1.0)
+
+    async def settle(self, hold: Hold, units: int) -> bool:
+        self.live.pop(hold.id, None)
+        spend = Spend(hold.id, units, hold.scopes)
+        self._remember(hold.customer, hold.period, spend)
+        try:
+            return await self.store.settle(hold, units)
+        except Exception:
+            self._pending.append((hold, spend))  # settled when the store answers
+            raise
+
+    async def release(self, hold: Hold) -> bool:
+        self.live.pop(hold.id, None)
+        return await self.store.release(hold)
+
+    async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
+                        event_id: str) -> bool:
+        spend = Spend(event_id, units, scopes)
+        self._remember(customer, period, spend)
+        try:
+            return await self.store.add_spent(customer=customer, period=period, scopes=scopes, units=units,
+                                              event_id=event_id)
+        except Exception:
+            self._pending.append((Hold(event_id, customer, period, scopes, 0), spend))
+            raise
+
+    async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
+        """(spent, held) of a scope; a period the store does not know is seeded first."""
+        if not await self.store.renew(customer=customer, period=period, holds=[], ttl=self.ttl):
+            await self.seed(customer, period)
+        return await self.store.usage(customer=customer, period=period, scope=scope)
+
+    async def refresh(self, customer: str, period: str) -> None:
+        """Merge the period's known events again (by id: only those missing count), e.g. when a
+        customer whose calls were not reserved (no cap) gets a cap."""
+        generation = await self.store.renew(customer=customer, period=period, holds=[], ttl=self.ttl)
+        events = await self.source(customer, period)
+        await self.store.seed(customer=customer, period=period, events=events,
+                              generation=generation or uuid.uuid4().hex[:16])
+
+    def forget(self, hold: Hold) -> None:
+        """Stop renewing a hold without touching the store (its call ended on another path)."""
+        self.live.pop(hold.id, None)
+
+    def _remember(self, customer: str, period: str, spend: Spend) -> None:
+        now = self._clock()
+        self._recent.append(_Recent(now, customer, period, spend))
+        while self._recent and self._recent[0].at < now - self.recent_for:
+            self._recent.popleft()
+
+    # -- seeding and recovery ----------------------------------------------------------------
+
+    async def seed(self, customer: str, period: str) -> None:
+        """Merge the period from what this proxy knows (ledger + queue), once at a time per period."""
+        key = (customer, period)
+        lock = self._seeding.setdefault(key, asyncio.Lock())
+        async with lock:
+            generation = await self.store.renew(customer=customer, period=period, holds=[], ttl=self.ttl)
+            if generation:  # another task or proxy seeded it meanwhile
+                self._generations[key] = generation
+                return
+            lost = key in self._generations  # it was known here: the store lost it
+            ready_in = self.window if (lost and self.shared) else 0.0
+            events = await self.source(customer, period)
+            await self.store.seed(customer=customer, period=period, events=events,
+                                  generation=uuid.uuid4().hex[:16], ready_in=ready_in)
+            if lost:
+                log.warning("budget of %s for %s was lost by the store: merged %d events from the ledger%s",
+                            customer, period, len(events),
+                            f", reserves resume in {ready_in:g} s" if ready_in else "")
+            await self._restore(customer, period)
+        if lost and self.on_loss is not None:
+            asyncio.get_running_loop().call_later(ready_in, self._after_loss, customer, period)
+
+    def _after_loss(self, customer: str, period: str) -> None:
+        task = asyncio.ensure_future(self.on_loss(customer, period))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                               or log.error("after a budget loss: %r", t.exception()))
+
+    async def _restore(self, customer: str, period: str) -> None:
+        """Put back this proxy's holds and recent spends of one period; remember its generation."""
+        holds = [h for h in self.live.values() if h.customer == customer and h.period == period]
+        generation = await self.store.renew(customer=customer, period=period, holds=holds, ttl=self.ttl)
+        for recent in list(self._recent):
+            if recent.customer == customer and recent.period == period:
+                spend = recent.spend
+                await self.store.add_spent(customer=customer, period=period, scopes=spend.scopes, units=spend.units,
+                                           event_id=spend.id)
+        self._generations[(customer, period)] = generation
+
+    async def renew_once(self) -> None:
+        """Apply what the store missed; renew every live hold; notice periods the store lost or
+        another proxy re-seeded."""
+        while self._pending:
+            hold, spend = self._pending[0]
+            await self.store.settle(hold, spend.units)
+            self._pending.popleft()
+        periods: dict[tuple[str, str], list[Hold]] = {}
+        for hold in list(self.live.values()):
+            periods.setdefault((hold.customer, hold.period), []).append(hold)
+        for recent in self._recent:
+            periods.setdefault((recent.customer, recent.period), [])
+        for (customer, period), holds in periods.items():
+            generation = await self.store.renew(customer=customer, period=period, holds=holds, ttl=self.ttl)
+            known = self._generations.get((customer, period))
+            if not generation:
+                await self.seed(customer, period)
+            elif known is not None and generation != known:
+                log.warning("budget of %s for %s was re-seeded elsewhere: putting back this proxy's part",
+                            customer, period)
+                await self._restore(customer, period)
+            else:
+                self._generations[(customer, period)] = generation
+
+    async def run(self, is_down: Callable[[], bool] = lambda: False) -> None:
+        """Renew forever (cancel to stop); a failed pass is logged and the next one tries again."""
+        while True:
+            await asyncio.sleep(self.renew_every)
+            if is_down():
+                continue
+            try:
+                await self.renew_once()
+            except Exception as exc:  # the store may be down: the call path applies the policy
+                log.debug("renewing holds failed: %s", type(exc).__name__)

@@ -1,0 +1,151 @@
+"""The admission gate's resources: budget and rate-limit stores, the ledger behind them, renewals.
+
+In this process (memory) or in Redis shared by many proxies. The budget learns a period's
+spend from the ledger when it first needs it (`ledger_spends`); holds of calls in flight are
+renewed while they run; customers' own caps are re-read from the shared ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from metering.limits.budget import MAX_UNITS, MemoryBudget, RedisBudget, Spend, to_units
+from metering.limits.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from metering.limits.redis_counters import RedisCounters
+from metering.store.events import UsageEvent, utcnow
+from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
+from proxy.admission import Gate
+from proxy.appkeys import CONFIG, GATE, HTTP, METER, RECORDER, REDIS
+from proxy.errors import ServiceUnavailable
+
+log = logging.getLogger("payware.limits")
+
+CAPS_REFRESH = 2.0  # seconds: how soon a cap a customer set on another proxy applies here
+
+
+async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Budget, rate limits and webhooks for the life of the app."""
+    config = app[CONFIG]
+    storage = config.storage
+    client = app[REDIS]
+    if client is None:
+        budget, limiter, dedupe = MemoryBudget(), MemoryRateLimiter(), MemoryDedupe()
+    else:
+        budget, limiter, dedupe = RedisBudget(client), RedisRateLimiter(client), RedisDedupe(client)
+    notifier = Notifier(session=app[HTTP], config=config.webhooks, dedupe=dedupe) if config.webhooks else None
+    recorder = app[RECORDER]
+
+    async def resync() -> None:
+        await resync_totals(app)
+
+    gate = Gate(budget=budget, limiter=limiter, source=ledger_spends(app), shared=client is not None,
+                reservation_ttl=storage.hold_ttl, notifier=notifier, on_recovery=resync,
+                fail_open=storage.on_counter_failure == "fail_open")
+    gate.budget.on_loss = lambda customer, period: resync_totals(app, only=(customer, period))
+    recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
+    gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
+    app[GATE] = gate
+    tasks = [asyncio.create_task(_refresh_customer_caps(app), name="customer-caps"),
+             asyncio.create_task(gate.run(), name="hold-renewals")]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if notifier is not None:
+        await notifier.close()
+    await budget.close()
+
+
+def spend_of(event: UsageEvent, key_caps: dict) -> Spend:
+    """What an event spent against the caps: its amount in nano-USD (rounded up, as settlement
+    rounds it), on the customer and, when that key has a cap, on its key."""
+    units = max(-MAX_UNITS, min(to_units(event.amount), MAX_UNITS))
+    scopes = ("customer", f"key:{event.key_id}") if event.key_id in key_caps else ("customer",)
+    return Spend(event.id, units, scopes)
+
+
+def ledger_spends(app: web.Application):
+    """The budget's source: every event of a customer's period that this proxy knows of."""
+
+    async def source(customer_id: str, period: str) -> list[Spend]:
+        recorder = app[RECORDER]
+        try:
+            await asyncio.wait_for(recorder.flush(), timeout=5)
+            events = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: list(recorder.ledger.events(customer=customer_id, period=period)))
+        except Exception as exc:
+            log.error("could not read %s's spend for %s from the ledger: %s", customer_id, period,
+                      type(exc).__name__)
+            raise ServiceUnavailable("The ledger is unavailable, so this customer's spend cannot be checked; "
+                                     "the request was not forwarded. Retry shortly.",
+                                     headers={"Retry-After": "1"}) from None
+        seen = {event.id for event in events}
+        events += [e for e in recorder.queued() if e.customer == customer_id and e.period == period
+                   and e.id not in seen]
+        customer = app[CONFIG].customers.get(customer_id)
+        key_caps = customer.key_caps if customer is not None else {}
+        return [spend_of(event, key_caps) for event in events]
+
+    return source
+
+
+async def resync_totals(app: web.Application, only: tuple[str, str] | None = None) -> None:
+    """Set the real-time totals in Redis from the ledger: after an outage, every open period;
+    after a loss the budget noticed, `only` that (customer, period).
+
+    It never fails the request that noticed the store is back: a failed resync is retried by
+    the next one.
+    """
+    recorder = app[RECORDER]
+    counters = recorder.counters
+    try:
+        await recorder.flush()
+        open_periods, since = app[METER].open_periods(utcnow())
+        if only is not None:
+            open_periods = {only[0]: only[1]}
+        events = await asyncio.get_running_loop().run_in_executor(None, recorder.open_events, open_periods, since)
+        by_period: dict[tuple[str, str], list] = {}
+        for event in events:
+            by_period.setdefault((event.customer, event.period), []).append(event)
+        if isinstance(counters, RedisCounters):
+            for customer, period in open_periods.items():
+                await counters.replace(customer, period, by_period.get((customer, period), []))
+    except Exception:
+        log.exception("resync from the ledger failed; the next call retries it")
+        recorder.counters_stale = True
+        return
+    recorder.counters_stale = False
+    log.warning("real-time totals resynced from the ledger (%d events)", len(events))
+
+
+async def _refresh_customer_caps(app: web.Application) -> None:
+    """Customers' own caps live in the shared ledger; other proxies' changes arrive here.
+
+    A customer who had no cap at all and now has one was never reserved against here: its
+    period's spend is merged again (by event id) before its next call is reserved.
+    """
+    gate, ledger = app[GATE], app[RECORDER].ledger
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(CAPS_REFRESH)
+        version = gate.caps_version
+        try:
+            caps = await loop.run_in_executor(None, ledger.customer_caps)
+        except Exception as exc:  # the ledger may be briefly unreachable: keep the last known caps
+            log.warning("could not refresh customers' caps: %s", type(exc).__name__)
+            continue
+        if version != gate.caps_version:  # a cap set here during the read is newer than the read
+            continue
+        config, now = app[CONFIG], utcnow()
+        newly = [config.customers[c] for c in caps.keys() - gate.customer_caps.keys() if c in config.customers]
+        for customer in newly:
+            if not gate.capped(customer):
+                try:
+                    await gate.budget.refresh(customer.id, app[METER].period(customer, now).key)
+                except Exception as exc:
+                    log.warning("could not merge %s's spend for its new cap: %s", customer.id, type(exc).__name__)
+        gate.customer_caps = caps
