@@ -52,6 +52,7 @@ class Admitted:
     local: bool = False  # admitted on the in-process fallback while the shared store was down
     capped: bool = True  # False: no cap applies, so no reservation was made and none is settled
     rate_tokens: int = 0  # tokens charged to the TPM limits up front (prompt + max output)
+    counted: bool = False  # whether prompt_tokens was counted (else 0: nothing needed it)
 
 
 class Gate:
@@ -123,12 +124,21 @@ class Gate:
         return customer.cap is not None or bool(customer.key_caps) or customer.id in self.customer_caps
 
     async def admit(self, *, request_id: str, customer: CustomerConfig, key_id: str | None, plan: PlanConfig,
-                    model: ModelConfig, endpoint: str, body: dict, period: str, now: datetime) -> Admitted:
+                    model: ModelConfig, endpoint: str, body: dict, period: str, now: datetime,
+                    size: int = 0) -> Admitted:
+        """Rate limits and the cap's reservation for one call; `size`: the body's bytes."""
         capped = self.capped(customer)
         needs_count = capped or (customer.rate_limit is not None and customer.rate_limit.tpm)
-        prompt = count_prompt(endpoint, body, model.upstream) if needs_count else 0
+        prompt = await count_prompt_async(endpoint, body, model.upstream, size) if needs_count else 0
         max_out = 0 if endpoint == "embeddings" else _max_output(body, model)
         tokens = min(prompt + max_out, RATE_MAX_TOKENS)  # charged to TPM limits up front
+        admitted = await self._admit(request_id, customer, key_id, plan, model, endpoint, period, now, capped,
+                                     prompt, max_out, tokens)
+        admitted.counted = bool(needs_count)
+        return admitted
+
+    async def _admit(self, request_id, customer, key_id, plan, model, endpoint, period, now, capped, prompt,
+                     max_out, tokens) -> Admitted:
         if not capped:  # pay-as-you-go without a cap: nothing to reserve (saves two store calls)
             rate, local = await self._use(
                 lambda _budget, limiter: self._rate(limiter, customer, key_id, tokens))
@@ -255,6 +265,17 @@ class Gate:
                                                     units=worst, scopes=scopes),
             local=local)
         return (retry.hold, max_tokens) if retry.allowed else None
+
+
+BIG_PROMPT = 64 * 1024  # bytes of body from which tokenizing moves off the event loop
+
+
+async def count_prompt_async(endpoint: str, body: dict, model: str, size: int) -> int:
+    """`count_prompt`, in a worker thread for a large body (tiktoken releases the GIL), so one
+    customer's 7 MB prompt does not stall every other request on the event loop."""
+    if size < BIG_PROMPT:
+        return count_prompt(endpoint, body, model)
+    return await asyncio.to_thread(count_prompt, endpoint, body, model)
 
 
 def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:

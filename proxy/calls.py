@@ -26,7 +26,7 @@ from metering.store.recorder import COUNTERS_DOWN
 from metering.usage.sse import SSEFramer
 from metering.usage.normalized import StreamAccumulator, Usage, generated_text, usage_from_json
 from metering.store.events import utcnow
-from proxy.admission import Admitted, rate_headers
+from proxy.admission import BIG_PROMPT, Admitted, count_prompt_async, rate_headers
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
@@ -53,12 +53,16 @@ class Call:
     body: dict
     started: float
     admitted: Admitted
+    size: int = 0  # the request body's bytes
     settled: bool = False
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
+        prompt = self.admitted.prompt_tokens if self.admitted.counted else None
+        if reported is None and prompt is None and self.size >= BIG_PROMPT:  # off the event loop
+            prompt = await count_prompt_async(self.endpoint, self.body, self.model.upstream, self.size)
         usage, source = final_usage(reported, endpoint=self.endpoint, body=self.body,
-                                    model=self.model.upstream, output_text=output_text)
+                                    model=self.model.upstream, output_text=output_text, prompt_tokens=prompt)
         session, feature, meta = request_metadata(self.request.headers, self.body)
         app = self.request.app
         facts = CallFacts(
@@ -107,6 +111,7 @@ async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
     app = request.app
     caller = app[KEYRING].customer(request)
     raw = await read_body(request)
+    size = len(raw)
     body = _json_object(raw)
     config = app[CONFIG]
     model = _model(config, caller.customer, body, endpoint)
@@ -117,14 +122,14 @@ async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
     admitted = await app[GATE].admit(
         request_id=request["request_id"], customer=customer, key_id=caller.key_id,
         plan=config.plans[customer.plan], model=model, endpoint=endpoint, body=body,
-        period=app[METER].period(customer, now).key, now=now)
+        period=app[METER].period(customer, now).key, now=now, size=size)
     if admitted.clamped_max_tokens is not None:
         body = {**body, _max_tokens_field(body): admitted.clamped_max_tokens}
         raw = b""  # the body changed: it must be serialized again
     outgoing, strip_usage = _upstream_body(raw, body, model, stream)
     provider = config.providers[model.provider]
     call = Call(request=request, caller=caller, model=model, endpoint=endpoint, stream=stream,
-                body=body, started=started, admitted=admitted)
+                body=body, started=started, admitted=admitted, size=size)
     try:
         upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + PATHS[endpoint],
                                        body=outgoing, headers=outgoing_headers(provider), provider=provider.name)

@@ -284,3 +284,41 @@ async def test_a_model_priced_from_litellms_floats_is_billed_exactly(proxy_facto
         event, = await ledger_events(session, proxy)
     # 9 uncached input at 1.142857143, 4 cached at 0.285714286, 7 output at 4 (per 1M), x 1.25
     assert event["amount"] == "0.00004928571428875"
+
+
+async def test_kill_9_under_hostile_load_restarts_and_bills_every_completed_response_once(proxy_factory, pg_ledger):
+    """Hostile metadata, lone surrogates and long headers in a concurrent load; kill -9 in the middle."""
+    proxy = proxy_factory(ledger=pg_ledger)
+    hostile = [
+        ({"X-Payware-Session": "s" * 700}, CHAT),
+        ({"X-Payware-Feature": "f\u00e9" * 300, "X-Payware-Meta-Note": "n" * 2000}, CHAT),
+        ({}, {**CHAT, "user": "u\ud800", "metadata": {"k": "v" * 5000}}),
+        ({}, {**CHAT, "stream": True, "user": "\udcff"}),
+        ({}, CHAT),
+    ]
+    completed: list[str] = []
+
+    async def one(session, i: int) -> None:
+        headers, body = hostile[i % len(hostile)]
+        raw = json.dumps(body).encode()  # json.dumps escapes the surrogates as \\ud800
+        try:
+            async with session.post(proxy.url + "/v1/chat/completions", data=raw,
+                                    headers={**AUTH, "Content-Type": "application/json", **headers}) as resp:
+                payload = await resp.read()
+                if resp.status == 200 and (not body.get("stream") or payload.rstrip().endswith(b"[DONE]")):
+                    completed.append(resp.headers["X-Payware-Request-Id"])
+        except aiohttp.ClientError:
+            pass  # cut by the kill: not completed, so billed at most partially
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
+        load = asyncio.gather(*(one(session, i) for i in range(400)))
+        await asyncio.sleep(1.0)
+        proxy.kill()
+        await load
+    assert len(completed) >= 20
+    proxy.start()
+    async with aiohttp.ClientSession() as session:
+        events = await ledger_events(session, proxy)
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids))  # none twice
+    assert set(completed) <= set(ids)  # every completed response billed
