@@ -112,6 +112,7 @@ _DecimalLoader.add_constructor(
 )
 
 _MISSING = object()
+_COST_FIELDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
 
 
 class _Reader:
@@ -385,20 +386,44 @@ class _Reader:
         prices = []
         for i, entry in enumerate(entries):
             where = f"{path}[{i}]" if isinstance(value, list) else path
-            item = self.mapping(entry, where, ("input", "cached_input", "output", "effective_from"))
-            input_price = self.precise(self.decimal(item, "input", where), f"{where}.input", PRICE_PLACES)
-            output_price = self.precise(self.decimal(item, "output", where, Decimal(0)), f"{where}.output", PRICE_PLACES)
-            cached = self.precise(self.decimal(item, "cached_input", where, input_price), f"{where}.cached_input",
-                                  PRICE_PLACES)
-            if input_price is None or output_price is None or cached is None:
+            item = self.mapping(entry, where, _COST_FIELDS + ("effective_from", "above"))
+            classes = self.cost_classes(item, where)
+            if classes is None:
                 continue
-            prices.append(ModelPrice(input=input_price, cached_input=cached, output=output_price,
-                                     effective_from=self.timestamp(item, "effective_from", where)))
+            above = []
+            for threshold, body in self.mapping(item.get("above"), f"{where}.above").items():
+                at = f"{where}.above.{threshold}"
+                if not threshold.isdigit() or int(threshold) < 1:
+                    self.fail(at, "the threshold must be a number of input tokens, e.g. 200000")
+                    continue
+                higher = self.cost_classes(self.mapping(body, at, _COST_FIELDS), at, fallback=classes)
+                if higher is not None:
+                    above.append((int(threshold), ModelPrice(**higher)))
+            prices.append(ModelPrice(**classes, effective_from=self.timestamp(item, "effective_from", where),
+                                     above=tuple(sorted(above, key=lambda pair: pair[0]))))
         dated = [p for p in prices if p.effective_from is None]
         if len(dated) > 1:
             self.fail(path, "only one price may lack effective_from")
         prices.sort(key=lambda p: (p.effective_from is not None, p.effective_from or datetime.min))
         return prices
+
+    def cost_classes(self, item: dict, where: str, fallback: dict | None = None) -> dict | None:
+        """USD per 1M tokens by class; a class not given takes the input price (cache reads and
+        writes) or `fallback`'s (prices above a prompt-size threshold)."""
+        def price(key: str, default):
+            return self.precise(self.decimal(item, key, where, default), f"{where}.{key}", PRICE_PLACES)
+
+        input_price = price("input", fallback["input"] if fallback else _MISSING)
+        output_price = price("output", fallback["output"] if fallback else Decimal(0))
+        if input_price is None or output_price is None:
+            return None
+        cached = price("cached_input", fallback["cached_input"] if fallback else input_price)
+        write = price("cache_write", fallback["cache_write"] if fallback else input_price)
+        write_1h = price("cache_write_1h", fallback["cache_write_1h"] if fallback else write)
+        if cached is None or write is None or write_1h is None:
+            return None
+        return {"input": input_price, "cached_input": cached, "output": output_price, "cache_write": write,
+                "cache_write_1h": write_1h}
 
     def plan(self, data: dict, path: str, name: str) -> PlanConfig | None:
         self.mapping(data, path, ("interval", "currency", "base_fee", "included", "price", "tiers", "threshold",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from decimal import ROUND_CEILING, Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,7 @@ from config.schema import ModelPrice
 
 _PRICE_FILE = "model_prices_and_context_window_backup.json"
 _MILLION = Decimal(1_000_000)
+_ABOVE = re.compile(r"(?:input|output)_cost_per_token_above_(\d+)k_tokens")
 PRICE_PLACES = 9  # as config prices (config.loader.PRICE_PLACES)
 _PLACE = Decimal(1).scaleb(-PRICE_PLACES)
 
@@ -49,20 +51,49 @@ def lookup(model: str) -> dict | None:
 
 
 def price_of(entry: dict) -> ModelPrice | None:
-    """The per-million price of a litellm entry, or None if it has no input price."""
-    per_token_in = _decimal(entry.get("input_cost_per_token"))
-    if per_token_in is None:
+    """The per-million price of a litellm entry (every token class, and the prices above a
+    prompt-size threshold), or None if it has no input price."""
+    base = _classes(entry, "")
+    if base is None:
         return None
-    per_token_out = _decimal(entry.get("output_cost_per_token")) or Decimal(0)
-    per_token_cached = _decimal(entry.get("cache_read_input_token_cost"))
-    if per_token_cached is None:
-        per_token_cached = per_token_in
-    return ModelPrice(
-        input=per_million(per_token_in),
-        cached_input=per_million(per_token_cached),
-        output=per_million(per_token_out),
-        source="litellm",
-    )
+    above = []
+    for threshold in sorted(_thresholds(entry)):
+        prices = _classes(entry, f"_above_{threshold // 1000}k_tokens", fallback=base)
+        if prices is not None:
+            above.append((threshold, ModelPrice(**prices, source="litellm")))
+    return ModelPrice(**base, source="litellm", above=tuple(above))
+
+
+def _classes(entry: dict, suffix: str, fallback: dict | None = None) -> dict | None:
+    """The per-million prices of one set of litellm keys (`suffix`: "" or "_above_200k_tokens")."""
+    def per_token(name: str) -> Decimal | None:
+        return _decimal(entry.get(name + suffix))
+
+    token_in = per_token("input_cost_per_token")
+    if token_in is None:
+        if fallback is None:
+            return None
+        token_in = fallback["input"] / _MILLION
+    prices = {"input": per_million(token_in)}
+    out = per_token("output_cost_per_token")
+    cached = per_token("cache_read_input_token_cost")
+    write = per_token("cache_creation_input_token_cost")
+    write_1h = _decimal(entry.get("cache_creation_input_token_cost_above_1hr" + suffix))
+    prices["output"] = per_million(out) if out is not None else (fallback or {}).get("output", Decimal(0))
+    prices["cached_input"] = per_million(cached) if cached is not None else prices["input"]
+    prices["cache_write"] = per_million(write) if write is not None else prices["input"]
+    prices["cache_write_1h"] = per_million(write_1h) if write_1h is not None else prices["cache_write"]
+    return prices
+
+
+def _thresholds(entry: dict) -> set[int]:
+    """Prompt sizes (tokens) above which the entry has other prices: `..._above_200k_tokens`."""
+    found = set()
+    for name in entry:
+        match = _ABOVE.fullmatch(name)
+        if match:
+            found.add(int(match.group(1)) * 1000)
+    return found
 
 
 def per_million(per_token: Decimal) -> Decimal:

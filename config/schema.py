@@ -13,7 +13,7 @@ from decimal import Decimal
 INTERVALS = ("daily", "weekly", "monthly", "threshold")
 CAP_ACTIONS = ("block", "throttle", "notify")
 CAP_MODES = ("hard", "soft")
-TOKEN_TYPES = ("input", "cached_input", "output")
+TOKEN_TYPES = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
 PROVIDER_KINDS = ("openai", "echo")
 # The largest cap the counters hold exactly: 2**53 - 1 nano-USD (Lua numbers are doubles).
 MAX_CAP = Decimal("9007199.254740991")
@@ -61,13 +61,43 @@ class ProviderConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """A provider's cost in USD per 1M tokens, valid from `effective_from` on."""
+    """A provider's cost in USD per 1M tokens, valid from `effective_from` on.
+
+    Token classes (DESIGN.md): `input` for input neither read from nor written to the cache,
+    `cached_input` for cache reads, `cache_write` for cache writes (Anthropic's 5-minute
+    ones; default: the input price), `cache_write_1h` for 1-hour cache writes (default: the
+    cache-write price), `output` (reasoning included). `above` holds the prices that apply
+    to the whole call when its prompt is longer than a threshold (Gemini 2.5 Pro's "above
+    200k tokens"): pairs of (threshold in input tokens, ModelPrice), ascending.
+    """
 
     input: Decimal
     cached_input: Decimal
     output: Decimal
     effective_from: datetime | None = None  # None: since forever
     source: str = "config"  # "config" | "litellm"
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    above: tuple[tuple[int, "ModelPrice"], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.cache_write is None:
+            object.__setattr__(self, "cache_write", self.input)
+        if self.cache_write_1h is None:
+            object.__setattr__(self, "cache_write_1h", self.cache_write)
+
+    def for_prompt(self, input_tokens: int) -> ModelPrice:
+        """The prices of a call whose prompt has `input_tokens` tokens (every class included)."""
+        chosen = self
+        for threshold, price in self.above:
+            if input_tokens > threshold:
+                chosen = price
+        return chosen
+
+    def per_class(self) -> dict[str, Decimal]:
+        """USD per 1M tokens of each class."""
+        return {"input": self.input, "cached_input": self.cached_input, "cache_write": self.cache_write,
+                "cache_write_1h": self.cache_write_1h, "output": self.output}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from metering.store.events import decimal_str
 from metering.billing.plans import max_tokens_amount
 from metering.limits.ratelimit import MAX_TOKENS as RATE_MAX_TOKENS
 from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
-from metering.usage.tokens import count_prompt
 from metering.usage.normalized import Usage
 from metering.webhooks import Notifier
 from proxy.errors import RateLimited, ServiceUnavailable, SpendCapReached
@@ -53,6 +52,8 @@ class Admitted:
     capped: bool = True  # False: no cap applies, so no reservation was made and none is settled
     rate_tokens: int = 0  # tokens charged to the TPM limits up front (prompt + max output)
     counted: bool = False  # whether prompt_tokens was counted (else 0: nothing needed it)
+    max_output: int = 0  # the output tokens reserved for
+    max_output_from: str = "request"  # where that number came from: "request" | "model"
 
 
 class Gate:
@@ -124,18 +125,29 @@ class Gate:
         return customer.cap is not None or bool(customer.key_caps) or customer.id in self.customer_caps
 
     async def admit(self, *, request_id: str, customer: CustomerConfig, key_id: str | None, plan: PlanConfig,
-                    model: ModelConfig, endpoint: str, body: dict, period: str, now: datetime,
-                    size: int = 0) -> Admitted:
-        """Rate limits and the cap's reservation for one call; `size`: the body's bytes."""
+                    model: ModelConfig, fmt, body: dict, period: str, now: datetime, size: int = 0,
+                    extra_prompt: int = 0) -> Admitted:
+        """Rate limits and the cap's reservation for one call of wire format `fmt`; `size`: the
+        body's bytes; `extra_prompt`: input the provider bills beyond the body (a chain)."""
         capped = self.capped(customer)
         needs_count = capped or (customer.rate_limit is not None and customer.rate_limit.tpm)
-        prompt = await count_prompt_async(endpoint, body, model.upstream, size) if needs_count else 0
-        max_out = 0 if endpoint == "embeddings" else _max_output(body, model)
+        prompt = await self.count_prompt(fmt, body, model, size) + extra_prompt if needs_count else 0
+        requested = fmt.max_output(body)
+        max_out = requested if requested is not None else _model_max_output(model)
         tokens = min(prompt + max_out, RATE_MAX_TOKENS)  # charged to TPM limits up front
-        admitted = await self._admit(request_id, customer, key_id, plan, model, endpoint, period, now, capped,
+        admitted = await self._admit(request_id, customer, key_id, plan, model, fmt.endpoint, period, now, capped,
                                      prompt, max_out, tokens)
         admitted.counted = bool(needs_count)
+        admitted.max_output = max_out
+        admitted.max_output_from = "request" if requested is not None else "model"
         return admitted
+
+    async def count_prompt(self, fmt, body: dict, model: ModelConfig, size: int) -> int:
+        """The prompt's tokens, in a worker thread for a large body (tiktoken releases the GIL),
+        so one customer's 7 MB prompt does not stall every other request on the event loop."""
+        if size < BIG_PROMPT:
+            return fmt.prompt_tokens(body, model.upstream)
+        return await asyncio.to_thread(fmt.prompt_tokens, body, model.upstream)
 
     async def _admit(self, request_id, customer, key_id, plan, model, endpoint, period, now, capped, prompt,
                      max_out, tokens) -> Admitted:
@@ -171,7 +183,7 @@ class Gate:
         if decision.allowed:
             return Admitted(customer.id, key_id, period, names, decision.hold, prompt, rate, local=local)
         cap = customer.cap
-        if cap is not None and cap.clamp and endpoint != "embeddings":
+        if cap is not None and cap.clamp and model.mode != "embedding":
             clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now,
                                         local)
             if clamped is not None:
@@ -270,14 +282,6 @@ class Gate:
 BIG_PROMPT = 64 * 1024  # bytes of body from which tokenizing moves off the event loop
 
 
-async def count_prompt_async(endpoint: str, body: dict, model: str, size: int) -> int:
-    """`count_prompt`, in a worker thread for a large body (tiktoken releases the GIL), so one
-    customer's 7 MB prompt does not stall every other request on the event loop."""
-    if size < BIG_PROMPT:
-        return count_prompt(endpoint, body, model)
-    return await asyncio.to_thread(count_prompt, endpoint, body, model)
-
-
 def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:
     """The RPM/TPM limits a call counts against: its customer's and its key's."""
     limit = customer.rate_limit
@@ -305,11 +309,10 @@ def rate_headers(decision: RateDecision | None) -> dict[str, str]:
     return headers
 
 
-def _max_output(body: dict, model: ModelConfig) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+def _model_max_output(model: ModelConfig) -> int:
+    """The worst case of a call that set no output cap: the model's max output."""
+    if model.mode == "embedding":
+        return 0
     return min(model.max_output_tokens or DEFAULT_MAX_OUTPUT, MAX_OUTPUT_TOKENS)
 
 

@@ -25,7 +25,8 @@ from proxy.admission import STORE_DOWN
 from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.auth import KeyRing
 from proxy.routes.billing import get_cap, put_cap
-from proxy.calls import endpoint_handler
+from proxy.calls import model_handler
+from proxy.formats import openai_chat
 from proxy.errors import error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.limits import admission_ctx
@@ -58,9 +59,9 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_recorder)
     app.cleanup_ctx.append(admission_ctx)
     app.cleanup_ctx.append(closing_job)
-    app.router.add_post("/v1/chat/completions", endpoint_handler("chat"))
-    app.router.add_post("/v1/completions", endpoint_handler("completions"))
-    app.router.add_post("/v1/embeddings", endpoint_handler("embeddings"))
+    app.router.add_post("/v1/chat/completions", model_handler(openai_chat.CHAT))
+    app.router.add_post("/v1/completions", model_handler(openai_chat.COMPLETIONS))
+    app.router.add_post("/v1/embeddings", model_handler(openai_chat.EMBEDDINGS))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)

@@ -1,9 +1,12 @@
-"""The model endpoints: authenticate, validate, forward, relay, meter.
+"""The relay: one path for every model call, whatever its API (see `proxy.formats`).
 
-The client's body goes upstream unchanged but for the model name and, for streams,
-`stream_options.include_usage` (forced on so usage cannot be skipped). The provider's answer
-comes back unchanged: status, body and stream, byte for byte, except the usage chunk the
-client did not ask for.
+authenticate -> read and validate the body (the route's wire format) -> admission (rate limits,
+the cap's reservation) -> forward -> relay the answer while reading its usage -> price,
+journal, count, settle -> the answer's last byte.
+
+The client's body goes upstream unchanged but for what its format must change (the model
+name, forcing usage on a stream). The provider's answer comes back unchanged: status, body
+and stream, byte for byte, except the usage the client did not ask for.
 """
 
 from __future__ import annotations
@@ -12,32 +15,33 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
 import aiohttp
 from aiohttp import web
 
-from config.schema import MAX_OUTPUT_TOKENS, Config, CustomerConfig, ModelConfig
-from metering.usage.fallback import final_usage
+from config.schema import Config, CustomerConfig, ModelConfig
 from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
-from metering.store.recorder import COUNTERS_DOWN
-from metering.usage.sse import SSEFramer
-from metering.usage.normalized import StreamAccumulator, Usage, generated_text, usage_from_json
 from metering.store.events import utcnow
-from proxy.admission import BIG_PROMPT, Admitted, count_prompt_async, rate_headers
+from metering.store.recorder import COUNTERS_DOWN
+from metering.usage.fallback import final_usage
+from metering.usage.normalized import Usage
+from metering.usage.sse import SSEFramer
+from proxy.admission import Admitted, rate_headers
 from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
-from proxy.errors import InvalidRequest, ModelNotFound, UpstreamError
-from proxy.jsonbody import dump_json, parse_json, read_body
+from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
+from proxy.formats.base import WireFormat
+from proxy.jsonbody import parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.recording import record_event
-from proxy.upstream import PATHS, error_passthrough, open_upstream, outgoing_headers, relayed_headers
+from proxy.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 log = logging.getLogger("payware.calls")
 
-_ENDPOINT_MODES = {"chat": ("chat",), "completions": ("completion", "chat"), "embeddings": ("embedding",)}
 _UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 
@@ -46,28 +50,29 @@ class Call:
     """One model call in flight: what is needed to meter it whenever it ends."""
 
     request: web.Request
+    fmt: WireFormat
     caller: Caller
     model: ModelConfig
-    endpoint: str
     stream: bool
     body: dict
     started: float
     admitted: Admitted
     size: int = 0  # the request body's bytes
     settled: bool = False
+    on_recorded: Callable | None = None  # the format's after-record hook (the Responses API's chain)
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
         prompt = self.admitted.prompt_tokens if self.admitted.counted else None
-        if reported is None and prompt is None and self.size >= BIG_PROMPT:  # off the event loop
-            prompt = await count_prompt_async(self.endpoint, self.body, self.model.upstream, self.size)
-        usage, source = final_usage(reported, endpoint=self.endpoint, body=self.body,
-                                    model=self.model.upstream, output_text=output_text, prompt_tokens=prompt)
+        if reported is None and prompt is None:
+            prompt = await self.request.app[GATE].count_prompt(self.fmt, self.body, self.model, self.size)
+        usage, source = final_usage(reported, prompt_tokens=prompt, output_text=output_text,
+                                    model=self.model.upstream, embeddings=self.model.mode == "embedding")
         session, feature, meta = request_metadata(self.request.headers, self.body)
         app = self.request.app
         facts = CallFacts(
             request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
-            model=self.model, endpoint=self.endpoint, stream=self.stream, usage=usage, usage_source=source,
+            model=self.model, endpoint=self.fmt.endpoint, stream=self.stream, usage=usage, usage_source=source,
             status=status, latency_ms=int((time.perf_counter() - self.started) * 1000),
             session=session, feature=feature, meta=meta, period=self.admitted.period,
         )
@@ -89,7 +94,9 @@ class Call:
             await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,
                                    tokens=event.input_tokens + event.output_tokens)
         except Exception:  # NOTE: the event is billed; a counter hiccup must not fail the response
-            log.exception("settling %s failed; the cap counters resync from the ledger", event.id)
+            log.exception("settling %s failed; the cap counters catch up when the store answers", event.id)
+        if self.on_recorded is not None:
+            await self.on_recorded(self, usage)
 
     async def release(self) -> None:
         """The call ended with nothing to bill: give its reservation back."""
@@ -98,15 +105,21 @@ class Call:
             await self.request.app[GATE].release(self.admitted)
 
 
-def endpoint_handler(endpoint: str):
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return await model_call(request, endpoint)
+def model_handler(fmt: WireFormat):
+    """The aiohttp handler of one API's model route."""
 
-    handler.__name__ = f"{endpoint}_handler"
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[ENVELOPE] = fmt.error_body
+        return await model_call(request, fmt)
+
+    handler.__name__ = f"{fmt.endpoint}_handler"
     return handler
 
 
-async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_recorded=None,
+                     extra_prompt: int = 0) -> web.StreamResponse:
+    """One metered call of `fmt`. `before(app, caller, body)` may refuse it or return tokens the
+    provider will bill on top of the body (a Responses chain); `on_recorded` runs after billing."""
     started = time.perf_counter()
     app = request.app
     caller = app[KEYRING].customer(request)
@@ -114,31 +127,34 @@ async def model_call(request: web.Request, endpoint: str) -> web.StreamResponse:
     size = len(raw)
     body = _json_object(raw)
     config = app[CONFIG]
-    model = _model(config, caller.customer, body, endpoint)
-    stream = _stream_flag(body, endpoint)
-    _check_max_tokens(body)
+    model = _model(config, caller.customer, fmt.model_name(body, request), fmt)
+    stream = fmt.stream(body, request)
+    fmt.validate(body)
+    if before is not None:
+        extra_prompt = await before(app, caller, body)
     customer = caller.customer
     now = utcnow()
     admitted = await app[GATE].admit(
         request_id=request["request_id"], customer=customer, key_id=caller.key_id,
-        plan=config.plans[customer.plan], model=model, endpoint=endpoint, body=body,
-        period=app[METER].period(customer, now).key, now=now, size=size)
+        plan=config.plans[customer.plan], model=model, fmt=fmt, body=body,
+        period=app[METER].period(customer, now).key, now=now, size=size, extra_prompt=extra_prompt)
     if admitted.clamped_max_tokens is not None:
-        body = {**body, _max_tokens_field(body): admitted.clamped_max_tokens}
+        body = fmt.with_max_output(body, admitted.clamped_max_tokens)
         raw = b""  # the body changed: it must be serialized again
-    outgoing, strip_usage = _upstream_body(raw, body, model, stream)
     provider = config.providers[model.provider]
-    call = Call(request=request, caller=caller, model=model, endpoint=endpoint, stream=stream,
-                body=body, started=started, admitted=admitted, size=size)
+    outgoing = fmt.outgoing(raw, body, model, provider, stream, request)
+    call = Call(request=request, fmt=fmt, caller=caller, model=model, stream=stream, body=body, started=started,
+                admitted=admitted, size=size, on_recorded=on_recorded)
     try:
-        upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + PATHS[endpoint],
-                                       body=outgoing, headers=outgoing_headers(provider), provider=provider.name)
+        upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + outgoing.path,
+                                       body=outgoing.body, headers={**outgoing_headers(provider), **outgoing.headers},
+                                       provider=provider.name)
         if upstream.status >= 300:
-            response = await error_passthrough(upstream, provider.name)  # nothing generated, nothing billed
+            response = await error_passthrough(upstream, provider.name, fmt)  # nothing generated, nothing billed
             response.headers.update(rate_headers(admitted.rate))
             return response
         if stream:
-            return await _relay_stream(request, upstream, call, strip_usage)
+            return await _relay_stream(request, upstream, call, outgoing.strip_usage)
         return await _relay_json(upstream, call)
     finally:
         if not call.settled:
@@ -162,7 +178,8 @@ async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Respo
         parsed = json.loads(payload)
     except (ValueError, RecursionError):  # whatever the provider sent, the call is still metered
         parsed = None
-    await call.record(usage_from_json(parsed), "ok", lambda: generated_text(parsed))
+    fmt = call.fmt
+    await call.record(fmt.usage(parsed), "ok", lambda: fmt.text(parsed))
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
 
 
@@ -171,7 +188,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, call))
     response.headers.setdefault("Cache-Control", "no-cache")
     framer = SSEFramer()
-    stream = StreamAccumulator(strip_usage=strip_usage)
+    watcher = call.fmt.watcher(strip_usage)
     recorded = False
 
     async def finish(status: str) -> None:
@@ -179,27 +196,28 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         if recorded:
             return
         recorded = True
-        failed = status != "ok" or stream.error is not None
-        if failed and status != "abandoned" and stream.usage is None and not stream.output_text():
+        failed = status != "ok" or watcher.error is not None
+        if failed and status != "abandoned" and watcher.usage is None and not watcher.output_text():
             return  # the provider failed before generating anything: nothing to bill
-        await call.record(stream.usage, "partial" if failed else "ok", stream.output_text)
+        await call.record(watcher.usage, "partial" if failed else "ok", watcher.output_text)
 
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
             out = bytearray()
             for frame in framer.feed(chunk):
-                if frame.data == "[DONE]" and not recorded:
+                data = watcher.process(frame)
+                if watcher.terminal and not recorded:
                     if out:
                         await response.write(bytes(out))
                         out.clear()
-                    await finish("ok")  # NOTE: the event is journaled before [DONE] reaches the client
-                out += stream.process(frame)
+                    await finish("ok")  # NOTE: the event is journaled before the terminal frame is sent
+                out += data
             if out:
                 await response.write(bytes(out))
         tail = framer.close()
-        tail_bytes = stream.process(tail) if tail is not None else b""
-        await finish("ok" if stream.done else "partial")
+        tail_bytes = watcher.process(tail) if tail is not None else b""
+        await finish("ok" if watcher.done else "partial")
         if tail_bytes:
             await response.write(tail_bytes)
         await response.write_eof()
@@ -238,61 +256,15 @@ def _json_object(raw: bytes) -> dict:
     return body
 
 
-def _model(config: Config, customer: CustomerConfig, body: dict, endpoint: str) -> ModelConfig:
-    name = body.get("model")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest("you must provide a model parameter", param="model")
+def _model(config: Config, customer: CustomerConfig, name: str, fmt: WireFormat) -> ModelConfig:
     model = config.models.get(name)
     if model is None or (customer.models is not None and name not in customer.models):
         raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.", param="model")
-    if model.mode not in _ENDPOINT_MODES[endpoint]:
-        raise InvalidRequest(f"the model `{name}` is a {model.mode} model and cannot be used on "
-                             f"/v1{PATHS[endpoint]}", param="model")
+    if model.mode not in fmt.modes:
+        raise InvalidRequest(f"the model `{name}` is a {model.mode} model and cannot be used with {fmt.name}",
+                             param="model")
+    kind = config.providers[model.provider].kind
+    if kind not in fmt.kinds:
+        raise InvalidRequest(f"the model `{name}` is served by a `{kind}` provider, which does not speak "
+                             f"{fmt.name}", param="model")
     return model
-
-
-def _stream_flag(body: dict, endpoint: str) -> bool:
-    stream = body.get("stream", False)
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean", param="stream")
-    if stream and endpoint == "embeddings":
-        raise InvalidRequest("embeddings cannot be streamed", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("`stream_options` must be an object", param="stream_options")
-    return stream
-
-
-def _check_max_tokens(body: dict) -> None:
-    """`max_tokens` / `max_completion_tokens`: absent, null, or a whole number the counters can price."""
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if type(value) is not int or not 1 <= value <= MAX_OUTPUT_TOKENS:
-            raise InvalidRequest(f"`{name}` must be an integer from 1 to {MAX_OUTPUT_TOKENS}", param=name,
-                                 code="invalid_value")
-
-
-def _max_tokens_field(body: dict) -> str:
-    return "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-
-
-def _upstream_body(raw: bytes, body: dict, model: ModelConfig, stream: bool) -> tuple[bytes, bool]:
-    """The bytes to send upstream, and whether the client did not ask for the usage chunk."""
-    changed = model.upstream != model.name or not raw
-    strip_usage = False
-    if stream:
-        options = body.get("stream_options") or {}
-        strip_usage = options.get("include_usage") is not True
-        if strip_usage:
-            changed = True
-    if not changed:
-        return raw, False  # the client's own bytes, untouched
-    outgoing = dict(body)
-    outgoing["model"] = model.upstream
-    if stream:
-        outgoing["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    return dump_json(outgoing), strip_usage

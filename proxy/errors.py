@@ -32,7 +32,18 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return openai_envelope(self)
+
+
+def openai_envelope(error: ApiError) -> dict:
+    """OpenAI's error envelope, the default of every route."""
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+# The request key under which a route keeps its API's envelope (a function of an ApiError);
+# routes of other APIs (Anthropic, Gemini) set it first thing, so every error, auth included,
+# reaches their clients in the shape their SDK reads.
+ENVELOPE = "payware.envelope"
 
 
 class InvalidRequest(ApiError):
@@ -89,8 +100,8 @@ def counters_unavailable() -> ServiceUnavailable:
     return ServiceUnavailable("The usage counters are unavailable; retry shortly.", headers={"Retry-After": "1"})
 
 
-def error_response(error: ApiError) -> web.Response:
-    response = web.Response(status=error.status, body=json.dumps(error.body()).encode(),
+def error_response(error: ApiError, envelope=openai_envelope) -> web.Response:
+    response = web.Response(status=error.status, body=json.dumps(envelope(error)).encode(),
                             content_type="application/json", headers=error.headers)
     if error.close:
         response.force_close()
@@ -99,24 +110,25 @@ def error_response(error: ApiError) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Render every failure in OpenAI's envelope; unknown ones as a logged 500."""
+    """Render every failure in the route's envelope (OpenAI's by default); unknown ones as a logged 500."""
     try:
         return await handler(request)
     except ApiError as error:
-        return error_response(error)
+        return error_response(error, request.get(ENVELOPE, openai_envelope))
     except web.HTTPRequestEntityTooLarge as exc:
         # aiohttp's own text names the limit and the size: "Maximum request body size N exceeded, ..."
-        return error_response(BodyTooLarge(f"request body too large: {exc.text}"))
+        return error_response(BodyTooLarge(f"request body too large: {exc.text}"),
+                              request.get(ENVELOPE, openai_envelope))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind = NotFound if exc.status == 404 else InvalidRequest
         error = kind(exc.reason or "bad request")
         error.status = exc.status
-        return error_response(error)
+        return error_response(error, request.get(ENVELOPE, openai_envelope))
     except Exception:
         request_id = request.get("request_id", "-")
         log.exception("unhandled error in request %s", request_id)
         error = ApiError(f"internal error (request id {request_id})")
         error.status, error.type, error.code = 500, "server_error", "internal_error"
-        return error_response(error)
+        return error_response(error, request.get(ENVELOPE, openai_envelope))

@@ -15,8 +15,6 @@ from aiohttp import web
 from config.schema import ProviderConfig, ServerConfig
 from proxy.errors import UpstreamError, UpstreamTimeout
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
-
 # Provider response headers the client may see; rate-limit headers are our account's, not the
 # customer's, and stay here.
 _PASS_HEADERS = ("Content-Type", "openai-processing-ms", "openai-version", "x-request-id",
@@ -32,9 +30,15 @@ def make_client_session(server: ServerConfig) -> aiohttp.ClientSession:
 
 
 def outgoing_headers(provider: ProviderConfig) -> dict[str, str]:
+    """Headers every call to `provider` carries: its own key, as its kind of API wants it."""
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", "User-Agent": "payware"}
     if provider.api_key:
-        headers["Authorization"] = f"Bearer {provider.api_key}"
+        if provider.kind == "anthropic":
+            headers["x-api-key"] = provider.api_key
+        elif provider.kind == "gemini":
+            headers["x-goog-api-key"] = provider.api_key
+        else:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
     return headers
 
 
@@ -53,8 +57,8 @@ async def open_upstream(session: aiohttp.ClientSession, url: str, *, body: bytes
         raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None
 
 
-async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str) -> web.Response:
-    """The provider's own status and body; a non-JSON body is wrapped in OpenAI's envelope."""
+async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str, fmt) -> web.Response:
+    """The provider's own status and body; a non-JSON body is wrapped in the route's envelope."""
     try:
         body = await upstream.read()
     except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -70,7 +74,6 @@ async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str) -> 
         headers["Content-Type"] = "application/json"
         return web.Response(status=upstream.status, body=body, headers=headers)
     text = body.decode("utf-8", "replace").strip()[:500] or upstream.reason or "no body"
-    envelope = {"error": {"message": f"provider {provider!r} answered {upstream.status}: {text}",
-                          "type": "upstream_error", "param": None, "code": "upstream_error"}}
+    envelope = fmt.upstream_error(upstream.status, text, provider)
     headers["Content-Type"] = "application/json"
     return web.Response(status=upstream.status, body=json.dumps(envelope).encode(), headers=headers)

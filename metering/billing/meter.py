@@ -132,6 +132,8 @@ class Meter:
             cached_input_tokens=usage.cached_input_tokens,
             output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
             cost=priced.cost,
             amount=priced.amount,
             currency=plan.currency,

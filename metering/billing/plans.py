@@ -71,7 +71,7 @@ item is per unit (per token), so `quantity x unit_price == amount` on every item
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import (
     ROUND_HALF_EVEN,
@@ -84,7 +84,7 @@ from decimal import (
     localcontext,
 )
 
-from config.schema import ModelConfig, PlanConfig, Tiers
+from config.schema import ModelConfig, ModelPrice, PlanConfig, Tiers
 from metering.store.events import decimal_str
 from metering.usage.normalized import Usage
 
@@ -95,7 +95,8 @@ LEDGER_PLACES = 18  # the ledger stores money as NUMERIC(38, 18)
 # Exact arithmetic: anything that would have to round raises instead (decimal.Inexact).
 EXACT = Context(prec=100, rounding=ROUND_HALF_EVEN, Emin=-999999, Emax=999999,
                 traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
-TOKEN_ORDER = ("cached_input", "input", "output")  # position order of a request's tokens
+# Position order of a request's tokens: cache reads, cache writes, the rest of the input, output.
+TOKEN_ORDER = ("cached_input", "cache_write", "cache_write_1h", "input", "output")
 TOKENS = "tokens"
 INCLUDED = "included"
 REQUESTS = "requests"
@@ -267,23 +268,27 @@ def max_tier_marginal(tiers: Tiers, n: int) -> Decimal:
 # Tokens
 
 
-def _token_unit_prices(plan: PlanConfig, model: ModelConfig, ts: datetime,
-                       pricing: dict) -> dict[str, Decimal] | None:
-    """Per-token prices by type (per unit, not per 1M) under a pay-per-use plan, or None."""
+def _token_unit_prices(plan: PlanConfig, provider: ModelPrice, model: ModelConfig, pricing: dict,
+                       classes: tuple[str, ...]) -> dict[str, Decimal] | None:
+    """Per-token prices by class (per unit, not per 1M) under a pay-per-use plan, or None.
+
+    A plan's own prices: a cache read defaults to its input price, a cache write to its input
+    price, a 1-hour cache write to its cache-write price; markup: the provider's cost of each
+    class (for the call's prompt size) times the markup.
+    """
     prices = plan.model_prices.get(model.name) or plan.per_million
     if prices:
         unit_in = prices.get("input", ZERO)
+        write = prices.get("cache_write", unit_in)
         per_million = {"input": unit_in, "cached_input": prices.get("cached_input", unit_in),
+                       "cache_write": write, "cache_write_1h": prices.get("cache_write_1h", write),
                        "output": prices.get("output", ZERO)}
-        pricing["price_per_million"] = {kind: _s(value) for kind, value in per_million.items()}
+        pricing["price_per_million"] = {kind: _s(per_million[kind]) for kind in classes}
         pricing["price_source"] = "model" if plan.model_prices.get(model.name) else "plan"
         return {kind: value / MILLION for kind, value in per_million.items()}
     if plan.markup is not None:
-        provider = model.price_at(ts)
         pricing["markup"] = _s(plan.markup)
-        return {"input": provider.input * plan.markup / MILLION,
-                "cached_input": provider.cached_input * plan.markup / MILLION,
-                "output": provider.output * plan.markup / MILLION}
+        return {kind: value * plan.markup / MILLION for kind, value in provider.per_class().items()}
     return None
 
 
@@ -291,22 +296,28 @@ def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime
     """Cost and marginal amount of one model call at `position` tokens into the period."""
     with localcontext(EXACT):
         position = _number(position, "position")
-        provider = model.price_at(ts)
+        provider = model.price_at(ts).for_prompt(usage.input_tokens)
         cached = min(usage.cached_input_tokens, usage.input_tokens)
-        counts = {"cached_input": Decimal(cached), "input": Decimal(usage.input_tokens - cached),
+        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        written_1h = min(usage.cache_write_1h_tokens, written)
+        counts = {"cached_input": Decimal(cached), "cache_write": Decimal(written - written_1h),
+                  "cache_write_1h": Decimal(written_1h), "input": Decimal(usage.input_tokens - cached - written),
                   "output": Decimal(usage.output_tokens)}
         if any(count < 0 for count in counts.values()):
             raise ValueError("token counts must not be negative")
-        cost = (counts["input"] * provider.input + counts["cached_input"] * provider.cached_input
-                + counts["output"] * provider.output) / MILLION
-        n = counts["cached_input"] + counts["input"] + counts["output"]
+        unit_costs = provider.per_class()
+        cost = sum(counts[kind] * unit_costs[kind] for kind in TOKEN_ORDER) / MILLION
+        n = sum(counts.values())
+        # the evidence names the cache-write classes only when the call has cache writes
+        classes = tuple(k for k in TOKEN_ORDER if k not in ("cache_write", "cache_write_1h") or written)
         pricing: dict = {
             "plan": plan.name,
-            "cost_per_million": {"input": _s(provider.input), "cached_input": _s(provider.cached_input),
-                                 "output": _s(provider.output)},
+            "cost_per_million": {kind: _s(unit_costs[kind]) for kind in classes},
             "cost_source": provider.source,
             "position": _s(position),
         }
+        if provider is not model.price_at(ts):
+            pricing["long_prompt"] = True  # the prices above a prompt-size threshold applied
         items = _Items()
         quota = Decimal(plan.included.get(TOKENS, 0))
         free = _free(quota, position, n)
@@ -321,7 +332,7 @@ def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime
             pricing["tiers"] = {"metric": TOKENS, "mode": tiers.mode, "from": _s(start), "to": _s(end)}
             _tier_items(tiers, TOKENS, start, end, items)
         else:
-            unit_prices = _token_unit_prices(plan, model, ts, pricing)
+            unit_prices = _token_unit_prices(plan, provider, model, pricing, classes)
             if unit_prices is not None:
                 left = free
                 for kind in TOKEN_ORDER:  # the quota covers the cached input, then the input, then the output
@@ -348,7 +359,13 @@ def max_tokens_amount(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: da
     with localcontext(EXACT):
         tiers = plan.tiers if plan.tiers is not None and plan.tiers.metric == TOKENS else None
         if tiers is None:
-            return rate_tokens(plan, model, usage, ts, plan.included.get(TOKENS, 0)).amount
+            # The prompt may turn out to be written to the cache, which can cost more than input
+            # (Anthropic: 1.25x for 5 minutes, 2x for an hour): the worst of the three.
+            n = usage.input_tokens
+            variants = (usage, replace(usage, cache_write_tokens=n),
+                        replace(usage, cache_write_tokens=n, cache_write_1h_tokens=n))
+            position = plan.included.get(TOKENS, 0)
+            return max(rate_tokens(plan, model, variant, ts, position).amount for variant in variants)
         n = usage.input_tokens + usage.output_tokens
         return max_tier_marginal(tiers, n) + plan.request_fee
 

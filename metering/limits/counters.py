@@ -23,6 +23,8 @@ class Totals:
     cached_input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     quantity: Decimal = Decimal(0)
     cost: Decimal = Decimal(0)
     amount: Decimal = Decimal(0)
@@ -33,6 +35,8 @@ class Totals:
         self.cached_input_tokens += event.cached_input_tokens
         self.output_tokens += event.output_tokens
         self.reasoning_tokens += event.reasoning_tokens
+        self.cache_write_tokens += event.cache_write_tokens
+        self.cache_write_1h_tokens += event.cache_write_1h_tokens
         self.quantity += event.quantity
         self.cost += event.cost
         self.amount += event.amount

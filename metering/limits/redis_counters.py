@@ -48,7 +48,8 @@ _PIPELINE_CHUNK = 500  # (customer, period) hashes per round trip in `rebuild`
 
 # The stats of one bucket, in the order the write script receives them. The three Decimals are
 # stored as a (nano, atto) pair of fields each; the script carries atto into nano.
-INT_STATS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
+INT_STATS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+             "cache_write_tokens", "cache_write_1h_tokens")
 DECIMAL_STATS = ("quantity", "cost", "amount")
 STATS = INT_STATS + tuple(f"{name}_{part}" for name in DECIMAL_STATS for part in ("nano", "atto"))
 _GROUP = 1 + len(STATS)  # a bucket's name, then one increment per stat

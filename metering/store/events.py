@@ -31,6 +31,8 @@ class UsageEvent:
     cached_input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0  # the part of the input written to cache (DESIGN.md's `cache_write`)
+    cache_write_1h_tokens: int = 0  # the part of the cache writes kept for an hour
     cost: Decimal = Decimal(0)  # what the provider charges us, unrounded
     amount: Decimal = Decimal(0)  # what the customer is charged, unrounded
     currency: str = "USD"
@@ -56,11 +58,15 @@ class UsageEvent:
     @classmethod
     def from_json(cls, line: str | bytes) -> UsageEvent:
         data = json.loads(line)
+        data = {name: value for name, value in data.items() if name in _FIELDS}  # a newer version's extras
         data["ts"] = datetime.fromisoformat(data["ts"])
         for name in ("quantity", "cost", "amount"):
             data[name] = Decimal(data[name])
         return cls(**data)
 
+
+
+_FIELDS = frozenset(UsageEvent.__slots__)
 
 
 def decimal_str(value: Decimal) -> str:

@@ -73,6 +73,8 @@ class EventRow(SQLModel, table=True):
     cached_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     reasoning_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cache_write_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    cache_write_1h_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     cost: Decimal = _money()
     amount: Decimal = _money()
     currency: str = Field(default="USD", max_length=8)

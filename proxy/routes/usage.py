@@ -22,13 +22,15 @@ from proxy.admission import STORE_DOWN
 from proxy.errors import InvalidRequest, counters_unavailable
 
 _CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model", "upstream_model", "provider",
-                "endpoint", "stream", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
+                "endpoint", "stream", "input_tokens", "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                "output_tokens", "reasoning_tokens",
                 "cost", "amount", "currency", "session", "feature", "status", "estimated", "latency_ms", "period",
                 "meta", "pricing", "usage_source", "raw_usage")
 
 
 def _tokens(totals: Totals) -> dict:
     return {"input": totals.input_tokens, "cached_input": totals.cached_input_tokens,
+            "cache_write": totals.cache_write_tokens, "cache_write_1h": totals.cache_write_1h_tokens,
             "output": totals.output_tokens, "reasoning": totals.reasoning_tokens,
             "total": totals.input_tokens + totals.output_tokens}
 

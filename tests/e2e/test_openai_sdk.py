@@ -48,7 +48,8 @@ def test_non_streamed_chat_returns_exactly_the_provider_answer_and_bills_it_at_o
     assert completion.model_dump(exclude_unset=True) == fake.completion_body("fake-ok")
     now = summary(proxy)  # no wait: the summary includes the call the instant it returned
     assert now["requests"] == 1
-    assert now["tokens"] == {"input": 13, "cached_input": 4, "output": 7, "reasoning": 2, "total": 20}
+    assert now["tokens"] == {"input": 13, "cached_input": 4, "cache_write": 0, "cache_write_1h": 0, "output": 7,
+                             "reasoning": 2, "total": 20}
     assert Decimal(now["amount_due_exact"]) == FAKE_OK_AMOUNT
     assert now["amount_due"] == "0.00"  # rounded once, to the cent, for display
 

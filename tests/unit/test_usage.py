@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import metering.usage.normalized
+import proxy.formats.openai_chat
 from metering.usage.sse import Frame, SSEFramer
 from metering.usage.tokens import count_text
-from metering.usage.normalized import StreamAccumulator, Usage, usage_from_json
+from metering.usage.normalized import Usage, usage_from_json
+from proxy.formats.openai_chat import StreamAccumulator
 
 STREAMS = Path(__file__).parent / "streams"
 OPENAI_USAGE = {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
@@ -307,7 +308,7 @@ def test_text_chunks_are_parsed_only_when_output_text_is_asked(monkeypatch):
         calls.append(text)
         return loads(text, *args, **kwargs)
 
-    monkeypatch.setattr(metering.usage.normalized.json, "loads", counting_loads)
+    monkeypatch.setattr(proxy.formats.openai_chat.json, "loads", counting_loads)
     _, acc = relay(load("chat_include_usage.sse"), strip_usage=True)
     assert len(calls) == 1  # the usage chunk only
     assert acc.output_text() == "Hello! How can I assist you today?"
@@ -347,7 +348,7 @@ def test_output_text_collects_every_generated_text(chunk, text):
 
 
 def test_generated_text_of_a_non_streamed_response_covers_content_tool_calls_and_completions():
-    from metering.usage.normalized import generated_text
+    from proxy.formats.openai_chat import generated_text
 
     chat = {"choices": [{"message": {"role": "assistant", "content": "Hi", "refusal": None,
                                      "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]}

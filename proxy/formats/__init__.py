@@ -1,0 +1,1 @@
+"""Wire formats: one module per API, behind one seam (`proxy.formats.base`)."""
