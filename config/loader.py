@@ -22,6 +22,7 @@ from config import pricedb
 from config.schema import (
     CAP_ACTIONS,
     CAP_MODES,
+    DEFAULT_BASE_URLS,
     MAX_CAP,
     INTERVALS,
     PROVIDER_KINDS,
@@ -348,13 +349,15 @@ class _Reader:
         kind = self.choice(data, "kind", path, PROVIDER_KINDS, "openai")
         if kind == "echo":
             return ProviderConfig(name=name, kind=kind, base_url=None, api_key=None)
-        base_url = self.string(data, "base_url", path)
+        default_url = DEFAULT_BASE_URLS.get(kind)  # litellm: each of its providers' own default
+        base_url = self.string(data, "base_url", path, default_url)
         if base_url and not base_url.startswith(("http://", "https://")):
             self.fail(f"{path}.base_url", f"{base_url!r} must start with http:// or https://")
-        api_key = self.string(data, "api_key", path)
+        api_key = self.string(data, "api_key", path, None if kind == "litellm" else _MISSING)
         if "api_key" in data and not api_key:
             self.fail(f"{path}.api_key", "is empty")
-        return ProviderConfig(name=name, kind=kind, base_url=base_url.rstrip("/"), api_key=Secret(api_key))
+        return ProviderConfig(name=name, kind=kind, base_url=base_url.rstrip("/") if base_url else None,
+                              api_key=Secret(api_key) if api_key else None)
 
     def model(self, data: dict, path: str, name: str, providers: dict) -> ModelConfig | None:
         self.mapping(data, path, ("provider", "upstream", "mode", "cost", "max_output_tokens"))

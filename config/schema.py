@@ -14,7 +14,10 @@ INTERVALS = ("daily", "weekly", "monthly", "threshold")
 CAP_ACTIONS = ("block", "throttle", "notify")
 CAP_MODES = ("hard", "soft")
 TOKEN_TYPES = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
-PROVIDER_KINDS = ("openai", "echo")
+PROVIDER_KINDS = ("openai", "anthropic", "gemini", "litellm", "echo")
+# Where a provider of each kind answers when the config gives no base_url.
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com",
+                     "gemini": "https://generativelanguage.googleapis.com"}
 # The largest cap the counters hold exactly: 2**53 - 1 nano-USD (Lua numbers are doubles).
 MAX_CAP = Decimal("9007199.254740991")
 MAX_OUTPUT_TOKENS = 100_000_000  # a request's max_tokens above this is refused: no model writes that much
@@ -54,8 +57,8 @@ class StorageConfig:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
-    kind: str
-    base_url: str | None  # None for `echo`: the proxy starts it in-process on a loopback port
+    kind: str  # openai | anthropic | gemini | litellm | echo
+    base_url: str | None  # None for `echo` (started in-process) and for litellm's own defaults
     api_key: Secret | None
 
 

@@ -22,7 +22,7 @@ from metering.limits.redis_counters import RedisCounters
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
 from proxy.admission import STORE_DOWN
-from proxy.appkeys import CONFIG, HTTP, KEYRING, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
+from proxy.appkeys import BRIDGES, CONFIG, HTTP, KEYRING, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.auth import KeyRing
 from proxy.routes.billing import get_cap, put_cap
 from proxy.calls import model_handler
@@ -52,6 +52,7 @@ def make_app(config: Config) -> web.Application:
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[BODY_TIMEOUT] = config.server.body_timeout
+    app[BRIDGES] = {}
     app[KEYRING] = KeyRing(config)
     app[METER] = Meter(config)
     app.cleanup_ctx.append(_upstreams)

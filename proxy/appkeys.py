@@ -19,4 +19,9 @@ RECORDER = web.AppKey("recorder", Recorder)
 GATE = web.AppKey("gate", Gate)
 THRESHOLDS = web.AppKey("thresholds", object)  # metering.thresholds.RedisThresholds, or None in one process
 REDIS = web.AppKey("redis", object)  # redis.asyncio.Redis, or None with in-process counters
+# Provider kinds not reached over HTTP by Payware itself (litellm: its library makes the call):
+# kind -> async opener(provider=, model=, body=, stream=, fmt=) returning an object that
+# answers like an aiohttp.ClientResponse (status, headers, reason, read(), content.iter_any(),
+# close(), release()), so the relay is the same for every kind.
+BRIDGES = web.AppKey("bridges", dict)
 UPSTREAMS = web.AppKey("upstreams", dict)  # provider name -> base URL (the echo provider's is known at start)

@@ -61,11 +61,19 @@ class KeyRing:
 
 
 def _bearer(request: web.Request) -> bytes:
-    """The key of the `Authorization: Bearer` header, as bytes; keys are printable ASCII."""
+    """The Payware key the client presented, as bytes (keys are printable ASCII).
+
+    Each API's SDK sends its key its own way, and Payware takes it wherever that is:
+    `Authorization: Bearer` (OpenAI's; Anthropic's SDK too), `x-api-key` (Anthropic's),
+    `x-goog-api-key` or `?key=` (Gemini's).
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    key = key.strip() if scheme.lower() == "bearer" else ""
+    if not key:
+        key = (request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
+               or request.query.get("key") or "").strip()
+    if not key:
         raise InvalidApiKey("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
     try:
         return key.encode("ascii")

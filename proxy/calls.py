@@ -31,7 +31,7 @@ from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from proxy.admission import Admitted, rate_headers
-from proxy.appkeys import CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.appkeys import BRIDGES, CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
 from proxy.formats.base import WireFormat
@@ -146,9 +146,14 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     call = Call(request=request, fmt=fmt, caller=caller, model=model, stream=stream, body=body, started=started,
                 admitted=admitted, size=size, on_recorded=on_recorded)
     try:
-        upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + outgoing.path,
-                                       body=outgoing.body, headers={**outgoing_headers(provider), **outgoing.headers},
-                                       provider=provider.name)
+        bridge = app[BRIDGES].get(provider.kind)
+        if bridge is None:
+            upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + outgoing.path,
+                                           body=outgoing.body,
+                                           headers={**outgoing_headers(provider), **outgoing.headers},
+                                           provider=provider.name)
+        else:
+            upstream = await bridge(provider=provider, model=model, body=body, stream=stream, fmt=fmt)
         if upstream.status >= 300:
             response = await error_passthrough(upstream, provider.name, fmt)  # nothing generated, nothing billed
             response.headers.update(rate_headers(admitted.rate))

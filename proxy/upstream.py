@@ -48,7 +48,8 @@ def relayed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
 
 async def open_upstream(session: aiohttp.ClientSession, url: str, *, body: bytes,
                         headers: dict[str, str], provider: str) -> aiohttp.ClientResponse:
-    """Send the request; map a failure to reach the provider to 502/504 (nothing was generated)."""
+    """POST to a provider over HTTP (every kind but `litellm`, whose bridge calls the library)."""
+    # a failure to reach the provider is a 502/504: nothing was generated
     try:
         return await session.post(url, data=body, headers=headers)
     except asyncio.TimeoutError:
