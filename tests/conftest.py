@@ -90,7 +90,7 @@ def fake_upstream() -> Iterator[FakeUpstream]:
 
 def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", customers: str | None = None,
                  storage: str = "", plans: str | None = None, ledger: str | None = None,
-                 webhooks: str = "", server: str = "") -> str:
+                 webhooks: str = "", server: str = "", extra_providers: str = "") -> str:
     """A config for the tests: the fake provider, two customers, storage under `tmp`."""
     models = "\n".join(
         f"  {name}: {{provider: fake, cost: {{input: \"0.15\", cached_input: \"0.075\", output: \"0.60\"}}}}"
@@ -111,7 +111,9 @@ storage:
 {storage}
 providers:
   fake: {{kind: openai, base_url: "{upstream_url}", api_key: "sk-real-provider-secret"}}
-models:
+  fake-anthropic: {{kind: anthropic, base_url: "{upstream_url.removesuffix('/v1')}", api_key: "sk-ant-real-provider-secret"}}
+  fake-gemini: {{kind: gemini, base_url: "{upstream_url.removesuffix('/v1')}", api_key: "AIza-real-provider-secret-0123456789"}}
+{extra_providers}models:
 {models}
   fake-embed: {{provider: fake, upstream: fake-ok, mode: embedding, cost: {{input: "0.02"}}}}
   renamed: {{provider: fake, upstream: fake-ok, cost: {{input: "0.15", output: "0.60"}}}}
