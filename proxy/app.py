@@ -27,9 +27,10 @@ from proxy.auth import KeyRing
 from proxy.routes.billing import get_cap, put_cap
 from proxy.calls import model_handler
 from proxy.formats import openai_chat
-from proxy.errors import error_middleware
+from proxy.errors import ModelNotFound, error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.limits import admission_ctx
+from proxy.routes import responses
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
@@ -64,6 +65,8 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/v1/completions", model_handler(openai_chat.COMPLETIONS))
     app.router.add_post("/v1/embeddings", model_handler(openai_chat.EMBEDDINGS))
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{id:.+}", retrieve_model)
+    responses.add_routes(app)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)
     app.router.add_post("/v1/usage/records", post_records)
@@ -169,6 +172,17 @@ async def list_models(request: web.Request) -> web.Response:
     data = [{"id": name, "object": "model", "created": 0, "owned_by": config.models[name].provider}
             for name in names]
     return web.json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """`GET /v1/models/{id}`: one model this key may use, in OpenAI's shape; 404 otherwise."""
+    caller = request.app[KEYRING].customer(request)
+    config = request.app[CONFIG]
+    name = request.match_info["id"]
+    model = config.models.get(name)
+    if model is None or (caller.customer.models is not None and name not in caller.customer.models):
+        raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
+    return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": model.provider})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -59,7 +59,8 @@ class Call:
     admitted: Admitted
     size: int = 0  # the request body's bytes
     settled: bool = False
-    on_recorded: Callable | None = None  # the format's after-record hook (the Responses API's chain)
+    on_recorded: Callable | None = None  # the route's after-record hook (the Responses API's chain)
+    answer_id: str | None = None  # the provider's id of its answer, when the format reads one
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
@@ -69,6 +70,8 @@ class Call:
         usage, source = final_usage(reported, prompt_tokens=prompt, output_text=output_text,
                                     model=self.model.upstream, embeddings=self.model.mode == "embedding")
         session, feature, meta = request_metadata(self.request.headers, self.body)
+        if self.answer_id is not None:
+            meta["provider_id"] = self.answer_id  # evidence: the provider's own id for this answer
         app = self.request.app
         facts = CallFacts(
             request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
@@ -184,6 +187,8 @@ async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Respo
     except (ValueError, RecursionError):  # whatever the provider sent, the call is still metered
         parsed = None
     fmt = call.fmt
+    answer_id = getattr(fmt, "answer_id", None)
+    call.answer_id = answer_id(parsed) if answer_id is not None else None
     await call.record(fmt.usage(parsed), "ok", lambda: fmt.text(parsed))
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
 
@@ -204,6 +209,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         failed = status != "ok" or watcher.error is not None
         if failed and status != "abandoned" and watcher.usage is None and not watcher.output_text():
             return  # the provider failed before generating anything: nothing to bill
+        call.answer_id = getattr(watcher, "answer_id", None)
         await call.record(watcher.usage, "partial" if failed else "ok", watcher.output_text)
 
     try:

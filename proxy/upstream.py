@@ -78,3 +78,16 @@ async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str, fmt
     envelope = fmt.upstream_error(upstream.status, text, provider)
     headers["Content-Type"] = "application/json"
     return web.Response(status=upstream.status, body=json.dumps(envelope).encode(), headers=headers)
+
+
+async def forward(session: aiohttp.ClientSession, method: str, url: str, *, headers: dict[str, str],
+                  provider: str, params=None, body: bytes | None = None) -> web.Response:
+    """A call that generates nothing (retrieve, delete, list): the provider's answer, relayed whole."""
+    try:
+        async with session.request(method, url, headers=headers, params=params, data=body) as upstream:
+            payload = await upstream.read()
+            return web.Response(status=upstream.status, body=payload, headers=relayed_headers(upstream))
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None

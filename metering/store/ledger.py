@@ -129,6 +129,21 @@ class DeadLetterRow(SQLModel, table=True):
     event: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class OwnedRow(SQLModel, table=True):
+    """A provider-side object a customer created through Payware (a Response, a Conversation):
+    who may read or continue it, and the tokens the provider bills again when it is continued."""
+
+    __tablename__ = "owned_objects"
+
+    id: str = Field(primary_key=True, max_length=128)
+    kind: str = Field(max_length=32)  # "response" | "conversation"
+    customer: str = Field(index=True, max_length=128)
+    provider: str = Field(max_length=128)
+    model: str = Field(max_length=128)
+    context_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))  # billed again as input
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 _COLUMNS = [c.name for c in EventRow.__table__.columns]
 
 
@@ -347,6 +362,31 @@ class Ledger:
             if amount is not None:
                 now = _to_us(datetime.now(timezone.utc))
                 conn.execute(table.insert().values(customer=customer, amount=amount, updated_us=now))
+
+    def own(self, *, id: str, kind: str, customer: str, provider: str, model: str, context_tokens: int) -> None:
+        """Record (or update the context of) an object `customer` created at the provider."""
+        table = OwnedRow.__table__
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        row = {"id": id, "kind": kind, "customer": customer, "provider": provider, "model": model,
+               "context_tokens": context_tokens, "created_us": _to_us(datetime.now(timezone.utc))}
+        statement = dialect.insert(table).on_conflict_do_update(
+            index_elements=["id"], set_={"context_tokens": row["context_tokens"]},
+            where=table.c.customer == customer)  # NOTE: never hands an object to another customer
+        with self.engine.begin() as conn:
+            conn.execute(statement, [row])
+
+    def owned(self, id: str) -> dict | None:
+        """The owner record of a provider object, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(OwnedRow).where(OwnedRow.id == id)).first()
+        return None if row is None else {"id": row.id, "kind": row.kind, "customer": row.customer,
+                                         "provider": row.provider, "model": row.model,
+                                         "context_tokens": row.context_tokens}
+
+    def disown(self, id: str) -> None:
+        table = OwnedRow.__table__
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.id == id))
 
     def count(self) -> int:
         with self.engine.connect() as conn:

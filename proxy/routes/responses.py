@@ -1,0 +1,102 @@
+"""The Responses API's routes: create (metered), and the stored responses, for their owner only.
+
+Every response created through Payware is recorded with its customer, its provider and its
+context (input + output tokens: what the provider bills again as input when the response is
+continued with `previous_response_id`). A continued call is reserved for that context on top
+of its own input, so a hard cap holds under chains; an id another customer created, or one
+Payware never saw, is a 404 that reaches no provider. The same goes for reading, deleting,
+listing the input items of, and cancelling a response.
+
+`conversation` ids are refused the same way: Payware does not proxy the Conversations API, so
+no conversation can belong to a customer yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from proxy.appkeys import CONFIG, HTTP, KEYRING, RECORDER, UPSTREAMS
+from proxy.auth import Caller
+from proxy.calls import Call, model_call
+from proxy.errors import ENVELOPE, InvalidRequest, NotFound
+from proxy.formats.openai_responses import RESPONSES, conversation_id
+from proxy.upstream import forward, outgoing_headers
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/responses`, streamed or not."""
+    request[ENVELOPE] = RESPONSES.error_body
+    return await model_call(request, RESPONSES, before=_chain, on_recorded=_remember)
+
+
+async def _chain(app: web.Application, caller: Caller, body: dict) -> int:
+    """The context tokens the provider will bill again; 404 for an id that is not the caller's."""
+    previous = body.get("previous_response_id")
+    conversation = conversation_id(body)
+    if conversation is not None:
+        raise NotFound(f"Conversation with id '{conversation}' not found.", param="conversation",
+                       code="conversation_not_found")
+    if previous is None:
+        return 0
+    owned = await _owned(app, previous, caller)
+    model = app[CONFIG].models.get(body.get("model")) if isinstance(body.get("model"), str) else None
+    if model is not None and model.provider != owned["provider"]:
+        raise InvalidRequest(f"response '{previous}' was created by provider {owned['provider']!r}; continue it "
+                             "with a model of that provider", param="previous_response_id")
+    return owned["context_tokens"]
+
+
+async def _remember(call: Call, usage) -> None:
+    """Record the new response as the caller's, with the context it carries forward."""
+    if call.answer_id is None or call.body.get("store") is False:
+        return
+    ledger = call.request.app[RECORDER].ledger
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: ledger.own(id=call.answer_id, kind="response", customer=call.caller.customer.id,
+                                 provider=call.model.provider, model=call.model.name,
+                                 context_tokens=usage.input_tokens + usage.output_tokens))
+
+
+async def _owned(app: web.Application, response_id: str, caller: Caller,
+                 param: str | None = "previous_response_id") -> dict:
+    owned = await asyncio.get_running_loop().run_in_executor(None, app[RECORDER].ledger.owned, response_id)
+    if owned is None or owned["kind"] != "response" or owned["customer"] != caller.customer.id:
+        # NOTE: the same answer whether the id exists for another customer or not at all
+        raise NotFound(f"Response with id '{response_id}' not found.", param=param, code="response_not_found")
+    return owned
+
+
+def _stored_route(method: str, suffix: str = "", *, on_success=None):
+    """A route on one stored response (`/v1/responses/{id}` + `suffix`), for its owner only."""
+
+    async def handler(request: web.Request) -> web.Response:
+        app = request.app
+        caller = app[KEYRING].customer(request)
+        response_id = request.match_info["id"]
+        owned = await _owned(app, response_id, caller, param=None)
+        provider = app[CONFIG].providers.get(owned["provider"])
+        if provider is None:
+            raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
+        body = await request.read() if method == "POST" else None
+        response = await forward(app[HTTP], method, f"{app[UPSTREAMS][provider.name]}/responses/{response_id}{suffix}",
+                                 headers=outgoing_headers(provider), provider=provider.name,
+                                 params=dict(request.query), body=body)
+        if on_success is not None and response.status < 300:
+            await on_success(app, response_id)
+        return response
+
+    return handler
+
+
+async def _disown(app: web.Application, response_id: str) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, app[RECORDER].ledger.disown, response_id)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/responses", create_response)
+    app.router.add_get("/v1/responses/{id}", _stored_route("GET"))
+    app.router.add_delete("/v1/responses/{id}", _stored_route("DELETE", on_success=_disown))
+    app.router.add_get("/v1/responses/{id}/input_items", _stored_route("GET", "/input_items"))
+    app.router.add_post("/v1/responses/{id}/cancel", _stored_route("POST", "/cancel"))
