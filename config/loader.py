@@ -533,17 +533,7 @@ class _Reader:
                             mode=self.choice(raw, "mode", f"{path}.cap", CAP_MODES, "hard"),
                             clamp=clamp,
                             throttle_rpm=min(self.integer(raw, "throttle_rpm", f"{path}.cap", 6, minimum=1), MAX_RATE))
-        rate = None
-        if data.get("rate_limit") is not None:
-            raw = self.mapping(data["rate_limit"], f"{path}.rate_limit", ("rpm", "tpm"))
-            rpm = self.integer(raw, "rpm", f"{path}.rate_limit", None, minimum=1)
-            tpm = self.integer(raw, "tpm", f"{path}.rate_limit", None, minimum=1)
-            for field_name, value in (("rpm", rpm), ("tpm", tpm)):
-                if value is not None and value > MAX_RATE:
-                    self.fail(f"{path}.rate_limit.{field_name}",
-                              f"{value} is above the largest supported rate, {MAX_RATE}")
-            rate = RateLimitConfig(rpm=rpm if rpm is None or rpm <= MAX_RATE else None,
-                                   tpm=tpm if tpm is None or tpm <= MAX_RATE else None)
+        rate = self.rate_limit(data.get("rate_limit"), f"{path}.rate_limit")
         keys = []
         raw_keys = data.get("keys", [])
         if not isinstance(raw_keys, list):
@@ -556,16 +546,7 @@ class _Reader:
                                                "(the hash of the key; `payware keys create` prints it)")
             else:
                 keys.append(key)
-        allowed = None
-        if data.get("models") is not None:
-            raw_models = data["models"]
-            if not isinstance(raw_models, list) or not all(isinstance(m, str) for m in raw_models):
-                self.fail(f"{path}.models", "must be a list of model names")
-            else:
-                for m in raw_models:
-                    if m not in models:
-                        self.fail(f"{path}.models", f"{m!r} is not a configured model")
-                allowed = tuple(raw_models)
+        allowed = self.model_list(data.get("models"), f"{path}.models", models)
         anchor = self.integer(data, "anchor_day", path, 1, minimum=1)
         if anchor > 31:
             self.fail(f"{path}.anchor_day", f"{anchor} is not a day of the month")
@@ -582,6 +563,29 @@ class _Reader:
         return CustomerConfig(id=name, plan=plan, cap=cap, rate_limit=rate, keys=tuple(keys),
                               models=allowed, anchor_day=anchor, key_caps=key_caps)
 
+    def rate_limit(self, value: Any, path: str) -> RateLimitConfig | None:
+        if value is None:
+            return None
+        raw = self.mapping(value, path, ("rpm", "tpm"))
+        rpm = self.integer(raw, "rpm", path, None, minimum=1)
+        tpm = self.integer(raw, "tpm", path, None, minimum=1)
+        for field_name, number in (("rpm", rpm), ("tpm", tpm)):
+            if number is not None and number > MAX_RATE:
+                self.fail(f"{path}.{field_name}", f"{number} is above the largest supported rate, {MAX_RATE}")
+        return RateLimitConfig(rpm=rpm if rpm is None or rpm <= MAX_RATE else None,
+                               tpm=tpm if tpm is None or tpm <= MAX_RATE else None)
+
+    def model_list(self, value: Any, path: str, models: dict) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            self.fail(path, "must be a list of model names")
+            return None
+        for name in value:
+            if name not in models:
+                self.fail(path, f"{name!r} is not a configured model")
+        return tuple(value)
+
     def check_unique_keys(self, customers: dict[str, CustomerConfig]) -> None:
         owner: dict[str, str] = {}
         for customer in customers.values():
@@ -594,3 +598,30 @@ class _Reader:
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def read_customer(name: str, data: Any, config: Config, *, path: str = "customer") -> CustomerConfig:
+    """Validate a customer given at runtime (admin API, CLI) exactly as the config file's
+    `customers.<name>` is validated; ConfigError names every problem with its field path."""
+    reader = _Reader({}, [])
+    if not isinstance(name, str) or not _NAME.match(name):
+        reader.fail(f"{path}.id", "must be 1 to 128 letters, digits and . _ : / @ - (starting with a letter or digit)")
+    customer = reader.customer(reader.mapping(data, path), path, name, config.plans, config.models)
+    if reader.problems:
+        raise ConfigError("request", reader.problems)
+    return customer
+
+
+def read_key_settings(data: Any, config: Config, *, path: str = "key") -> dict:
+    """Validate a key's own limits given at runtime (`cap`, `rate_limit`, `models`): the typed
+    values, under the same rules as the config file's; ConfigError names every problem."""
+    reader = _Reader({}, [])
+    raw = reader.mapping(data, path, ("cap", "rate_limit", "models"))
+    cap = None
+    if raw.get("cap") is not None:
+        cap = reader.cap_amount(reader.to_decimal(raw["cap"], f"{path}.cap"), f"{path}.cap")
+    settings = {"cap": cap, "rate_limit": reader.rate_limit(raw.get("rate_limit"), f"{path}.rate_limit"),
+                "models": reader.model_list(raw.get("models"), f"{path}.models", config.models)}
+    if reader.problems:
+        raise ConfigError("request", reader.problems)
+    return settings

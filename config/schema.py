@@ -169,6 +169,16 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """What one key of a customer may do beyond its customer's own limits (runtime keys)."""
+
+    name: str = ""
+    expires_at: datetime | None = None  # refused from then on (a rotation's grace ends here)
+    rate_limit: RateLimitConfig | None = None  # the key's own RPM/TPM (else the customer's apply to it)
+    models: tuple[str, ...] | None = None  # narrower than the customer's, never wider
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerConfig:
     id: str
     plan: str
@@ -178,6 +188,10 @@ class CustomerConfig:
     models: tuple[str, ...] | None = None  # None: every configured model
     anchor_day: int = 1  # day of month a monthly period starts on
     key_caps: dict[str, Decimal] = field(default_factory=dict)  # key id -> cap per period
+    key_policies: dict[str, KeyPolicy] = field(default_factory=dict)  # key id -> its own limits
+    active: bool = True  # a deactivated customer's keys stop working; its events and statements stay
+    metadata: dict = field(default_factory=dict)
+    source: str = "config"  # "config" (the file) | "api" (made at runtime, kept in the ledger database)
 
 
 @dataclass(frozen=True, slots=True)

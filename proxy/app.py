@@ -15,6 +15,7 @@ from config.schema import Config
 from metering.limits.counters import MemoryCounters
 from metering.store.events import utcnow
 from metering.store.journal import Journal
+from metering.store.directory import DirectoryStore
 from metering.store.ledger import Ledger
 from metering.billing.meter import Meter
 from metering.store.recorder import Recorder
@@ -22,8 +23,8 @@ from metering.limits.redis_counters import RedisCounters
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
 from proxy.admission import STORE_DOWN
-from proxy.appkeys import BRIDGES, CONFIG, HTTP, KEYRING, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
-from proxy.auth import KeyRing
+from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
+from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
 from proxy.calls import model_handler
 from proxy.formats import openai_chat
@@ -51,11 +52,11 @@ def make_app(config: Config) -> web.Application:
     """Build the proxy for `config`; resources open on start-up and close on clean-up."""
     app = web.Application(middlewares=[request_id_middleware, error_middleware],
                           client_max_size=config.server.max_body_bytes)
-    app[CONFIG] = config
+    app[LIVE] = live = Live(config, store=None)  # the directory's store opens with the ledger
     app[BODY_TIMEOUT] = config.server.body_timeout
     app[BRIDGES] = {}
-    app[KEYRING] = KeyRing(config)
-    app[METER] = Meter(config)
+    app[METER] = meter = Meter(config)
+    live.on_change.append(meter.reconfigure)
     app.cleanup_ctx.append(_upstreams)
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_recorder)
@@ -79,7 +80,7 @@ def make_app(config: Config) -> web.Application:
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     """The pooled upstream session, and the in-process echo model if a provider uses it."""
-    config = app[CONFIG]
+    config = app[LIVE].config
     echo_runner = None
     upstreams = {}
     for provider in config.providers.values():
@@ -101,7 +102,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     """The Redis client shared by counters, budget, rate limits and webhook dedupe, if configured."""
-    storage = app[CONFIG].storage
+    storage = app[LIVE].config.storage
     if storage.counters == "memory":
         app[REDIS] = app[THRESHOLDS] = None
         yield
@@ -125,11 +126,11 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 async def _follow_thresholds(app: web.Application) -> None:
     """Adopt threshold periods other proxies opened (see metering.billing.thresholds)."""
-    config, meter, shared = app[CONFIG], app[METER], app[THRESHOLDS]
-    customers = [c for c in config.customers.values() if config.plans[c.plan].interval == "threshold"]
-    while customers:
+    meter, shared = app[METER], app[THRESHOLDS]
+    while True:
         await asyncio.sleep(THRESHOLD_REFRESH)
-        now = utcnow()
+        config, now = app[LIVE].config, utcnow()
+        customers = [c for c in config.customers.values() if config.plans[c.plan].interval == "threshold"]
         for customer in customers:
             try:
                 opened = await shared.open_period(customer=customer.id, month=meter.month_key(customer, now))
@@ -141,8 +142,13 @@ async def _follow_thresholds(app: web.Application) -> None:
 
 async def _recorder(app: web.Application) -> AsyncIterator[None]:
     """Journal, ledger and counters; replays the journal before the first request."""
-    storage = app[CONFIG].storage
+    storage = app[LIVE].config.storage
     ledger = Ledger(storage.ledger)
+    live = app[LIVE]
+    live.store = DirectoryStore(ledger.engine)
+    # NOTE: before anything reads a customer: runtime customers merge with the file's (or, if
+    # they do not fit together, the proxy refuses to start, naming each problem).
+    live.load(await asyncio.get_running_loop().run_in_executor(None, live.store.load))
     journal = Journal(storage.journal)
     client = app[REDIS]
     counters = MemoryCounters() if client is None else RedisCounters(client)
@@ -166,8 +172,8 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
 
 async def list_models(request: web.Request) -> web.Response:
     """`GET /v1/models`: the models this key may use, in OpenAI's list format."""
-    caller = request.app[KEYRING].customer(request)
-    config = request.app[CONFIG]
+    caller = request.app[LIVE].keyring.customer(request)
+    config = request.app[LIVE].config
     names = caller.customer.models if caller.customer.models is not None else tuple(config.models)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": config.models[name].provider}
             for name in names]
@@ -176,8 +182,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """`GET /v1/models/{id}`: one model this key may use, in OpenAI's shape; 404 otherwise."""
-    caller = request.app[KEYRING].customer(request)
-    config = request.app[CONFIG]
+    caller = request.app[LIVE].keyring.customer(request)
+    config = request.app[LIVE].config
     name = request.match_info["id"]
     model = config.models.get(name)
     if model is None or (caller.customer.models is not None and name not in caller.customer.models):

@@ -5,14 +5,12 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from config.schema import Config
 from metering.billing.meter import Meter
 from metering.store.recorder import Recorder
 from proxy.admission import Gate
-from proxy.auth import KeyRing
+from proxy.live import Live
 
-CONFIG = web.AppKey("config", Config)
-KEYRING = web.AppKey("keyring", KeyRing)
+LIVE = web.AppKey("live", Live)  # the config in force and its key ring (they change at runtime)
 METER = web.AppKey("meter", Meter)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 RECORDER = web.AppKey("recorder", Recorder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,12 +21,17 @@ class Caller:
 
 
 class KeyRing:
-    """Resolves bearer keys; built once from the config."""
+    """Resolves presented keys; built from the config (the file's customers and the runtime ones).
+
+    A key works while its customer is active and until its `expires_at` (a rotated key's
+    grace). `used` collects, per key id, when it was last used (written out in batches).
+    """
 
     def __init__(self, config: Config):
         self._config = config
         self._index = config.key_index()
         self._admin = config.server.admin_key.encode() if config.server.admin_key else None
+        self.used: dict[str, float] = {}
 
     def caller(self, request: web.Request) -> Caller:
         key = _bearer(request)
@@ -35,7 +41,14 @@ class KeyRing:
         if found is None:
             raise InvalidApiKey("Incorrect API key provided. Use a Payware key issued for this proxy.")
         customer_id, key_id = found
-        return Caller(customer=self._config.customers[customer_id], key_id=key_id)
+        customer = self._config.customers[customer_id]
+        policy = customer.key_policies.get(key_id)
+        now = time.time()
+        if not customer.active or (policy is not None and policy.expires_at is not None
+                                   and policy.expires_at.timestamp() <= now):
+            raise InvalidApiKey("Incorrect API key provided: this key was revoked or has expired.")
+        self.used[key_id] = now
+        return Caller(customer=customer, key_id=key_id)
 
     def customer(self, request: web.Request) -> Caller:
         """A customer key only: the model endpoints bill a customer, never the admin."""

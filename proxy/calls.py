@@ -22,7 +22,7 @@ from decimal import Decimal
 import aiohttp
 from aiohttp import web
 
-from config.schema import Config, CustomerConfig, ModelConfig
+from config.schema import Config, CustomerConfig, ModelConfig, PlanConfig
 from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
 from metering.store.events import utcnow
@@ -31,7 +31,7 @@ from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from proxy.admission import Admitted, rate_headers
-from proxy.appkeys import BRIDGES, CONFIG, GATE, HTTP, KEYRING, METER, RECORDER, UPSTREAMS
+from proxy.appkeys import BRIDGES, GATE, HTTP, LIVE, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
 from proxy.formats.base import WireFormat
@@ -57,6 +57,7 @@ class Call:
     body: dict
     started: float
     admitted: Admitted
+    plan: PlanConfig  # pinned at the call's start: a config reloaded meanwhile prices later calls
     size: int = 0  # the request body's bytes
     settled: bool = False
     on_recorded: Callable | None = None  # the route's after-record hook (the Responses API's chain)
@@ -77,9 +78,9 @@ class Call:
             request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
             model=self.model, endpoint=self.fmt.endpoint, stream=self.stream, usage=usage, usage_source=source,
             status=status, latency_ms=int((time.perf_counter() - self.started) * 1000),
-            session=session, feature=feature, meta=meta, period=self.admitted.period,
+            session=session, feature=feature, meta=meta, period=self.admitted.period, plan=self.plan,
         )
-        plan = app[CONFIG].plans[self.caller.customer.plan]
+        plan = self.plan
         position = 0
         if uses_position(plan, "tokens"):  # included quota or tiers: take this call's place in the period
             tokens = Decimal(usage.input_tokens + usage.output_tokens)
@@ -125,11 +126,11 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     provider will bill on top of the body (a Responses chain); `on_recorded` runs after billing."""
     started = time.perf_counter()
     app = request.app
-    caller = app[KEYRING].customer(request)
+    live = app[LIVE]
+    config, caller = live.config, live.keyring.customer(request)  # NOTE: this call's config, to its end
     raw = await read_body(request)
     size = len(raw)
     body = _json_object(raw)
-    config = app[CONFIG]
     model = _model(config, caller.customer, fmt.model_name(body, request), fmt)
     stream = fmt.stream(body, request)
     fmt.validate(body)
@@ -147,7 +148,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     provider = config.providers[model.provider]
     outgoing = fmt.outgoing(raw, body, model, provider, stream, request)
     call = Call(request=request, fmt=fmt, caller=caller, model=model, stream=stream, body=body, started=started,
-                admitted=admitted, size=size, on_recorded=on_recorded)
+                admitted=admitted, plan=config.plans[customer.plan], size=size, on_recorded=on_recorded)
     try:
         bridge = app[BRIDGES].get(provider.kind)
         if bridge is None:

@@ -19,7 +19,7 @@ from metering.limits.redis_counters import RedisCounters
 from metering.store.events import UsageEvent, utcnow
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import Gate
-from proxy.appkeys import CONFIG, GATE, HTTP, METER, RECORDER, REDIS
+from proxy.appkeys import GATE, HTTP, LIVE, METER, RECORDER, REDIS
 from proxy.errors import ServiceUnavailable
 
 log = logging.getLogger("payware.limits")
@@ -29,7 +29,7 @@ CAPS_REFRESH = 2.0  # seconds: how soon a cap a customer set on another proxy ap
 
 async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     """Budget, rate limits and webhooks for the life of the app."""
-    config = app[CONFIG]
+    config = app[LIVE].config
     storage = config.storage
     client = app[REDIS]
     if client is None:
@@ -86,7 +86,7 @@ def ledger_spends(app: web.Application):
         seen = {event.id for event in events}
         events += [e for e in recorder.queued() if e.customer == customer_id and e.period == period
                    and e.id not in seen]
-        customer = app[CONFIG].customers.get(customer_id)
+        customer = app[LIVE].config.customers.get(customer_id)
         key_caps = customer.key_caps if customer is not None else {}
         return [spend_of(event, key_caps) for event in events]
 
@@ -140,7 +140,7 @@ async def _refresh_customer_caps(app: web.Application) -> None:
             continue
         if version != gate.caps_version:  # a cap set here during the read is newer than the read
             continue
-        config, now = app[CONFIG], utcnow()
+        config, now = app[LIVE].config, utcnow()
         newly = [config.customers[c] for c in caps.keys() - gate.customer_caps.keys() if c in config.customers]
         for customer in newly:
             if not gate.capped(customer):

@@ -9,14 +9,14 @@ from aiohttp import web
 from config.schema import CustomerConfig
 from metering.store.events import UsageEvent, utcnow
 from metering.store.recorder import COUNTERS_DOWN
-from proxy.appkeys import CONFIG, METER, RECORDER, THRESHOLDS
+from proxy.appkeys import LIVE, METER, RECORDER, THRESHOLDS
 
 
 async def record_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:
     """Journal, count and queue `event`; close a threshold period that it filled."""
     recorder = app[RECORDER]
     await recorder.record(event)
-    plan = app[CONFIG].plans[customer.plan]
+    plan = app[LIVE].config.plans[customer.plan]
     if plan.interval == "threshold":
         try:
             totals = await recorder.counters.totals(customer.id, event.period)

@@ -8,7 +8,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 from decimal import Decimal
 
-from config.schema import Config, CustomerConfig, ModelConfig
+from config.schema import Config, CustomerConfig, ModelConfig, PlanConfig
 from metering.store.events import UsageEvent, utcnow
 from metering.billing.periods import Period, period_of
 from metering.billing.plans import rate_tokens
@@ -33,6 +33,7 @@ class CallFacts:
     feature: str | None = None
     meta: dict = field(default_factory=dict)
     period: str | None = None  # the period the call was admitted in; default: the period of its end
+    plan: PlanConfig | None = None  # the plan in force when the call started (default: the current one)
 
 
 @lru_cache(maxsize=64)
@@ -48,6 +49,10 @@ class Meter:
         # Threshold plans: where each customer's open period started, if a threshold closed
         # the previous one inside the current month.
         self._threshold_start: dict[str, datetime] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """A new config is in force (a reload, a customer made at runtime); threshold state stays."""
+        self.config = config
 
     def period(self, customer: CustomerConfig, ts: datetime) -> Period:
         plan = self.config.plans[customer.plan]
@@ -112,7 +117,7 @@ class Meter:
     def call_event(self, facts: CallFacts, *, position: int = 0, ts: datetime | None = None) -> UsageEvent:
         """The priced event of a call; `position`: the period's tokens before it (quota, tiers)."""
         ts = ts or utcnow()
-        plan = self.config.plans[facts.customer.plan]
+        plan = facts.plan or self.config.plans[facts.customer.plan]
         usage = facts.usage
         priced = rate_tokens(plan, facts.model, usage, ts, position)
         return UsageEvent(

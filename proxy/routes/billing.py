@@ -10,7 +10,7 @@ from aiohttp import web
 from config.schema import MAX_CAP
 from metering.limits.budget import NANO
 from metering.store.events import decimal_str, money_str, utcnow
-from proxy.appkeys import GATE, KEYRING, METER, RECORDER
+from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.admission import STORE_DOWN
 from proxy.errors import InvalidRequest, counters_unavailable
 from proxy.jsonbody import parse_json, read_body
@@ -18,14 +18,14 @@ from proxy.jsonbody import parse_json, read_body
 
 async def get_cap(request: web.Request) -> web.Response:
     """`GET /v1/billing/cap`: the caps in force and what is spent and held against them."""
-    customer = request.app[KEYRING].subject(request)
+    customer = request.app[LIVE].keyring.subject(request)
     return web.json_response(await _cap_view(request.app, customer))
 
 
 async def put_cap(request: web.Request) -> web.Response:
     """`PUT /v1/billing/cap` `{"amount": "5.00"}` sets the customer's own cap; `null` removes it."""
     app = request.app
-    customer = app[KEYRING].subject(request)
+    customer = app[LIVE].keyring.subject(request)
     body = parse_json(await read_body(request))
     if not isinstance(body, dict) or "amount" not in body:
         raise InvalidRequest("give the cap as {\"amount\": \"5.00\"} (or null to remove it)", param="amount")

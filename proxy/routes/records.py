@@ -21,7 +21,7 @@ from config.schema import CustomerConfig, PlanConfig
 from metering.store.events import UsageEvent, decimal_str, money_str, utcnow
 from metering.limits.budget import to_units
 from metering.billing.plans import Rated, rate_metric, uses_position
-from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
+from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.auth import Caller
 from metering.store.bounds import TEXT_COLUMNS, is_clean
 from proxy.errors import Forbidden, InvalidRequest
@@ -48,11 +48,11 @@ class _Record:
 
 async def post_records(request: web.Request) -> web.Response:
     app = request.app
-    caller = app[KEYRING].caller(request)
+    caller = app[LIVE].keyring.caller(request)
     body = parse_json(await read_body(request), parse_float=Decimal)
     items, batch = _items(body)
     customer = _customer(app, caller, body if isinstance(body, dict) else {}, items)
-    plan = app[CONFIG].plans[customer.plan]
+    plan = app[LIVE].config.plans[customer.plan]
     records = [_record(item, f"records[{i}]." if batch else "", plan) for i, item in enumerate(items)]
     priced = [_price(plan, record, f"records[{i}]." if batch else "") for i, record in enumerate(records)]
     # NOTE: every record is checked and priced above, before the first one is kept
@@ -88,7 +88,7 @@ def _customer(app: web.Application, caller: Caller, body: dict, items: list[dict
         raise InvalidRequest("customer must be a string", param="customer")
     named = {name for name in given if name is not None}
     if not caller.admin:
-        if not app[CONFIG].plans[caller.customer.plan].self_report:
+        if not app[LIVE].config.plans[caller.customer.plan].self_report:
             raise Forbidden("usage records come from the merchant: send them with the admin key, naming the "
                             "customer (this customer's plan does not allow self-reporting)")
         if named - {caller.customer.id}:
@@ -100,7 +100,7 @@ def _customer(app: web.Application, caller: Caller, body: dict, items: list[dict
         return caller.customer
     if len(named) != 1:
         raise InvalidRequest("the admin key must name exactly one customer", param="customer")
-    customer = app[CONFIG].customers.get(named.pop())
+    customer = app[LIVE].config.customers.get(named.pop())
     if customer is None:
         raise InvalidRequest("no such customer", param="customer", code="customer_not_found")
     return customer

@@ -17,7 +17,7 @@ import asyncio
 
 from aiohttp import web
 
-from proxy.appkeys import CONFIG, HTTP, KEYRING, RECORDER, UPSTREAMS
+from proxy.appkeys import HTTP, LIVE, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.calls import Call, model_call
 from proxy.errors import ENVELOPE, InvalidRequest, NotFound
@@ -41,7 +41,7 @@ async def _chain(app: web.Application, caller: Caller, body: dict) -> int:
     if previous is None:
         return 0
     owned = await _owned(app, previous, caller)
-    model = app[CONFIG].models.get(body.get("model")) if isinstance(body.get("model"), str) else None
+    model = app[LIVE].config.models.get(body.get("model")) if isinstance(body.get("model"), str) else None
     if model is not None and model.provider != owned["provider"]:
         raise InvalidRequest(f"response '{previous}' was created by provider {owned['provider']!r}; continue it "
                              "with a model of that provider", param="previous_response_id")
@@ -73,10 +73,10 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
 
     async def handler(request: web.Request) -> web.Response:
         app = request.app
-        caller = app[KEYRING].customer(request)
+        caller = app[LIVE].keyring.customer(request)
         response_id = request.match_info["id"]
         owned = await _owned(app, response_id, caller, param=None)
-        provider = app[CONFIG].providers.get(owned["provider"])
+        provider = app[LIVE].config.providers.get(owned["provider"])
         if provider is None:
             raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
         body = await request.read() if method == "POST" else None

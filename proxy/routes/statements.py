@@ -18,7 +18,7 @@ from aiohttp import web
 from config.schema import CustomerConfig
 from metering.store.events import utcnow
 from metering.billing.statements import build_statement
-from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
+from proxy.appkeys import GATE, LIVE, METER, RECORDER
 
 log = logging.getLogger("payware.statements")
 
@@ -29,7 +29,7 @@ CLOSED = web.AppKey("statements_closer", asyncio.Task)
 async def close_periods(app: web.Application, customers: list[CustomerConfig] | None = None) -> int:
     """Freeze the statement of every period that has closed (of `customers`, default all);
     returns how many were new."""
-    config, meter, recorder = app[CONFIG], app[METER], app[RECORDER]
+    config, meter, recorder = app[LIVE].config, app[METER], app[RECORDER]
     grace = timedelta(seconds=config.server.statement_grace)
     now = utcnow()
     # NOTE: bounded: with the ledger down, statements wait for the next pass, requests do not hang
@@ -88,7 +88,7 @@ async def closing_job(app: web.Application) -> AsyncIterator[None]:
 async def list_statements(request: web.Request) -> web.Response:
     """`GET /v1/billing/statements`: the customer's closed periods, newest first, with line items."""
     app = request.app
-    customer = app[KEYRING].subject(request)
+    customer = app[LIVE].keyring.subject(request)
     try:
         await close_periods(app, [customer])  # whatever closed since the last pass shows at once
     except asyncio.TimeoutError:

@@ -17,7 +17,7 @@ from aiohttp import web
 from metering.limits.counters import Totals
 from metering.store.events import decimal_str, money_str, utcnow
 from metering.billing.statements import round_money
-from proxy.appkeys import CONFIG, GATE, KEYRING, METER, RECORDER
+from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.admission import STORE_DOWN
 from proxy.errors import InvalidRequest, counters_unavailable
 
@@ -38,8 +38,8 @@ def _tokens(totals: Totals) -> dict:
 async def usage_summary(request: web.Request) -> web.Response:
     """`GET /v1/usage/summary`: the open period, including every response that has ended."""
     app = request.app
-    customer = app[KEYRING].subject(request)
-    plan = app[CONFIG].plans[customer.plan]
+    customer = app[LIVE].keyring.subject(request)
+    plan = app[LIVE].config.plans[customer.plan]
     period = app[METER].period(customer, utcnow())
     try:
         totals = await app[RECORDER].counters.totals(customer.id, period.key)
@@ -79,7 +79,7 @@ async def usage_summary(request: web.Request) -> web.Response:
 async def usage_events(request: web.Request) -> web.StreamResponse:
     """`GET /v1/usage/events`: every event with its full metadata, as JSON lines or CSV."""
     app = request.app
-    customer = app[KEYRING].subject(request)
+    customer = app[LIVE].keyring.subject(request)
     query = request.query
     fmt = query.get("format", "jsonl")
     if fmt not in ("jsonl", "csv"):

@@ -1,0 +1,166 @@
+"""Customers and keys made at runtime (the admin API, the CLI), kept in the ledger database.
+
+Keys are stored only as the hex SHA-256 of the key, with a short prefix of the key itself for
+people to recognize it ("pw-3fa9…"). Customer settings (cap, rate limit, models, metadata)
+are JSON: the config loader validates them, here they are only kept. Nothing is ever deleted:
+a deactivated customer and a revoked key stay, with their events, statements and evidence.
+
+Every change bumps one version number in the same transaction, so a proxy learns that
+something changed by reading one integer (`version`), and then reloads everything (`load`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Engine, select, text
+from sqlmodel import Field, SQLModel
+
+
+class CustomerRow(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    id: str = Field(primary_key=True, max_length=128)
+    plan: str = Field(max_length=128)
+    settings: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # cap, rate_limit, models, anchor_day
+    meta: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    active: bool = True
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class KeyRow(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=64)  # "key_" + 12 hex digits of the hash: safe to show
+    customer: str = Field(index=True, max_length=128)
+    digest: str = Field(unique=True, max_length=64)  # hex SHA-256 of the key
+    name: str = Field(default="", max_length=128)
+    prefix: str = Field(default="", max_length=16)
+    settings: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # cap, rate_limit, models
+    created_us: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_us: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    revoked_us: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_used_us: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class DirectoryStateRow(SQLModel, table=True):
+    __tablename__ = "directory_state"
+
+    id: int = Field(primary_key=True)
+    version: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every runtime customer and key, and the version they were read at."""
+
+    version: int
+    customers: list[dict]
+    keys: list[dict]
+
+
+def now_us() -> int:
+    delta = datetime.now(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class DirectoryStore:
+    """Blocking access to the runtime directory (call it from a worker thread)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(DirectoryStateRow.version).where(DirectoryStateRow.id == 1)).scalar() or 0
+
+    def load(self) -> Snapshot:
+        with self.engine.connect() as conn:
+            version = conn.execute(select(DirectoryStateRow.version).where(DirectoryStateRow.id == 1)).scalar() or 0
+            customers = [_customer(row) for row in conn.execute(select(CustomerRow).order_by(CustomerRow.id))]
+            keys = [_key(row) for row in conn.execute(select(KeyRow).order_by(KeyRow.created_us, KeyRow.id))]
+        return Snapshot(version, customers, keys)
+
+    def customer(self, customer_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CustomerRow).where(CustomerRow.id == customer_id)).first()
+        return None if row is None else _customer(row)
+
+    def create_customer(self, *, id: str, plan: str, settings: dict, meta: dict) -> bool:
+        """False if the id is taken (by an active or a deactivated customer)."""
+        now = now_us()
+        with self.engine.begin() as conn:
+            if conn.execute(select(CustomerRow.id).where(CustomerRow.id == id)).first() is not None:
+                return False
+            conn.execute(CustomerRow.__table__.insert().values(id=id, plan=plan, settings=settings, meta=meta,
+                                                               active=True, created_us=now, updated_us=now))
+            _bump(conn)
+        return True
+
+    def update_customer(self, customer_id: str, **values: Any) -> bool:
+        """Set `plan`, `settings`, `meta` or `active`; False if no such customer."""
+        table = CustomerRow.__table__
+        with self.engine.begin() as conn:
+            done = conn.execute(table.update().where(table.c.id == customer_id)
+                                .values(**values, updated_us=now_us())).rowcount
+            if done:
+                _bump(conn)
+        return bool(done)
+
+    def create_key(self, *, id: str, customer: str, digest: str, name: str, prefix: str, settings: dict,
+                   expires_us: int | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(KeyRow.__table__.insert().values(
+                id=id, customer=customer, digest=digest, name=name, prefix=prefix, settings=settings,
+                created_us=now_us(), expires_us=expires_us))
+            _bump(conn)
+
+    def key(self, key_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(KeyRow).where(KeyRow.id == key_id)).first()
+        return None if row is None else _key(row)
+
+    def keys_of(self, customer: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(KeyRow).where(KeyRow.customer == customer)
+                                .order_by(KeyRow.created_us, KeyRow.id))
+            return [_key(row) for row in rows]
+
+    def end_key(self, key_id: str, *, revoke: bool, at_us: int) -> bool:
+        """Revoke a key now, or let it expire at `at_us` (a rotation's grace); False if unknown."""
+        table = KeyRow.__table__
+        values = {"revoked_us": at_us} if revoke else {"expires_us": at_us}
+        with self.engine.begin() as conn:
+            query = table.update().where(table.c.id == key_id, table.c.revoked_us.is_(None)).values(**values)
+            done = conn.execute(query).rowcount
+            if done:
+                _bump(conn)
+        return bool(done)
+
+    def touch_keys(self, used: dict[str, int]) -> None:
+        """Record when keys were last used (batched by the caller; no version bump: nothing to reload)."""
+        table = KeyRow.__table__
+        with self.engine.begin() as conn:
+            for key_id, at in used.items():
+                conn.execute(table.update().where(table.c.id == key_id).values(last_used_us=at))
+
+
+def _bump(conn) -> None:
+    """One more change: in the change's own transaction, so readers see both or neither."""
+    done = conn.execute(text("UPDATE directory_state SET version = version + 1 WHERE id = 1")).rowcount
+    if not done:
+        conn.execute(DirectoryStateRow.__table__.insert().values(id=1, version=1))
+
+
+def _customer(row) -> dict:
+    return {"id": row.id, "plan": row.plan, "settings": dict(row.settings or {}), "metadata": dict(row.meta or {}),
+            "active": bool(row.active), "created_us": row.created_us, "updated_us": row.updated_us}
+
+
+def _key(row) -> dict:
+    return {"id": row.id, "customer": row.customer, "digest": row.digest, "name": row.name, "prefix": row.prefix,
+            "settings": dict(row.settings or {}), "created_us": row.created_us, "expires_us": row.expires_us,
+            "revoked_us": row.revoked_us, "last_used_us": row.last_used_us}

@@ -1,0 +1,162 @@
+"""The configuration in force, which changes while the proxy serves.
+
+Two sources make it: the config file (providers, models, prices, plans, and the customers it
+declares) and the runtime directory in the ledger database (customers and keys made through
+the admin API or the CLI). `Live` holds their merge, as one immutable `Config`, and the
+`KeyRing` built from it, and swaps both at once when either source changes:
+
+- the file, on SIGHUP or `POST /v1/admin/reload`: validated whole first; an invalid file
+  changes nothing and every problem is reported with its field path;
+- the directory, when its version moves: polled every `POLL` seconds, and at once on a
+  Redis pub/sub message when Redis is configured (so every proxy sharing the database
+  applies a change within about a second).
+
+A request reads `live.config` once, at its start, and keeps that object: calls in flight
+finish on the config they started with; later events price at the new prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from config.loader import ConfigError, read_customer
+from config.schema import Config, CustomerConfig, KeyPolicy, RateLimitConfig
+from metering.store.directory import DirectoryStore, Snapshot
+from proxy.auth import KeyRing
+
+log = logging.getLogger("payware.live")
+
+POLL = 0.5  # seconds between two reads of the directory's version
+CHANNEL = "payware:directory"  # Redis pub/sub: "something changed, read the version"
+
+
+class Live:
+    """The merged config and its key ring, swapped atomically (see the module docstring)."""
+
+    def __init__(self, file_config: Config, store: DirectoryStore):
+        self.file_config = file_config
+        self.store = store
+        self.version = -1
+        self.config: Config = file_config
+        self.keyring = KeyRing(file_config)
+        self.on_change: list = []  # callables(config) run after each swap (the meter, the admission gate)
+
+    def load(self, snapshot: Snapshot, file_config: Config | None = None) -> None:
+        """Merge `snapshot` with the file's config (the given one, else the current) and swap them
+        in; ConfigError, and nothing changed, if they do not fit together."""
+        base = file_config or self.file_config
+        merged = merge(base, snapshot)
+        self.file_config, self.config, self.version = base, merged, snapshot.version
+        used = self.keyring.used
+        self.keyring = KeyRing(merged)
+        self.keyring.used = used  # last-used times not yet written out
+        for hook in self.on_change:
+            hook(merged)
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Reload the directory if its version moved; True if something was swapped in."""
+        loop = asyncio.get_running_loop()
+        if not force and await loop.run_in_executor(None, self.store.version) == self.version:
+            return False
+        snapshot = await loop.run_in_executor(None, self.store.load)
+        try:
+            self.load(snapshot)
+        except ConfigError as exc:
+            log.error("the runtime directory does not fit the config; keeping the previous one:\n%s", exc)
+            return False
+        return True
+
+    def runtime_ids(self) -> set[str]:
+        return {c.id for c in self.config.customers.values() if c.source == "api"}
+
+
+def merge(config: Config, snapshot: Snapshot) -> Config:
+    """The file's config with the directory's customers and keys added; ConfigError naming every
+    customer that is in both, or that the file's plans and models no longer fit."""
+    problems: list[str] = []
+    customers = dict(config.customers)
+    keys_by_customer: dict[str, list[dict]] = {}
+    for key in snapshot.keys:
+        keys_by_customer.setdefault(key["customer"], []).append(key)
+    for row in snapshot.customers:
+        cid = row["id"]
+        if cid in customers:
+            problems.append(f"customers.{cid}: is declared in the config file and was also created at runtime "
+                            "(through the admin API or the CLI); keep one")
+            continue
+        try:
+            customers[cid] = runtime_customer(row, keys_by_customer.get(cid, []), config)
+        except ConfigError as exc:
+            problems += [f"runtime customer {cid}: {p}" for p in exc.problems]
+    if problems:
+        raise ConfigError(config.source, problems)
+    return replace(config, customers=customers)
+
+
+def runtime_customer(row: dict, keys: list[dict], config: Config) -> CustomerConfig:
+    """A customer of the directory, validated by the config file's rules, with its live keys."""
+    settings = dict(row["settings"])
+    live_keys = [k for k in keys if k["revoked_us"] is None]
+    data = {"plan": row["plan"], **settings, "keys": [f"sha256:{k['digest']}" for k in live_keys],
+            "key_caps": {k["id"]: k["settings"]["cap"] for k in live_keys if k["settings"].get("cap") is not None}}
+    customer = read_customer(row["id"], data, config, path=f"customers.{row['id']}")
+    policies = {}
+    for key in live_keys:
+        rate = key["settings"].get("rate_limit")
+        policies[key["id"]] = KeyPolicy(
+            name=key["name"],
+            expires_at=None if key["expires_us"] is None else datetime.fromtimestamp(key["expires_us"] / 1e6,
+                                                                                       timezone.utc),
+            rate_limit=RateLimitConfig(**rate) if rate else None,
+            models=tuple(key["settings"]["models"]) if key["settings"].get("models") else None)
+    return replace(customer, key_policies=policies, active=row["active"], metadata=row["metadata"], source="api")
+
+
+async def follow(live: Live, redis=None) -> None:
+    """Keep `live` current: poll the directory's version, and wake at once on a pub/sub message."""
+    wake = asyncio.Event()
+    listener = asyncio.create_task(_listen(redis, wake)) if redis is not None else None
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=POLL)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+            try:
+                if await live.refresh():
+                    log.info("runtime customers and keys reloaded (directory version %d)", live.version)
+            except Exception as exc:  # the database may be briefly unreachable: keep what is in force
+                log.warning("could not read the runtime directory: %s", type(exc).__name__)
+    finally:
+        if listener is not None:
+            listener.cancel()
+
+
+async def _listen(redis, wake: asyncio.Event) -> None:
+    """Set `wake` on every directory message; reconnect after a Redis outage."""
+    while True:
+        try:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await asyncio.sleep(1.0)
+
+
+async def announce(redis) -> None:
+    """Tell every proxy listening that the directory changed (best effort: they also poll)."""
+    if redis is None:
+        return
+    try:
+        await redis.publish(CHANNEL, "changed")
+    except Exception as exc:
+        log.warning("could not announce a directory change: %s (other proxies see it within %s s)",
+                    type(exc).__name__, POLL)
