@@ -54,6 +54,12 @@ def usage_from_json(obj: object) -> Usage | None:
         cached = (_sub(usage, "prompt_tokens_details", "cached_tokens")
                   or _count(get("prompt_cache_hit_tokens")))  # DeepSeek's name
         reasoning = _sub(usage, "completion_tokens_details", "reasoning_tokens")
+        # Cache writes, within prompt_tokens: `cache_write_tokens` (litellm's name for Anthropic's
+        # writes, OpenRouter's too), the 1-hour part in litellm's `cache_creation_token_details`
+        written = _sub(usage, "prompt_tokens_details", "cache_write_tokens")
+        details = get("prompt_tokens_details")
+        written_1h = _sub(details, "cache_creation_token_details", "ephemeral_1h_input_tokens") \
+            if isinstance(details, dict) else 0
         if not input_tokens and "completion_tokens" not in usage:
             input_tokens = _count(get("total_tokens"))  # embeddings servers sending only a total
     elif "input_tokens" in usage or "output_tokens" in usage:
@@ -68,8 +74,8 @@ def usage_from_json(obj: object) -> Usage | None:
         return bounded_usage(input_tokens, cached, output_tokens, reasoning, written, 0, usage)
     else:
         input_tokens = _count(get("total_tokens"))  # embeddings with only a total
-        output_tokens = cached = reasoning = 0
-    return bounded_usage(input_tokens, cached, output_tokens, reasoning, 0, 0, usage)
+        output_tokens = cached = reasoning = written = written_1h = 0
+    return bounded_usage(input_tokens, cached, output_tokens, reasoning, written, written_1h, usage)
 
 
 def anthropic_usage(usage: dict) -> Usage:
