@@ -32,6 +32,7 @@ from proxy.errors import ModelNotFound, error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.limits import admission_ctx
 from proxy.routes import responses
+from proxy.routes import messages as anthropic_messages
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
@@ -68,6 +69,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{id:.+}", retrieve_model)
     responses.add_routes(app)
+    anthropic_messages.add_routes(app)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)
     app.router.add_post("/v1/usage/records", post_records)

@@ -19,6 +19,7 @@ import time
 from aiohttp import web
 
 from metering.usage.tokens import count_prompt, encoding_for
+from proxy import echo_anthropic
 
 _ENCODING_MODEL = "gpt-4o"  # any o200k_base model: the echo's tokenizer, whatever model was asked for
 _FINGERPRINT = "fp_echo"
@@ -26,12 +27,14 @@ _DIMENSIONS = 8
 
 
 def make_echo_app() -> web.Application:
-    """The echo model's routes: chat and text completions (streamed or not), embeddings, models."""
+    """The echo model's routes: chat and text completions (streamed or not), embeddings, models, and
+    Anthropic's messages and count_tokens."""
     app = web.Application(middlewares=[_render_bad_requests])
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
+    echo_anthropic.add_routes(app)  # Anthropic's Messages wire, in its own module
     return app
 
 
