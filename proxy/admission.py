@@ -20,6 +20,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.schema import MAX_OUTPUT_TOKENS, CustomerConfig, ModelConfig, PlanConfig
 from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
+from metering.usage.tokens import encoding_for
+from metering.usage.tokens import loaded as tokens_loaded
 from metering.limits.reservations import Recovering, Reservations, Source
 from metering.store.events import decimal_str
 from metering.billing.plans import max_tokens_amount
@@ -70,6 +72,7 @@ class Gate:
         self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
         self.caps_version = 0  # bumped by each change made here
         self.store_down = False
+        self._preloading: asyncio.Future | None = None
 
     @property
     def budget(self) -> Reservations:
@@ -145,9 +148,19 @@ class Gate:
     async def count_prompt(self, fmt, body: dict, model: ModelConfig, size: int) -> int:
         """The prompt's tokens, in a worker thread for a large body (tiktoken releases the GIL),
         so one customer's 7 MB prompt does not stall every other request on the event loop."""
+        if not tokens_loaded(model.upstream):
+            # NOTE: the tokenizer is still loading (~0.3 s, once): the body's bytes bound its tokens
+            # from above (a BPE token is at least one byte), so the reservation stays an upper bound.
+            self.preload(lambda: encoding_for(model.upstream))
+            return size
         if size < BIG_PROMPT:
             return fmt.prompt_tokens(body, model.upstream)
         return await asyncio.to_thread(fmt.prompt_tokens, body, model.upstream)
+
+    def preload(self, load: Callable[[], object]) -> None:
+        """Run `load` (a tokenizer) in a thread, once at a time."""
+        if self._preloading is None or self._preloading.done():
+            self._preloading = asyncio.get_running_loop().run_in_executor(None, load)
 
     async def _admit(self, request_id, customer, key_id, plan, model, endpoint, period, now, capped, prompt,
                      max_out, tokens) -> Admitted:
@@ -283,13 +296,17 @@ BIG_PROMPT = 64 * 1024  # bytes of body from which tokenizing moves off the even
 
 
 def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:
-    """The RPM/TPM limits a call counts against: its customer's and its key's."""
+    """The RPM/TPM limits a call counts against: its customer's, and its key's (the key's own
+    limit when it has one, else the customer's applies to each key too)."""
+    limits = []
     limit = customer.rate_limit
-    if limit is None or (limit.rpm is None and limit.tpm is None):
-        return []
-    limits = [Limit(name=f"customer:{customer.id}", rpm=limit.rpm, tpm=limit.tpm)]
+    if limit is not None and (limit.rpm is not None or limit.tpm is not None):
+        limits.append(Limit(name=f"customer:{customer.id}", rpm=limit.rpm, tpm=limit.tpm))
     if key_id is not None:
-        limits.append(Limit(name=f"key:{key_id}", rpm=limit.rpm, tpm=limit.tpm))
+        policy = customer.key_policies.get(key_id)
+        own = policy.rate_limit if policy is not None and policy.rate_limit is not None else limit
+        if own is not None and (own.rpm is not None or own.tpm is not None):
+            limits.append(Limit(name=f"key:{key_id}", rpm=own.rpm, tpm=own.tpm))
     return limits
 
 

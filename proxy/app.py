@@ -26,12 +26,12 @@ from proxy.admission import STORE_DOWN
 from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
-from proxy.calls import model_handler
+from proxy.calls import may_use, model_handler
 from proxy.formats import openai_chat
 from proxy.errors import ModelNotFound, error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.limits import admission_ctx
-from proxy.routes import responses
+from proxy.routes import admin, responses
 from proxy.routes import messages as anthropic_messages
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
@@ -62,6 +62,7 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_recorder)
     app.cleanup_ctx.append(admission_ctx)
+    app.cleanup_ctx.append(admin.runtime_ctx)
     app.cleanup_ctx.append(closing_job)
     app.router.add_post("/v1/chat/completions", model_handler(openai_chat.CHAT))
     app.router.add_post("/v1/completions", model_handler(openai_chat.COMPLETIONS))
@@ -69,6 +70,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{id:.+}", retrieve_model)
     responses.add_routes(app)
+    admin.add_routes(app)
     anthropic_messages.add_routes(app)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)
@@ -174,21 +176,20 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
 
 async def list_models(request: web.Request) -> web.Response:
     """`GET /v1/models`: the models this key may use, in OpenAI's list format."""
-    caller = request.app[LIVE].keyring.customer(request)
-    config = request.app[LIVE].config
-    names = caller.customer.models if caller.customer.models is not None else tuple(config.models)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": config.models[name].provider}
-            for name in names]
+    live = request.app[LIVE]
+    config, caller = live.config, live.keyring.customer(request)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": model.provider}
+            for name, model in config.models.items() if may_use(caller, name)]
     return web.json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     """`GET /v1/models/{id}`: one model this key may use, in OpenAI's shape; 404 otherwise."""
-    caller = request.app[LIVE].keyring.customer(request)
-    config = request.app[LIVE].config
+    live = request.app[LIVE]
+    config, caller = live.config, live.keyring.customer(request)
     name = request.match_info["id"]
     model = config.models.get(name)
-    if model is None or (caller.customer.models is not None and name not in caller.customer.models):
+    if model is None or not may_use(caller, name):
         raise ModelNotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model")
     return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": model.provider})
 

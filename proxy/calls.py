@@ -22,7 +22,7 @@ from decimal import Decimal
 import aiohttp
 from aiohttp import web
 
-from config.schema import Config, CustomerConfig, ModelConfig, PlanConfig
+from config.schema import Config, ModelConfig, PlanConfig
 from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
 from metering.store.events import utcnow
@@ -131,7 +131,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     raw = await read_body(request)
     size = len(raw)
     body = _json_object(raw)
-    model = _model(config, caller.customer, fmt.model_name(body, request), fmt)
+    model = _model(config, caller, fmt.model_name(body, request), fmt)
     stream = fmt.stream(body, request)
     fmt.validate(body)
     if before is not None:
@@ -261,6 +261,15 @@ def _response_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str,
     return headers
 
 
+def may_use(caller: Caller, model: str) -> bool:
+    """Whether the caller's customer, and its key, may call `model`."""
+    customer = caller.customer
+    if customer.models is not None and model not in customer.models:
+        return False
+    policy = customer.key_policies.get(caller.key_id)
+    return policy is None or policy.models is None or model in policy.models
+
+
 def _json_object(raw: bytes) -> dict:
     body = parse_json(raw)
     if not isinstance(body, dict):
@@ -268,9 +277,9 @@ def _json_object(raw: bytes) -> dict:
     return body
 
 
-def _model(config: Config, customer: CustomerConfig, name: str, fmt: WireFormat) -> ModelConfig:
+def _model(config: Config, caller: Caller, name: str, fmt: WireFormat) -> ModelConfig:
     model = config.models.get(name)
-    if model is None or (customer.models is not None and name not in customer.models):
+    if model is None or not may_use(caller, name):
         raise ModelNotFound(f"The model `{name}` does not exist or you do not have access to it.", param="model")
     if model.mode not in fmt.modes:
         raise InvalidRequest(f"the model `{name}` is a {model.mode} model and cannot be used with {fmt.name}",

@@ -17,6 +17,7 @@ from metering.limits.budget import MAX_UNITS, MemoryBudget, RedisBudget, Spend, 
 from metering.limits.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from metering.limits.redis_counters import RedisCounters
 from metering.store.events import UsageEvent, utcnow
+from metering.usage.tokens import encoding_for
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import Gate
 from proxy.appkeys import GATE, HTTP, LIVE, METER, RECORDER, REDIS
@@ -49,6 +50,10 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
     app[GATE] = gate
+    if _counts_tokens(config):  # the tokenizers admission needs (~0.3 s, ~80 MiB), before serving
+        await asyncio.get_running_loop().run_in_executor(None, _load_tokenizers, config)
+    app[LIVE].on_change.append(lambda changed: _counts_tokens(changed) and gate.preload(
+        lambda: _load_tokenizers(changed)))
     tasks = [asyncio.create_task(_refresh_customer_caps(app), name="customer-caps"),
              asyncio.create_task(gate.run(), name="hold-renewals")]
     yield
@@ -58,6 +63,17 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     if notifier is not None:
         await notifier.close()
     await budget.close()
+
+
+def _counts_tokens(config) -> bool:
+    """Whether admission counts prompts: some customer has a cap or a TPM limit."""
+    return any(c.cap is not None or c.key_caps or (c.rate_limit is not None and c.rate_limit.tpm)
+               for c in config.customers.values())
+
+
+def _load_tokenizers(config) -> None:
+    for model in config.models.values():
+        encoding_for(model.upstream)
 
 
 def spend_of(event: UsageEvent, key_caps: dict) -> Spend:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from dataclasses import replace
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from config.loader import ConfigError, read_customer
 from config.schema import Config, CustomerConfig, KeyPolicy, RateLimitConfig
@@ -81,6 +82,7 @@ def merge(config: Config, snapshot: Snapshot) -> Config:
     keys_by_customer: dict[str, list[dict]] = {}
     for key in snapshot.keys:
         keys_by_customer.setdefault(key["customer"], []).append(key)
+    runtime = {row["id"] for row in snapshot.customers}
     for row in snapshot.customers:
         cid = row["id"]
         if cid in customers:
@@ -91,9 +93,31 @@ def merge(config: Config, snapshot: Snapshot) -> Config:
             customers[cid] = runtime_customer(row, keys_by_customer.get(cid, []), config)
         except ConfigError as exc:
             problems += [f"runtime customer {cid}: {p}" for p in exc.problems]
+    for cid, keys in keys_by_customer.items():  # keys made at runtime for the file's customers
+        if cid not in runtime and cid in customers:
+            customers[cid] = with_keys(customers[cid], keys)
     if problems:
         raise ConfigError(config.source, problems)
     return replace(config, customers=customers)
+
+
+def with_keys(customer: CustomerConfig, keys: list[dict]) -> CustomerConfig:
+    """`customer` with these runtime keys added (revoked ones left out)."""
+    live_keys = [k for k in keys if k["revoked_us"] is None]
+    caps = {k["id"]: Decimal(k["settings"]["cap"]) for k in live_keys if k["settings"].get("cap") is not None}
+    return replace(customer, keys=customer.keys + tuple(f"sha256:{k['digest']}" for k in live_keys),
+                   key_caps={**customer.key_caps, **caps},
+                   key_policies={**customer.key_policies, **{k["id"]: policy_of(k) for k in live_keys}})
+
+
+def policy_of(key: dict) -> KeyPolicy:
+    rate = key["settings"].get("rate_limit")
+    return KeyPolicy(
+        name=key["name"],
+        expires_at=None if key["expires_us"] is None else datetime.fromtimestamp(key["expires_us"] / 1e6,
+                                                                                   timezone.utc),
+        rate_limit=RateLimitConfig(**rate) if rate else None,
+        models=tuple(key["settings"]["models"]) if key["settings"].get("models") else None)
 
 
 def runtime_customer(row: dict, keys: list[dict], config: Config) -> CustomerConfig:
@@ -103,15 +127,7 @@ def runtime_customer(row: dict, keys: list[dict], config: Config) -> CustomerCon
     data = {"plan": row["plan"], **settings, "keys": [f"sha256:{k['digest']}" for k in live_keys],
             "key_caps": {k["id"]: k["settings"]["cap"] for k in live_keys if k["settings"].get("cap") is not None}}
     customer = read_customer(row["id"], data, config, path=f"customers.{row['id']}")
-    policies = {}
-    for key in live_keys:
-        rate = key["settings"].get("rate_limit")
-        policies[key["id"]] = KeyPolicy(
-            name=key["name"],
-            expires_at=None if key["expires_us"] is None else datetime.fromtimestamp(key["expires_us"] / 1e6,
-                                                                                       timezone.utc),
-            rate_limit=RateLimitConfig(**rate) if rate else None,
-            models=tuple(key["settings"]["models"]) if key["settings"].get("models") else None)
+    policies = {key["id"]: policy_of(key) for key in live_keys}
     return replace(customer, key_policies=policies, active=row["active"], metadata=row["metadata"], source="api")
 
 

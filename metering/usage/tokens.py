@@ -40,13 +40,18 @@ def litellm_tokenizers_dir() -> str | None:
     return str(folder) if folder.is_dir() else None
 
 
+_LOADED: set[str] = set()
+
+
 @lru_cache(maxsize=None)  # a handful of encodings, each loaded once (~0.1-0.5 s, ~10-100 MB)
 def _encoding(name: str) -> tiktoken.Encoding:
     folder = litellm_tokenizers_dir()
     if folder is not None:
         # setdefault: an operator's own cache dir wins (then its files are their business).
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", folder)
-    return tiktoken.get_encoding(name)
+    encoding = tiktoken.get_encoding(name)
+    _LOADED.add(name)
+    return encoding
 
 
 @lru_cache(maxsize=1024)
@@ -59,6 +64,11 @@ def _encoding_name(model: str) -> str:
             return "cl100k_base"
         return "o200k_base"  # current OpenAI models, and the best guess for anyone else's
     return name if name in _BUNDLED else _NEAREST_BUNDLED
+
+
+def loaded(model: str) -> bool:
+    """Whether `model`'s tokenizer is in memory already (loading one takes ~0.5 s of CPU)."""
+    return _encoding.cache_info().currsize > 0 and _encoding_name(model) in _LOADED
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:

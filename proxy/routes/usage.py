@@ -37,10 +37,14 @@ def _tokens(totals: Totals) -> dict:
 
 async def usage_summary(request: web.Request) -> web.Response:
     """`GET /v1/usage/summary`: the open period, including every response that has ended."""
-    app = request.app
-    customer = app[LIVE].keyring.subject(request)
+    customer = request.app[LIVE].keyring.subject(request)
+    return web.json_response(await summary_of(request.app, customer))
+
+
+async def summary_of(app: web.Application, customer, *, at=None) -> dict:
+    """A customer's period (the open one, or the one holding `at`), from the real-time counters."""
     plan = app[LIVE].config.plans[customer.plan]
-    period = app[METER].period(customer, utcnow())
+    period = app[METER].period(customer, at or utcnow())
     try:
         totals = await app[RECORDER].counters.totals(customer.id, period.key)
     except STORE_DOWN:
@@ -58,7 +62,7 @@ async def usage_summary(request: web.Request) -> web.Response:
          "amount": money_str(t.amount)}
         for name, t in sorted(totals.by_model.items())
     ]
-    summary = {
+    return {
         "customer": customer.id,
         "plan": plan.name,
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat(), "interval": period.interval},
@@ -73,7 +77,6 @@ async def usage_summary(request: web.Request) -> web.Response:
         # events the ledger refused as they were (kept aside in dead_letters, billed without metadata)
         "evidence": {"kept_aside": app[RECORDER].dead_letters.get(customer.id, 0)},
     }
-    return web.json_response(summary)
 
 
 async def usage_events(request: web.Request) -> web.StreamResponse:
