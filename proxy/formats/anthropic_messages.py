@@ -40,13 +40,16 @@ _RELAYED_HEADERS = ("anthropic-beta",)
 # The prompt estimate (admission's worst case). Anthropic publishes no tokenizer; tiktoken's
 # o200k_base is used, and the estimate leans high on purpose: an underestimate lets a hard
 # cap be overrun, an overestimate only refuses a call near the cap a little early (the call
-# is settled at the provider's own count). Anthropic says its newer tokenizer uses up to 1.35x
-# the tokens of its previous one; its tokenizers also count more than o200k for most text.
-TEXT_MARGIN = (135, 100)  # text tokens x 1.35, rounded up
+# is settled at the provider's own count). Anthropic gives 1.0-1.35x as the growth of Opus
+# 4.7's tokenizer over its predecessor's, independent measurements found up to ~1.47x on
+# technical text, and Claude's tokenizers count more than o200k for English and code: the
+# margin below is a judgement from those figures, not a proven bound.
+TEXT_MARGIN = (3, 2)  # text tokens x 1.5, rounded up
 PER_MESSAGE = 5  # role and turn markers around each message
 PER_BLOCK = 3  # framing of each content block
 # Anthropic: an image costs about width x height / 750 tokens, and images past ~1.15 megapixels
-# are scaled down first, so one image costs at most about 1,600 tokens.
+# are scaled down first, so one image costs at most about 1,600 tokens (its size is unknown
+# without decoding it: every image is counted at that maximum).
 IMAGE_TOKENS = 1600
 # A PDF costs its text plus an image per page (1,500-3,000 tokens a page); the page count is
 # unknown without parsing it, so a base64 document counts one token per 3 base64 characters
@@ -383,7 +386,7 @@ class MessagesWatcher:
     def usage(self) -> Usage | None:
         """The usage so far: the provider's own once message_delta came; before that, its input
         counts with the output estimated from the text seen (source "estimated"); None if no
-        usage was seen at all."""
+        usage was seen at all, or if the stream failed before any text (nothing to bill)."""
         if self._usage is False:
             self._usage = self._compute_usage()
         return self._usage
@@ -394,7 +397,10 @@ class MessagesWatcher:
         reported = anthropic_usage(dict(self._raw_usage))
         if self._final:
             return reported
-        output = max(self._started_output, count_text(self.output_text(), _ENCODING_MODEL))
+        text = self.output_text()
+        if self.error is not None and not text:
+            return None  # the provider failed before generating anything: the relay bills nothing
+        output = max(self._started_output, count_text(text, _ENCODING_MODEL))
         return Usage(input_tokens=reported.input_tokens, cached_input_tokens=reported.cached_input_tokens,
                      output_tokens=output, source="estimated", cache_write_tokens=reported.cache_write_tokens,
                      cache_write_1h_tokens=reported.cache_write_1h_tokens, raw=reported.raw)
@@ -421,6 +427,7 @@ class MessagesWatcher:
         if name == "error":
             error = obj.get("error") if isinstance(obj, dict) else None
             self.error = error if isinstance(error, dict) else {"message": data}
+            self._usage = False
         elif not isinstance(obj, dict):
             return frame.raw
         elif name == "message_start":

@@ -16,8 +16,8 @@ from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
 from proxy.errors import (BodyTooLarge, Forbidden, InvalidApiKey, InvalidRequest, ModelNotFound, RateLimited,
                           ServiceUnavailable, SpendCapReached, UpstreamError, UpstreamTimeout)
-from proxy.formats.anthropic_messages import (IMAGE_TOKENS, MESSAGES, TOOLS_SYSTEM_PROMPT, MessagesWatcher,
-                                              count_messages_prompt)
+from proxy.formats.anthropic_messages import (IMAGE_TOKENS, MESSAGES, TEXT_MARGIN, TOOLS_SYSTEM_PROMPT,
+                                              MessagesWatcher, count_messages_prompt)
 from tests.fakes import anthropic_wire as claude
 
 STREAMS = Path(__file__).parent / "streams"
@@ -85,9 +85,9 @@ def test_a_recorded_error_mid_stream_keeps_the_provider_error_object():
 
 def test_the_cache_stream_keeps_the_merged_raw_usage_as_evidence():
     _, watcher = relay([(STREAMS / "anthropic_cache.sse").read_bytes()])
+    split = {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 1000}
     assert watcher.usage.raw == {"input_tokens": 4, "cache_creation_input_tokens": 3000,
-                                 "cache_read_input_tokens": 90000,
-                                 "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 1000},
+                                 "cache_read_input_tokens": 90000, "cache_creation": split,
                                  "output_tokens": 27, "service_tier": "standard"}
     assert watcher.answer_id == "msg_01Syufym9DZKGgeEtT3BDEAF"
 
@@ -227,6 +227,14 @@ def test_a_stream_cut_before_any_usage_has_none_and_the_relay_estimates():
     assert watcher.usage is None and watcher.output_text() == "" and not watcher.done
 
 
+def test_an_error_before_any_text_leaves_nothing_to_bill_but_a_client_leaving_is_billed():
+    failed = event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    _, watcher = relay([start({"input_tokens": 25, "output_tokens": 1}), failed])
+    assert watcher.error["type"] == "overloaded_error" and watcher.usage is None
+    _, watcher = relay([start({"input_tokens": 25, "output_tokens": 1})])  # abandoned: the prompt was read
+    assert counts(watcher.usage) == (25, 0, 0, 0, 1, 0) and watcher.usage.source == "estimated"
+
+
 def test_output_text_reads_tool_input_json_and_tool_names():
     stream = [start({"input_tokens": 3, "output_tokens": 1}),
               event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
@@ -338,7 +346,7 @@ def test_the_prompt_estimate_leans_above_tiktoken():
     text = "The quick brown fox jumps over the lazy dog. " * 20
     plain = count_text(text, "claude")
     estimate = count_messages_prompt({"messages": [{"role": "user", "content": text}]}, "claude")
-    assert estimate >= plain * 1.35
+    assert estimate >= plain * TEXT_MARGIN[0] / TEXT_MARGIN[1] > plain
 
 
 def test_the_system_prompt_counts_as_a_string_or_as_blocks():
