@@ -32,6 +32,7 @@ from proxy.errors import ModelNotFound, error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.limits import admission_ctx
 from proxy.routes import admin, responses
+from proxy.routes import gemini as gemini_routes
 from proxy.routes import messages as anthropic_messages
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
@@ -71,6 +72,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models/{id:.+}", retrieve_model)
     responses.add_routes(app)
     admin.add_routes(app)
+    gemini_routes.add_routes(app)
     anthropic_messages.add_routes(app)
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)

@@ -123,6 +123,12 @@ class GeminiFormat:
             return None
         return value * _candidates(config)
 
+    def max_output_field(self, body: dict) -> str:
+        config = body.get("generationConfig")
+        if isinstance(config, dict) and _candidates(config) > 1:
+            return "generationConfig.maxOutputTokens x generationConfig.candidateCount"
+        return "generationConfig.maxOutputTokens"
+
     def with_max_output(self, body: dict, tokens: int) -> dict:
         config = body.get("generationConfig") if isinstance(body.get("generationConfig"), dict) else {}
         return {**body, "generationConfig": {**config, "maxOutputTokens": max(1, tokens // _candidates(config))}}

@@ -290,6 +290,14 @@ def test_the_worst_case_output_is_max_output_tokens_for_each_candidate(config, w
     assert GENERATE.max_output(body) == worst
 
 
+@pytest.mark.parametrize("config, field", [
+    ({"maxOutputTokens": 64}, "generationConfig.maxOutputTokens"),
+    ({"maxOutputTokens": 64, "candidateCount": 2}, "generationConfig.maxOutputTokens x generationConfig.candidateCount"),
+])
+def test_a_cap_refusal_can_name_the_output_limit_it_reserved_for(config, field):
+    assert GENERATE.max_output_field({"generationConfig": config}) == field
+
+
 def test_a_clamp_shares_the_tokens_among_the_candidates():
     body = GENERATE.with_max_output({"generationConfig": {"candidateCount": 4, "maxOutputTokens": 999}}, 103)
     assert body["generationConfig"] == {"candidateCount": 4, "maxOutputTokens": 25}

@@ -1,0 +1,87 @@
+"""Gemini's routes: `POST /v1beta/models/{model}:{method}` and the same under `/v1/models/`.
+
+`generateContent` and `streamGenerateContent` are metered calls (`proxy.formats.gemini` through
+the one relay); `countTokens` is authenticated and forwarded, but generates nothing and is
+neither reserved for nor billed. Any other method is a 404 that reaches no provider: Payware
+forwards nothing it does not meter. Every error, authentication's included, is in Google's
+envelope, so the google-genai SDK raises its own typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from config.schema import Config, ModelConfig
+from proxy.appkeys import HTTP, LIVE, UPSTREAMS
+from proxy.auth import Caller
+from proxy.calls import may_use, model_call
+from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, UpstreamError
+from proxy.formats.gemini import GENERATE, GENERATE_METHODS, resource_name, split_target, upstream_path
+from proxy.jsonbody import dump_json, parse_json, read_body
+from proxy.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
+
+
+async def gemini_models(request: web.Request) -> web.StreamResponse:
+    """`POST /{v1beta|v1}/models/{model}:{method}`."""
+    request[ENVELOPE] = GENERATE.error_body
+    _, method = split_target(request.match_info["target"])
+    if method in GENERATE_METHODS:
+        return await model_call(request, GENERATE)
+    if method == "countTokens":
+        return await count_tokens(request)
+    raise NotFound(f"Method not found: {method or request.match_info['target']!r}. Payware serves "
+                   "generateContent, streamGenerateContent and countTokens.")
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    """`:countTokens`: the provider's count, relayed; no reservation, nothing billed."""
+    app = request.app
+    live = app[LIVE]
+    config, caller = live.config, live.keyring.customer(request)
+    raw = await read_body(request)
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    model = _model(config, caller, GENERATE.model_name(body, request))
+    provider = config.providers[model.provider]
+    inner = body.get("generateContentRequest")
+    if isinstance(inner, dict) and "model" in inner:
+        # the full-request form names the model again: the provider must see its own name
+        body = {**body, "generateContentRequest": {**inner, "model": resource_name(model)}}
+        raw = dump_json(body)
+    upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name]
+                                   + upstream_path(model, provider, request, "countTokens"),
+                                   body=raw, headers=outgoing_headers(provider), provider=provider.name)
+    if upstream.status >= 300:
+        return await error_passthrough(upstream, provider.name, GENERATE)
+    try:
+        payload = await upstream.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        upstream.close()
+        raise UpstreamError(f"provider {provider.name!r} broke off its answer") from None
+    finally:
+        upstream.release()
+    headers = relayed_headers(upstream)
+    headers["X-Payware-Request-Id"] = request["request_id"]
+    return web.Response(status=upstream.status, body=payload, headers=headers)
+
+
+def _model(config: Config, caller: Caller, name: str) -> ModelConfig:
+    """The model `name` if this key may use it and its provider speaks Gemini's wire."""
+    model = config.models.get(name)
+    if model is None or not may_use(caller, name):
+        raise ModelNotFound(f"models/{name} is not found, or this key may not use it.", param="model")
+    kind = config.providers[model.provider].kind
+    if kind not in GENERATE.kinds:
+        raise InvalidRequest(f"the model `{name}` is served by a `{kind}` provider, which does not speak "
+                             f"{GENERATE.name}", param="model")
+    return model
+
+
+def add_routes(app: web.Application) -> None:
+    """Gemini's model routes, under both API versions (POST only: `GET /v1/models/{id}` is OpenAI's)."""
+    app.router.add_post("/v1beta/models/{target}", gemini_models)
+    app.router.add_post("/v1/models/{target}", gemini_models)
