@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 
 from metering.usage.tokens import count_prompt, encoding_for
-from proxy import echo_anthropic
+from proxy import echo_anthropic, echo_gemini
 
 _ENCODING_MODEL = "gpt-4o"  # any o200k_base model: the echo's tokenizer, whatever model was asked for
 _FINGERPRINT = "fp_echo"
@@ -35,6 +35,7 @@ def make_echo_app() -> web.Application:
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
     echo_anthropic.add_routes(app)  # Anthropic's Messages wire, in its own module
+    echo_gemini.add_routes(app)  # Gemini's generateContent wire, in its own module
     return app
 
 

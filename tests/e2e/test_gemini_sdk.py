@@ -18,6 +18,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
+from metering.usage.tokens import count_text
 from tests.conftest import KEYS, ROOT, key_hash, python_env
 from tests.fakes import gemini_extra as extra
 from tests.fakes import gemini_wire as fake
@@ -31,6 +32,7 @@ MODELS = "\n".join(f"  {name}: {{provider: fake-gemini, cost: {PRICE}}}" for nam
   my-gemini: {{provider: fake-gemini, upstream: gemini-fake-ok, cost: {PRICE}}}
   gemini-fake-long: {{provider: fake-gemini-extra, cost: {LONG_PRICE}}}
   gemini-fake-error-text: {{provider: fake-gemini-extra, cost: {PRICE}}}
+  gemini-echo: {{provider: echo, cost: {PRICE}}}
 """
 VERSIONS = ["v1", "v1beta"]  # v1: google-genai's default; v1beta: Google's docs and older SDKs
 HI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
@@ -79,7 +81,8 @@ def gemini_extra() -> Iterator[str]:
 
 
 def make_proxy(proxy_factory, gemini_extra, **kwargs):
-    providers = f'  fake-gemini-extra: {{kind: gemini, base_url: "{gemini_extra}", api_key: "AIza-extra-secret"}}\n'
+    providers = (f'  fake-gemini-extra: {{kind: gemini, base_url: "{gemini_extra}", api_key: "AIza-extra-secret"}}\n'
+                 "  echo: {kind: echo}\n")
     return proxy_factory(extra_models=MODELS, extra_providers=providers, **kwargs)
 
 
@@ -286,6 +289,21 @@ def test_an_abandoned_stream_is_cancelled_upstream_and_billed_partial(proxy, fak
     assert len(seen) <= event["output_tokens"] < fake.SLOW_CANDIDATES_TOKENS
     assert event["raw_usage"]["candidatesTokenCount"] == event["output_tokens"]
     assert Decimal(event["amount"]) > 0
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_echo_model_answers_gemini_calls_and_is_billed_its_usage(proxy, version):
+    said = "Hello there, echo!"
+    client = sdk(proxy, version)
+    assert client.models.generate_content(model="gemini-echo", contents=said).text == said
+    chunks = list(client.models.generate_content_stream(model="gemini-echo", contents=said))
+    assert "".join(c.text for c in chunks) == said and chunks[-1].candidates[0].finish_reason == "STOP"
+    n = count_text(said, "gpt-4o")  # the echo's tokenizer (o200k_base): the prompt and the reply alike
+    assert [event_tokens(e) for e in events(proxy)] == [(n, 0, n, 0)] * 2
+    # per call: (n x 1.25 + n x 10.00) / 1e6 x 1.25
+    per_call = Decimal(n) * (Decimal("1.25") + Decimal("10.00")) / 10**6 * Decimal("1.25")
+    assert Decimal(summary(proxy)["amount_due_exact"]) == 2 * per_call
+    assert all(e["provider"] == "echo" and not e["estimated"] for e in events(proxy))
 
 
 # --- refused calls --------------------------------------------------------------------------------
