@@ -30,6 +30,7 @@ from proxy.calls import may_use, model_handler
 from proxy.formats import openai_chat
 from proxy.errors import ModelNotFound, error_middleware
 from proxy.jsonbody import BODY_TIMEOUT
+from proxy.litellm_bridge import litellm_ctx
 from proxy.limits import admission_ctx
 from proxy.routes import admin, responses
 from proxy.routes import gemini as gemini_routes
@@ -60,6 +61,7 @@ def make_app(config: Config) -> web.Application:
     app[METER] = meter = Meter(config)
     live.on_change.append(meter.reconfigure)
     app.cleanup_ctx.append(_upstreams)
+    app.cleanup_ctx.append(litellm_ctx(config))  # imports litellm only if a provider is of its kind
     app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_recorder)
     app.cleanup_ctx.append(admission_ctx)
