@@ -100,6 +100,9 @@ class AnthropicMessagesFormat:
         value = body.get("max_tokens")
         return value if type(value) is int and value > 0 else None
 
+    def max_output_field(self, body: dict) -> str:
+        return "max_tokens"
+
     def with_max_output(self, body: dict, tokens: int) -> dict:
         body = {**body, "max_tokens": tokens}
         thinking = body.get("thinking")

@@ -304,7 +304,7 @@ def test_model_and_stream_come_from_the_body():
         MESSAGES.stream({"stream": "yes"}, REQUEST)
     with pytest.raises(InvalidRequest):
         MESSAGES.model_name({"model": 3}, REQUEST)
-    assert MESSAGES.max_output(BODY) == 100
+    assert MESSAGES.max_output(BODY) == 100 and MESSAGES.max_output_field(BODY) == "max_tokens"
 
 
 def test_a_clamped_call_lowers_max_tokens_and_a_thinking_budget_above_it():
