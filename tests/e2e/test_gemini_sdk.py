@@ -137,6 +137,7 @@ def assert_billed_exactly(proxy, scenario: str, stream: bool) -> dict:
                                                                                          "generate")
     assert event["model"] == event["upstream_model"] == scenario and event["provider"] == "fake-gemini"
     assert event["raw_usage"] == fake.usage_metadata(scenario)
+    assert event["meta"]["provider_id"] == fake.RESPONSE_ID  # the provider's responseId, as evidence
     return event
 
 
@@ -289,6 +290,22 @@ def test_an_abandoned_stream_is_cancelled_upstream_and_billed_partial(proxy, fak
     assert len(seen) <= event["output_tokens"] < fake.SLOW_CANDIDATES_TOKENS
     assert event["raw_usage"]["candidatesTokenCount"] == event["output_tokens"]
     assert Decimal(event["amount"]) > 0
+
+
+async def test_a_stream_the_provider_cuts_is_billed_partial_from_its_running_usage(proxy):
+    url = f"{proxy.url}/v1beta/models/gemini-fake-cut:streamGenerateContent?alt=sse"
+    status, _, body = await post_raw(url, HI, {"x-goog-api-key": KEYS["acme"]})
+    assert status == 200 and body == b"".join(fake.stream_bytes("gemini-fake-cut", "gemini-fake-cut"))
+    (event,) = events(proxy)
+    assert event["status"] == "partial" and event_tokens(event) == (fake.PROMPT_TOKENS, 0, 6, 0)  # 2 + 4 so far
+
+
+async def test_an_answer_the_provider_drops_is_a_502_in_googles_envelope_and_bills_nothing(proxy):
+    url = f"{proxy.url}/v1beta/models/gemini-fake-cut:generateContent"
+    status, _, body = await post_raw(url, HI, {"x-goog-api-key": KEYS["acme"]})
+    error = json.loads(body)["error"]
+    assert (status, error["code"], error["status"]) == (502, 502, "UNAVAILABLE")
+    assert error["details"][0]["reason"] == "UPSTREAM_ERROR" and events(proxy) == []
 
 
 @pytest.mark.parametrize("version", VERSIONS)
