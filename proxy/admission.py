@@ -38,6 +38,16 @@ DEFAULT_MAX_OUTPUT = 4096  # worst case for a model whose max output nobody know
 
 
 @dataclass(slots=True)
+class Worst:
+    """A call's worst case, and where it came from (for a refusal that explains itself)."""
+
+    prompt: int
+    output: int
+    output_from: str | bool  # the request's field that set the output limit, or False: the model's maximum
+    units: int = 0
+
+
+@dataclass(slots=True)
 class Admitted:
     """What admission granted a call: settle or release it when the call ends."""
 
@@ -134,28 +144,37 @@ class Gate:
         body's bytes; `extra_prompt`: input the provider bills beyond the body (a chain)."""
         capped = self.capped(customer)
         needs_count = capped or (customer.rate_limit is not None and customer.rate_limit.tpm)
-        prompt = await self.count_prompt(fmt, body, model, size) + extra_prompt if needs_count else 0
+        prompt, exact = await self._bound_prompt(fmt, body, model, size) if needs_count else (0, False)
+        prompt += extra_prompt if needs_count else 0
         requested = fmt.max_output(body)
         max_out = requested if requested is not None else _model_max_output(model)
         tokens = min(prompt + max_out, RATE_MAX_TOKENS)  # charged to TPM limits up front
+        field = getattr(fmt, "max_output_field", None)
+        worst = Worst(prompt=prompt, output=max_out,
+                      output_from=requested is not None and (field(body) if field else "the output limit"))
         admitted = await self._admit(request_id, customer, key_id, plan, model, fmt.endpoint, period, now, capped,
-                                     prompt, max_out, tokens)
-        admitted.counted = bool(needs_count)
+                                     prompt, max_out, tokens, worst)
+        admitted.counted = bool(needs_count) and exact
         admitted.max_output = max_out
         admitted.max_output_from = "request" if requested is not None else "model"
         return admitted
 
     async def count_prompt(self, fmt, body: dict, model: ModelConfig, size: int) -> int:
-        """The prompt's tokens, in a worker thread for a large body (tiktoken releases the GIL),
-        so one customer's 7 MB prompt does not stall every other request on the event loop."""
-        if not tokens_loaded(model.upstream):
-            # NOTE: the tokenizer is still loading (~0.3 s, once): the body's bytes bound its tokens
-            # from above (a BPE token is at least one byte), so the reservation stays an upper bound.
-            self.preload(lambda: encoding_for(model.upstream))
-            return size
-        if size < BIG_PROMPT:
+        """The prompt's tokens, exactly; in a worker thread for a large body or a tokenizer still
+        to load (tiktoken releases the GIL), so one customer's 7 MB prompt does not stall every
+        other request on the event loop."""
+        if size < BIG_PROMPT and tokens_loaded(model.upstream):
             return fmt.prompt_tokens(body, model.upstream)
         return await asyncio.to_thread(fmt.prompt_tokens, body, model.upstream)
+
+    async def _bound_prompt(self, fmt, body: dict, model: ModelConfig, size: int) -> tuple[int, bool]:
+        """(tokens, exact) for admission, which must not wait for a tokenizer to load (~0.3 s, once):
+        meanwhile the body's bytes bound its tokens from above (a BPE token is at least one
+        byte), so the reservation stays an upper bound."""
+        if not tokens_loaded(model.upstream):
+            self.preload(lambda: encoding_for(model.upstream))
+            return size, False
+        return await self.count_prompt(fmt, body, model, size), True
 
     def preload(self, load: Callable[[], object]) -> None:
         """Run `load` (a tokenizer) in a thread, once at a time."""
@@ -163,7 +182,7 @@ class Gate:
             self._preloading = asyncio.get_running_loop().run_in_executor(None, load)
 
     async def _admit(self, request_id, customer, key_id, plan, model, endpoint, period, now, capped, prompt,
-                     max_out, tokens) -> Admitted:
+                     max_out, tokens, why: Worst) -> Admitted:
         if not capped:  # pay-as-you-go without a cap: nothing to reserve (saves two store calls)
             rate, local = await self._use(
                 lambda _budget, limiter: self._rate(limiter, customer, key_id, tokens))
@@ -171,6 +190,7 @@ class Gate:
                             capped=False, rate_tokens=tokens if rate is not None else 0)
         scopes = self.scopes(customer, key_id)
         worst = _units(_amount(model, plan, prompt, max_out, now))  # past the store's range: never fits
+        why.units = worst
 
         async def reserve(budget: Reservations, limiter: RateLimiter):
             rate = await self._rate(limiter, customer, key_id, tokens)
@@ -185,12 +205,12 @@ class Gate:
 
         (rate, decision), local = await self._use(reserve)
         admitted = await self._decide(request_id, customer, key_id, plan, model, endpoint, prompt, period,
-                                      scopes, rate, decision, local, now)
+                                      scopes, rate, decision, local, now, why)
         admitted.rate_tokens = tokens if rate is not None else 0
         return admitted
 
     async def _decide(self, request_id, customer, key_id, plan, model, endpoint, prompt, period, scopes, rate,
-                      decision: Decision, local: bool, now: datetime) -> Admitted:
+                      decision: Decision, local: bool, now: datetime, why: Worst) -> Admitted:
         """What to do with the reservation's answer: go, clamp, serve past the cap, or refuse."""
         names = tuple(s.name for s in scopes)
         if decision.allowed:
@@ -218,7 +238,7 @@ class Gate:
             raise RateLimited(
                 f"Spend cap reached: requests are throttled to {cap.throttle_rpm} per minute.",
                 headers={"Retry-After": _seconds(slow.retry_after)})
-        raise SpendCapReached(_cap_message(decision), headers={"x-should-retry": "false"})
+        raise SpendCapReached(_cap_message(decision, why), headers={"x-should-retry": "false"})
 
     async def settle(self, admitted: Admitted, amount: Decimal, event_id: str, customer: CustomerConfig,
                      tokens: int = 0) -> None:
@@ -347,9 +367,18 @@ def _seconds(value: float) -> str:
     return str(max(1, int(value + 0.999)))
 
 
-def _cap_message(decision: Decision) -> str:
-    limit = Decimal(decision.limit or 0) / Decimal(10**9)
+def _cap_message(decision: Decision, why: Worst) -> str:
+    """Why a call was refused: the cap is used up, or this call's worst case does not fit what is left."""
+    limit = Decimal(decision.limit or 0) / NANO
     scope = "this key's" if (decision.scope or "").startswith("key:") else "your"
-    return (f"You have reached {scope} spend cap of ${decimal_str(limit)} for this billing period. "
-            "Raise the cap or upgrade the plan to continue.")
-
+    room = max(Decimal(decision.limit or 0) - decision.spent - decision.held, 0) / NANO
+    if decision.spent >= (decision.limit or 0):
+        return (f"You have reached {scope} spend cap of ${decimal_str(limit)} for this billing period. "
+                "Raise the cap or upgrade the plan to continue.")
+    source = (f"`{why.output_from}` of {why.output}" if why.output_from
+              else f"the model's maximum output of {why.output} tokens, as the request set no output limit")
+    held = f" (${decimal_str(Decimal(decision.held) / NANO)} of it held by calls in flight)" if decision.held else ""
+    return (f"This request's worst case, ${decimal_str(Decimal(why.units) / NANO)} ({why.prompt} prompt tokens and "
+            f"{source}), does not fit the ${decimal_str(room)} left of {scope} spend cap of "
+            f"${decimal_str(limit)}{held}. Lower the output limit, or set `clamp: true` on the cap to have it "
+            "lowered for you.")

@@ -11,11 +11,13 @@ from datetime import datetime
 
 from aiohttp import web
 
+from config.loader import ConfigError
 from config.schema import Config
 from metering.limits.counters import MemoryCounters
 from metering.store.events import utcnow
 from metering.store.journal import Journal
 from metering.store.directory import DirectoryStore
+from metering.store.instances import HEARTBEAT, Instances
 from metering.store.ledger import Ledger
 from metering.billing.meter import Meter
 from metering.store.recorder import Recorder
@@ -26,6 +28,7 @@ from proxy.admission import STORE_DOWN
 from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
+from proxy.accesslog import access_log_middleware
 from proxy.calls import may_use, model_handler
 from proxy.formats import openai_chat
 from proxy.errors import ModelNotFound, error_middleware
@@ -53,7 +56,7 @@ async def request_id_middleware(request: web.Request, handler) -> web.StreamResp
 
 def make_app(config: Config) -> web.Application:
     """Build the proxy for `config`; resources open on start-up and close on clean-up."""
-    app = web.Application(middlewares=[request_id_middleware, error_middleware],
+    app = web.Application(middlewares=[request_id_middleware, access_log_middleware, error_middleware],
                           client_max_size=config.server.max_body_bytes)
     app[LIVE] = live = Live(config, store=None)  # the directory's store opens with the ledger
     app[BODY_TIMEOUT] = config.server.body_timeout
@@ -152,6 +155,16 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     """Journal, ledger and counters; replays the journal before the first request."""
     storage = app[LIVE].config.storage
     ledger = Ledger(storage.ledger)
+    instances = Instances(ledger.engine, journal=storage.journal, counters=storage.counters)
+    loop = asyncio.get_running_loop()
+    conflict = await loop.run_in_executor(None, instances.conflict)
+    if conflict is not None:
+        ledger.close()
+        raise ConfigError(app[LIVE].config.source, [
+            f"storage.counters: another proxy ({conflict.other}, counters: {conflict.counters}) uses this ledger; "
+            "with counters: memory each proxy counts only its own calls and caps would drift: give every "
+            "proxy of this ledger storage.counters: redis://…"])
+    await loop.run_in_executor(None, instances.beat)
     live = app[LIVE]
     live.store = DirectoryStore(ledger.engine)
     # NOTE: before anything reads a customer: runtime customers merge with the file's (or, if
@@ -173,9 +186,27 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     log.info("ledger ready in %.0f ms (%d events recovered from the journal)",
              (time.perf_counter() - started) * 1000, recorder.recovered)
     app[RECORDER] = recorder
+    heartbeat = asyncio.create_task(_heartbeat(instances), name="instance-heartbeat")
     yield
+    heartbeat.cancel()
+    await asyncio.gather(heartbeat, return_exceptions=True)
     await recorder.close()
+    try:
+        await loop.run_in_executor(None, instances.leave)
+    except Exception:
+        pass  # the row goes stale on its own
     ledger.close()
+
+
+async def _heartbeat(instances: Instances) -> None:
+    """Tell the other proxies of this ledger that this one is alive (see metering.store.instances)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(HEARTBEAT)
+        try:
+            await loop.run_in_executor(None, instances.beat)
+        except Exception as exc:
+            log.warning("could not write this proxy's heartbeat: %s", type(exc).__name__)
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from config.schema import Config, CustomerConfig
+from proxy.accesslog import note
 from proxy.errors import Forbidden, InvalidApiKey, InvalidRequest
 
 
@@ -36,6 +37,7 @@ class KeyRing:
     def caller(self, request: web.Request) -> Caller:
         key = _bearer(request)
         if self._admin is not None and hmac.compare_digest(key, self._admin):
+            note(request, customer=None, key_id="admin")
             return Caller(customer=None, key_id="admin", admin=True)
         found = self._index.get(hashlib.sha256(key).hexdigest())
         if found is None:
@@ -48,6 +50,7 @@ class KeyRing:
                                    and policy.expires_at.timestamp() <= now):
             raise InvalidApiKey("Incorrect API key provided: this key was revoked or has expired.")
         self.used[key_id] = now
+        note(request, customer=customer_id, key_id=key_id)
         return Caller(customer=customer, key_id=key_id)
 
     def customer(self, request: web.Request) -> Caller:

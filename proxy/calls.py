@@ -25,11 +25,12 @@ from aiohttp import web
 from config.schema import Config, ModelConfig, PlanConfig
 from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
-from metering.store.events import utcnow
+from metering.store.events import money_str, utcnow
 from metering.store.recorder import COUNTERS_DOWN
 from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
+from proxy.accesslog import note
 from proxy.admission import Admitted, rate_headers
 from proxy.appkeys import BRIDGES, GATE, HTTP, LIVE, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
@@ -93,6 +94,8 @@ class Call:
                 facts.meta = {**facts.meta, "position_unknown": True}
         event = app[METER].call_event(facts, position=position)
         await record_event(app, event, self.caller.customer)
+        note(self.request, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
+             amount=money_str(event.amount), billed=event.status)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
         try:
             await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,
@@ -132,6 +135,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     size = len(raw)
     body = _json_object(raw)
     model = _model(config, caller, fmt.model_name(body, request), fmt)
+    note(request, model=model.name)
     stream = fmt.stream(body, request)
     fmt.validate(body)
     if before is not None:
@@ -150,6 +154,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     call = Call(request=request, fmt=fmt, caller=caller, model=model, stream=stream, body=body, started=started,
                 admitted=admitted, plan=config.plans[customer.plan], size=size, on_recorded=on_recorded)
     try:
+        asked = time.perf_counter()
         bridge = app[BRIDGES].get(provider.kind)
         if bridge is None:
             upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + outgoing.path,
@@ -158,7 +163,11 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
                                            provider=provider.name)
         else:
             upstream = await bridge(provider=provider, model=model, body=body, stream=stream, fmt=fmt)
+        note(request, upstream_ms=round((time.perf_counter() - asked) * 1000, 1))
         if upstream.status >= 300:
+            request["payware.error"] = f"upstream_{upstream.status}"
+            log.warning("provider %s answered %d to %s (model %s)", provider.name, upstream.status,
+                        request["request_id"], model.name)
             response = await error_passthrough(upstream, provider.name, fmt)  # nothing generated, nothing billed
             response.headers.update(rate_headers(admitted.rate))
             return response

@@ -90,15 +90,21 @@ def _config(args) -> Config:
 
 def _serve(args) -> int:
     from proxy.app import make_app
-    from proxy.redact import RedactingFormatter
+    from proxy.redact import JsonFormatter, RedactingFormatter
     from proxy.server import run
 
     config = _config(args)
     handler = logging.StreamHandler()
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                            secrets=_secrets(config)))
+    fmt = os.environ.get("PAYWARE_LOG_FORMAT", "text")
+    if fmt not in ("text", "json"):
+        print(f"payware: PAYWARE_LOG_FORMAT={fmt!r}: use text or json", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    formatter = JsonFormatter if fmt == "json" else RedactingFormatter
+    handler.setFormatter(formatter("%(asctime)s %(levelname)s %(name)s %(message)s", secrets=_secrets(config)))
     logging.basicConfig(level=os.environ.get("PAYWARE_LOG_LEVEL", "INFO"), handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter at every start
+    if os.environ.get("PAYWARE_ACCESS_LOG", "1") in ("0", "off", "false"):
+        logging.getLogger("payware.access").setLevel(logging.WARNING)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     app = make_app(config)
@@ -106,8 +112,36 @@ def _serve(args) -> int:
     def ready() -> None:
         print(f"payware: serving on http://{host}:{port}/v1 (config {config.source})", flush=True)
 
-    run(app, host=host, port=port, idle_timeout=config.server.idle_timeout, loop=_event_loop(), on_ready=ready)
+    try:
+        run(app, host=host, port=port, idle_timeout=config.server.idle_timeout, loop=_event_loop(),
+            on_ready=ready)
+    except Exception as exc:  # NOTE: a start-up failure is one clear line and an exit code, no traceback
+        reason, code = _startup_failure(exc, host, port)
+        print(f"payware: cannot start: {reason}", file=sys.stderr, flush=True)
+        return code
     return 0
+
+
+def _startup_failure(exc: BaseException, host: str, port: int) -> tuple[str, int]:
+    """What stopped the start, in one line, and the exit code (2: the config; 1: anything else)."""
+    import errno
+
+    from metering.store.journal import JournalLocked
+
+    if isinstance(exc, ConfigError):
+        return str(exc), EXIT_BAD_INPUT
+    if isinstance(exc, JournalLocked):
+        return str(exc), 1
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{host}:{port} is in use by another process (set server.port or --port)", 1
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EADDRNOTAVAIL):
+        return f"cannot listen on {host}:{port}: {exc.strerror}", 1
+    if type(exc).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")):
+        first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0][:300]
+        return f"the ledger database is unreachable or unusable: {first}", 1
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})", 1
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", 1
 
 
 def _secrets(config: Config) -> list[str]:

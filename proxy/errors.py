@@ -114,6 +114,7 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as error:
+        request["payware.error"] = error.code or error.type
         return error_response(error, request.get(ENVELOPE, openai_envelope))
     except web.HTTPRequestEntityTooLarge as exc:
         # aiohttp's own text names the limit and the size: "Maximum request body size N exceeded, ..."

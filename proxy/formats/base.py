@@ -72,6 +72,9 @@ class WireFormat(Protocol):
     def max_output(self, body: dict) -> int | None:
         """The client's cap on output tokens, if it gave one."""
 
+    def max_output_field(self, body: dict) -> str:
+        """The name of the request's output limit (for messages: "max_tokens")."""
+
     def with_max_output(self, body: dict, tokens: int) -> dict:
         """The body with its output cap set to `tokens` (a clamped call)."""
 

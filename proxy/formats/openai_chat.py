@@ -71,6 +71,9 @@ class OpenAIFormat:
                 return value
         return None
 
+    def max_output_field(self, body: dict) -> str:
+        return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+
     def with_max_output(self, body: dict, tokens: int) -> dict:
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         return {**body, field: tokens}

@@ -78,6 +78,9 @@ class ResponsesFormat:
         value = body.get("max_output_tokens")
         return value if type(value) is int and value > 0 else None
 
+    def max_output_field(self, body: dict) -> str:
+        return "max_output_tokens"
+
     def with_max_output(self, body: dict, tokens: int) -> dict:
         return {**body, "max_output_tokens": tokens}
 

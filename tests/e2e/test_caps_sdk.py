@@ -214,3 +214,18 @@ def test_a_customer_without_any_cap_sets_one_and_what_it_spent_already_counts(pr
     with pytest.raises(openai.RateLimitError) as info:
         sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
     assert info.value.body["code"] == "spend_cap_reached"
+
+
+def test_a_worst_case_that_does_not_fit_says_so_and_how_to_fit_it(proxy_factory, fake_upstream):
+    """The 429 names the worst case, where it came from and what remains, not "cap reached"."""
+    proxy = proxy_factory(customers=customers('amount: "0.001", action: block, mode: hard'))
+    with pytest.raises(openai.RateLimitError) as info:  # no max_tokens: the model's maximum is reserved
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES)
+    message = info.value.body["message"]
+    assert "worst case" in message and "the model's maximum output of 4096 tokens" in message
+    assert "$0.001 left" in message and "clamp: true" in message
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES,
+                                                      max_completion_tokens=5000)
+    assert "`max_completion_tokens` of 5000" in info.value.body["message"]
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=100)  # fits: served

@@ -170,17 +170,14 @@ async def _until(check, bound: float = 5.0) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("counters", ["redis", "none"])
-async def test_changes_on_one_proxy_apply_on_another_within_a_second(proxy_factory, pg_database, redis_url,
-                                                                      counters):
-    """Two proxies on one PostgreSQL (and one Redis, or database polling alone)."""
-    storage = ""
-    if counters == "redis":
-        import redis as sync_redis
+async def test_changes_on_one_proxy_apply_on_another_within_a_second(proxy_factory, pg_database, redis_url):
+    """Two proxies on one PostgreSQL and one Redis (pub/sub wakes the other at once)."""
+    import redis as sync_redis
 
-        db_url = redis_url.rsplit("/", 1)[0] + "/2"
-        sync_redis.Redis.from_url(db_url).flushdb()
-        storage = f"  counters: {db_url}"
+    db_url = redis_url.rsplit("/", 1)[0] + "/2"
+    sync_redis.Redis.from_url(db_url).flushdb()
+    storage = f"  counters: {db_url}"
+    counters = "redis"
     a = proxy_factory(name="a", ledger=pg_database, storage=storage)
     b = proxy_factory(name="b", ledger=pg_database, storage=storage)
     measured = {}
@@ -212,6 +209,42 @@ async def test_changes_on_one_proxy_apply_on_another_within_a_second(proxy_facto
 
 async def _served(session, proxy, key) -> bool:
     return await chat(session, proxy, key) == 200
+
+
+async def test_a_change_written_to_the_database_reaches_a_proxy_by_polling(proxy_factory, pg_database):
+    """Without Redis (the CLI's direct mode writes the database): the proxy polls the directory."""
+    import hashlib
+
+    from metering.store.directory import DirectoryStore
+    from metering.store.ledger import Ledger
+
+    proxy = proxy_factory(ledger=pg_database)
+    ledger = Ledger(pg_database)
+    store = DirectoryStore(ledger.engine)
+    key = "pw-made-in-the-database-0123456789"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    async with aiohttp.ClientSession() as session:
+        store.create_customer(id="polled", plan="payg", settings={}, meta={})
+        store.create_key(id="key_" + digest[:12], customer="polled", digest=digest, name="", prefix=key[:8],
+                         settings={}, expires_us=None)
+        created = await _until(lambda: _served(session, proxy, key))
+        store.end_key("key_" + digest[:12], revoke=True, at_us=0)
+
+        async def refused() -> bool:
+            return await chat(session, proxy, key) == 401
+        revoked = await _until(refused)
+    ledger.close()
+    print(f"propagation (database poll): created {created * 1000:.0f} ms, revoked {revoked * 1000:.0f} ms")
+    assert created < 1.5 and revoked < 1.5
+
+
+async def test_a_second_proxy_on_memory_counters_is_refused_with_a_clear_error(proxy_factory, tmp_path):
+    ledger = f"sqlite:///{tmp_path}/shared.db"
+    proxy_factory(name="first", ledger=ledger)
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        proxy_factory(name="second", ledger=ledger)
+    log = (tmp_path / "second" / "proxy.log").read_text()
+    assert "cannot start" in log and "storage.counters: another proxy" in log and "Traceback" not in log
 
 
 async def test_sighup_with_a_broken_file_keeps_serving_and_names_every_error(proxy):

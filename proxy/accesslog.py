@@ -1,0 +1,58 @@
+"""One log line per request: who called, what it cost, how long it took, and why it was refused.
+
+Fields: request id, method, path (never the query: Gemini clients may put a key there),
+status, customer, key id, model, tokens (input/output), amount, total latency and the time
+the provider took to answer (upstream), and the error code of a refusal or a failure
+(`spend_cap_reached`, `rate_limit_exceeded`, `invalid_api_key`, `upstream_error`…), so every
+refusal and every upstream failure has its line. Handlers leave what they know on the request
+(`note`); the middleware writes the line when the answer is done (a stream: its last byte).
+`PAYWARE_LOG_FORMAT=json` makes it (and every other log line) one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+log = logging.getLogger("payware.access")
+
+NOTES = "payware.access"  # request key: the fields handlers noted
+
+
+def note(request: web.Request, **fields) -> None:
+    """Add fields to this request's access-log line."""
+    notes = request.get(NOTES)
+    if notes is None:
+        request[NOTES] = fields
+    else:
+        notes.update(fields)
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away first (nginx's code for it)
+        raise
+    finally:
+        if log.isEnabledFor(logging.INFO):
+            fields = {"request_id": request.get("request_id"), "method": request.method, "path": request.path,
+                      "status": status, **request.get(NOTES, {}), "error": request.get("payware.error"),
+                      "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+            log.info(_text(fields), extra={"fields": fields})
+
+
+def _text(fields: dict) -> str:
+    """`req_… POST /v1/chat/completions 200 customer=acme …` (the text format's message)."""
+    head = f"{fields['request_id']} {fields['method']} {fields['path']} {fields['status']}"
+    rest = " ".join(f"{k}={v}" for k, v in fields.items()
+                    if k not in ("request_id", "method", "path", "status") and v is not None)
+    return f"{head} {rest}"

@@ -1,0 +1,95 @@
+"""What an operator sees: start-up failures as one line and an exit code, one access-log line per request."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import KEYS, ROOT, free_port, proxy_config, python_env
+
+
+def serve(config_path, port: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path), "--port",
+                           str(port)], cwd=ROOT, env=python_env() | (env or {}), capture_output=True, text=True,
+                          timeout=60)
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert "serving on" not in result.stdout
+    failure = [line for line in result.stderr.splitlines() if line.startswith("payware: cannot start")]
+    assert len(failure) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in failure[0], failure[0]
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, fake_upstream):
+    path = tmp_path / "payware.yaml"
+    path.write_text(proxy_config(fake_upstream.url, tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = serve(path, taken.getsockname()[1])
+    assert_one_clear_line(result, 1, "is in use")
+
+
+def test_a_journal_in_use_is_one_line_and_exit_1(proxy, tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text(proxy.config_path.read_text())  # the same journal (and ledger) as the running proxy
+    result = serve(other, free_port())
+    assert_one_clear_line(result, 1, "journal", "in use")
+
+
+def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path, fake_upstream):
+    path = tmp_path / "payware.yaml"
+    path.write_text(proxy_config(fake_upstream.url, tmp_path, ledger="postgresql://postgres@127.0.0.1:1/nowhere"))
+    result = serve(path, free_port())
+    assert_one_clear_line(result, 1, "ledger database")
+
+
+def test_a_bad_config_is_every_problem_and_exit_2(tmp_path):
+    path = tmp_path / "payware.yaml"
+    path.write_text("providers: {p: {kind: nope}}\nmodels: {m: {provider: q}}\n")
+    result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(path)], cwd=ROOT,
+                            env=python_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "providers.p.kind" in result.stderr and "models.m.provider" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_one_access_line_per_request_with_who_what_and_cost(proxy_factory, fmt):
+    proxy = proxy_factory()
+    proxy.stop()
+    proxy.extra_env = {"PAYWARE_LOG_FORMAT": fmt}
+    proxy.start()
+    body = json.dumps({"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    for key in (KEYS["acme"], "pw-not-a-key"):
+        request = urllib.request.Request(proxy.url + "/v1/chat/completions", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as resp:
+                request_id = resp.headers["X-Payware-Request-Id"]
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401
+    lines = [line for line in proxy.log().splitlines() if "/v1/chat/completions" in line]
+    assert len(lines) == 2
+    served, refused = lines
+    if fmt == "json":
+        served, refused = json.loads(served), json.loads(refused)
+        assert (served["request_id"], served["status"], served["customer"], served["model"], served["input_tokens"],
+                served["output_tokens"], served["amount"]) == (request_id, 200, "acme", "fake-ok", 13, 7,
+                                                                "0.0000073125")
+        assert served["latency_ms"] >= served["upstream_ms"] >= 0
+        assert (refused["status"], refused["error"]) == (401, "invalid_api_key")
+    else:
+        assert request_id in served and " 200 " in served and "customer=acme" in served
+        assert "amount=0.0000073125" in served and "upstream_ms=" in served
+        assert " 401 " in refused and "error=invalid_api_key" in refused
+    assert KEYS["acme"] not in proxy.log() and "pw-not-a-key" not in proxy.log()
