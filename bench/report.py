@@ -26,11 +26,14 @@ def ratio_table(report: dict) -> str:
             "|---|" + "---:|" * (len(cases) + 1),
             "| reference pass-through, µs | " + " | ".join(
                 f"{c['targets']['reference']['cpu_us_per_req']:.0f}" for c in cases) + " | 1 |"]
-    paywares = [name for name, row in cases[0]["targets"].items() if row["kind"] == "payware"]
+    paywares = list(dict.fromkeys(name for c in cases for name, row in c["targets"].items() if row["kind"] == "payware"))
     for name in paywares:
         cells, ratios = [], []
         for c in cases:
-            row = c["targets"][name]
+            row = c["targets"].get(name)
+            if row is None:  # a scenario this Payware does not serve (a litellm model)
+                cells.append("–")
+                continue
             ratios.append(row["ratio"])
             cells.append(f"**{row['ratio']:.2f}×** [{row['ratio_min']:.2f}–{row['ratio_max']:.2f}] "
                          f"{row['cpu_us_per_req']:.0f} µs")

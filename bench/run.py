@@ -63,6 +63,10 @@ class Target:
     def url(self, scenario: Scenario) -> str:
         return self.child.url + scenario.path
 
+    def serves(self, scenario: Scenario) -> bool:
+        """A litellm scenario's model exists only in the Payware with a litellm provider."""
+        return not scenario.litellm or self.kind != "payware" or self.variant.litellm
+
 
 class Bench:
     """The children, the targets, core placement and the measured blocks of one run."""
@@ -80,7 +84,6 @@ class Bench:
 
     def start(self, tmp: Path, variants: list[Variant]) -> None:
         """Start the children one at a time (each start-up timed on an otherwise idle machine)."""
-        first = SCENARIOS[self.args.scenarios[0]]
         upstream = start_upstream(tmp)
         self.children.append(upstream)
         self.targets.append(Target("direct", "direct", upstream, {"Content-Type": "application/json",
@@ -88,12 +91,12 @@ class Bench:
         reference = spawn_reference(tmp, upstream.url)
         self.children.append(reference)
         self._ready(Target("reference", "reference", reference, {"Content-Type": "application/json",
-                                                                  "Authorization": "Bearer pw-bench-reference"}), first)
+                                                                  "Authorization": "Bearer pw-bench-reference"}))
         for variant in variants:
             child = spawn_payware(tmp, variant, upstream.url, root=self.args.proxy_root, extra_args=self.args.proxy_args)
             self.children.append(child)
             self._ready(Target(variant.name, "payware", child, {"Content-Type": "application/json",
-                                                                "Authorization": f"Bearer {variant.key}"}, variant), first)
+                                                                "Authorization": f"Bearer {variant.key}"}, variant))
         # Idle: once the first requests' ledger writes are done, CPU over `idle` seconds, then memory.
         time.sleep(max(self.args.settle, 0.5))
         servers = self.targets[1:]
@@ -106,7 +109,9 @@ class Bench:
             target.facts["memory_kb_idle_after_start"] = memory_kb(pids)
         self.log("bench: " + ", ".join(f"{t.name} {t.child.url} (pid {t.child.pid})" for t in self.targets))
 
-    def _ready(self, target: Target, scenario: Scenario) -> None:
+    def _ready(self, target: Target) -> None:
+        # the first scenario it serves (`chat` when it serves none of those asked for)
+        scenario = next((s for s in (SCENARIOS[n] for n in self.args.scenarios) if target.serves(s)), SCENARIOS["chat"])
         seconds = first_answer(target.child, target.url(scenario), scenario.body, target.headers)
         target.proxied += 1
         target.facts["startup_s"] = round(seconds, 3)
@@ -185,22 +190,23 @@ class Bench:
         args = self.args
         count = args.requests_c1 if concurrency == 1 else args.requests
         per_round = [count // args.rounds + (1 if i < count % args.rounds else 0) for i in range(args.rounds)]
-        clients = {t.name: Client(t.child.url, concurrency) for t in self.targets}
+        targets = [t for t in self.targets if t.serves(scenario)]
+        clients = {t.name: Client(t.child.url, concurrency) for t in targets}
         try:
-            for target in self.targets:  # warm-up: connections opened, caches filled
+            for target in targets:  # warm-up: connections opened, caches filled
                 self.place(target, 0)
                 target.proxied += len(await fire(clients[target.name], scenario.path, target.headers,
                                                  scenario, args.warmup, concurrency, self.deadline, target.name))
             await asyncio.sleep(args.settle)
             blocks = []
             for round_no, n in enumerate(per_round):
-                order = self.targets if round_no % 2 == 0 else self.targets[::-1]
+                order = targets if round_no % 2 == 0 else targets[::-1]
                 for target in order:
                     blocks.append(await self.block(target, scenario, n, concurrency, clients[target.name], round_no))
         finally:
             for client in clients.values():
                 client.close()
-        result = summarize_case(scenario, concurrency, blocks, self.targets)
+        result = summarize_case(scenario, concurrency, blocks, targets)
         for row in result["targets"].values():
             self.log(f"  {scenario.name:<17} c={concurrency:<3} {row['name']:<22} {row['rps']:7.0f} req/s  "
                      f"p50 {row['p50_ms']:6.3f} ms  p99 {row['p99_ms']:7.3f} ms  CPU {row['cpu_us_per_req']:6.0f} us/req"
@@ -272,7 +278,8 @@ class Bench:
             target.facts["requests_after_cases"] = target.proxied
         if args.soak:
             for target in paywares:
-                await self.soak(target, [SCENARIOS[n] for n in args.scenarios], args.soak, max(args.concurrency))
+                scenarios = [SCENARIOS[n] for n in args.scenarios if target.serves(SCENARIOS[n])] or [SCENARIOS["chat"]]
+                await self.soak(target, scenarios, args.soak, max(args.concurrency))
         checks = {t.name: await self.metering_check(t) for t in paywares}
         for target in paywares:
             if target.variant.counters != "memory":
@@ -343,6 +350,10 @@ def variants_of(args, run_id: str) -> list[Variant]:
             i = len(out)
             out.append(Variant(counters=counters, limits=limits, customer=f"bench-{run_id}-{i}",
                                key=f"pw-bench-{run_id}-{i}-0123456789abcdef"))
+    if args.litellm:
+        i = len(out)
+        out.append(Variant(counters="memory", limits=False, customer=f"bench-{run_id}-{i}",
+                           key=f"pw-bench-{run_id}-{i}-0123456789abcdef", litellm=True))
     return out
 
 
@@ -361,6 +372,9 @@ def parse_args(argv=None):
                    help=f"rows of bench/scenarios.py (default {' '.join(DEFAULT_SCENARIOS)})")
     p.add_argument("--limits", action="store_true",
                    help="also a Payware whose customer has a hard cap and RPM/TPM limits, never reached")
+    p.add_argument("--litellm", action="store_true",
+                   help="also a Payware whose config adds a kind: litellm provider (model claude-bench, the "
+                        "upstream's Anthropic route): it alone serves the litellm-* scenarios")
     p.add_argument("--counters", nargs="+", default=[], metavar="URL",
                    help="also a Payware on these counters (redis://host:port/db: the run's keys are deleted "
                         "at the end); memory counters are always measured")
@@ -390,6 +404,8 @@ def parse_args(argv=None):
         p.error("concurrency must be >= 1, requests >= rounds, warmup >= 0")
     if max(args.concurrency) > 512 or max(args.requests, args.requests_c1) > 200_000 or args.soak > 10_000_000:
         p.error("bounded: concurrency <= 512, requests <= 200000, soak <= 10000000")
+    if any(SCENARIOS[name].litellm for name in args.scenarios) and not args.litellm:
+        p.error("the litellm-* scenarios need --litellm (the Payware that has a litellm provider)")
     if any(not url.startswith(("redis://", "rediss://", "unix://")) for url in args.counters if url != "memory"):
         p.error("--counters takes redis:// URLs (memory counters are always measured)")
     return args

@@ -15,6 +15,9 @@ costs, the more surely the proxy is the bottleneck at c=64. To the proxies it lo
 HTTP/1.1 server: status line, Date, Content-Type, the provider's headers, Content-Length or
 chunked.
 
+`POST /v1/messages`: Anthropic's Messages API with the same reply (the upstream of a `kind: litellm`
+provider whose model is `anthropic/…`): a Message, or 44 named events, one `write()` each.
+
 A new API format is a function here (request JSON -> `Answer`) registered in `ROUTES` under its
 path, plus a row in bench/scenarios.py.
 
@@ -111,7 +114,56 @@ def chat(request: dict) -> Answer:
     return CHAT[isinstance(options, dict) and options.get("include_usage") is True]
 
 
-ROUTES = {"/v1/chat/completions": chat}  # path of a POST -> its canned answer: one per API format
+# Anthropic Messages (what a litellm provider's `anthropic/…` model calls): the same reply, words
+# and token counts, as Anthropic sends it: a Message; or named events, message_start (the input
+# usage), content_block_start, ping, one content_block_delta per word, content_block_stop,
+# message_delta (the cumulative usage), message_stop.
+MESSAGE_ID = "msg_01BenchAnthropicMessage0001"
+ANTHROPIC_USAGE = {"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                   "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                   "output_tokens": COMPLETION_TOKENS, "service_tier": "standard"}
+
+
+def _message(model: str, content: list, usage: dict, stop: str | None) -> dict:
+    return {"model": model, "id": MESSAGE_ID, "type": "message", "role": "assistant", "content": content,
+            "stop_reason": stop, "stop_sequence": None, "usage": usage}
+
+
+def _anthropic_events(model: str) -> list[bytes]:
+    def event(name: str, data: dict) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + _dump(data) + b"\n\n"
+
+    start = _message(model, [], {**ANTHROPIC_USAGE, "output_tokens": 1}, None)
+    events = [event("message_start", {"type": "message_start", "message": start}),
+              event("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "text", "text": ""}}),
+              b'event: ping\ndata: {"type": "ping"}\n\n']
+    events += [event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": word}}) for word in WORDS]
+    events += [event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                          "stop_sequence": None},
+                                       "usage": {"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0,
+                                                 "cache_read_input_tokens": 0, "output_tokens": COMPLETION_TOKENS}}),
+               event("message_stop", {"type": "message_stop"})]
+    return events
+
+
+@cache
+def _anthropic(model: str, stream: bool) -> Answer:
+    if stream:
+        return Answer("text/event-stream; charset=utf-8", events=tuple(_anthropic_events(model)))
+    content = [{"type": "text", "text": CONTENT}]
+    return Answer("application/json", body=_dump(_message(model, content, ANTHROPIC_USAGE, "end_turn")))
+
+
+def messages(request: dict) -> Answer:
+    """Anthropic Messages: one Message, or its stream (44 events, one write() each)."""
+    return _anthropic(str(request.get("model", "claude-bench")), bool(request.get("stream")))
+
+
+ROUTES = {"/v1/chat/completions": chat,  # path of a POST -> its canned answer: one per API format
+          "/v1/messages": messages}
 
 
 def _error(status: int, message: str) -> Answer:
