@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from google import genai
-from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from metering.usage.sse import SSEFramer

@@ -14,7 +14,7 @@ from config.schema import ModelConfig, ModelPrice, ProviderConfig
 from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
 from proxy import errors
-from proxy.formats.gemini import GENERATE, INLINE_PART, GeminiStream, count_prompt, split_target, upstream_path
+from proxy.formats.gemini import GENERATE, INLINE_PART, GeminiStream, count_prompt, split_target
 from tests.fakes import gemini_wire as fake
 
 STREAMS = Path(__file__).parent / "streams"
@@ -292,7 +292,8 @@ def test_the_worst_case_output_is_max_output_tokens_for_each_candidate(config, w
 
 @pytest.mark.parametrize("config, field", [
     ({"maxOutputTokens": 64}, "generationConfig.maxOutputTokens"),
-    ({"maxOutputTokens": 64, "candidateCount": 2}, "generationConfig.maxOutputTokens x generationConfig.candidateCount"),
+    ({"maxOutputTokens": 64, "candidateCount": 2},
+     "generationConfig.maxOutputTokens x generationConfig.candidateCount"),
 ])
 def test_a_cap_refusal_can_name_the_output_limit_it_reserved_for(config, field):
     assert GENERATE.max_output_field({"generationConfig": config}) == field
