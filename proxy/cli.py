@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", _serve, "run the proxy")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="serving processes, one per core (default: the number of cores with Redis counters, "
+                            "1 with memory counters, which cannot be shared)")
 
     check = command("check-config", _check_config, "validate a config file and exit", config=False)
     check.add_argument("file", metavar="FILE")
@@ -89,9 +92,8 @@ def _config(args) -> Config:
 
 
 def _serve(args) -> int:
-    from proxy.app import make_app
     from proxy.redact import JsonFormatter, RedactingFormatter
-    from proxy.server import run
+    from proxy import workers
 
     config = _config(args)
     handler = logging.StreamHandler()
@@ -107,14 +109,39 @@ def _serve(args) -> int:
         logging.getLogger("payware.access").setLevel(logging.WARNING)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    app = make_app(config)
+    count = args.workers if args.workers is not None else workers.default_workers(config)
 
-    def ready() -> None:
-        print(f"payware: serving on http://{host}:{port}/v1 (config {config.source})", flush=True)
+    def announce() -> None:
+        many = f", {count} workers" if count > 1 else ""
+        print(f"payware: serving on http://{host}:{port}/v1 (config {config.source}{many})", flush=True)
+
+    def serve_one(own: Config, ready) -> int:
+        return _serve_one(own, host=host, port=port, reuse_port=count > 1, ready=ready)
 
     try:
-        run(app, host=host, port=port, idle_timeout=config.server.idle_timeout, loop=_event_loop(),
-            on_ready=ready)
+        workers.check(config, count)
+        recovered = workers.replay_orphans(config, count)  # journals of workers that no longer exist
+        if recovered:
+            logging.getLogger("payware").warning("replayed %d events from other workers' journals", recovered)
+        if count == 1:
+            return serve_one(config, announce)
+        return workers.supervise(config, workers=count, host=host, port=port, serve_one=serve_one,
+                                 announce=announce)
+    except Exception as exc:
+        reason, code = _startup_failure(exc, host, port)
+        print(f"payware: cannot start: {reason}", file=sys.stderr, flush=True)
+        return code
+
+
+def _serve_one(config: Config, *, host: str, port: int, reuse_port: bool, ready) -> int:
+    """One serving process until SIGTERM/SIGINT; a start-up failure is one line and an exit code."""
+    from proxy.app import make_app
+    from proxy.server import run
+
+    try:
+        app = make_app(config)
+        run(app, host=host, port=port, idle_timeout=config.server.idle_timeout, reuse_port=reuse_port,
+            loop=_event_loop(), on_ready=ready)
     except Exception as exc:  # NOTE: a start-up failure is one clear line and an exit code, no traceback
         reason, code = _startup_failure(exc, host, port)
         print(f"payware: cannot start: {reason}", file=sys.stderr, flush=True)

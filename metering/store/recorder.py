@@ -74,21 +74,8 @@ class Recorder:
         return [e for e in self.ledger.events(start=since) if open_periods.get(e.customer) == e.period]
 
     def _replay(self) -> int:
-        # NOTE: bounded again: a journal written by an older version may hold what the ledger refuses.
-        events = [bounded(event) for event in self.journal.replay()]
-        recovered = 0
-        for i in range(0, len(events), self.flush_batch):
-            batch = events[i:i + self.flush_batch]
-            try:
-                recovered += self.ledger.insert(batch)
-            except Exception:  # a row the ledger refuses: keep it aside, write the rest, start anyway
-                if not self.ledger.reachable():
-                    raise
-                self._kept_aside(self.ledger.write(batch))
-        self.journal.sync()
-        self.journal.truncate()
-        if recovered:
-            log.warning("replayed %d events from the journal into the ledger", recovered)
+        recovered, kept = replay(self.journal, self.ledger, self.flush_batch)
+        self._kept_aside(kept)
         return recovered
 
     async def record(self, event: UsageEvent) -> None:
@@ -167,3 +154,27 @@ class Recorder:
             self._task = None
         self._writer.shutdown(wait=True)
         self.journal.close()
+
+
+def replay(journal: Journal, ledger: Ledger, batch: int = 500) -> tuple[int, list[UsageEvent]]:
+    """Write every event of `journal` into `ledger` (idempotent), then empty the journal.
+
+    Returns (events the ledger did not have, events it kept aside). Raises only when the
+    ledger is unreachable (the journal is then left as it is).
+    """
+    # NOTE: bounded again: a journal written by an older version may hold what the ledger refuses.
+    events = [bounded(event) for event in journal.replay()]
+    recovered, kept = 0, []
+    for i in range(0, len(events), batch):
+        chunk = events[i:i + batch]
+        try:
+            recovered += ledger.insert(chunk)
+        except Exception:  # a row the ledger refuses: keep it aside, write the rest, start anyway
+            if not ledger.reachable():
+                raise
+            kept += ledger.write(chunk)
+    journal.sync()
+    journal.truncate()
+    if recovered:
+        log.warning("replayed %d events from the journal %s into the ledger", recovered, journal.path)
+    return recovered, kept
