@@ -32,23 +32,24 @@ def test_usage_summary_export_statements_and_prices_read_what_the_proxy_wrote(pr
 
     exported = payware("usage", "export", "acme", "--config", config)
     assert exported.returncode == 0 and len(exported.stdout.splitlines()) == 5
-    summary = json.loads(payware("usage", "summary", "acme", "--config", config).stdout)
+    summary = json.loads(payware("usage", "summary", "acme", "--config", config, "--json").stdout)
     assert summary["requests"] == 1 and summary["amount_due_exact"] == "0.0000073125"
     statements = [json.loads(line) for line in payware("statements", "acme", "--config", config).stdout.splitlines()]
     assert [s["event_count"] for s in statements] == [2, 2] and statements[0]["subtotal"] == "0.000014625"
-    prices = json.loads(payware("prices", "fake-ok", "--config", config).stdout)
-    assert prices["per_million"] == {"input": "0.15", "cached_input": "0.075", "output": "0.6"}
+    prices = json.loads(payware("prices", "fake-ok", "--config", config, "--json").stdout)
+    assert prices["per_million"] == {"input": "0.15", "cached_input": "0.075", "cache_write": "0.15",
+                                     "cache_write_1h": "0.15", "output": "0.6"}
 
 
-def test_bad_cli_input_gets_a_clear_error_and_exit_code_2(proxy_factory):
+def test_bad_cli_input_gets_a_clear_error_and_an_exit_code(proxy_factory):
     proxy = proxy_factory()
     config = str(proxy.config_path)
-    for args, message in ((["statements", "nobody", "--config", config], "no customer 'nobody'"),
-                          (["prices", "no-model", "--config", config], "no model 'no-model'"),
-                          (["keys", "create", "nobody", "--config", config], "no customer 'nobody'"),
-                          (["check-config", "/nonexistent.yaml"], "cannot read file")):
+    for args, message, code in ((["statements", "nobody", "--config", config], "no customer 'nobody'", 2),
+                                (["prices", "no-model", "--config", config], "no model 'no-model'", 1),
+                                (["keys", "create", "nobody", "--config", config], "no customer 'nobody'", 1),
+                                (["check-config", "/nonexistent.yaml"], "cannot read file", 2)):
         result = payware(*args)
-        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert result.returncode == code and message in result.stderr, (args, result.stderr)
 
 
 def test_keys_revoke_removes_the_key_from_the_config_and_the_proxy_refuses_it_after_a_restart(proxy_factory):
@@ -68,4 +69,4 @@ def test_keys_revoke_removes_the_key_from_the_config_and_the_proxy_refuses_it_af
         raise AssertionError("a revoked key still works")
     except openai.AuthenticationError:
         pass
-    assert payware("keys", "revoke", acme_key_id, "--config", config).returncode == 2  # already gone
+    assert payware("keys", "revoke", acme_key_id, "--config", config).returncode == 1  # already gone
