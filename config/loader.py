@@ -37,6 +37,8 @@ from config.schema import (
     RateLimitConfig,
     Secret,
     ServerConfig,
+    SettlementConfig,
+    StripeConfig,
     StorageConfig,
     Tiers,
     TierStep,
@@ -54,6 +56,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__payware_env_(\d+)__")
 _KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+_STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
 
 
 class ConfigError(Exception):
@@ -264,7 +267,7 @@ class _Reader:
     def config(self, data: Any, source: str) -> Config:
         root = self.mapping(
             data, "(top level)",
-            ("server", "storage", "providers", "models", "plans", "customers", "webhooks"),
+            ("server", "storage", "providers", "models", "plans", "customers", "webhooks", "settlement"),
         )
         server = self.server(self.mapping(root.get("server"), "server"), "server")
         storage = self.storage(self.mapping(root.get("storage"), "storage"), "storage")
@@ -287,8 +290,42 @@ class _Reader:
             webhooks = WebhookConfig(url=self.string(hooks, "url", "webhooks"), secret=Secret(secret) if secret else None,
                                      thresholds=tuple(sorted(set(thresholds))),
                                      max_attempts=self.integer(hooks, "max_attempts", "webhooks", 6, minimum=1))
+        settlement = None
+        if root.get("settlement") is not None:
+            settlement = self.settlement(self.mapping(root["settlement"], "settlement"), "settlement")
         return Config(source=source, server=server, storage=storage, providers=providers, models=models,
-                      plans=plans, customers=customers, webhooks=webhooks)
+                      plans=plans, customers=customers, webhooks=webhooks, settlement=settlement)
+
+    def settlement(self, data: dict, path: str) -> SettlementConfig:
+        """`settlement: {to: stripe, after_close, stripe: {api_key, api_base, collection_method,
+        days_until_due, finalize}}` (metering.billing.settle)."""
+        self.mapping(data, path, ("to", "after_close", "stripe"))
+        after_close = data.get("after_close", False)
+        if not isinstance(after_close, bool):
+            self.fail(f"{path}.after_close", "must be true or false")
+            after_close = False
+        at = f"{path}.stripe"
+        raw = self.mapping(data.get("stripe"), at, ("api_key", "api_base", "collection_method", "days_until_due",
+                                                     "finalize"))
+        api_key = self.string(raw, "api_key", at, None)
+        if "api_key" in raw and not api_key:
+            self.fail(f"{at}.api_key", "is empty (leave it out to use $STRIPE_API_KEY)")
+        api_base = self.string(raw, "api_base", at, "https://api.stripe.com")
+        if not api_base.startswith(("http://", "https://")):
+            self.fail(f"{at}.api_base", f"{api_base!r} must start with http:// or https://")
+        method = self.choice(raw, "collection_method", at, ("charge_automatically", "send_invoice"),
+                             "charge_automatically")
+        due = self.integer(raw, "days_until_due", at, None, minimum=1)
+        if due is not None and method != "send_invoice":
+            self.fail(f"{at}.days_until_due", "applies only with collection_method: send_invoice")
+        finalize = raw.get("finalize", False)
+        if not isinstance(finalize, bool):
+            self.fail(f"{at}.finalize", "must be true or false")
+            finalize = False
+        stripe = StripeConfig(api_key=Secret(api_key) if api_key else None, api_base=api_base.rstrip("/"),
+                              collection_method=method, days_until_due=due, finalize=finalize)
+        return SettlementConfig(to=self.choice(data, "to", path, ("stripe",), "stripe"),
+                                after_close=after_close, stripe=stripe)
 
     def named(self, root: dict, section: str, build: Callable[[dict, str, str], Any]) -> dict:
         entries = self.mapping(root.get(section), section)
@@ -345,7 +382,7 @@ class _Reader:
         )
 
     def provider(self, data: dict, path: str, name: str) -> ProviderConfig:
-        self.mapping(data, path, ("kind", "base_url", "api_key"))
+        self.mapping(data, path, ("kind", "base_url", "api_key", "admin_key"))
         kind = self.choice(data, "kind", path, PROVIDER_KINDS, "openai")
         if kind == "echo":
             return ProviderConfig(name=name, kind=kind, base_url=None, api_key=None)
@@ -356,8 +393,10 @@ class _Reader:
         api_key = self.string(data, "api_key", path, None if kind == "litellm" else _MISSING)
         if "api_key" in data and not api_key:
             self.fail(f"{path}.api_key", "is empty")
+        admin_key = self.string(data, "admin_key", path, None)  # for the usage report (`payware reconcile`)
         return ProviderConfig(name=name, kind=kind, base_url=base_url.rstrip("/") if base_url else None,
-                              api_key=Secret(api_key) if api_key else None)
+                              api_key=Secret(api_key) if api_key else None,
+                              admin_key=Secret(admin_key) if admin_key else None)
 
     def model(self, data: dict, path: str, name: str, providers: dict) -> ModelConfig | None:
         self.mapping(data, path, ("provider", "upstream", "mode", "cost", "max_output_tokens"))
@@ -516,7 +555,8 @@ class _Reader:
                      steps=tuple(steps))
 
     def customer(self, data: dict, path: str, name: str, plans: dict, models: dict) -> CustomerConfig:
-        self.mapping(data, path, ("plan", "cap", "rate_limit", "keys", "models", "anchor_day", "key_caps"))
+        self.mapping(data, path, ("plan", "cap", "rate_limit", "keys", "models", "anchor_day", "key_caps",
+                                  "stripe_customer"))
         plan = self.string(data, "plan", path)
         if plan and plan not in plans:
             self.fail(f"{path}.plan", f"{plan!r} is not a configured plan")
@@ -560,8 +600,12 @@ class _Reader:
             value = self.cap_amount(value, f"{path}.key_caps.{kid}")
             if value is not None:
                 key_caps[kid] = value
+        stripe_customer = self.string(data, "stripe_customer", path, None)
+        if stripe_customer is not None and not _STRIPE_CUSTOMER.match(stripe_customer):
+            self.fail(f"{path}.stripe_customer", f"{stripe_customer!r} is not a Stripe customer id (cus_…)")
+            stripe_customer = None
         return CustomerConfig(id=name, plan=plan, cap=cap, rate_limit=rate, keys=tuple(keys),
-                              models=allowed, anchor_day=anchor, key_caps=key_caps)
+                              models=allowed, anchor_day=anchor, key_caps=key_caps, stripe_customer=stripe_customer)
 
     def rate_limit(self, value: Any, path: str) -> RateLimitConfig | None:
         if value is None:

@@ -60,6 +60,7 @@ class ProviderConfig:
     kind: str  # openai | anthropic | gemini | litellm | echo
     base_url: str | None  # None for `echo` (started in-process) and for litellm's own defaults
     api_key: Secret | None
+    admin_key: Secret | None = None  # the provider's admin key, for its usage report (`payware reconcile`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class CustomerConfig:
     active: bool = True  # a deactivated customer's keys stop working; its events and statements stay
     metadata: dict = field(default_factory=dict)
     source: str = "config"  # "config" (the file) | "api" (made at runtime, kept in the ledger database)
+    stripe_customer: str | None = None  # the Stripe customer its statements are invoiced to (`payware settle`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +202,24 @@ class WebhookConfig:
     secret: Secret | None = None
     thresholds: tuple[int, ...] = (50, 80, 100)  # percent of the cap
     max_attempts: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class StripeConfig:
+    """Where and how `payware settle` invoices statements (metering.billing.settle)."""
+
+    api_key: Secret | None = None  # None: $STRIPE_API_KEY
+    api_base: str = "https://api.stripe.com"
+    collection_method: str = "charge_automatically"  # | "send_invoice"
+    days_until_due: int | None = None  # send_invoice only (default 30)
+    finalize: bool = False  # finalize each invoice at once (else Stripe's auto-advance finalizes the draft)
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementConfig:
+    to: str = "stripe"
+    after_close: bool = False  # settle each statement soon after it closes (the proxy's closing job)
+    stripe: StripeConfig = field(default_factory=StripeConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +232,7 @@ class Config:
     plans: dict[str, PlanConfig]
     customers: dict[str, CustomerConfig]
     webhooks: WebhookConfig | None = None
+    settlement: SettlementConfig | None = None
 
     def key_index(self) -> dict[str, tuple[str, str]]:
         """Map the hex SHA-256 of each customer key to (customer id, key id)."""
