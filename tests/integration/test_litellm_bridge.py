@@ -279,6 +279,49 @@ async def test_a_field_litellm_would_take_as_its_own_setting_is_refused_before_a
     assert events(proxy, session, timeout=0.3) == []
 
 
+# --- litellm's exceptions, mapped (the bridge in this process, no provider) ----------------------
+
+@pytest.fixture(scope="module")
+def bridge():
+    from config.schema import ServerConfig
+    from proxy.litellm_bridge import LitellmBridge, import_litellm
+
+    return LitellmBridge(litellm=import_litellm(), server=ServerConfig())
+
+
+def _status_response(status: int):
+    import httpx
+
+    return httpx.Response(status, request=httpx.Request("POST", "https://provider.example/v1/messages"))
+
+
+@pytest.mark.parametrize("make, status, kind", [
+    (lambda m: m.AuthenticationError(f"invalid x-api-key {PROVIDER_KEY}", "anthropic", "m"), 401,
+     "authentication_error"),
+    (lambda m: m.PermissionDeniedError("denied", "anthropic", "m", response=_status_response(403)), 403,
+     "permission_error"),
+    (lambda m: m.NotFoundError("no such model", "m", "anthropic"), 404, "not_found_error"),
+    (lambda m: m.RateLimitError("slow down", "anthropic", "m"), 429, "rate_limit_error"),
+    (lambda m: m.ContextWindowExceededError("too long", "m", "anthropic"), 400, "invalid_request_error"),
+    (lambda m: m.ServiceUnavailableError("down", "anthropic", "m"), 503, "upstream_error"),
+    (lambda m: m.Timeout("timed out", "m", "anthropic"), 504, "upstream_error"),
+    (lambda m: m.APIConnectionError("connection reset", "anthropic", "m"), 502, "upstream_error"),
+], ids=["401", "403", "404", "429", "400", "503", "timeout", "connection"])
+async def test_litellms_exceptions_become_the_providers_status_or_a_502_504(bridge, make, status, kind):
+    from config.schema import ProviderConfig, Secret
+    from proxy.errors import ApiError
+
+    provider = ProviderConfig(name="lite", kind="litellm", base_url=None, api_key=Secret(PROVIDER_KEY))
+    try:
+        answer = bridge._failure(make(bridge._litellm), provider)
+    except ApiError as raised:  # unreachable or timed out: rendered by the error middleware, as over HTTP
+        assert (raised.status, raised.type) == (status, kind)
+        return
+    body = json.loads(await answer.read())
+    assert (answer.status, body["error"]["type"]) == (status, kind)
+    assert PROVIDER_KEY not in body["error"]["message"]
+
+
 # --- litellm's usage convention, read as Payware reads it ----------------------------------------
 
 def test_litellms_usage_for_an_anthropic_answer_has_the_native_routes_token_classes():
