@@ -42,6 +42,7 @@ from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
 from proxy.routes.usage import usage_events, usage_summary
+from proxy.web.faces import add_faces
 
 log = logging.getLogger("payware")
 
@@ -86,6 +87,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_put("/v1/billing/cap", put_cap)
     app.router.add_get("/v1/billing/statements", list_statements)
     app.router.add_get("/healthz", healthz)
+    add_faces(app)  # /portal (customers), /admin (the operator console), /static (their assets)
     return app
 
 

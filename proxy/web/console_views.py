@@ -1,0 +1,179 @@
+"""The operator console's HTML, built from plain data (every value escaped; no script inline).
+
+Each function returns `Html` for the `console.html` layout's body. Forms carry the session's
+CSRF token (`csrf`); the console's handlers check it on every post.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from urllib.parse import quote
+
+from proxy.web.assets import Html, esc
+
+
+def money(value: str | Decimal | None, currency: str = "USD") -> str:
+    if value is None:
+        return "—"
+    amount = Decimal(value)
+    text = f"{amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) or abs(amount) >= 1 else f"{amount:,.6f}"
+    return f"${text}" if currency == "USD" else f"{text} {currency}"
+
+
+def count(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _hidden(csrf: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
+
+
+def _table(head: list[str], rows: list[list[str]], empty: str, cls: str = "") -> str:
+    if not rows:
+        return f'<p class="muted">{esc(empty)}</p>'
+    ths = "".join(f"<th>{esc(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table></div>'
+
+
+def _meter(spent: str | None, cap: str | None) -> str:
+    if cap is None:
+        return '<span class="muted">no cap</span>'
+    limit, used = Decimal(cap), Decimal(spent or 0)
+    share = 100 if limit == 0 else min(100, int(used * 100 / limit))
+    level = "high" if share >= 90 else "mid" if share >= 70 else "low"
+    return (f'<meter class="{level}" min="0" max="100" low="70" high="90" optimum="0" value="{share}"></meter>'
+            f' <span class="num">{share}%</span>')
+
+
+def overview(*, customers: list[dict], models: list[dict], top: list[dict], traffic: list[dict],
+             codes: list[tuple[str, int]], totals: dict) -> Html:
+    """The front page: totals, every customer against its cap, top models and customers, traffic."""
+    tiles = "".join(f'<div class="tile"><span class="label">{esc(k)}</span><span class="value">{esc(v)}</span></div>'
+                    for k, v in (("Amount due (all customers)", money(totals["amount"])),
+                                 ("Requests this period", count(totals["requests"])),
+                                 ("Tokens this period", count(totals["tokens"])),
+                                 ("Customers", count(len(customers)))))
+    rows = [[f'<a href="/admin/customers/{quote(c["id"], safe="")}">{esc(c["id"])}</a>'
+             + ("" if c["active"] else ' <span class="tag">inactive</span>'),
+             esc(c["plan"]), f'<span class="num">{count(c["requests"])}</span>',
+             f'<span class="num">{count(c["tokens"])}</span>',
+             f'<span class="num">{esc(money(c["amount_due"], c["currency"]))}</span>',
+             f'<span class="num">{esc(money(c["cap"], c["currency"]))}</span>', _meter(c["spent"], c["cap"])]
+            for c in customers]
+    model_rows = [[esc(m["model"]), f'<span class="num">{count(m["requests"])}</span>',
+                   f'<span class="num">{count(m["tokens"])}</span>', f'<span class="num">{esc(money(m["amount"]))}</span>']
+                  for m in models]
+    top_rows = [[f'<a href="/admin/customers/{quote(c["id"], safe="")}">{esc(c["id"])}</a>',
+                 f'<span class="num">{count(c["requests"])}</span>',
+                 f'<span class="num">{esc(money(c["amount_due"], c["currency"]))}</span>'] for c in top]
+    code_list = "".join(f"<li><code>{esc(code)}</code> <span class=\"num\">{n:,}</span></li>" for code, n in codes)
+    last = traffic[-1] if traffic else {}
+    return Html(f"""
+<section class="tiles">{tiles}</section>
+<section class="card wide"><h2>Customers <small>spend this period against the cap</small></h2>
+{_table(["Customer", "Plan", "Requests", "Tokens", "Amount due", "Cap", "Spent of cap"], rows, "No customers yet.",
+        "customers")}</section>
+<div class="columns">
+<section class="card"><h2>Top models <small>this period</small></h2>
+{_table(["Model", "Requests", "Tokens", "Amount"], model_rows, "No usage this period.")}</section>
+<section class="card"><h2>Top customers <small>this period</small></h2>
+{_table(["Customer", "Requests", "Amount due"], top_rows, "No usage this period.")}</section>
+</div>
+<section class="card wide" id="traffic"><h2>Requests, refusals and errors <small>last {len(traffic)} hours, this proxy</small></h2>
+{traffic_svg(traffic)}
+<p class="legend"><span class="key ok"></span>served <span class="key invalid"></span>invalid (4xx)
+<span class="key refused"></span>refused (401/403/429) <span class="key errors"></span>errors (5xx)</p>
+<p>This hour: <b id="hour-requests">{count(last.get("requests", 0))}</b> requests,
+<b id="hour-refused">{count(last.get("refused", 0))}</b> refused, <b id="hour-errors">{count(last.get("errors", 0))}</b> errors.</p>
+{f'<h3>Refusal and error codes</h3><ul class="codes">{code_list}</ul>' if code_list else ''}
+</section>""")
+
+
+def traffic_svg(rows: list[dict]) -> str:
+    """Stacked bars per hour, drawn on the server (no script needed)."""
+    width, height, pad = 720, 160, 24
+    peak = max([r["requests"] for r in rows] + [1])
+    step = (width - pad) / max(len(rows), 1)
+    bars, labels = [], []
+    for i, row in enumerate(rows):
+        x, y = pad + i * step + 2, height - pad
+        for kind in ("ok", "invalid", "refused", "errors"):
+            h = (height - 2 * pad) * row[kind] / peak
+            if h > 0:
+                y -= h
+                bars.append(f'<rect class="{kind}" x="{x:.1f}" y="{y:.1f}" width="{step - 4:.1f}" height="{h:.1f}">'
+                            f'<title>{row[kind]} {kind}</title></rect>')
+        if i % max(1, len(rows) // 6) == 0 or i == len(rows) - 1:
+            hour = datetime.fromtimestamp(row["hour"], timezone.utc).strftime("%H:00")
+            labels.append(f'<text x="{x + (step - 4) / 2:.1f}" y="{height - 6}" text-anchor="middle">{hour}</text>')
+    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="requests per hour">'
+            f'<text x="2" y="{pad - 8}">{peak:,}</text><line class="axis" x1="{pad}" x2="{width}" y1="{height - pad}" '
+            f'y2="{height - pad}"/>{"".join(bars)}{"".join(labels)}</svg>')
+
+
+def customer_page(*, customer: dict, usage: dict, keys: list[dict], statements: list[dict], csrf: str,
+                  notice: str = "") -> Html:
+    """One customer: usage and cap, keys (create, revoke, rotate), statements, evidence, portal link."""
+    cid = quote(customer["id"], safe="")
+    cap = usage.get("cap")
+    key_rows = []
+    for key in keys:
+        actions = ""
+        if key["source"] == "api" and key["revoked_at"] is None:
+            kid = quote(key["id"], safe="")
+            actions = (f'<form method="post" action="/admin/keys/{kid}/revoke" class="inline" data-confirm="Revoke this key?">'
+                       f'{_hidden(csrf)}<button class="danger">Revoke</button></form> '
+                       f'<form method="post" action="/admin/keys/{kid}/rotate" class="inline">{_hidden(csrf)}'
+                       f'<input type="number" name="grace_seconds" value="3600" min="0" max="2592000" '
+                       f'aria-label="grace seconds" class="small"><button>Rotate</button></form>')
+        state = ("revoked" if key["revoked_at"] else "expires " + key["expires_at"][:16] if key["expires_at"]
+                 else "active")
+        key_rows.append([f'<code>{esc(key["id"])}</code>', esc(key["name"] or "—"), esc(key["prefix"] or "—"),
+                         esc(key["source"]), esc((key["created_at"] or "—")[:16]), esc(state), actions])
+    statement_rows = [[esc(s["start"][:10]) + " → " + esc(s["end"][:10]),
+                       f'<span class="num">{esc(money(s["total"], s["currency"]))}</span>',
+                       f'<span class="num">{count(s["events"])}</span>',
+                       f'<a href="/admin/customers/{cid}/statement.csv?period={quote(s["period"], safe="")}">CSV</a>']
+                      for s in statements]
+    notice_html = f'<p class="notice">{esc(notice)}</p>' if notice else ""
+    return Html(f"""
+<p><a href="/admin">← all customers</a></p>
+<h1>{esc(customer["id"])} <small>plan {esc(customer["plan"])}{"" if customer["active"] else " · inactive"}</small></h1>
+{notice_html}
+<section class="tiles">
+<div class="tile"><span class="label">Amount due</span><span class="value" id="amount-due">{esc(money(usage["amount_due"], usage["currency"]))}</span></div>
+<div class="tile"><span class="label">Requests</span><span class="value">{count(usage["requests"])}</span></div>
+<div class="tile"><span class="label">Tokens</span><span class="value">{count(usage["tokens"]["total"])}</span></div>
+<div class="tile"><span class="label">Cap</span><span class="value">{esc(money(cap["amount"]) if cap else "none")}</span>
+{_meter(cap["spent"], cap["amount"]) if cap else ""}</div>
+</section>
+<p class="muted">Period {esc(usage["period"]["start"][:16])} → {esc(usage["period"]["end"][:16])} ({esc(usage["period"]["interval"])})</p>
+<section class="card wide" id="keys"><h2>Keys</h2>
+{_table(["Id", "Name", "Prefix", "Source", "Created", "State", ""], key_rows, "No keys.")}
+<form method="post" action="/admin/customers/{cid}/keys" class="row" id="create-key">{_hidden(csrf)}
+<label>Name <input name="name" maxlength="128" placeholder="production"></label><button>Create key</button></form>
+</section>
+<div class="columns">
+<section class="card"><h2>Statements</h2>
+{_table(["Period", "Total", "Events", ""], statement_rows, "No closed period yet.")}</section>
+<section class="card"><h2>Evidence export</h2>
+<form method="get" action="/admin/customers/{cid}/events.csv" class="stack">
+<label>From <input type="date" name="from"></label><label>To <input type="date" name="to"></label>
+<label>Session <input name="session" maxlength="256"></label><button>Download CSV</button></form>
+<h2>Portal link</h2>
+<form method="post" action="/admin/customers/{cid}/portal_link" class="row">{_hidden(csrf)}
+<label>Valid for <select name="expires_in"><option value="3600">1 hour</option><option value="86400">1 day</option>
+<option value="604800">7 days</option></select></label><button>Make link</button></form></section>
+</div>""")
+
+
+def secret_shown(*, title: str, what: str, value: str, back: str, extra: str = "") -> Html:
+    """A key (or a link) shown this once: the page is not cached and nothing keeps it."""
+    return Html(f"""
+<section class="card secret"><h1>{esc(title)}</h1>
+<p>{esc(what)}</p>
+<p><code class="secret-value" id="secret-value">{esc(value)}</code></p>
+{f'<p class="muted">{esc(extra)}</p>' if extra else ''}
+<p><a href="{esc(back)}">Done</a></p></section>""")
