@@ -342,15 +342,16 @@ class _Reader:
 
     def server(self, data: dict, path: str) -> ServerConfig:
         self.mapping(data, path, ("host", "port", "admin_key", "max_body_bytes", "connect_timeout", "read_timeout",
-                                  "statement_grace", "body_timeout", "idle_timeout"))
+                                  "statement_grace", "body_timeout", "idle_timeout", "metrics_listen"))
         admin_key = self.string(data, "admin_key", path, None)
         if admin_key is not None and admin_key and len(admin_key) < 16:
             self.fail(f"{path}.admin_key", "must be at least 16 characters")
         port = self.integer(data, "port", path, 8080)
         if port > 65535:
             self.fail(f"{path}.port", f"{port} is not a TCP port")
+        host = self.string(data, "host", path, "127.0.0.1")
         return ServerConfig(
-            host=self.string(data, "host", path, "127.0.0.1"),
+            host=host,
             port=port,
             admin_key=Secret(admin_key) if admin_key else None,
             max_body_bytes=self.integer(data, "max_body_bytes", path, 8 * 1024 * 1024, minimum=1024),
@@ -359,7 +360,28 @@ class _Reader:
             statement_grace=self.number(data, "statement_grace", path, 900.0),
             body_timeout=self.positive(data, "body_timeout", path, 30.0),
             idle_timeout=self.positive(data, "idle_timeout", path, 75.0),
+            metrics_listen=self.listen(data, "metrics_listen", path, host, port),
         )
+
+    def listen(self, data: dict, key: str, path: str, host: str, port: int) -> tuple[str, int] | None:
+        """`HOST:PORT` (`[ADDR]:PORT` for IPv6) of a listener of its own, or None when not set."""
+        value = self.string(data, key, path, None)
+        if value is None:
+            return None
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", value)
+        if match is None:
+            self.fail(f"{path}.{key}", f"{value!r} must be HOST:PORT, e.g. 127.0.0.1:9464")
+            return None
+        own_host, own_port = match.group(1) or match.group(3), int(match.group(2) or match.group(4))
+        if not 0 < own_port <= 65535:
+            self.fail(f"{path}.{key}", f"{own_port} is not a TCP port")
+            return None
+        anywhere = ("0.0.0.0", "::")
+        if own_port == port and (own_host == host or own_host in anywhere or host in anywhere):
+            self.fail(f"{path}.{key}", f"{value} is the proxy's own address (server.host and server.port): "
+                                       "give /metrics a port of its own")
+            return None
+        return own_host, own_port
 
     def storage(self, data: dict, path: str) -> StorageConfig:
         self.mapping(data, path, ("ledger", "counters", "journal", "flush_interval", "flush_batch",

@@ -41,6 +41,7 @@ class ServerConfig:
     statement_grace: float = 900.0  # seconds after a period's end before its statement is frozen
     body_timeout: float = 30.0  # seconds to receive a request's whole body (slow clients are cut: 408)
     idle_timeout: float = 75.0  # seconds a connection may sit without a complete request's headers
+    metrics_listen: tuple[str, int] | None = None  # (host, port) serving only /metrics, without auth
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from aiohttp import web
 log = logging.getLogger("payware.access")
 
 NOTES = "payware.access"  # request key: the fields handlers noted
+# What else counts each finished request: a callable(request, status, seconds) (proxy/metrics.py).
+OBSERVER = web.AppKey("access_observer", object)
 
 
 def note(request: web.Request, **fields) -> None:
@@ -43,6 +45,9 @@ async def access_log_middleware(request: web.Request, handler) -> web.StreamResp
         status = 499  # the client went away first (nginx's code for it)
         raise
     finally:
+        observer = request.app.get(OBSERVER)
+        if observer is not None:
+            observer(request, status, time.perf_counter() - started)
         if log.isEnabledFor(logging.INFO):
             fields = {"request_id": request.get("request_id"), "method": request.method, "path": request.path,
                       "status": status, **request.get(NOTES, {}), "error": request.get("payware.error"),

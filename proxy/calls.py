@@ -38,6 +38,7 @@ from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
 from proxy.formats.base import WireFormat
 from proxy.jsonbody import parse_json, read_body
 from proxy.metadata import request_metadata
+from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
 from proxy.recording import record_event
 from proxy.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
@@ -66,6 +67,7 @@ class Call:
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
+        self.request.setdefault(UPSTREAM_DONE, time.perf_counter())  # the provider's part ends here (/metrics)
         prompt = self.admitted.prompt_tokens if self.admitted.counted else None
         if reported is None and prompt is None:
             prompt = await self.request.app[GATE].count_prompt(self.fmt, self.body, self.model, self.size)
@@ -94,6 +96,7 @@ class Call:
                 facts.meta = {**facts.meta, "position_unknown": True}
         event = app[METER].call_event(facts, position=position)
         await record_event(app, event, self.caller.customer)
+        self.request[EVENT] = event  # counted by /metrics when the request ends
         note(self.request, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
              amount=money_str(event.amount), billed=event.status)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
@@ -155,6 +158,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
                 admitted=admitted, plan=config.plans[customer.plan], size=size, on_recorded=on_recorded)
     try:
         asked = time.perf_counter()
+        request[UPSTREAM] = (provider.name, asked)
         bridge = app[BRIDGES].get(provider.kind)
         if bridge is None:
             upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + outgoing.path,

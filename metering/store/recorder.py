@@ -44,6 +44,7 @@ class Recorder:
         self._written = 0  # events the ledger has confirmed since start (new or already there)
         self._queued = 0
         self.counters_stale = False  # a counters write failed: resync them from the ledger
+        self.counter_errors = 0  # counters writes that failed since start (shown by /metrics)
         self.on_counters_back: Callable[[], Awaitable[None]] | None = None  # the resync, set by the app
         self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
@@ -91,6 +92,7 @@ class Recorder:
             log.warning("counters unreachable (%s): event %s is in the ledger, counters resync later",
                         type(exc).__name__, event.id)
             self.counters_stale = True
+            self.counter_errors += 1
             return
         if self.counters_stale and self.on_counters_back is not None:
             self.counters_stale = False  # first, so concurrent records do not resync again

@@ -1,0 +1,267 @@
+"""`/metrics` for Prometheus: what this proxy served, refused and still owes the ledger.
+
+Counted where each request ends: the access-log middleware hands every finished request to
+`Metrics.observe` (one call, a few dict lookups and increments; the labelled children are
+cached). The relay leaves on the request what only it knows: the provider and when it was
+asked (`UPSTREAM`), when the answer was complete (`UPSTREAM_DONE`) and the event it recorded
+(`EVENT`). What is a state rather than an event (journal backlog, flush lag, the counter
+store's health) is read at scrape time by a collector, so the hot path never touches it.
+
+Label values are bounded: `route` is the router's canonical path (`/v1/models/{id}`, or
+`unmatched`), never the raw path; `model` and `provider` are names from the config; `status`
+is an HTTP status; `reason`, `class`, `code` and `op` come from fixed sets. No customer label:
+customers are unbounded (the admin API makes them); their usage is in the ledger.
+
+Protection: on the proxy's own port `/metrics` needs the admin key; `server.metrics_listen`
+adds a listener that serves `/metrics` alone, without auth (bind it to a private address).
+`PAYWARE_METRICS=off` turns all of it off (no route, no counting).
+
+Counts are per process, since its start; Prometheus' `rate()`/`increase()` handle restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from config.loader import ConfigError
+from config.schema import Config
+from metering.store.events import UsageEvent, utcnow
+from proxy.accesslog import NOTES, OBSERVER
+from proxy.appkeys import GATE, LIVE, RECORDER
+from proxy.errors import Forbidden
+
+log = logging.getLogger("payware.metrics")
+
+# Request keys the relay sets (proxy/calls.py).
+UPSTREAM = "payware.upstream"  # (provider name, perf_counter() when the provider was asked)
+UPSTREAM_DONE = "payware.upstream_done"  # perf_counter() when its answer was complete (metering starts)
+EVENT = "payware.event"  # the UsageEvent this request recorded
+
+REFUSALS = ("spend_cap_reached", "rate_limit_exceeded")
+TOKEN_CLASSES = (("input", "input_tokens"), ("cached_input", "cached_input_tokens"),
+                 ("cache_write", "cache_write_tokens"), ("cache_write_1h", "cache_write_1h_tokens"),
+                 ("output", "output_tokens"), ("reasoning", "reasoning_tokens"))
+# What the proxy adds is milliseconds; what providers take is seconds to minutes.
+PROXY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    """One app's registry, its request-path counters, and the state read at scrape time."""
+
+    def __init__(self, app: web.Application):
+        self.registry = CollectorRegistry()  # this app's own: prometheus_client's global one is never used
+        r = self.registry
+        self.requests = Counter("payware_requests", "Requests answered, by route, model and HTTP status "
+                                "(499: the client left first).", ["route", "model", "status"], registry=r)
+        self.proxy_added = Histogram("payware_proxy_added_seconds", "Latency Payware added to a call that went "
+                                     "to a provider: its total time minus the provider's.", ["route"],
+                                     buckets=PROXY_BUCKETS, registry=r)
+        self.upstream = Histogram("payware_upstream_seconds", "From asking the provider to its answer's last "
+                                  "byte (a stream's, as it was relayed).", ["provider"],
+                                  buckets=UPSTREAM_BUCKETS, registry=r)
+        self.events = Counter("payware_usage_events", "Usage events recorded by model calls (each is one ledger "
+                              "row), by model and status (ok | partial).", ["model", "status"], registry=r)
+        self.tokens = Counter("payware_tokens", "Tokens billed, by model and class (input counts every prompt "
+                              "token, cached and cache writes included; output counts reasoning).",
+                              ["model", "class"], registry=r)
+        self.refusals = Counter("payware_refusals", "Calls refused before any provider: spend cap reached, "
+                                "rate limit exceeded.", ["reason"], registry=r)
+        self.upstream_errors = Counter("payware_upstream_errors", "Provider failures, by provider and code (the "
+                                       "provider's HTTP status, or error: unreachable or broke off; timeout).",
+                                       ["provider", "code"], registry=r)
+        for reason in REFUSALS:
+            self.refusals.labels(reason)  # present at 0, so an alert on rate() sees the first one
+        # NOTE: exact Decimal sums, shown as floats only at scrape time. Billing never reads these:
+        # amounts live in the ledger; a float here is an approximation for dashboards.
+        self.amounts: dict[tuple[str, str], Decimal] = {}
+        self.credits: dict[tuple[str, str], Decimal] = {}
+        self.store_errors = {"admission": 0, "position": 0}  # + "record", read from the recorder
+        self._children: dict[tuple, object] = {}
+        self._app = app
+        self._failed = False
+        self.registry.register(_StateCollector(self, app))
+
+    def observe(self, request: web.Request, status: int, seconds: float) -> None:
+        """Count one finished request (called by the access-log middleware). Never raises."""
+        try:
+            self._observe(request, status, seconds)
+        except Exception:  # NOTE: metrics must never fail or slow down a response
+            if not self._failed:
+                self._failed = True
+                log.exception("counting a request for /metrics failed (logged once)")
+
+    def _observe(self, request: web.Request, status: int, seconds: float) -> None:
+        route = _route(request)
+        notes = request.get(NOTES)
+        model = notes.get("model", "") if notes else ""
+        self._child(self.requests, route, model, status).inc()
+        upstream = request.get(UPSTREAM)
+        if upstream is not None:
+            provider, asked = upstream
+            done = request.get(UPSTREAM_DONE)
+            # Until metering started; else (a failure, nothing billed) until the end.
+            provider_s = (done if done is not None else time.perf_counter()) - asked
+            self._child(self.upstream, provider).observe(provider_s)
+            self._child(self.proxy_added, route).observe(max(seconds - provider_s, 0.0))
+        event: UsageEvent | None = request.get(EVENT)
+        if event is not None:
+            self._count_event(event)
+        error = request.get("payware.error")
+        if error is not None:
+            self._count_error(request, error, upstream)
+
+    def _count_event(self, event: UsageEvent) -> None:
+        model = event.model or ""
+        self._child(self.events, model, event.status).inc()
+        for name, attr in TOKEN_CLASSES:
+            count = getattr(event, attr)
+            if count:
+                self._child(self.tokens, model, name).inc(count)
+        sums = self.amounts if event.amount >= 0 else self.credits
+        key = (model, event.currency)
+        sums[key] = sums.get(key, Decimal(0)) + abs(event.amount)
+        if event.meta.get("position_unknown"):  # the counter store did not answer the period's position
+            self.store_errors["position"] += 1
+
+    def _count_error(self, request: web.Request, error: str, upstream) -> None:
+        if error in REFUSALS:
+            self._child(self.refusals, error).inc()
+        elif error.startswith("upstream_") and upstream is not None:
+            self._child(self.upstream_errors, upstream[0], _upstream_code(error)).inc()
+        elif error == "service_unavailable":
+            gate = request.app.get(GATE)
+            if gate is not None and gate.store_down:  # refused because the counter store did not answer
+                self.store_errors["admission"] += 1
+
+    def _child(self, metric, *labels):
+        """`metric.labels(*labels)`, cached: labels() validates and locks on every call."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*(str(v) for v in labels))
+        return child
+
+    def exposition(self) -> web.Response:
+        """The registry in Prometheus' text format."""
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _upstream_code(error: str) -> str:
+    """`upstream_500` -> "500"; `upstream_error` -> "error"; `upstream_timeout` -> "timeout"."""
+    return error.removeprefix("upstream_")
+
+
+class _StateCollector:
+    """What is read at scrape time: the ledger's backlog, the counter store, exact amounts."""
+
+    def __init__(self, metrics: Metrics, app: web.Application):
+        self._metrics = metrics
+        self._app = app
+
+    def collect(self) -> Iterator:
+        metrics, app = self._metrics, self._app
+        recorder, gate = app.get(RECORDER), app.get(GATE)
+        amount = CounterMetricFamily("payware_amount", "What customers were charged by model calls, by model and "
+                                     "currency (a float view of exact sums; billing reads the ledger, never "
+                                     "this).", labels=["model", "currency"])
+        credit = CounterMetricFamily("payware_credit", "Negative marginal amounts (volume-tier credits), as "
+                                     "positive numbers: charged = amount - credit.", labels=["model", "currency"])
+        for family, sums in ((amount, metrics.amounts), (credit, metrics.credits)):
+            for (model, currency), total in sorted(sums.items()):
+                family.add_metric([model, currency], float(total))
+            yield family
+        errors = CounterMetricFamily("payware_counter_store_errors", "Counter-store (Redis) failures seen on the "
+                                     "request path: admission (refused), record (real-time totals), position "
+                                     "(a tiered plan's place in the period).", labels=["op"])
+        for op, count in metrics.store_errors.items():
+            errors.add_metric([op], count)
+        errors.add_metric(["record"], recorder.counter_errors if recorder is not None else 0)
+        yield errors
+        yield GaugeMetricFamily("payware_counter_store_up", "0 while admission finds the counter store "
+                                "unreachable (1 with in-process counters).",
+                                value=0 if gate is not None and gate.store_down else 1)
+        if recorder is None:
+            return
+        queued = recorder.queued()
+        lag = (utcnow() - min(e.ts for e in queued)).total_seconds() if queued else 0.0
+        yield GaugeMetricFamily("payware_journal_backlog_events", "Events in this proxy's journal that the "
+                                "ledger does not hold yet.", value=len(queued))
+        yield GaugeMetricFamily("payware_ledger_flush_lag_seconds", "Age of the oldest event waiting for the "
+                                "ledger (0 when none waits).", value=max(lag, 0.0))
+        yield GaugeMetricFamily("payware_counters_resync_pending", "1 while the real-time totals wait to be "
+                                "rebuilt from the ledger after a counter-store failure.",
+                                value=1 if recorder.counters_stale else 0)
+        yield GaugeMetricFamily("payware_ledger_dead_letters", "Events the ledger refused and kept aside (since "
+                                "the ledger began), billed without their metadata.",
+                                value=sum(recorder.dead_letters.values()))
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def install(app: web.Application, config: Config, *, enabled: bool | None = None) -> None:
+    """Add `/metrics` (admin key) and the counting to `app`; and the separate listener if configured.
+
+    `enabled` defaults to the environment: `PAYWARE_METRICS=off` (or 0, false) leaves all of it out.
+    """
+    if enabled is None:
+        enabled = os.environ.get("PAYWARE_METRICS", "on").lower() not in ("0", "off", "false")
+    if not enabled:
+        return
+    metrics = app[METRICS] = Metrics(app)
+    app[OBSERVER] = metrics.observe
+    app.router.add_get("/metrics", metrics_with_admin_key)
+    app.cleanup_ctx.append(_listener)
+
+
+async def metrics_with_admin_key(request: web.Request) -> web.Response:
+    """`GET /metrics` on the proxy's port: the admin key only (401 without a key, 403 with another)."""
+    caller = request.app[LIVE].keyring.caller(request)
+    if not caller.admin:
+        raise Forbidden("/metrics needs the admin key (or scrape server.metrics_listen)")
+    return request.app[METRICS].exposition()
+
+
+async def _listener(app: web.Application) -> AsyncIterator[None]:
+    """`server.metrics_listen`: a second listener that serves `/metrics` and nothing else, without auth."""
+    config = app[LIVE].config
+    listen = config.server.metrics_listen
+    if listen is None:
+        yield
+        return
+    metrics = app[METRICS]
+
+    async def scrape(_request: web.Request) -> web.Response:
+        return metrics.exposition()
+
+    side = web.Application()
+    side.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    host, port = listen
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(config.source, [f"server.metrics_listen: cannot listen on {host}:{port}: "
+                                          f"{exc.strerror or exc}"]) from None
+    log.info("metrics on http://%s:%d/metrics (no auth)", host, port)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
