@@ -12,6 +12,7 @@ import sys
 from config.loader import ConfigError, load_config
 from config.schema import Config
 from proxy.cli_admin import register as register_admin_commands
+from proxy.cli_money import register as register_money_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
 
     register_admin_commands(sub)  # customers, keys, usage, prices: proxy/cli_admin.py
+    register_money_commands(sub)  # reconcile, settle: proxy/cli_money.py
 
     statements = command("statements", _statements, "a customer's closed-period statements, newest first")
     statements.add_argument("customer")
@@ -146,8 +148,11 @@ def _startup_failure(exc: BaseException, host: str, port: int) -> tuple[str, int
 def _secrets(config: Config) -> list[str]:
     """Every secret the config holds: none of them may reach a log line."""
     found = [config.server.admin_key] + [p.api_key for p in config.providers.values()]
+    found += [p.admin_key for p in config.providers.values()]  # usage reports (payware reconcile)
     if config.webhooks is not None:
         found.append(config.webhooks.secret)
+    if config.settlement is not None:  # Stripe's key (payware settle, settlement.after_close)
+        found += [config.settlement.stripe.api_key, os.environ.get("STRIPE_API_KEY")]
     return [str(s) for s in found if s]
 
 

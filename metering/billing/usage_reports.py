@@ -88,6 +88,9 @@ def read_openai(pages: list[dict]) -> list[ProviderUsage]:
     rows = []
     for p, page in enumerate(pages):
         for b, bucket, where in _buckets(page, p, len(pages)):
+            if "start_time" not in bucket and "starting_at" in bucket:
+                raise ReportError(f"{where}: has starting_at, not start_time: this is Anthropic's usage report, "
+                                  "not OpenAI's (reconcile an anthropic provider with it)")
             start = _integer(bucket, "start_time", where, required=True)
             try:
                 day = datetime.fromtimestamp(start, timezone.utc).date()
@@ -122,6 +125,9 @@ def read_anthropic(pages: list[dict]) -> list[ProviderUsage]:
     for p, page in enumerate(pages):
         for b, bucket, where in _buckets(page, p, len(pages)):
             value = bucket.get("starting_at")
+            if value is None and "start_time" in bucket:
+                raise ReportError(f"{where}: has start_time, not starting_at: this is OpenAI's usage report, "
+                                  "not Anthropic's (reconcile an openai provider with it)")
             if value is None:
                 raise ReportError(f"{where}.starting_at: is required")
             try:
