@@ -38,6 +38,7 @@ from proxy.limits import admission_ctx
 from proxy.routes import admin, responses
 from proxy.routes import gemini as gemini_routes
 from proxy.routes import messages as anthropic_messages
+from proxy.routes import reconciliation
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
 from proxy.upstream import make_client_session
@@ -80,6 +81,7 @@ def make_app(config: Config) -> web.Application:
     admin.add_routes(app)
     gemini_routes.add_routes(app)
     anthropic_messages.add_routes(app)
+    reconciliation.setup(app)  # GET /v1/admin/reconciliation, /v1/admin/settlements; settle after close
     app.router.add_get("/v1/usage/summary", usage_summary)
     app.router.add_get("/v1/usage/events", usage_events)
     app.router.add_post("/v1/usage/records", post_records)
