@@ -28,6 +28,7 @@ from config.schema import (
     PROVIDER_KINDS,
     TOKEN_TYPES,
     CapConfig,
+    CreditsConfig,
     Config,
     CustomerConfig,
     ModelConfig,
@@ -491,7 +492,7 @@ class _Reader:
 
     def plan(self, data: dict, path: str, name: str) -> PlanConfig | None:
         self.mapping(data, path, ("interval", "currency", "base_fee", "included", "price", "tiers", "threshold",
-                                  "timezone", "self_report"))
+                                  "timezone", "self_report", "credits"))
         self_report = data.get("self_report", False)
         if not isinstance(self_report, bool):
             self.fail(f"{path}.self_report", "must be true or false")
@@ -537,7 +538,22 @@ class _Reader:
             request_fee=self.precise(self.decimal(price, "per_request", f"{path}.price", Decimal(0)),
                                      f"{path}.price.per_request", PRICE_PLACES) or Decimal(0),
             tiers=tiers, threshold=threshold, self_report=self_report,
+            credits=self.credits(data.get("credits"), f"{path}.credits"),
         )
+
+    def credits(self, value: Any, path: str) -> CreditsConfig | None:
+        if value is None:
+            return None
+        data = self.mapping(value, path, ("mode", "top_up"))
+        mode = self.choice(data, "mode", path, ("credit_only", "credit_then_invoice"), "credit_then_invoice")
+        below = to = None
+        if data.get("top_up") is not None:
+            top_up = self.mapping(data["top_up"], f"{path}.top_up", ("below", "to"))
+            below = self.cap_amount(self.decimal(top_up, "below", f"{path}.top_up"), f"{path}.top_up.below")
+            to = self.cap_amount(self.decimal(top_up, "to", f"{path}.top_up"), f"{path}.top_up.to")
+            if below is not None and to is not None and to <= below:
+                self.fail(f"{path}.top_up.to", f"{to} must be above top_up.below ({below})")
+        return CreditsConfig(mode=mode, top_up_below=below, top_up_to=to)
 
     def token_prices(self, value: Any, path: str) -> dict[str, Decimal]:
         prices = {}

@@ -138,6 +138,15 @@ class Tiers:
 
 
 @dataclass(frozen=True, slots=True)
+class CreditsConfig:
+    """How a plan uses prepaid credits (`metering.billing.credits`)."""
+
+    mode: str  # "credit_only": the balance is a hard cap | "credit_then_invoice": overage is invoiced
+    top_up_below: Decimal | None = None  # a balance crossing below this asks for a top-up (webhook)
+    top_up_to: Decimal | None = None  # ... to this balance
+
+
+@dataclass(frozen=True, slots=True)
 class PlanConfig:
     name: str
     interval: str = "monthly"
@@ -153,6 +162,7 @@ class PlanConfig:
     tiers: Tiers | None = None
     threshold: Decimal | None = None  # interval "threshold": the period closes at this amount
     self_report: bool = False  # customers' own keys may record custom usage (priced by the plan only)
+    credits: CreditsConfig | None = None  # prepaid credits: drawn by usage, before or instead of invoicing
 
 
 @dataclass(frozen=True, slots=True)

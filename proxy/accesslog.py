@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from aiohttp import web
+
+from proxy.errors import render_failure
 
 log = logging.getLogger("payware.access")
 
@@ -34,11 +37,23 @@ def note(request: web.Request, **fields) -> None:
 
 
 @web.middleware
-async def access_log_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """The one middleware: the request's id, every failure rendered in its route's envelope, and
+    the access-log line (one layer, not three: it runs on every request)."""
+    # NOTE: the request id is also the usage event's id: the key of exactly-once billing.
+    request["request_id"] = "req_" + uuid.uuid4().hex
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:  # a redirect is an answer, and aiohttp sends it
+                status = exc.status
+                raise
+            response = render_failure(request, exc)
+        except Exception as exc:  # CancelledError is a BaseException: it passes through
+            response = render_failure(request, exc)
         status = response.status
         return response
     except asyncio.CancelledError:
@@ -49,7 +64,7 @@ async def access_log_middleware(request: web.Request, handler) -> web.StreamResp
         if observer is not None:
             observer(request, status, time.perf_counter() - started)
         if log.isEnabledFor(logging.INFO):
-            fields = {"request_id": request.get("request_id"), "method": request.method, "path": request.path,
+            fields = {"request_id": request["request_id"], "method": request.method, "path": request.path,
                       "status": status, **request.get(NOTES, {}), "error": request.get("payware.error"),
                       "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
             log.info(_text(fields), extra={"fields": fields})

@@ -23,13 +23,14 @@ from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Decision, Hold,
 from metering.usage.tokens import encoding_for
 from metering.usage.tokens import loaded as tokens_loaded
 from metering.limits.reservations import Recovering, Reservations, Source
-from metering.store.events import decimal_str
+from metering.store.events import decimal_str, money_str
 from metering.billing.plans import max_tokens_amount
 from metering.limits.ratelimit import MAX_TOKENS as RATE_MAX_TOKENS
 from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from metering.usage.normalized import Usage
 from metering.webhooks import Notifier
-from proxy.errors import RateLimited, ServiceUnavailable, SpendCapReached
+from proxy.credits import CREDITS
+from proxy.errors import CreditsExhausted, RateLimited, ServiceUnavailable, SpendCapReached
 
 log = logging.getLogger("payware.admission")
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
@@ -64,6 +65,7 @@ class Admitted:
     capped: bool = True  # False: no cap applies, so no reservation was made and none is settled
     rate_tokens: int = 0  # tokens charged to the TPM limits up front (prompt + max output)
     counted: bool = False  # whether prompt_tokens was counted (else 0: nothing needed it)
+    credit_hold: Hold | None = None  # a credit_only customer's hold on its prepaid balance
     max_output: int = 0  # the output tokens reserved for
     max_output_from: str = "request"  # where that number came from: "request" | "model"
 
@@ -83,6 +85,8 @@ class Gate:
         self.caps_version = 0  # bumped by each change made here
         self.store_down = False
         self._preloading: asyncio.Future | None = None
+        self.credits = None  # proxy.credits.CreditBook, set by the app
+        self.plans: dict | None = None  # the plans in force (for a settle's top-up check), set by the app
 
     @property
     def budget(self) -> Reservations:
@@ -157,7 +161,38 @@ class Gate:
         admitted.counted = bool(needs_count) and exact
         admitted.max_output = max_out
         admitted.max_output_from = "request" if requested is not None else "model"
+        if plan.credits is not None and plan.credits.mode == "credit_only":
+            await self._hold_credits(admitted, request_id, customer, plan, model, prompt, max_out, now)
         return admitted
+
+    async def _hold_credits(self, admitted: Admitted, request_id: str, customer: CustomerConfig, plan: PlanConfig,
+                            model: ModelConfig, prompt: int, max_out: int, now: datetime) -> None:
+        """Reserve the worst case against the prepaid balance too; refuse the call if it does not fit."""
+        state = await self.credits.state(customer.id)
+        worst = _units(_amount(model, plan, prompt, max_out, now))
+        scope = Scope(name="credits", limit=state.limit_units, mode="hard")
+
+        async def reserve(budget: Reservations, _limiter):
+            try:
+                return await budget.reserve(customer=customer.id, period=CREDITS, hold_id=f"{request_id}:credits",
+                                            units=worst, scopes=[scope])
+            except Recovering as recovering:
+                raise ServiceUnavailable("Credit counters are being rebuilt after an outage; retry shortly.",
+                                         headers={"Retry-After": _seconds(recovering.wait)}) from None
+
+        try:
+            decision, _ = await self._use(reserve, local=admitted.local)
+        except BaseException:
+            await self.release(admitted)
+            raise
+        if not decision.allowed:
+            await self.release(admitted)
+            left = Decimal(max(state.limit_units - decision.spent - decision.held, 0)) / NANO
+            raise CreditsExhausted(
+                f"Your prepaid credit balance (${decimal_str(left)} left) does not cover this request's worst case "
+                f"(${decimal_str(Decimal(worst) / NANO)}). Add credits to continue, or lower the output limit.",
+                headers={"x-should-retry": "false"})
+        admitted.credit_hold = decision.hold
 
     async def count_prompt(self, fmt, body: dict, model: ModelConfig, size: int) -> int:
         """The prompt's tokens, exactly; in a worker thread for a large body or a tokenizer still
@@ -255,6 +290,8 @@ class Gate:
             if admitted.rate_tokens and tokens != admitted.rate_tokens:
                 await _limiter.adjust(customer=customer.id, limits=_limits(customer, admitted.key_id),
                                       delta_tokens=tokens - admitted.rate_tokens)
+            if admitted.credit_hold is not None:
+                await budget.settle(admitted.credit_hold, units)
             if not admitted.capped:
                 return None
             if admitted.hold is not None:
@@ -273,13 +310,37 @@ class Gate:
         if notify:
             await self.notifier.threshold_crossed(customer=customer.id, period=admitted.period,
                                                   spent=Decimal(usage[0]) / NANO, limit=limit)
+        if admitted.credit_hold is not None and self.notifier is not None:
+            await self._maybe_top_up(customer, admitted.local)
+
+    async def _maybe_top_up(self, customer: CustomerConfig, local: bool) -> None:
+        """Ask for a top-up once per crossing below the plan's threshold (a new grant re-arms it)."""
+        plan = self.plans.get(customer.plan) if self.plans else None
+        credits = plan.credits if plan is not None else None
+        if credits is None or credits.top_up_below is None:
+            return
+        state = await self.credits.state(customer.id)
+        spent, _held = (await self._use(lambda budget, _l: budget.usage(
+            customer=customer.id, period=CREDITS, scope="credits"), local=local))[0]
+        left = Decimal(state.limit_units - spent) / NANO
+        if left >= credits.top_up_below:
+            return
+        amount = (credits.top_up_to - left) if credits.top_up_to is not None else None
+        await self.notifier.send(
+            event_type="credits.top_up_requested", dedupe_key=f"{{{customer.id}}}:top_up:{state.limit_units}",
+            data={"customer": customer.id, "balance": money_str(max(left, Decimal(0))),
+                  "below": money_str(credits.top_up_below),
+                  "to": None if credits.top_up_to is None else money_str(credits.top_up_to),
+                  "amount": None if amount is None else money_str(amount)})
 
     async def release(self, admitted: Admitted) -> None:
-        if admitted.hold is not None:
+        for hold in (admitted.hold, admitted.credit_hold):
+            if hold is None:
+                continue
             try:
-                await self._use(lambda budget, _limiter: budget.release(admitted.hold), local=admitted.local)
+                await self._use(lambda budget, _limiter, hold=hold: budget.release(hold), local=admitted.local)
             except ServiceUnavailable:
-                self.shared[0].forget(admitted.hold)  # not renewed any more: it expires on its own
+                self.shared[0].forget(hold)  # not renewed any more: it expires on its own
 
     async def _rate(self, limiter: RateLimiter, customer: CustomerConfig, key_id: str | None,
                     tokens: int) -> RateDecision | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -28,14 +27,14 @@ from proxy.admission import STORE_DOWN
 from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
-from proxy.accesslog import access_log_middleware
+from proxy.accesslog import edge_middleware
 from proxy.calls import may_use, model_handler
 from proxy.formats import openai_chat
-from proxy.errors import ModelNotFound, error_middleware
+from proxy.errors import ModelNotFound
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.litellm_bridge import litellm_ctx
 from proxy.limits import admission_ctx
-from proxy.routes import admin, responses
+from proxy.routes import admin, credits, responses
 from proxy.routes import gemini as gemini_routes
 from proxy.routes import messages as anthropic_messages
 from proxy.routes import reconciliation
@@ -49,16 +48,9 @@ log = logging.getLogger("payware")
 
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler) -> web.StreamResponse:
-    # The request id is also the usage event's id: the key of exactly-once billing.
-    request["request_id"] = "req_" + uuid.uuid4().hex
-    return await handler(request)
-
-
 def make_app(config: Config) -> web.Application:
     """Build the proxy for `config`; resources open on start-up and close on clean-up."""
-    app = web.Application(middlewares=[request_id_middleware, access_log_middleware, error_middleware],
+    app = web.Application(middlewares=[edge_middleware],
                           client_max_size=config.server.max_body_bytes)
     app[LIVE] = live = Live(config, store=None)  # the directory's store opens with the ledger
     app[BODY_TIMEOUT] = config.server.body_timeout
@@ -79,6 +71,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models/{id:.+}", retrieve_model)
     responses.add_routes(app)
     admin.add_routes(app)
+    credits.add_routes(app)
     gemini_routes.add_routes(app)
     anthropic_messages.add_routes(app)
     reconciliation.setup(app)  # GET /v1/admin/reconciliation, /v1/admin/settlements; settle after close

@@ -1,7 +1,8 @@
 """Errors as values: each carries its HTTP status and OpenAI's type and code.
 
-Handlers raise; `error_middleware` renders every error, ours or unexpected, as OpenAI's
-envelope `{"error": {"message", "type", "param", "code"}}`.
+Handlers raise; one middleware (`proxy.accesslog.edge_middleware`, through `render_failure`)
+renders every error, ours or unexpected, in the route's envelope: OpenAI's
+`{"error": {"message", "type", "param", "code"}}` unless the route set its API's own.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class SpendCapReached(ApiError):
     status, type, code = 429, "insufficient_quota", "spend_cap_reached"
 
 
+class CreditsExhausted(ApiError):
+    """A credit_only customer's balance does not cover the call (the SDKs do not retry it)."""
+
+    status, type, code = 429, "insufficient_quota", "credit_balance_exhausted"
+
+
 class UpstreamError(ApiError):
     status, type, code = 502, "upstream_error", "upstream_error"
 
@@ -108,28 +115,30 @@ def error_response(error: ApiError, envelope=openai_envelope) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Render every failure in the route's envelope (OpenAI's by default); unknown ones as a logged 500."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        request["payware.error"] = error.code or error.type
-        return error_response(error, request.get(ENVELOPE, openai_envelope))
-    except web.HTTPRequestEntityTooLarge as exc:
+def render_failure(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """Every failure in the route's envelope (OpenAI's by default); an unknown one as a logged 500.
+
+    Re-raises an aiohttp HTTPException below 400 (a redirect is an answer, not a failure).
+    """
+    envelope = request.get(ENVELOPE, openai_envelope)
+    if isinstance(exc, ApiError):
+        request["payware.error"] = exc.code or exc.type
+        return error_response(exc, envelope)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         # aiohttp's own text names the limit and the size: "Maximum request body size N exceeded, ..."
-        return error_response(BodyTooLarge(f"request body too large: {exc.text}"),
-                              request.get(ENVELOPE, openai_envelope))
-    except web.HTTPException as exc:
+        request["payware.error"] = "request_too_large"
+        return error_response(BodyTooLarge(f"request body too large: {exc.text}"), envelope)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         kind = NotFound if exc.status == 404 else InvalidRequest
         error = kind(exc.reason or "bad request")
         error.status = exc.status
-        return error_response(error, request.get(ENVELOPE, openai_envelope))
-    except Exception:
-        request_id = request.get("request_id", "-")
-        log.exception("unhandled error in request %s", request_id)
-        error = ApiError(f"internal error (request id {request_id})")
-        error.status, error.type, error.code = 500, "server_error", "internal_error"
-        return error_response(error, request.get(ENVELOPE, openai_envelope))
+        request["payware.error"] = error.code or error.type
+        return error_response(error, envelope)
+    request_id = request.get("request_id", "-")
+    log.error("unhandled error in request %s", request_id, exc_info=exc)
+    error = ApiError(f"internal error (request id {request_id})")
+    error.status, error.type, error.code = 500, "server_error", "internal_error"
+    request["payware.error"] = "internal_error"
+    return error_response(error, envelope)

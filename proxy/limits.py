@@ -16,11 +16,13 @@ from aiohttp import web
 from metering.limits.budget import MAX_UNITS, MemoryBudget, RedisBudget, Spend, to_units
 from metering.limits.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from metering.limits.redis_counters import RedisCounters
+from metering.store.credits import CreditStore
 from metering.store.events import UsageEvent, utcnow
 from metering.usage.tokens import encoding_for
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
 from proxy.admission import Gate
 from proxy.appkeys import GATE, HTTP, LIVE, METER, RECORDER, REDIS
+from proxy.credits import CREDITS, CreditBook
 from proxy.errors import ServiceUnavailable
 
 log = logging.getLogger("payware.limits")
@@ -46,7 +48,16 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     gate = Gate(budget=budget, limiter=limiter, source=ledger_spends(app), shared=client is not None,
                 reservation_ttl=storage.hold_ttl, notifier=notifier, on_recovery=resync,
                 fail_open=storage.on_counter_failure == "fail_open")
-    gate.budget.on_loss = lambda customer, period: resync_totals(app, only=(customer, period))
+    gate.budget.on_loss = lambda customer, period: (resync_totals(app, only=(customer, period))
+                                                    if period != CREDITS else asyncio.sleep(0))
+    gate.credits = CreditBook(store=CreditStore(recorder.ledger.engine),
+                              events=lambda cid, since, until: customer_events(app, cid, since=since, until=until))
+    gate.plans = config.plans
+
+    def reconfigured(changed) -> None:  # a reload, a grant or a customer made on any proxy
+        gate.plans = changed.plans
+        gate.credits.invalidate()
+    app[LIVE].on_change.append(reconfigured)
     recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
     app[GATE] = gate
@@ -85,28 +96,41 @@ def spend_of(event: UsageEvent, key_caps: dict) -> Spend:
 
 
 def ledger_spends(app: web.Application):
-    """The budget's source: every event of a customer's period that this proxy knows of."""
+    """The budget's source: every event of a customer's period that this proxy knows of (for the
+    credits "period", every event since the customer's first grant)."""
 
     async def source(customer_id: str, period: str) -> list[Spend]:
-        recorder = app[RECORDER]
-        try:
-            await asyncio.wait_for(recorder.flush(), timeout=5)
-            events = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: list(recorder.ledger.events(customer=customer_id, period=period)))
-        except Exception as exc:
-            log.error("could not read %s's spend for %s from the ledger: %s", customer_id, period,
-                      type(exc).__name__)
-            raise ServiceUnavailable("The ledger is unavailable, so this customer's spend cannot be checked; "
-                                     "the request was not forwarded. Retry shortly.",
-                                     headers={"Retry-After": "1"}) from None
-        seen = {event.id for event in events}
-        events += [e for e in recorder.queued() if e.customer == customer_id and e.period == period
-                   and e.id not in seen]
+        if period == CREDITS:
+            first = (await app[GATE].credits.state(customer_id)).first
+            events = [] if first is None else await customer_events(app, customer_id, since=first)
+            return [Spend(e.id, max(-MAX_UNITS, min(to_units(e.amount), MAX_UNITS)), ("credits",)) for e in events]
+        events = await customer_events(app, customer_id, period=period)
         customer = app[LIVE].config.customers.get(customer_id)
         key_caps = customer.key_caps if customer is not None else {}
         return [spend_of(event, key_caps) for event in events]
 
     return source
+
+
+async def customer_events(app: web.Application, customer_id: str, *, period: str | None = None,
+                          since=None, until=None) -> list[UsageEvent]:
+    """A customer's events of a period, or in [since, until): the ledger's after a flush, and
+    the ones still queued here."""
+    recorder = app[RECORDER]
+    try:
+        await asyncio.wait_for(recorder.flush(), timeout=5)
+        events = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: list(recorder.ledger.events(customer=customer_id, period=period, start=since, end=until)))
+    except Exception as exc:
+        log.error("could not read %s's events from the ledger: %s", customer_id, type(exc).__name__)
+        raise ServiceUnavailable("The ledger is unavailable, so this customer's spend cannot be checked; "
+                                 "the request was not forwarded. Retry shortly.",
+                                 headers={"Retry-After": "1"}) from None
+    seen = {event.id for event in events}
+    events += [e for e in recorder.queued() if e.customer == customer_id and e.id not in seen
+               and (period is None or e.period == period) and (since is None or e.ts >= since)
+               and (until is None or e.ts < until)]
+    return events
 
 
 async def resync_totals(app: web.Application, only: tuple[str, str] | None = None) -> None:

@@ -71,7 +71,7 @@ item is per unit (per token), so `quantity x unit_price == amount` on every item
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import (
     ROUND_HALF_EVEN,
@@ -359,13 +359,16 @@ def max_tokens_amount(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: da
     with localcontext(EXACT):
         tiers = plan.tiers if plan.tiers is not None and plan.tiers.metric == TOKENS else None
         if tiers is None:
-            # The prompt may turn out to be written to the cache, which can cost more than input
-            # (Anthropic: 1.25x for 5 minutes, 2x for an hour): the worst of the three.
-            n = usage.input_tokens
-            variants = (usage, replace(usage, cache_write_tokens=n),
-                        replace(usage, cache_write_tokens=n, cache_write_1h_tokens=n))
-            position = plan.included.get(TOKENS, 0)
-            return max(rate_tokens(plan, model, variant, ts, position).amount for variant in variants)
+            # Past the quota, a pay-per-use amount is linear in the tokens of each class. Any
+            # prompt token may turn out to be a cache read or write, and a write can cost more
+            # than input (Anthropic: 1.25x for 5 minutes, 2x for an hour): every prompt token
+            # at the dearest input class.
+            provider = model.price_at(ts).for_prompt(usage.input_tokens)
+            units = _token_unit_prices(plan, provider, model, {}, TOKEN_ORDER)
+            if units is None:
+                return plan.request_fee
+            dearest = max(units["input"], units["cached_input"], units["cache_write"], units["cache_write_1h"])
+            return usage.input_tokens * dearest + usage.output_tokens * units["output"] + plan.request_fee
         n = usage.input_tokens + usage.output_tokens
         return max_tier_marginal(tiers, n) + plan.request_fee
 

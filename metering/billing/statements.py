@@ -83,8 +83,10 @@ class Statement:
     included: dict[str, Decimal]  # units used of the quota, per metric
     overage: Decimal  # usage amount beyond the included quota (exact)
     subtotal: Decimal  # exact: sum of event amounts + base fee
-    total: Decimal  # subtotal rounded once to the currency's minor unit, ROUND_HALF_UP
+    total: Decimal  # (subtotal - credits applied) rounded once to the currency's minor unit, ROUND_HALF_UP
     event_count: int
+    credits: tuple[tuple[str, Decimal], ...] = ()  # (grant id, amount its usage drew in this period)
+    credit_balance: Decimal | None = None  # what the grants still held at the period's end (carried)
 
     def to_json(self) -> dict:
         """Money as strings: exact amounts with at least the cents, the total at the minor unit."""
@@ -99,6 +101,9 @@ class Statement:
             "included": {metric: decimal_str(units) for metric, units in self.included.items()},
             "overage": money_str(self.overage),
             "subtotal": money_str(self.subtotal),
+            **({"credits": [{"grant": grant, "amount": money_str(amount)} for grant, amount in self.credits],
+                "credits_applied": money_str(sum((a for _, a in self.credits), ZERO)),
+                "credit_balance_carried": money_str(self.credit_balance)} if self.credit_balance is not None else {}),
             "total": format(self.total, "f"),
             "rounding": f"once, on the subtotal, to {minor_units(self.currency)} decimals, half up",
             "event_count": self.event_count,
@@ -148,8 +153,13 @@ def _decimal_or_none(value: object) -> Decimal | None:
 
 
 def build_statement(*, customer: str, plan: PlanConfig, period_start: datetime, period_end: datetime,
-                    events: Iterable[UsageEvent]) -> Statement:
-    """The statement of `customer`'s closed period from its events (every one, each once)."""
+                    events: Iterable[UsageEvent], credits: dict[str, Decimal] | None = None,
+                    credit_balance: Decimal | None = None) -> Statement:
+    """The statement of `customer`'s closed period from its events (every one, each once).
+
+    `credits`: what the period's usage drew from each grant (`metering.billing.credits`), taken
+    off the total as negative lines; `credit_balance`: what the grants held at the period's end.
+    """
     with localcontext(EXACT):
         lines: dict[tuple[str, str | None, str | None, Decimal | None], list] = {}
         included = {metric: ZERO for metric in plan.included}
@@ -179,10 +189,12 @@ def build_statement(*, customer: str, plan: PlanConfig, period_start: datetime, 
         if sum((item.amount for item in items), ZERO) != usage:
             raise AssertionError("statement lines do not add up to the events' amounts")  # by construction
         subtotal = usage + plan.base_fee
+        drawn = tuple(sorted((credits or {}).items()))
+        due = subtotal - sum((amount for _, amount in drawn), ZERO)
         return Statement(customer=customer, plan=plan.name, period_start=period_start, period_end=period_end,
                          currency=plan.currency, lines=tuple(items), base_fee=plan.base_fee, included=included,
-                         overage=usage, subtotal=subtotal, total=round_money(subtotal, plan.currency),
-                         event_count=count)
+                         overage=usage, subtotal=subtotal, total=round_money(due, plan.currency),
+                         event_count=count, credits=drawn, credit_balance=credit_balance)
 
 
 __all__ = ["LineItem", "Statement", "build_statement", "minor_units", "round_money"]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import orjson
+
 @dataclass(slots=True)
 class UsageEvent:
     """A metered request or a custom usage record, with the evidence needed for a dispute.
@@ -48,12 +50,20 @@ class UsageEvent:
 
     def to_json(self) -> str:
         """One compact JSON line; money as strings, time as ISO 8601."""
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """`to_json` as UTF-8 bytes (the journal's line, without its newline), encoded by orjson.
+
+        NOTE: the event must have passed `metering.store.bounds.bounded` (orjson refuses lone
+        surrogates and non-string keys); `dumps_safely` falls back for any other value.
+        """
         # Read the slots directly: dataclasses.asdict deep-copies every dict (on the hot path).
         data = {name: getattr(self, name) for name in self.__slots__}
         data["ts"] = self.ts.isoformat()
         data["quantity"] = decimal_str(self.quantity)
         data["cost"], data["amount"] = money_str(self.cost), money_str(self.amount)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return dumps_safely(data)
 
     @classmethod
     def from_json(cls, line: str | bytes) -> UsageEvent:
@@ -67,6 +77,15 @@ class UsageEvent:
 
 
 _FIELDS = frozenset(UsageEvent.__slots__)
+
+
+def dumps_safely(data: object) -> bytes:
+    """Compact JSON bytes: orjson's (fast), or the standard library's with every character
+    escaped for what orjson refuses (a lone surrogate, a key that is not a string)."""
+    try:
+        return orjson.dumps(data, default=str)
+    except TypeError:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True, default=str).encode()
 
 
 def decimal_str(value: Decimal) -> str:

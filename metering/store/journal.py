@@ -12,7 +12,6 @@ The journal belongs to one process: an exclusive lock refuses a second proxy on 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -39,11 +38,7 @@ class Journal:
 
     def append(self, event: UsageEvent) -> None:
         """Write one event; when this returns the event survives the death of this process."""
-        text = event.to_json()
-        try:
-            line = (text + "\n").encode()
-        except UnicodeEncodeError:  # NOTE: never fail after the provider answered: escape instead
-            line = (json.dumps(json.loads(text), ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+        line = event.to_json_bytes() + b"\n"  # NOTE: never raises: what orjson refuses is escaped instead
         written = os.write(self._fd, line)
         if written != len(line):  # only on a full disk; never leave half a line behind
             raise OSError(f"journal {self.path}: short write ({written} of {len(line)} bytes)")

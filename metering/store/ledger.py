@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, select
 
 from metering.store import directory as _directory  # noqa: F401 - its tables are part of the schema
+from metering.store import credits as _credits  # noqa: F401 - likewise
 from metering.store import instances as _instances  # noqa: F401 - likewise
 from metering.store.bounds import clean_text
 from metering.store.events import UsageEvent, decimal_str

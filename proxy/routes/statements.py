@@ -50,8 +50,12 @@ async def close_periods(app: web.Application, customers: list[CustomerConfig] | 
                 continue
             events = await loop.run_in_executor(
                 None, lambda k=key: list(recorder.ledger.events(customer=customer.id, period=k)))
-            statement = build_statement(customer=customer.id, plan=config.plans[customer.plan],
-                                        period_start=period.start, period_end=period.end, events=events)
+            plan = config.plans[customer.plan]
+            drawn, balance = (None, None)
+            if plan.credits is not None:  # what the period's usage drew from each grant
+                drawn, balance = await app[GATE].credits.at_period_end(customer.id, events, period.end)
+            statement = build_statement(customer=customer.id, plan=plan, period_start=period.start,
+                                        period_end=period.end, events=events, credits=drawn, credit_balance=balance)
             body = statement.to_json()
             first = await loop.run_in_executor(None, recorder.ledger.save_statement, customer.id, key,
                                                statement.total, body)

@@ -186,10 +186,15 @@ def test_tpm_is_charged_the_worst_case_up_front_and_gets_the_difference_back(pro
     assert 10000 - 20 - 18 <= remaining <= 10000 - 18
 
 
-def test_a_cap_the_customer_lowers_on_one_proxy_holds_on_another_within_seconds(proxy_factory, tmp_path):
+def test_a_cap_the_customer_lowers_on_one_proxy_holds_on_another_within_seconds(proxy_factory, tmp_path,
+                                                                                 redis_url):
+    import redis
+
+    counters = redis_url.rsplit("/", 1)[0] + "/4"  # proxies sharing a ledger share their counters
+    redis.Redis.from_url(counters).flushdb()
     ledger = f"sqlite:///{tmp_path}/shared.db"
-    first, second = (proxy_factory(name=name, ledger=ledger, customers=customers('amount: "10.00"'))
-                     for name in ("a", "b"))
+    first, second = (proxy_factory(name=name, ledger=ledger, customers=customers('amount: "10.00"'),
+                                   storage=f"  counters: {counters}") for name in ("a", "b"))
     sdk(second).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
     assert http(first, "PUT", "/v1/billing/cap", {"amount": "0.000001"})[0] == 200
     deadline = time.monotonic() + 10
