@@ -17,6 +17,7 @@ import pytest
 from metering.store.ledger import Ledger
 from proxy.cli import main
 from tests.conftest import ADMIN_KEY, KEYS, ROOT, key_hash, python_env
+from tests.integration.test_settle_stripe import ledger_url  # noqa: F401 - a fixture: SQLite and PostgreSQL
 from tests.unit.test_reconcile import (ANTHROPIC_EVENTS, ANTHROPIC_ROWS, FIXTURES, OPENAI_EVENTS, OPENAI_ROWS,
                                        shown)
 
@@ -175,3 +176,19 @@ def test_a_refused_admin_key_is_exit_1_with_the_providers_message_and_never_the_
     assert result.returncode == 1
     assert "answered 401: invalid x-api-key" in result.stderr and "admin key" in result.stderr
     assert "sk-admin-wrong-key-000000" not in result.stdout + result.stderr
+
+
+def test_a_run_is_kept_in_the_ledger_database_and_read_back_whole(capsys, tmp_path, reports, ledger_url):
+    path = tmp_path / "payware.yaml"
+    path.write_text(config_text(tmp_path, reports).replace(f"sqlite:///{tmp_path}/ledger.db", ledger_url))
+    ledger = Ledger(ledger_url)
+    ledger.insert([e for e in OPENAI_EVENTS if e.provider != "anthropic"])
+    code, out, _ = payware(capsys, "reconcile", "openai", "--from", "2026-11-01", "--to", "2026-11-03",
+                           "--api-key-id", "key_payware", "--json", "--config", str(path))
+    assert code == 0
+    from metering.store.money_runs import ReconciliationStore
+
+    saved = ReconciliationStore(ledger.engine).last("openai")
+    assert saved == json.loads(out) and shown(saved) == OPENAI_ROWS
+    assert ReconciliationStore(ledger.engine).last("anthropic") is None
+    ledger.close()
