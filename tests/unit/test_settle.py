@@ -105,3 +105,19 @@ def test_the_statement_key_is_stable_and_names_no_customer():
     key = statement_key("acme", "2026-11-01T00:00:00+00:00")
     assert key == statement_key("acme", "2026-11-01T00:00:00+00:00") != statement_key("acme", "2026-12-01")
     assert key.startswith("payware-") and "acme" not in key and len(key) == 40
+
+
+def test_a_statement_with_credits_applied_is_invoiced_net_of_them():
+    events = [UsageEvent(id="req_c", ts=START, customer="acme", key_id=None, metric="tokens", quantity=Decimal(1000),
+                         period=START.isoformat(), model="mini", amount=Decimal("7.004"),
+                         pricing={"items": [{"metric": "tokens.input", "quantity": "1000", "unit_price": "0.007004",
+                                             "amount": "7.004"}]})]
+    body = build_statement(customer="acme", plan=CONFIG.plans["pro"], period_start=START, period_end=END,
+                           events=events, credits={"gr_promo": Decimal("5.00"), "gr_paid": Decimal("1.5025")},
+                           credit_balance=Decimal("0")).to_json()
+    invoice = plan_invoice("acme", START.isoformat(), body)
+    # 7.004 + 20.00 - 5.00 - 1.5025 = 20.5015 -> total 20.50; items 7.00 + 20.00 - 5.00 - 1.50 = 20.50
+    assert body["total"] == "20.50"
+    assert [(line.kind, line.amount) for line in invoice.lines] == [
+        ("usage", 700), ("base_fee", 2000), ("credit", -150), ("credit", -500)]
+    assert invoice.lines[2].description == "Credits applied (grant gr_paid)"
