@@ -29,11 +29,18 @@ def _hidden(csrf: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
 
 
-def _table(head: list[str], rows: list[list[str]], empty: str, cls: str = "") -> str:
+def _table(head: list[str], rows: list[list[str]], empty: str, cls: str = "",
+           narrow: tuple[int, ...] = ()) -> str:
+    """A table; the columns numbered in `narrow` are hidden on a phone."""
     if not rows:
         return f'<p class="muted">{esc(empty)}</p>'
-    ths = "".join(f"<th>{esc(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+
+    def attr(i: int) -> str:
+        return ' class="wide-only"' if i in narrow else ""
+
+    ths = "".join(f"<th{attr(i)}>{esc(h)}</th>" for i, h in enumerate(head))
+    trs = "".join("<tr>" + "".join(f"<td{attr(i)}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
+                  for row in rows)
     return f'<div class="scroll"><table class="{cls}"><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table></div>'
 
 
@@ -43,8 +50,8 @@ def _meter(spent: str | None, cap: str | None) -> str:
     limit, used = Decimal(cap), Decimal(spent or 0)
     share = 100 if limit == 0 else min(100, int(used * 100 / limit))
     level = "high" if share >= 90 else "mid" if share >= 70 else "low"
-    return (f'<meter class="{level}" min="0" max="100" low="70" high="90" optimum="0" value="{share}"></meter>'
-            f' <span class="num">{share}%</span>')
+    return (f'<span class="spent"><meter class="{level}" min="0" max="100" low="70" high="90" optimum="0" '
+            f'value="{share}"></meter> <span class="num">{share}%</span></span>')
 
 
 def overview(*, customers: list[dict], models: list[dict], top: list[dict], traffic: list[dict],
@@ -73,8 +80,8 @@ def overview(*, customers: list[dict], models: list[dict], top: list[dict], traf
     return Html(f"""
 <section class="tiles">{tiles}</section>
 <section class="card wide"><h2>Customers <small>spend this period against the cap</small></h2>
-{_table(["Customer", "Plan", "Requests", "Tokens", "Amount due", "Cap", "Spent of cap"], rows, "No customers yet.",
-        "customers")}</section>
+{_table(["Customer", "Plan", "Requests", "Tokens", "Amount due", "Cap", "Spent"], rows, "No customers yet.",
+        "customers", narrow=(1, 2, 3))}</section>
 <div class="columns">
 <section class="card"><h2>Top models <small>this period</small></h2>
 {_table(["Model", "Requests", "Tokens", "Amount"], model_rows, "No usage this period.")}</section>
@@ -83,8 +90,8 @@ def overview(*, customers: list[dict], models: list[dict], top: list[dict], traf
 </div>
 <section class="card wide" id="traffic"><h2>Requests, refusals and errors <small>last {len(traffic)} hours, this proxy</small></h2>
 {traffic_svg(traffic)}
-<p class="legend"><span class="key ok"></span>served <span class="key invalid"></span>invalid (4xx)
-<span class="key refused"></span>refused (401/403/429) <span class="key errors"></span>errors (5xx)</p>
+<p class="legend"><span><i class="key ok"></i>served</span> <span><i class="key invalid"></i>invalid (4xx)</span>
+<span><i class="key refused"></i>refused (401/403/429)</span> <span><i class="key errors"></i>errors (5xx)</span></p>
 <p>This hour: <b id="hour-requests">{count(last.get("requests", 0))}</b> requests,
 <b id="hour-refused">{count(last.get("refused", 0))}</b> refused, <b id="hour-errors">{count(last.get("errors", 0))}</b> errors.</p>
 {f'<h3>Refusal and error codes</h3><ul class="codes">{code_list}</ul>' if code_list else ''}
@@ -92,25 +99,23 @@ def overview(*, customers: list[dict], models: list[dict], top: list[dict], traf
 
 
 def traffic_svg(rows: list[dict]) -> str:
-    """Stacked bars per hour, drawn on the server (no script needed)."""
-    width, height, pad = 720, 160, 24
+    """Stacked bars per hour: an SVG stretched to the card's width (no text in it, so nothing is
+    scaled unreadable on a phone), the hours and the peak as HTML. No script needed."""
     peak = max([r["requests"] for r in rows] + [1])
-    step = (width - pad) / max(len(rows), 1)
-    bars, labels = [], []
+    bars = []
     for i, row in enumerate(rows):
-        x, y = pad + i * step + 2, height - pad
+        y = 100.0
         for kind in ("ok", "invalid", "refused", "errors"):
-            h = (height - 2 * pad) * row[kind] / peak
+            h = 100.0 * row[kind] / peak
             if h > 0:
                 y -= h
-                bars.append(f'<rect class="{kind}" x="{x:.1f}" y="{y:.1f}" width="{step - 4:.1f}" height="{h:.1f}">'
+                bars.append(f'<rect class="{kind}" x="{i * 10 + 1}" y="{y:.2f}" width="8" height="{h:.2f}">'
                             f'<title>{row[kind]} {kind}</title></rect>')
-        if i % max(1, len(rows) // 6) == 0 or i == len(rows) - 1:
-            hour = datetime.fromtimestamp(row["hour"], timezone.utc).strftime("%H:00")
-            labels.append(f'<text x="{x + (step - 4) / 2:.1f}" y="{height - 6}" text-anchor="middle">{hour}</text>')
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="requests per hour">'
-            f'<text x="2" y="{pad - 8}">{peak:,}</text><line class="axis" x1="{pad}" x2="{width}" y1="{height - pad}" '
-            f'y2="{height - pad}"/>{"".join(bars)}{"".join(labels)}</svg>')
+    hours = "".join(f"<span>{datetime.fromtimestamp(r['hour'], timezone.utc):%H}h</span>" for r in rows)
+    return (f'<div class="hours"><span class="peak">peak {peak:,} / hour</span>'
+            f'<svg class="bars" viewBox="0 0 {len(rows) * 10} 100" preserveAspectRatio="none" role="img" '
+            f'aria-label="requests per hour">{"".join(bars)}</svg>'
+            f'<div class="hour-labels">{hours}</div></div>')
 
 
 def customer_page(*, customer: dict, usage: dict, keys: list[dict], statements: list[dict], csrf: str,
@@ -151,7 +156,7 @@ def customer_page(*, customer: dict, usage: dict, keys: list[dict], statements: 
 </section>
 <p class="muted">Period {esc(usage["period"]["start"][:16])} → {esc(usage["period"]["end"][:16])} ({esc(usage["period"]["interval"])})</p>
 <section class="card wide" id="keys"><h2>Keys</h2>
-{_table(["Id", "Name", "Prefix", "Source", "Created", "State", ""], key_rows, "No keys.")}
+{_table(["Id", "Name", "Prefix", "Source", "Created", "State", ""], key_rows, "No keys.", narrow=(2, 3, 4))}
 <form method="post" action="/admin/customers/{cid}/keys" class="row" id="create-key">{_hidden(csrf)}
 <label>Name <input name="name" maxlength="128" placeholder="production"></label><button>Create key</button></form>
 </section>

@@ -7,7 +7,7 @@
 - Posts: the `Origin` header (else the `Referer`) must name this very host; a post with
   neither, or with another site's, is refused. Each face also checks a per-session CSRF token.
 - Pages: a strict Content-Security-Policy (every asset from Payware itself, no inline script,
-  no framing), `nosniff`, no referrer, and no caching of pages that carry data.
+  no framing), `nosniff`, a referrer for this host only, and no caching of pages that carry data.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def harden(response: web.StreamResponse, *, cache: bool = False) -> web.StreamRe
     """The headers of every face's answer (see the module docstring)."""
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # NOTE: not "no-referrer": with it a browser sends `Origin: null` on posts, and the origin check needs it
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     response.headers["Cache-Control"] = "no-cache" if cache else "no-store"
     return response

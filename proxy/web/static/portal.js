@@ -117,8 +117,8 @@
       var row = body.insertRow();
       cell(row, m.model);
       cell(row, count(m.requests), "num");
-      cell(row, count(m.tokens.input), "num");
-      cell(row, count(m.tokens.output), "num");
+      cell(row, count(m.tokens.input), "num wide-only");
+      cell(row, count(m.tokens.output), "num wide-only");
       cell(row, money(m.amount, s.currency), "num");
     });
   }
@@ -132,13 +132,20 @@
     return el;
   }
 
+  var lastDays = null;
   function renderChart(data) {
-    var chart = $("chart"), W = 640, H = 200, left = 8, bottom = 22, top = 18;
+    lastDays = data;
+    var chart = $("chart");
+    // Drawn at the element's own width, so its text stays legible from a phone to a desktop.
+    var W = Math.max(280, Math.round(chart.getBoundingClientRect().width) || 640), H = 200;
+    var left = 4, right = 4, bottom = 22, top = 20;
+    chart.setAttribute("viewBox", "0 0 " + W + " " + H);
     chart.textContent = "";
     var days = data.days, peak = 0;
     days.forEach(function (d) { peak = Math.max(peak, Number(d.amount)); });
-    var step = (W - left) / Math.max(days.length, 1), today = new Date().toISOString().slice(0, 10);
-    svg("line", { x1: left, x2: W, y1: H - bottom, y2: H - bottom, "class": "axis" }, chart);
+    var step = (W - left - right) / Math.max(days.length, 1), today = new Date().toISOString().slice(0, 10);
+    var every = Math.ceil(days.length / Math.max(2, Math.floor(W / 70)));
+    svg("line", { x1: left, x2: W - right, y1: H - bottom, y2: H - bottom, "class": "axis" }, chart);
     svg("text", { x: left, y: 12 }, chart).textContent = peak > 0 ? "max " + money(String(peak)) + " / day" : "no usage yet";
     days.forEach(function (d, i) {
       var h = peak > 0 ? (H - bottom - top) * Number(d.amount) / peak : 0;
@@ -148,12 +155,18 @@
         height: h.toFixed(1), "class": d.date === today ? "bar today" : "bar" }, chart);
       svg("title", {}, rect).textContent = d.date + ": " + money(d.amount) + ", " + count(d.requests) +
         " calls, " + count(d.tokens) + " tokens";
-      var every = Math.ceil(days.length / 8);
-      if (i % every === 0 || i === days.length - 1) {
-        svg("text", { x: (x + w / 2).toFixed(1), y: H - 6, "text-anchor": "middle" }, chart).textContent = d.date.slice(5);
+      var last = i === days.length - 1;
+      if ((i % every === 0 && i < days.length - every / 2) || last) {
+        svg("text", { x: last ? W - right : i === 0 ? left : (x + w / 2).toFixed(1), y: H - 6,
+          "text-anchor": last ? "end" : i === 0 ? "start" : "middle" }, chart).textContent = d.date.slice(5);
       }
     });
   }
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () { if (lastDays) renderChart(lastDays); }, 100);
+  });
 
   // -- events (paged) ---------------------------------------------------------------------------
   function loadEvents() {
@@ -169,8 +182,8 @@
           cell(row, e.model || e.metric);
           cell(row, e.session);
           cell(row, e.feature);
-          cell(row, count(e.input_tokens), "num");
-          cell(row, count(e.output_tokens), "num");
+          cell(row, count(e.input_tokens), "num wide-only");
+          cell(row, count(e.output_tokens), "num wide-only");
           cell(row, money(e.amount, e.currency), "num");
           var st = cell(row, e.status + (e.estimated ? " · est." : ""), "wide-only");
           if (e.status !== "ok") st.className += " tag " + e.status;
