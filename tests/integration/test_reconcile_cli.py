@@ -123,11 +123,20 @@ def test_an_exported_file_gives_the_same_report_as_csv_and_as_a_table(capsys, se
     assert "2026-11-03  gpt-4o-mini  provider_only" in out and "1,090 ($0.000204)" in out  # the estimate, apart
 
 
-def test_the_last_run_is_served_to_the_admin_only(capsys, setup, proxy_factory):
+def test_the_last_run_and_the_settlements_are_served_to_the_admin_only(capsys, setup, proxy_factory):
     code, out, _ = payware(capsys, "reconcile", "openai", "--from", "2026-11-01", "--to", "2026-11-03",
                            "--file", str(OPENAI_FILE), "--api-key-id", "key_payware", "--json", "--config", str(setup))
     assert code == 0
     saved = json.loads(out)
+    from decimal import Decimal
+
+    from metering.store.money_runs import SettlementStore
+
+    ledger = Ledger(f"sqlite:///{setup.parent}/ledger.db")
+    SettlementStore(ledger.engine).record(customer="acme", period="2026-11-01T00:00:00+00:00", target="stripe",
+                                          status="invoiced", external_customer="cus_acme", invoice_id="in_1",
+                                          total=Decimal("3.01"), currency="USD", detail={})
+    ledger.close()
     proxy = proxy_factory(setup.read_text())
 
     def get(path: str, key: str) -> tuple[int, dict]:
@@ -144,6 +153,12 @@ def test_the_last_run_is_served_to_the_admin_only(capsys, setup, proxy_factory):
     assert status == 404 and body["error"]["code"] == "reconciliation_not_found"
     status, body = get("/v1/admin/reconciliation", KEYS["acme"])
     assert status == 403
+    status, body = get("/v1/admin/settlements", ADMIN_KEY)
+    assert status == 200 and body["object"] == "list"
+    assert [(s["customer"], s["invoice_id"], s["status"], s["total"]) for s in body["data"]] == [
+        ("acme", "in_1", "invoiced", "3.01")]
+    assert get("/v1/admin/settlements?customer=globex", ADMIN_KEY)[1]["data"] == []
+    assert get("/v1/admin/settlements", KEYS["acme"])[0] == 403
 
 
 @pytest.mark.parametrize("args, message", [
