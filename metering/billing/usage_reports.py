@@ -87,7 +87,7 @@ def read_openai(pages: list[dict]) -> list[ProviderUsage]:
     """Rows of OpenAI's completions usage report (see the module docstring)."""
     rows = []
     for p, page in enumerate(pages):
-        for b, bucket, where in _buckets(page, p, len(pages)):
+        for bucket, where in _buckets(page, p, len(pages)):
             if "start_time" not in bucket and "starting_at" in bucket:
                 raise ReportError(f"{where}: has starting_at, not start_time: this is Anthropic's usage report, "
                                   "not OpenAI's (reconcile an anthropic provider with it)")
@@ -123,7 +123,7 @@ def read_anthropic(pages: list[dict]) -> list[ProviderUsage]:
     """Rows of Anthropic's messages usage report (see the module docstring)."""
     rows = []
     for p, page in enumerate(pages):
-        for b, bucket, where in _buckets(page, p, len(pages)):
+        for bucket, where in _buckets(page, p, len(pages)):
             value = bucket.get("starting_at")
             if value is None and "start_time" in bucket:
                 raise ReportError(f"{where}: has start_time, not starting_at: this is OpenAI's usage report, "
@@ -169,7 +169,7 @@ def _buckets(page: Any, p: int, pages: int):
         where = f"{prefix}data[{b}]"
         if not isinstance(bucket, dict):
             raise ReportError(f"{where}: must be an object")
-        yield b, bucket, where
+        yield bucket, where
 
 
 def _list(data: dict, name: str, where: str | None) -> list:
