@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from decimal import Decimal
 from functools import wraps
@@ -185,8 +186,14 @@ async def customer_page(request: web.Request) -> web.Response:
     body = views.customer_page(
         customer={"id": customer.id, "plan": customer.plan, "active": customer.active}, usage=usage,
         keys=await _keys(app, customer), statements=history.statement_rows(await _statements(app, customer)),
-        csrf=sessions.csrf(app, request[NONCE]), notice=request.query.get("notice", "")[:200])
+        csrf=sessions.csrf(app, request[NONCE]), notice=_notice(request))
     return _layout(request, customer.id, body)
+
+
+def _notice(request: web.Request) -> str:
+    """What the last action did (a key id from the redirect; no free text from a URL is shown)."""
+    revoked = request.query.get("revoked", "")
+    return f"Key {revoked} revoked." if re.fullmatch(r"key_[0-9a-f]{12}", revoked) else ""
 
 
 @console_page
@@ -229,8 +236,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     await admin._run(request.app[LIVE].store.end_key, kid, revoke=True, at_us=now_us())
     await admin._changed(request.app)
     log.info("key %s of %s revoked (console)", kid, row["customer"])
-    return see_other(f"/admin/customers/{quote(row['customer'], safe='')}?notice="
-                     + quote(f"Key {kid} revoked."))
+    return see_other(f"/admin/customers/{quote(row['customer'], safe='')}?revoked={quote(kid, safe='')}")
 
 
 @console_action

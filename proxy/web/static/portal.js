@@ -4,6 +4,7 @@
 
 (function () {
   var POLL_MS = 1000;        // a call that ended shows within about a second
+  var HIDDEN_POLL_MS = 10000; // a tab nobody looks at asks less often
   var LEDGER_EVERY_MS = 15000; // the ledger views also refresh on their own now and then
   var PAGE = 10;
   var csrf = document.querySelector('meta[name="csrf-token"]').content;
@@ -225,6 +226,7 @@
   // -- the loop ---------------------------------------------------------------------------------
   function tick() {
     if (state.stopped) return;
+    state.inflight = true;
     get("/portal/api/summary").then(function (s) {
       renderSummary(s);
       var live = $("live");
@@ -242,9 +244,14 @@
     }).catch(function () {
       if (!state.stopped) { $("live").className = "live"; $("live").textContent = "reconnecting…"; }
     }).then(function () {
-      if (!state.stopped) setTimeout(tick, POLL_MS);
+      state.inflight = false;
+      if (!state.stopped) state.timer = setTimeout(tick, document.hidden ? HIDDEN_POLL_MS : POLL_MS);
     });
   }
+  document.addEventListener("visibilitychange", function () {
+    // one loop only: a tick in flight schedules the next one itself
+    if (!document.hidden && !state.stopped && !state.inflight) { clearTimeout(state.timer); tick(); }
+  });
 
   // -- the own-cap form ---------------------------------------------------------------------
   $("cap-form").addEventListener("submit", function (event) {
