@@ -22,6 +22,7 @@ _SHAPES = re.compile(
     r"|(bearer\s+)[^\s'\"\\,;]+"  # a bearer token anywhere
     r"|([?&](?:key|api_key|token)=)[^&\s'\"\\]+"  # a key in a query string
     r"|\b(?:pw|sk|pk|rk)-[A-Za-z0-9_\-]{6,}"  # key-shaped values (Payware's, OpenAI's, Anthropic's sk-ant-)
+    r"|\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}|\bwhsec_[A-Za-z0-9]{8,}"  # Stripe's keys and webhook secrets
     r"|\bAIza[A-Za-z0-9_\-]{20,}"  # Google API keys
 )
 
