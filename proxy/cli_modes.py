@@ -1,0 +1,505 @@
+"""The two modes of the admin CLI (`proxy.cli_admin`): the same operations, the same answers.
+
+- `Remote`: a running proxy's admin API over HTTP (urllib, the admin key as a bearer token);
+  its errors come back in OpenAI's envelope.
+- `Local`: the ledger database of a config file, changed as the admin API changes it, with the
+  API's own validators (`proxy.routes.admin`, `config.loader.read_customer`), so a refusal names
+  the same field with the same words. Proxies sharing the database see a change at their next
+  directory poll (0.5 s), at once when Redis is configured.
+
+Both answer with the admin API's JSON objects; a failure is a `Failure` (a message and an exit
+code: 1 nothing found, refused or unreachable; 2 bad input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from urllib.parse import quote, urlencode
+
+from config.loader import ConfigError
+
+EXIT_FAILED = 1  # nothing found, refused, unreachable
+EXIT_BAD_INPUT = 2
+
+
+class Failure(Exception):
+    """What the user is told (one line on stderr), and the exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def api_failure(status: int, message: str, param: str | None = None, code: str | None = None) -> Failure:
+    """An admin API error (over HTTP, or raised by its validators in direct mode) as a Failure."""
+    if status in (401, 403):
+        return Failure(message + " - check --admin-key or $PAYWARE_ADMIN_KEY")
+    if status == 404 or (code or "").endswith("not_found") or status not in (400, 413, 422):
+        return Failure(message)
+    return Failure(message + (f" (field: {param})" if param else ""), EXIT_BAD_INPUT)
+
+
+class Progress:
+    """A counter on stderr every `every` items, for commands that may run long."""
+
+    def __init__(self, what: str, every: int):
+        self.what, self.every, self.count, self.shown = what, every, 0, 0
+
+    def step(self, n: int = 1) -> None:
+        self.count += n
+        if self.count // self.every > self.shown:
+            self.shown = self.count // self.every
+            print(f"payware: {self.count} {self.what}…", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            print(f"payware: {self.count} {self.what}, done", file=sys.stderr, flush=True)
+
+
+class Remote:
+    """A running proxy's admin API, over HTTP."""
+
+    def __init__(self, url: str, admin_key: str, *, timeout: float = 60.0):
+        if not url.startswith(("http://", "https://")):
+            raise Failure(f"--url {url!r} must be http://HOST:PORT (the proxy's address)", EXIT_BAD_INPUT)
+        self.base = url.rstrip("/").removesuffix("/v1")
+        self.admin_key = admin_key
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: dict | None = None, query: dict | None = None):
+        url = self.base + path + ("?" + urlencode(query) if query else "")
+        data = None if body is None else json.dumps(body, default=str).encode()
+        request = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.admin_key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._refused(exc) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise Failure(f"cannot reach the proxy at {self.base}: {reason}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise Failure(f"{self.base}{path} did not answer JSON: is it a Payware proxy?") from None
+
+    def _refused(self, exc: urllib.error.HTTPError) -> Failure:
+        try:
+            error = json.loads(exc.read())["error"]
+            return api_failure(exc.code, str(error["message"]), error.get("param"), error.get("code"))
+        except (ValueError, KeyError, TypeError, OSError):
+            return Failure(f"{self.base} answered {exc.code} {exc.reason}: is it a Payware proxy?")
+
+    def _pages(self, path: str):
+        after = None
+        while True:
+            page = self.call("GET", path, query={"limit": 100, **({"after": after} if after else {})})
+            yield from page["data"]
+            if not page["has_more"]:
+                return
+            after = page["last_id"]
+
+    def create_customer(self, body: dict) -> dict:
+        return self.call("POST", "/v1/admin/customers", body)
+
+    def customers(self, progress: Progress | None = None):
+        for view in self._pages("/v1/admin/customers"):
+            if progress:
+                progress.step()
+            yield view
+
+    def customer_ids(self) -> list[str]:
+        return [view["id"] for view in self._pages("/v1/admin/customers")]
+
+    def customer(self, customer_id: str) -> dict:
+        return self.call("GET", f"/v1/admin/customers/{quote(customer_id, safe='')}")
+
+    def update_customer(self, customer_id: str, body: dict) -> dict:
+        return self.call("PATCH", f"/v1/admin/customers/{quote(customer_id, safe='')}", body)
+
+    def deactivate_customer(self, customer_id: str) -> dict:
+        return self.call("DELETE", f"/v1/admin/customers/{quote(customer_id, safe='')}")
+
+    def create_key(self, customer_id: str, body: dict) -> dict:
+        return self.call("POST", f"/v1/admin/customers/{quote(customer_id, safe='')}/keys", body)
+
+    def keys(self, customer_id: str) -> list[dict]:
+        return list(self._pages(f"/v1/admin/customers/{quote(customer_id, safe='')}/keys"))
+
+    def revoke_key(self, key_id: str) -> dict:
+        return self.call("DELETE", f"/v1/admin/keys/{quote(key_id, safe='')}")
+
+    def rotate_key(self, key_id: str, grace: object) -> dict:
+        return self.call("POST", f"/v1/admin/keys/{quote(key_id, safe='')}/rotate", {"grace_seconds": grace})
+
+    def summary(self, customer_id: str) -> dict:
+        return self.call("GET", "/v1/usage/summary", query={"customer": customer_id})
+
+    def all_usage(self, period: str, progress: Progress | None = None) -> list[dict]:
+        return self.call("GET", "/v1/admin/usage", query={"period": period})["data"]  # one answer: no progress
+
+
+class Local:
+    """The ledger database of a config file, changed as the admin API changes it (no proxy).
+
+    NOTE: mirrors proxy/routes/admin.py step by step, with its own validators and messages,
+    so a refusal names the same field in both modes; keep the two in step.
+    """
+
+    def __init__(self, config_path: str | None):
+        from config.loader import load_config
+        from metering.store.directory import DirectoryStore
+        from metering.store.ledger import Ledger
+
+        self.file_config = load_config(config_path)
+        url = self.file_config.storage.ledger
+        try:
+            self.ledger = Ledger(url)
+        except Exception as exc:  # unreachable server, bad credentials, unwritable file
+            raise Failure(f"cannot open the ledger {hide_password(url)}: {first_line(exc)}") from None
+        self.store = DirectoryStore(self.ledger.engine)
+        self._meter = self._own_caps = self._kept_aside = None
+        self._load()
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def _load(self) -> None:
+        from proxy.live import merge
+
+        self.config = merge(self.file_config, self.store.load())  # ConfigError if they no longer fit
+        if self._meter is not None:
+            self._meter.reconfigure(self.config)
+
+    def _changed(self) -> None:
+        """Read the directory again; tell proxies listening on Redis (the others poll it)."""
+        self._load()
+        counters = self.file_config.storage.counters
+        if counters == "memory":
+            return
+        try:
+            import redis
+
+            from proxy.live import CHANNEL
+
+            client = redis.Redis.from_url(counters, socket_timeout=2, socket_connect_timeout=2)
+            try:
+                client.publish(CHANNEL, "changed")
+            finally:
+                client.close()
+        except Exception:  # best effort: every proxy also polls the directory's version
+            pass
+
+    # -- customers
+
+    def create_customer(self, body: dict) -> dict:
+        from config.loader import read_customer
+        from proxy.routes.admin import Conflict, _invalid, _metadata, _settings, _text
+
+        customer_id = _text(body.get("id"), "id", 128, required=True)
+        settings, meta = _settings(body), _metadata(body.get("metadata"))
+        try:
+            read_customer(customer_id, {"plan": body.get("plan"), **settings}, self.config, path="customer")
+        except ConfigError as exc:
+            raise _invalid(exc, "customer") from None
+        if customer_id in self.file_config.customers:
+            raise Conflict(f"customer {customer_id!r} is declared in the config file", param="id",
+                           code="customer_exists")
+        if not self.store.create_customer(id=customer_id, plan=body["plan"], settings=settings, meta=meta):
+            raise Conflict(f"customer {customer_id!r} exists already", param="id", code="customer_exists")
+        self._changed()
+        return self.view(self.config.customers[customer_id])
+
+    def customers(self, progress: Progress | None = None):
+        for customer in sorted(self.config.customers.values(), key=lambda c: c.id):
+            if progress:
+                progress.step()
+            yield self.view(customer)
+
+    def customer_ids(self) -> list[str]:
+        return sorted(self.config.customers)
+
+    def customer(self, customer_id: str) -> dict:
+        return self.view(self._find(customer_id))
+
+    def update_customer(self, customer_id: str, body: dict) -> dict:
+        from config.loader import read_customer
+        from proxy.routes.admin import _invalid, _metadata, _settings
+
+        customer = self._runtime(customer_id)
+        row = self.store.customer(customer.id)
+        settings = {**row["settings"], **_settings(body)}
+        for name in ("cap", "rate_limit", "models"):
+            if name in body and body[name] is None:
+                settings.pop(name, None)  # null removes it
+        plan = body.get("plan", row["plan"])
+        try:
+            read_customer(customer.id, {"plan": plan, **settings}, self.config, path="customer")
+        except ConfigError as exc:
+            raise _invalid(exc, "customer") from None
+        values = {"plan": plan, "settings": settings}
+        if "metadata" in body:
+            values["meta"] = _metadata(body["metadata"])
+        self.store.update_customer(customer.id, **values)
+        self._changed()
+        return self.view(self.config.customers[customer.id])
+
+    def deactivate_customer(self, customer_id: str) -> dict:
+        customer = self._runtime(customer_id)
+        self.store.update_customer(customer.id, active=False)
+        self._changed()
+        return {"id": customer.id, "object": "customer", "deleted": True, "active": False}
+
+    def _find(self, customer_id: str):
+        from proxy.errors import NotFound
+
+        customer = self.config.customers.get(customer_id)
+        if customer is None:
+            raise NotFound(f"no customer {customer_id!r}", param="id", code="customer_not_found")
+        return customer
+
+    def _runtime(self, customer_id: str):
+        from proxy.routes.admin import Conflict
+
+        customer = self._find(customer_id)
+        if customer.source != "api":
+            raise Conflict(f"customer {customer.id!r} is declared in the config file: edit the file and reload",
+                           param="id", code="declared_in_config")
+        return customer
+
+    def view(self, customer) -> dict:
+        """The admin API's customer object (`proxy.routes.admin._view`), usage from the ledger."""
+        cap, rate = customer.cap, customer.rate_limit
+        usage = self.summary_of(customer)
+        return {"id": customer.id, "object": "customer", "plan": customer.plan, "active": customer.active,
+                "source": customer.source, "metadata": customer.metadata, "anchor_day": customer.anchor_day,
+                "cap": None if cap is None else {"amount": str(cap.amount), "action": cap.action, "mode": cap.mode,
+                                                 "clamp": cap.clamp},
+                "rate_limit": None if rate is None else {"rpm": rate.rpm, "tpm": rate.tpm},
+                "models": list(customer.models) if customer.models is not None else None,
+                "usage": {"period": usage["period"], "requests": usage["requests"], "tokens": usage["tokens"],
+                          "amount_due": usage["amount_due"], "amount_due_exact": usage["amount_due_exact"],
+                          "currency": usage["currency"],
+                          "cap": None if usage["cap"] is None else usage["cap"]["amount"],
+                          "remaining": None if usage["cap"] is None else usage["cap"]["remaining"]}}
+
+    # -- keys
+
+    def create_key(self, customer_id: str, body: dict) -> dict:
+        return self._issue(self._find(customer_id).id, body)
+
+    def _issue(self, customer_id: str, body: dict, *, name: str | None = None) -> dict:
+        from config.loader import read_key_settings
+        from config.schema import key_id
+        from metering.store.directory import now_us
+        from proxy.routes.admin import _instant_us, _invalid, _iso, _text
+
+        name = _text(body.get("name"), "name", 128) if name is None else name
+        expires_us = _instant_us(body.get("expires_at"), "expires_at")
+        try:
+            typed = read_key_settings({k: body[k] for k in ("cap", "rate_limit", "models") if body.get(k) is not None},
+                                      self.config, path="key")
+        except ConfigError as exc:
+            raise _invalid(exc, "key") from None
+        settings = {}
+        if typed["cap"] is not None:
+            settings["cap"] = str(typed["cap"])
+        if typed["rate_limit"] is not None:
+            settings["rate_limit"] = {"rpm": typed["rate_limit"].rpm, "tpm": typed["rate_limit"].tpm}
+        if typed["models"] is not None:
+            settings["models"] = list(typed["models"])
+        key, digest = new_key()
+        kid = key_id(digest)
+        self.store.create_key(id=kid, customer=customer_id, digest=digest, name=name or "", prefix=key[:8],
+                              settings=settings, expires_us=expires_us)
+        self._changed()
+        return {"id": kid, "object": "api_key", "key": key, "customer": customer_id, "name": name or "",
+                "prefix": key[:8], "created_at": _iso(now_us()), "expires_at": _iso(expires_us), **settings}
+
+    def keys(self, customer_id: str) -> list[dict]:
+        from config.schema import key_id
+        from proxy.routes.admin import _iso
+
+        customer = self._find(customer_id)
+        rows = {row["id"]: row for row in self.store.keys_of(customer.id)}
+        data = []
+        for entry in customer.keys:  # the file's keys: only their ids are known
+            kid = key_id(entry.removeprefix("sha256:"))
+            if kid not in rows:
+                data.append({"id": kid, "object": "api_key", "customer": customer.id, "source": "config", "name": "",
+                             "prefix": None, "created_at": None, "last_used_at": None, "expires_at": None,
+                             "revoked_at": None})
+        for row in rows.values():
+            data.append({"id": row["id"], "object": "api_key", "customer": customer.id, "source": "api",
+                         "name": row["name"], "prefix": row["prefix"] + "…", "created_at": _iso(row["created_us"]),
+                         "last_used_at": _iso(row["last_used_us"]), "expires_at": _iso(row["expires_us"]),
+                         "revoked_at": _iso(row["revoked_us"]), **row["settings"]})
+        return data
+
+    def file_key(self, kid: str) -> tuple[str, str] | None:
+        """(customer, "sha256:…") of key `kid` if the config file declares it (not a runtime key)."""
+        from config.schema import key_id
+
+        if self.store.key(kid) is not None:
+            return None
+        for customer in self.file_config.customers.values():
+            for entry in customer.keys:
+                if key_id(entry.removeprefix("sha256:")) == kid:
+                    return customer.id, entry
+        return None
+
+    def revoke_key(self, kid: str) -> dict:
+        from metering.store.directory import now_us
+
+        self._runtime_key(kid)
+        self.store.end_key(kid, revoke=True, at_us=now_us())
+        self._changed()
+        return {"id": kid, "object": "api_key", "deleted": True}
+
+    def rotate_key(self, kid: str, grace: object) -> dict:
+        from metering.store.directory import now_us
+        from proxy.errors import InvalidRequest
+        from proxy.routes.admin import _iso
+
+        row = self._runtime_key(kid)
+        if type(grace) is not int or not 0 <= grace <= 30 * 86400:
+            raise InvalidRequest("grace_seconds must be a whole number of seconds from 0 to 2592000 (30 days)",
+                                 param="grace_seconds")
+        fresh = self._issue(row["customer"], {**row["settings"]}, name=row["name"])
+        self.store.end_key(kid, revoke=False, at_us=now_us() + grace * 1_000_000)
+        self._changed()
+        return {**fresh, "replaces": kid, "old_key_expires_at": _iso(now_us() + grace * 1_000_000)}
+
+    def _runtime_key(self, kid: str) -> dict:
+        from config.schema import key_id
+        from proxy.errors import NotFound
+        from proxy.routes.admin import Conflict
+
+        row = self.store.key(kid)
+        if row is None:
+            for customer in self.config.customers.values():
+                if any(key_id(k.removeprefix("sha256:")) == kid for k in customer.keys):
+                    raise Conflict(f"key {kid!r} is declared in the config file: remove it there and reload",
+                                   code="declared_in_config")
+            raise NotFound(f"no key {kid!r}", code="key_not_found")
+        if row["revoked_us"] is not None:
+            raise Conflict(f"key {kid!r} was revoked already", code="key_revoked")
+        return row
+
+    # -- usage
+
+    def summary_of(self, customer, *, at: datetime | None = None) -> dict:
+        """The HTTP summary (`proxy.routes.usage.summary_of`) of a customer's period, from the ledger:
+        every event a proxy has written (a running proxy writes them within its flush_interval)."""
+        from metering.billing.meter import Meter
+        from metering.billing.statements import round_money
+        from metering.limits.counters import PeriodTotals
+        from metering.store.events import decimal_str, money_str, utcnow
+        from proxy.routes.usage import _tokens
+
+        if self._meter is None:
+            self._meter = Meter(self.config)
+            self._meter.restore_thresholds(self.ledger)  # threshold periods resume where the ledger left them
+            self._own_caps = self.ledger.customer_caps()
+            self._kept_aside = self.ledger.dead_letter_counts()
+        plan = self.config.plans[customer.plan]
+        period = self._meter.period(customer, at or utcnow())
+        totals = PeriodTotals()
+        for event in self.ledger.events(customer=customer.id, period=period.key):
+            totals.add(event)
+        due = plan.base_fee + totals.all.amount
+        own, admin = self._own_caps.get(customer.id), customer.cap.amount if customer.cap else None
+        limit = admin if own is None else own if admin is None else min(own, admin)  # as admission's cap_amount
+        cap = None
+        if limit is not None:
+            cap = {"amount": money_str(limit), "spent": money_str(totals.all.amount),
+                   "remaining": money_str(max(limit - totals.all.amount, Decimal(0))),
+                   "action": customer.cap.action if customer.cap else "block",
+                   "mode": customer.cap.mode if customer.cap else "hard"}
+        return {
+            "customer": customer.id, "plan": plan.name,
+            "period": {"start": period.start.isoformat(), "end": period.end.isoformat(), "interval": period.interval},
+            "requests": totals.all.requests, "tokens": _tokens(totals.all), "base_fee": money_str(plan.base_fee),
+            "amount_due": str(round_money(due, plan.currency)), "amount_due_exact": money_str(due),
+            "currency": plan.currency, "cap": cap,
+            "by_model": [{"model": name, "requests": t.requests, "tokens": _tokens(t),
+                          "quantity": decimal_str(t.quantity), "amount": money_str(t.amount)}
+                         for name, t in sorted(totals.by_model.items())],
+            "evidence": {"kept_aside": self._kept_aside.get(customer.id, 0)},
+        }
+
+    def summary(self, customer_id: str) -> dict:
+        from proxy.errors import InvalidRequest
+
+        customer = self.config.customers.get(customer_id)
+        if customer is None:  # as GET /v1/usage/summary?customer= answers
+            raise InvalidRequest(f"no customer {customer_id!r}", param="customer", code="customer_not_found")
+        return self.summary_of(customer)
+
+    def all_usage(self, period: str, progress: Progress | None = None) -> list[dict]:
+        """`GET /v1/admin/usage`'s rows (`proxy.routes.admin.all_usage`), from the ledger."""
+        from proxy.errors import InvalidRequest
+
+        at = None
+        if period != "current":
+            try:
+                at = datetime.fromisoformat(period + ("-01" if len(period) == 7 else "")).replace(tzinfo=timezone.utc)
+            except ValueError:
+                raise InvalidRequest("period must be current, YYYY-MM or YYYY-MM-DD", param="period") from None
+        rows = []
+        for customer in sorted(self.config.customers.values(), key=lambda c: c.id):
+            usage = self.summary_of(customer, at=at)
+            rows.append({"customer": customer.id, "plan": customer.plan, "active": customer.active,
+                         "period_start": usage["period"]["start"], "period_end": usage["period"]["end"],
+                         "requests": usage["requests"], **{f"tokens_{k}": v for k, v in usage["tokens"].items()},
+                         "amount_due": usage["amount_due"], "amount_due_exact": usage["amount_due_exact"],
+                         "currency": usage["currency"],
+                         "cap": None if usage["cap"] is None else usage["cap"]["amount"],
+                         "remaining": None if usage["cap"] is None else usage["cap"]["remaining"]})
+            if progress:
+                progress.step()
+        return rows
+
+
+def new_key() -> tuple[str, str]:
+    """A new customer key and the hex SHA-256 that is all Payware keeps of it."""
+    key = "pw-" + secrets.token_urlsafe(32)
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+@contextmanager
+def backend(args):
+    """The mode the arguments ask for: `Remote` with --url, else `Local` on the config's ledger."""
+    if args.url:
+        admin_key = args.admin_key or os.environ.get("PAYWARE_ADMIN_KEY")
+        if not admin_key:
+            raise Failure("--url needs the admin key: set PAYWARE_ADMIN_KEY or give --admin-key", EXIT_BAD_INPUT)
+        yield Remote(args.url, admin_key)
+        return
+    local = Local(args.config)
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0][:300]
+
+
+def hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
