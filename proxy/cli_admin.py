@@ -655,7 +655,8 @@ def register(sub) -> None:
 
     keys = sub.add_parser("keys", help="customer keys: create, list, revoke, rotate").add_subparsers(metavar="ACTION")
     p = command(keys, "create", keys_create, "a new key for CUSTOMER, printed once (kept as a hash in the ledger "
-                                             "database; for a customer of the config file: the hash to add to it)")
+                                             "database; without --url, for a customer of the config file: the hash "
+                                             "to add to it)")
     p.add_argument("customer")
     p.add_argument("--name", help="a label for people")
     p.add_argument("--expires-at", metavar="TIME", help="ISO 8601 time or unix timestamp")
@@ -666,8 +667,8 @@ def register(sub) -> None:
     p = command(keys, "list", keys_list, "a customer's keys (never the keys themselves); without CUSTOMER, "
                                          "`customer<TAB>key id` for every live key")
     p.add_argument("customer", nargs="?")
-    command(keys, "revoke", keys_revoke, "revoke a key by its id (`keys list`); a key of the config file is "
-                                         "removed from the file").add_argument("key_id")
+    command(keys, "revoke", keys_revoke, "revoke a key by its id (`keys list`); without --url, a key of the "
+                                         "config file is removed from the file").add_argument("key_id")
     p = command(keys, "rotate", keys_rotate, "a new key with the same name and limits; the old one works for "
                                              "--grace seconds only")
     p.add_argument("key_id")

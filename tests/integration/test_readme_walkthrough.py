@@ -55,7 +55,7 @@ def test_the_real_provider_walkthrough_works_verbatim_up_to_a_metered_call(tmp_p
         proc = subprocess.Popen(["bash", "-c", "set -eo pipefail\n" + script], cwd=tmp_path, env=env,
                                 stdout=stdout, stderr=stderr, start_new_session=True)
         try:
-            code = proc.wait(timeout=180)
+            code = proc.wait(timeout=90)
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGINT)
