@@ -85,6 +85,7 @@ def _layout(request: web.Request, title: str, body: views.Html, *, status: int =
 # -- sign-in ---------------------------------------------------------------------------------
 
 async def login_form(request: web.Request) -> web.Response:
+    """`GET /admin/login`: the sign-in form (or the console, for a session)."""
     if admin_key(request.app) is None:
         return page(request, "message.html", status=404, title="Console off",
                     message="The console needs server.admin_key in the config.")
@@ -110,6 +111,7 @@ async def login(request: web.Request) -> web.Response:
 
 @console_action
 async def logout(request: web.Request) -> web.Response:
+    """`POST /admin/logout`: forget the session cookie."""
     response = see_other("/admin/login")
     clear_cookie(response, request, sessions.CONSOLE_COOKIE, path=sessions.CONSOLE_PATH)
     return response
@@ -211,6 +213,7 @@ async def evidence_csv(request: web.Request) -> web.StreamResponse:
 
 @console_page
 async def statement_csv(request: web.Request) -> web.Response:
+    """`GET /admin/customers/{id}/statement.csv?period=`: a frozen statement as CSV."""
     customer = _customer(request)
     body = (await _statements(request.app, customer)).get(request.query.get("period", ""))
     if body is None:
@@ -231,6 +234,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 @console_action
 async def revoke_key(request: web.Request) -> web.Response:
+    """Revoke a key made at runtime: refused from now on, on every proxy within a second."""
     kid = request.match_info["key_id"]
     row = await admin._runtime_key(request, kid)
     await admin._run(request.app[LIVE].store.end_key, kid, revoke=True, at_us=now_us())
@@ -267,6 +271,7 @@ def _shown_key(request: web.Request, made: dict, customer_id: str, title: str, e
 
 @console_action
 async def make_portal_link(request: web.Request) -> web.Response:
+    """A portal link for the customer, shown on the answer's page."""
     customer = _customer(request)
     try:
         ttl = int(request[FIELDS].get("expires_in", "3600"))
@@ -283,6 +288,7 @@ async def make_portal_link(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    """The console's pages and actions."""
     app.router.add_get("/admin", overview)
     app.router.add_get("/admin/login", login_form)
     app.router.add_post("/admin/login", login)

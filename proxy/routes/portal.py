@@ -116,6 +116,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    """The portal's page, sign-in and link routes."""
     app.router.add_post("/v1/admin/customers/{id}/portal_link", create_link)
     app.router.add_get("/portal", portal_page)
     app.router.add_post("/portal/login", login)

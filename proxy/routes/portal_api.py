@@ -118,6 +118,7 @@ async def statement_csv(request: web.Request) -> web.Response:
 
 
 def csv_download(text: str, filename: str) -> web.Response:
+    """A CSV answer the browser saves as `filename`."""
     safe = "".join(c for c in filename if c.isalnum() or c in "-_.") or "export.csv"
     response = web.Response(text=text, content_type="text/csv", charset="utf-8",
                             headers={"Content-Disposition": f'attachment; filename="{safe}"',
@@ -161,6 +162,7 @@ async def set_own_cap(app: web.Application, customer, amount) -> dict:
 
 
 def add_routes(app: web.Application) -> None:
+    """The portal page's data routes."""
     app.router.add_get("/portal/api/summary", summary)
     app.router.add_get("/portal/api/daily", daily)
     app.router.add_get("/portal/api/events", events)

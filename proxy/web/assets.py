@@ -25,6 +25,7 @@ class Html(str):
 
 
 def esc(value: object) -> str:
+    """A value as HTML text (`Html` passes as it is)."""
     return value if isinstance(value, Html) else html.escape("" if value is None else str(value), quote=True)
 
 
@@ -71,6 +72,7 @@ def page(request: web.Request, template: str, *, status: int = 200, **values: ob
 
 
 def json_answer(data: object, *, status: int = 200) -> web.Response:
+    """JSON with the faces' headers (never cached)."""
     return harden(web.Response(text=json.dumps(data), status=status, content_type="application/json"))
 
 

@@ -14,6 +14,7 @@ from proxy.web.assets import Html, esc
 
 
 def money(value: str | Decimal | None, currency: str = "USD") -> str:
+    """An amount for people: cents, or more places for a fraction of a cent."""
     if value is None:
         return "—"
     amount = Decimal(value)
@@ -22,6 +23,7 @@ def money(value: str | Decimal | None, currency: str = "USD") -> str:
 
 
 def count(value: int | None) -> str:
+    """A count with thousands separators."""
     return "—" if value is None else f"{value:,}"
 
 

@@ -27,10 +27,12 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def init(app: web.Application) -> None:
+    """The process's own secret, for portal sessions when no admin key is configured."""
     app[PROCESS_SECRET] = secrets.token_bytes(32)
 
 
 def admin_key(app: web.Application) -> str | None:
+    """The admin key in force (it follows a config reload), or None."""
     key = app[LIVE].config.server.admin_key
     return str(key) if key else None
 
@@ -42,16 +44,19 @@ def key_for(app: web.Application, purpose: str) -> bytes:
 
 
 def secure(request: web.Request) -> bool:
+    """Whether the browser reached us over HTTPS (directly or through a TLS terminator)."""
     return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
 def set_cookie(response: web.StreamResponse, request: web.Request, name: str, value: str, *, path: str,
                max_age: int) -> None:
+    """A session cookie: HttpOnly, SameSite=Strict, Secure over HTTPS, on `path` only."""
     response.set_cookie(name, value, path=path, max_age=max(0, max_age), httponly=True, samesite="Strict",
                         secure=secure(request))
 
 
 def clear_cookie(response: web.StreamResponse, request: web.Request, name: str, *, path: str) -> None:
+    """Forget a session cookie (same attributes, so the browser matches it)."""
     response.del_cookie(name, path=path, httponly=True, samesite="Strict", secure=secure(request))
 
 

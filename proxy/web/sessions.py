@@ -31,6 +31,7 @@ LOGIN_TTL = 8 * 3600  # seconds a login (portal by key, console) lasts
 
 @dataclass(frozen=True, slots=True)
 class PortalSession:
+    """A portal page's holder: one customer, until `expires`."""
     customer: CustomerConfig
     nonce: str
     expires: int
@@ -61,6 +62,7 @@ def holder(app: web.Application, payload: dict) -> PortalSession | None:
 
 
 def key_alive(customer: CustomerConfig, kid: str) -> bool:
+    """Whether key `kid` of `customer` still works (not revoked, not past its rotation grace)."""
     if kid not in {key_id(entry.removeprefix("sha256:")) for entry in customer.keys}:
         return False
     policy = customer.key_policies.get(kid)
@@ -100,12 +102,14 @@ def console_session(request: web.Request) -> str | None:
 
 
 def console_token(app: web.Application) -> tuple[str, int]:
+    """A new console session token, and its expiry (unix seconds)."""
     expires = int(time.time()) + LOGIN_TTL
     return tokens.sign(key_for(app, tokens.CONSOLE), {"t": tokens.CONSOLE, "e": expires,
                                                        "n": tokens.new_nonce()}), expires
 
 
 def is_admin_key(app: web.Application, given: str) -> bool:
+    """Whether `given` is the admin key in force (compared in constant time)."""
     admin = admin_key(app)
     return admin is not None and hmac.compare_digest(given.strip().encode("utf-8", "replace"), admin.encode())
 

@@ -43,6 +43,7 @@ def derive(root: bytes, purpose: str) -> bytes:
 
 
 def new_nonce() -> str:
+    """A session's random id (its CSRF token is derived from it)."""
     return secrets.token_urlsafe(16)
 
 
@@ -79,6 +80,7 @@ def csrf_token(key: bytes, nonce: str) -> str:
 
 
 def csrf_ok(key: bytes, nonce: str, given: str | None) -> bool:
+    """Whether `given` is the CSRF token of the session `nonce` (constant time)."""
     return isinstance(given, str) and hmac.compare_digest(given.encode(), csrf_token(key, nonce).encode())
 
 

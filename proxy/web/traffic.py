@@ -59,6 +59,7 @@ class Traffic:
 
 
 def classify(status: int) -> str:
+    """The traffic class of an answer's status (see the module docstring)."""
     if status >= 500:
         return "errors"
     if status in (401, 403, 429):

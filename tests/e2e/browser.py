@@ -154,7 +154,10 @@ class Tab:
         """Poll a JS expression until it is truthy; its value. TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         while True:
-            value = await self.js(expression)
+            try:
+                value = await self.js(expression)
+            except RuntimeError:  # the page is being replaced (a redirect): ask the next one
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:

@@ -57,10 +57,11 @@ def shots(request, tmp_path_factory):
     folder = Path(os.environ.get("PAYWARE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     yield folder
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     names = sorted(p.name for p in folder.glob("*.png"))
-    if reporter is not None and names:
-        reporter.write_line(f"\nportal/console screenshots ({', '.join(names)}) in {folder}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if names and capture is not None:
+        with capture.global_and_fixture_disabled():  # shown even when pytest captures output
+            print(f"\nportal/console screenshots ({', '.join(names)}) in {folder}")
 
 
 @pytest.fixture
@@ -324,6 +325,7 @@ async def test_the_console_creates_a_key_shown_once_and_revokes_it(proxy, chromi
                                  ".includes('from-console')).querySelector('form[action$=revoke] button').click()")
             assert "revoked" in await tab.text(".notice")
             assert await chat(session, proxy, key) == 401
+            assert all(u.startswith(proxy.url + "/") for u in tab.requested if not u.startswith("data:"))
 
 
 async def console_login(session, proxy) -> tuple[str, str]:
