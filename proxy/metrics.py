@@ -21,6 +21,7 @@ Counts are per process, since its start; Prometheus' `rate()`/`increase()` handl
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -242,6 +243,8 @@ def install(app: web.Application, config: Config, *, enabled: bool | None = None
     if enabled is None:
         enabled = os.environ.get("PAYWARE_METRICS", "on").lower() not in ("0", "off", "false")
     if not enabled:
+        if config.server.metrics_listen is not None:
+            log.warning("PAYWARE_METRICS=off: server.metrics_listen is not opened")
         return
     metrics = app[METRICS] = Metrics(app)
     app[OBSERVER] = metrics.observe
@@ -278,8 +281,10 @@ async def _listener(app: web.Application) -> AsyncIterator[None]:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(config.source, [f"server.metrics_listen: cannot listen on {host}:{port}: "
-                                          f"{exc.strerror or exc}"]) from None
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:  # NOTE: each worker of `serve --workers N` would bind it too
+            why += " (by another process, or by another worker: a metrics listener needs --workers 1)"
+        raise ConfigError(config.source, [f"server.metrics_listen: cannot listen on {host}:{port}: {why}"]) from None
     log.info("metrics on http://%s:%d/metrics (no auth)", host, port)
     try:
         yield
