@@ -34,6 +34,7 @@ from proxy.errors import ModelNotFound
 from proxy.jsonbody import BODY_TIMEOUT
 from proxy.litellm_bridge import litellm_ctx
 from proxy.limits import admission_ctx
+from proxy.metrics import install as install_metrics
 from proxy.routes import admin, credits, responses
 from proxy.routes import gemini as gemini_routes
 from proxy.routes import messages as anthropic_messages
@@ -83,6 +84,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/v1/billing/statements", list_statements)
     app.router.add_get("/healthz", healthz)
     add_faces(app)  # /portal (customers), /admin (the operator console), /static (their assets)
+    install_metrics(app, config)  # /metrics, its counting, server.metrics_listen
     return app
 
 
