@@ -407,6 +407,11 @@ def migrate(engine: Engine) -> None:
     config = AlembicConfig()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # NOTE: proxies starting at once on an empty database would race to create the same
+            # tables; a transaction-scoped advisory lock makes them take turns (the later ones
+            # then find the schema there and do nothing).
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7061797761726501)")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 
@@ -429,3 +434,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+# NOTE: last, as it builds on this module's types: its tables are part of the schema too.
+from metering.store import money_runs as _money_runs  # noqa: E402,F401

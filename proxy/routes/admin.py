@@ -373,7 +373,7 @@ async def reload_config(request: web.Request) -> web.Response:
 
 
 # Sections a running proxy cannot change: its address, storage and listeners need a restart.
-_RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "storage")
+_RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "server.metrics_listen", "storage")
 
 
 async def reload(app: web.Application) -> list[str]:
