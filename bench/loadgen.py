@@ -4,7 +4,8 @@
 sending its next request on its own keep-alive connection when its last answer ended (closed
 loop: the server under test sets the pace). A request's latency is the time to the last byte
 of its answer. Every answer is checked: HTTP 200, and for a stream the bytes a whole answer
-ends with.
+ends with and, for an API whose streams have no terminator of their own, what its last event
+holds (Responses' `response.completed`, Anthropic's `message_stop`, Gemini's `finishReason`).
 
 The client speaks HTTP/1.1 itself over asyncio protocols (pre-encoded request bytes, a small
 incremental response parser: Content-Length or chunked) instead of through aiohttp's client:
@@ -155,6 +156,7 @@ async def fire(client: Client, path: str, headers: dict[str, str], scenario: Sce
     clock = time.perf_counter_ns
     request = client.encode("POST", path, headers, scenario.body)
     ends_with = scenario.ends_with
+    last_event_has = scenario.last_event_has
 
     async def worker(i: int) -> None:
         nonlocal remaining
@@ -171,6 +173,8 @@ async def fire(client: Client, path: str, headers: dict[str, str], scenario: Sce
                 raise BenchError(f"{label}: HTTP {status}: {payload[:300]!r}")
             if ends_with is not None and not payload.endswith(ends_with):
                 raise BenchError(f"{label}: answer does not end with {ends_with!r}: {payload[-200:]!r}")
+            if last_event_has is not None and last_event_has not in payload[last_event(payload):]:
+                raise BenchError(f"{label}: the last event lacks {last_event_has!r}: {payload[-200:]!r}")
             if time.monotonic() > deadline:
                 raise BenchError("time budget exceeded (--max-seconds)")
 
@@ -182,6 +186,12 @@ async def fire(client: Client, path: str, headers: dict[str, str], scenario: Sce
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
     return latencies
+
+
+def last_event(payload: bytes) -> int:
+    """Where the last SSE event of a stream starts (after the blank line before it; LF or CRLF)."""
+    body = payload.rstrip(b"\r\n")
+    return max(body.rfind(b"\n\n"), body.rfind(b"\r\n\r\n")) + 1
 
 
 def percentile(sorted_values: list[int], q: float) -> float:

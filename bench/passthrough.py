@@ -1,11 +1,12 @@
 """The reference pass-through: the cheapest honest aiohttp proxy, to quote Payware's CPU against.
 
-It relays every request under `/v1/` to one upstream and the answer back, and does nothing
-else: no parsing, no authentication, no accounting. The request body is read whole and sent
-upstream with the provider's key in place of the client's; an answer with a Content-Length is
-read whole and sent back whole, any other (a stream) is relayed chunk by chunk as it arrives
-(`iter_any`, one `write()` per chunk). A few of the upstream's headers are passed on, as
-Payware passes them.
+It relays every request under `/v1/` and `/v1beta/` (Gemini's) to one upstream and the answer
+back, and does nothing else: no parsing, no authentication, no accounting. The request body is
+read whole and sent upstream with the provider's key in place of the client's (and with
+Anthropic's `anthropic-version` and `anthropic-beta`, as Payware relays them); an answer with a
+Content-Length is read whole and sent back whole, any other (a stream) is relayed chunk by
+chunk as it arrives (`iter_any`, one `write()` per chunk). A few of the upstream's headers are
+passed on, as Payware passes them.
 
 It is built as Payware's serving path is, so the comparison is fair: one pooled client session
 on the app (keep-alive, no auto-decompression, no User-Agent added), `web.run_app` with
@@ -26,6 +27,7 @@ from aiohttp import web
 UPSTREAM = web.AppKey("upstream", str)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 PROVIDER_KEY = "sk-bench-dummy-provider-key"
+RELAYED_REQUEST_HEADERS = ("anthropic-version", "anthropic-beta")
 PASS_HEADERS = ("Content-Type", "openai-processing-ms", "openai-version", "x-request-id",
                 "retry-after", "retry-after-ms", "x-should-retry")
 
@@ -35,6 +37,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json"),
                "Accept-Encoding": "identity", "Authorization": f"Bearer {PROVIDER_KEY}"}
+    for name in RELAYED_REQUEST_HEADERS:
+        if name in request.headers:
+            headers[name] = request.headers[name]
     async with request.app[HTTP].request(request.method, request.app[UPSTREAM] + request.path_qs,
                                          data=body, headers=headers) as upstream:
         out_headers = {name: upstream.headers[name] for name in PASS_HEADERS if name in upstream.headers}
@@ -49,10 +54,11 @@ async def relay(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(upstream: str) -> web.Application:
-    """The relay on every `/v1/` path; the upstream session opened and closed with the app."""
+    """The relay on every `/v1/` and `/v1beta/` path; the upstream session opened and closed with the app."""
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/")
     app.router.add_route("*", "/v1/{tail:.*}", relay)
+    app.router.add_route("*", "/v1beta/{tail:.*}", relay)
 
     async def client_session(app: web.Application):
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60)

@@ -55,13 +55,17 @@ class Target:
     name: str
     kind: str  # "direct" | "reference" | "payware"
     child: Child  # the server that answers (the upstream itself for "direct")
-    headers: dict[str, str]
+    key: str  # the key it is sent (a Payware key; a dummy for the reference and direct)
     variant: Variant | None = None
     proxied: int = 0  # answered requests, for the metering check
     facts: dict = field(default_factory=dict)  # start-up time, memory, idle CPU, soak
 
     def url(self, scenario: Scenario) -> str:
         return self.child.url + scenario.path
+
+    def headers(self, scenario: Scenario) -> dict[str, str]:
+        """The request headers, the key where that API's SDK puts it."""
+        return scenario.request_headers(self.key)
 
     def serves(self, scenario: Scenario) -> bool:
         """A litellm scenario's model exists only in the Payware with a litellm provider."""
@@ -86,17 +90,14 @@ class Bench:
         """Start the children one at a time (each start-up timed on an otherwise idle machine)."""
         upstream = start_upstream(tmp)
         self.children.append(upstream)
-        self.targets.append(Target("direct", "direct", upstream, {"Content-Type": "application/json",
-                                                                  "Authorization": "Bearer sk-bench-direct"}))
+        self.targets.append(Target("direct", "direct", upstream, "sk-bench-direct"))
         reference = spawn_reference(tmp, upstream.url)
         self.children.append(reference)
-        self._ready(Target("reference", "reference", reference, {"Content-Type": "application/json",
-                                                                  "Authorization": "Bearer pw-bench-reference"}))
+        self._ready(Target("reference", "reference", reference, "pw-bench-reference"))
         for variant in variants:
             child = spawn_payware(tmp, variant, upstream.url, root=self.args.proxy_root, extra_args=self.args.proxy_args)
             self.children.append(child)
-            self._ready(Target(variant.name, "payware", child, {"Content-Type": "application/json",
-                                                                "Authorization": f"Bearer {variant.key}"}, variant))
+            self._ready(Target(variant.name, "payware", child, variant.key, variant))
         # Idle: once the first requests' ledger writes are done, CPU over `idle` seconds, then memory.
         time.sleep(max(self.args.settle, 0.5))
         servers = self.targets[1:]
@@ -112,7 +113,7 @@ class Bench:
     def _ready(self, target: Target) -> None:
         # the first scenario it serves (`chat` when it serves none of those asked for)
         scenario = next((s for s in (SCENARIOS[n] for n in self.args.scenarios) if target.serves(s)), SCENARIOS["chat"])
-        seconds = first_answer(target.child, target.url(scenario), scenario.body, target.headers)
+        seconds = first_answer(target.child, target.url(scenario), scenario.body, target.headers(scenario))
         target.proxied += 1
         target.facts["startup_s"] = round(seconds, 3)
         self.log(f"bench: {target.name} answered its first request {seconds:.2f} s after its spawn")
@@ -169,7 +170,7 @@ class Bench:
         redis0 = await self.redis_info(counters) if counters else None
         m0 = self.mark()
         client0, started = time.process_time_ns(), time.perf_counter()
-        latencies = await fire(client, scenario.path, target.headers, scenario, count, concurrency,
+        latencies = await fire(client, scenario.path, target.headers(scenario), scenario, count, concurrency,
                                self.deadline, target.name)
         seconds, client1 = time.perf_counter() - started, time.process_time_ns()
         target.proxied += len(latencies)
@@ -195,7 +196,7 @@ class Bench:
         try:
             for target in targets:  # warm-up: connections opened, caches filled
                 self.place(target, 0)
-                target.proxied += len(await fire(clients[target.name], scenario.path, target.headers,
+                target.proxied += len(await fire(clients[target.name], scenario.path, target.headers(scenario),
                                                  scenario, args.warmup, concurrency, self.deadline, target.name))
             await asyncio.sleep(args.settle)
             blocks = []
@@ -223,7 +224,7 @@ class Bench:
             while done < count:
                 scenario = scenarios[(done // chunk) % len(scenarios)]
                 n = min(chunk, count - done)
-                done += len(await fire(client, scenario.path, target.headers, scenario, n, concurrency,
+                done += len(await fire(client, scenario.path, target.headers(scenario), scenario, n, concurrency,
                                        self.deadline, target.name))
         finally:
             client.close()
