@@ -35,7 +35,12 @@ async def read_body(request: web.Request) -> bytes:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
     except (RequestPayloadError, BadHttpMessage) as exc:
         message = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-        raise InvalidRequest(f"the request body could not be read: {message}") from None
+        # NOTE: the rest of this body cannot be read: end it here (else aiohttp, reading it after our
+        # answer for keep-alive's sake, logs the same error again as unhandled) and close the connection.
+        request.content.feed_eof()
+        error = InvalidRequest(f"the request body could not be read: {message}")
+        error.close = True
+        raise error from None
 
 
 def parse_json(raw: bytes, *, parse_float: Callable[[str], object] | None = None, what: str = "body") -> object:

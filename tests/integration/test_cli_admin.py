@@ -318,6 +318,7 @@ def test_usage_all_over_many_customers_counts_on_stderr_and_writes_csv(proxy_fac
         store.create_customer(id=f"bulk{i:03d}", plan="payg", settings={"cap": {"amount": "1.00"}}, meta={})
     ledger.close()
     assert chat(proxy, KEYS["acme"]) == 200
+    request(proxy, "/v1/usage/events?customer=acme", ADMIN_KEY)  # waits until the ledger holds the call
     direct = Cli(proxy, "direct")
     table = direct("usage", "all")
     assert table.code == 0 and [line for line in table.err.splitlines()] == [
