@@ -23,17 +23,17 @@ from metering.store.recorder import Recorder
 from metering.limits.redis_counters import RedisCounters
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
-from proxy.admission import STORE_DOWN
+from proxy.limits.admission import STORE_DOWN
 from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
 from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
-from proxy.accesslog import edge_middleware
+from proxy.serving.accesslog import edge_middleware
 from proxy.calls import may_use, model_handler
 from proxy.formats import openai_chat
 from proxy.errors import ModelNotFound
 from proxy.jsonbody import BODY_TIMEOUT
-from proxy.litellm_bridge import litellm_ctx
-from proxy.limits import admission_ctx
+from proxy.providers.litellm_bridge import litellm_ctx
+from proxy.limits.stores import admission_ctx
 from proxy.metrics import install as install_metrics
 from proxy.routes import admin, credits, responses
 from proxy.routes import gemini as gemini_routes
@@ -41,7 +41,7 @@ from proxy.routes import messages as anthropic_messages
 from proxy.routes import reconciliation
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
-from proxy.upstream import make_client_session
+from proxy.providers.upstream import make_client_session
 from proxy.routes.usage import usage_events, usage_summary
 from proxy.web.faces import add_faces
 
@@ -96,7 +96,7 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     for provider in config.providers.values():
         if provider.kind == "echo":
             if echo_runner is None:
-                from proxy.echo import start_echo_server
+                from proxy.echo.app import start_echo_server
 
                 echo_runner, echo_url = await start_echo_server()
             upstreams[provider.name] = echo_url

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from metering.billing.meter import Meter
 from metering.store.recorder import Recorder
-from proxy.admission import Gate
+from proxy.limits.admission import Gate
 from proxy.live import Live
 
 LIVE = web.AppKey("live", Live)  # the config in force and its key ring (they change at runtime)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from config.schema import Config, CustomerConfig
-from proxy.accesslog import note
+from proxy.serving.accesslog import note
 from proxy.errors import Forbidden, InvalidApiKey, InvalidRequest
 
 

@@ -30,8 +30,8 @@ from metering.store.recorder import COUNTERS_DOWN
 from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
-from proxy.accesslog import note
-from proxy.admission import Admitted, rate_headers
+from proxy.serving.accesslog import note
+from proxy.limits.admission import Admitted, rate_headers
 from proxy.appkeys import BRIDGES, GATE, HTTP, LIVE, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
@@ -40,7 +40,7 @@ from proxy.jsonbody import parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
 from proxy.recording import record_event
-from proxy.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
+from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 log = logging.getLogger("payware.calls")
 

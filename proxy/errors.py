@@ -1,6 +1,6 @@
 """Errors as values: each carries its HTTP status and OpenAI's type and code.
 
-Handlers raise; one middleware (`proxy.accesslog.edge_middleware`, through `render_failure`)
+Handlers raise; one middleware (`proxy.serving.accesslog.edge_middleware`, through `render_failure`)
 renders every error, ours or unexpected, in the route's envelope: OpenAI's
 `{"error": {"message", "type", "param", "code"}}` unless the route set its API's own.
 """

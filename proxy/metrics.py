@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from config.loader import ConfigError
 from config.schema import Config
 from metering.store.events import UsageEvent, utcnow
-from proxy.accesslog import NOTES, OBSERVER
+from proxy.serving.accesslog import NOTES, OBSERVER
 from proxy.appkeys import GATE, LIVE, RECORDER
 from proxy.errors import Forbidden
 

@@ -11,7 +11,7 @@ from config.schema import MAX_CAP
 from metering.limits.budget import NANO
 from metering.store.events import decimal_str, money_str, utcnow
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
-from proxy.admission import STORE_DOWN
+from proxy.limits.admission import STORE_DOWN
 from proxy.errors import InvalidRequest, counters_unavailable
 from proxy.jsonbody import parse_json, read_body
 

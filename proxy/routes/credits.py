@@ -19,7 +19,7 @@ from config.schema import MAX_CAP
 from metering.store.bounds import is_clean
 from metering.store.events import money_str, utcnow
 from proxy.appkeys import GATE, LIVE, REDIS
-from proxy.credits import grant_view
+from proxy.limits.credits import grant_view
 from proxy.errors import Forbidden, InvalidRequest, NotFound
 from proxy.jsonbody import parse_json, read_body
 from proxy.live import announce

@@ -21,7 +21,7 @@ from proxy.calls import may_use, model_call
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, UpstreamError
 from proxy.formats.gemini import GENERATE, GENERATE_METHODS, resource_name, split_target, upstream_path
 from proxy.jsonbody import dump_json, parse_json, read_body
-from proxy.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
+from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 
 async def gemini_models(request: web.Request) -> web.StreamResponse:

@@ -18,7 +18,7 @@ from proxy.calls import _model, model_handler
 from proxy.errors import ENVELOPE, InvalidRequest, UpstreamError
 from proxy.formats.anthropic_messages import MESSAGES, anthropic_headers, api_path
 from proxy.jsonbody import dump_json, parse_json, read_body
-from proxy.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
+from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from proxy.auth import Caller
 from proxy.calls import Call, model_call
 from proxy.errors import ENVELOPE, InvalidRequest, NotFound
 from proxy.formats.openai_responses import RESPONSES, conversation_id
-from proxy.upstream import forward, outgoing_headers
+from proxy.providers.upstream import forward, outgoing_headers
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:

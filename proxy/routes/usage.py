@@ -18,7 +18,7 @@ from metering.limits.counters import Totals
 from metering.store.events import decimal_str, money_str, utcnow
 from metering.billing.statements import round_money
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
-from proxy.admission import STORE_DOWN
+from proxy.limits.admission import STORE_DOWN
 from proxy.errors import InvalidRequest, counters_unavailable
 
 _CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model", "upstream_model", "provider",

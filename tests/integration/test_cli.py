@@ -15,7 +15,7 @@ PLANS = '  payg: {interval: threshold, threshold: "0.00001", price: {markup: "1.
 
 
 def payware(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, env=python_env(),
+    return subprocess.run([sys.executable, "-m", "proxy.cli.main", *args], cwd=ROOT, env=python_env(),
                           capture_output=True, text=True, timeout=60)
 
 

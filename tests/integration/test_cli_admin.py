@@ -28,7 +28,7 @@ import pytest
 from metering.store.directory import DirectoryStore
 from metering.store.events import UsageEvent
 from metering.store.ledger import Ledger
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.conftest import ADMIN_KEY, KEYS, ROOT, free_port, key_hash, proxy_config, python_env
 
 BOUND = 1.5  # seconds: the README states 1 s for a change to reach every proxy; generous here
@@ -69,7 +69,7 @@ def run_cli(*argv: str) -> Result:
 
 
 def payware(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "proxy.cli.main", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=(python_env() | (env or {})))
 
 

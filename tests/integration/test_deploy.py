@@ -56,7 +56,7 @@ def container_env(service: dict, operator: dict[str, str] = OPERATOR_ENV) -> dic
 def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     base = {k: v for k, v in python_env().items() if k in ("PATH", "PYTHONPATH", "HOME", "LANG",
                                                              "LITELLM_LOCAL_MODEL_COST_MAP")}
-    return subprocess.run([sys.executable, "-m", "proxy.cli", "check-config", str(path)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "proxy.cli.main", "check-config", str(path)], cwd=ROOT,
                           env=base | env, capture_output=True, text=True, timeout=60)
 
 
@@ -177,7 +177,7 @@ def replica_env(service: str, folder: Path, fake_upstream, pg_database: str, red
 
 def serve(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "proxy.cli", *SERVICES["payware-1"]["command"]], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "proxy.cli.main", *SERVICES["payware-1"]["command"]], cwd=ROOT,
                                 env=python_env() | env, stdout=out, stderr=out)
 
 

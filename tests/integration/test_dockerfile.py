@@ -41,7 +41,7 @@ def test_the_package_the_image_installs_carries_the_default_config(tmp_path):
     wheel, = tmp_path.glob("payware-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "config/default.yaml" in names
-    assert {"proxy/cli.py", "metering/store/ledger.py", "config/loader.py", "metering/store/migrations/env.py",
+    assert {"proxy/cli/main.py", "metering/store/ledger.py", "config/loader.py", "metering/store/migrations/env.py",
             "metering/store/migrations/versions/0001_initial.py"} <= set(names)
     assert not any(n.startswith("tests/") for n in names)
 

@@ -284,7 +284,7 @@ async def test_a_field_litellm_would_take_as_its_own_setting_is_refused_before_a
 @pytest.fixture(scope="module")
 def bridge():
     from config.schema import ServerConfig
-    from proxy.litellm_bridge import LitellmBridge, import_litellm
+    from proxy.providers.litellm_bridge import LitellmBridge, import_litellm
 
     return LitellmBridge(litellm=import_litellm(), server=ServerConfig())
 

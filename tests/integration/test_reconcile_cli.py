@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metering.store.ledger import Ledger
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.conftest import ADMIN_KEY, KEYS, ROOT, key_hash, python_env
 from tests.integration.test_settle_stripe import ledger_url  # noqa: F401 - a fixture: SQLite and PostgreSQL
 from tests.unit.test_reconcile import (ANTHROPIC_EVENTS, ANTHROPIC_ROWS, FIXTURES, OPENAI_EVENTS, OPENAI_ROWS,
@@ -185,7 +185,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(capsys, setup, tmp_path, args, m
 def test_a_refused_admin_key_is_exit_1_with_the_providers_message_and_never_the_key(tmp_path, reports):
     path = tmp_path / "payware.yaml"
     path.write_text(config_text(tmp_path, reports, admin_key="sk-admin-wrong-key-000000"))
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "reconcile", "anthropic", "--from", "2026-11-01",
+    result = subprocess.run([sys.executable, "-m", "proxy.cli.main", "reconcile", "anthropic", "--from", "2026-11-01",
                              "--to", "2026-11-02", "--config", str(path)], cwd=ROOT, env=python_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -18,7 +18,7 @@ import pytest
 from metering.store.directory import DirectoryStore
 from metering.store.ledger import Ledger
 from metering.store.money_runs import SettlementStore
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.conftest import ROOT, python_env
 from tests.unit.test_settle import statement
 

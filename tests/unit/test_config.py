@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from config.loader import ConfigError, load_config, parse_config
-from proxy.cli import main as cli
+from proxy.cli.main import main as cli
 
 BASE = """
 server: {admin_key: "admin-key-0123456789"}

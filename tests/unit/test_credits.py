@@ -60,7 +60,7 @@ async def test_a_statement_takes_off_what_its_period_drew_from_each_grant_and_ca
     from config.schema import PlanConfig
     from metering.billing.statements import build_statement
     from metering.store.events import UsageEvent
-    from proxy.credits import CreditBook
+    from proxy.limits.credits import CreditBook
 
     grants = [Grant("paid", D("10"), at(0)), Grant("promo", D("3"), at(0), priority=1)]
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from metering.usage.tokens import PER_MESSAGE, REPLY_PRIMING, count_text
-from proxy.echo import start_echo_server
+from proxy.echo.app import start_echo_server
 
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hi."},
          {"role": "user", "content": "Echo this back, please."}]

@@ -13,7 +13,7 @@ from google.genai import types as genai_types
 
 from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
-from proxy.echo import start_echo_server
+from proxy.echo.app import start_echo_server
 from proxy.formats.gemini import GENERATE, count_prompt
 
 SAID = "Hello there, echo! Ça va?"

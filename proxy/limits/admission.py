@@ -29,7 +29,7 @@ from metering.limits.ratelimit import MAX_TOKENS as RATE_MAX_TOKENS
 from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from metering.usage.normalized import Usage
 from metering.webhooks import Notifier
-from proxy.credits import CREDITS
+from proxy.limits.credits import CREDITS
 from proxy.errors import CreditsExhausted, RateLimited, ServiceUnavailable, SpendCapReached
 
 log = logging.getLogger("payware.admission")
@@ -85,7 +85,7 @@ class Gate:
         self.caps_version = 0  # bumped by each change made here
         self.store_down = False
         self._preloading: asyncio.Future | None = None
-        self.credits = None  # proxy.credits.CreditBook, set by the app
+        self.credits = None  # proxy.limits.credits.CreditBook, set by the app
         self.plans: dict | None = None  # the plans in force (for a settle's top-up check), set by the app
 
     @property

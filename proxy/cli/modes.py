@@ -1,4 +1,4 @@
-"""The two modes of the admin CLI (`proxy.cli_admin`): the same operations, the same answers.
+"""The two modes of the admin CLI (`proxy.cli.admin`): the same operations, the same answers.
 
 - `Remote`: a running proxy's admin API over HTTP (urllib, the admin key as a bearer token);
   its errors come back in OpenAI's envelope.

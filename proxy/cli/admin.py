@@ -1,6 +1,6 @@
 """`payware customers|keys|usage|prices`: the admin API's operations from the command line.
 
-Every customer and key command works in two modes (`proxy.cli_modes`), with the same validation
+Every customer and key command works in two modes (`proxy.cli.modes`), with the same validation
 and the same output:
 
 - `--url URL`: through a running proxy's admin API (the admin key from `--admin-key` or
@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from config.loader import ConfigError
-from proxy.cli_modes import EXIT_BAD_INPUT, Failure, Progress, api_failure, backend, first_line, new_key
+from proxy.cli.modes import EXIT_BAD_INPUT, Failure, Progress, api_failure, backend, first_line, new_key
 
 EVENTS_PER_DOT = 1000  # `usage export`: a progress line every this many events
 CUSTOMERS_PER_DOT = 100  # `usage all`, `customers list`, `keys list`: every this many customers

@@ -11,8 +11,8 @@ import sys
 
 from config.loader import ConfigError, load_config
 from config.schema import Config
-from proxy.cli_admin import register as register_admin_commands
-from proxy.cli_money import register as register_money_commands
+from proxy.cli.admin import register as register_admin_commands
+from proxy.cli.money import register as register_money_commands
 
 EXIT_BAD_INPUT = 2
 
@@ -53,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     check = command("check-config", _check_config, "validate a config file and exit", config=False)
     check.add_argument("file", metavar="FILE")
 
-    register_admin_commands(sub)  # customers, keys, usage, prices: proxy/cli_admin.py
-    register_money_commands(sub)  # reconcile, settle: proxy/cli_money.py
+    register_admin_commands(sub)  # customers, keys, usage, prices: proxy/cli/admin.py
+    register_money_commands(sub)  # reconcile, settle: proxy/cli/money.py
 
     statements = command("statements", _statements, "a customer's closed-period statements, newest first")
     statements.add_argument("customer")
@@ -66,8 +66,8 @@ def _config(args) -> Config:
 
 
 def _serve(args) -> int:
-    from proxy.redact import JsonFormatter, RedactingFormatter
-    from proxy import workers
+    from proxy.serving.redact import JsonFormatter, RedactingFormatter
+    from proxy.serving import workers
 
     config = _config(args)
     handler = logging.StreamHandler()
@@ -110,7 +110,7 @@ def _serve(args) -> int:
 def _serve_one(config: Config, *, host: str, port: int, reuse_port: bool, ready) -> int:
     """One serving process until SIGTERM/SIGINT; a start-up failure is one line and an exit code."""
     from proxy.app import make_app
-    from proxy.server import run
+    from proxy.serving.server import run
 
     try:
         app = make_app(config)

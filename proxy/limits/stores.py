@@ -20,9 +20,9 @@ from metering.store.credits import CreditStore
 from metering.store.events import UsageEvent, utcnow
 from metering.usage.tokens import encoding_for
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
-from proxy.admission import Gate
+from proxy.limits.admission import Gate
 from proxy.appkeys import GATE, HTTP, LIVE, METER, RECORDER, REDIS
-from proxy.credits import CREDITS, CreditBook
+from proxy.limits.credits import CREDITS, CreditBook
 from proxy.errors import ServiceUnavailable
 
 log = logging.getLogger("payware.limits")

@@ -19,7 +19,7 @@ import time
 from aiohttp import web
 
 from metering.usage.tokens import count_prompt, encoding_for
-from proxy import echo_anthropic, echo_gemini
+from proxy.echo import anthropic as echo_anthropic, gemini as echo_gemini
 
 _ENCODING_MODEL = "gpt-4o"  # any o200k_base model: the echo's tokenizer, whatever model was asked for
 _FINGERPRINT = "fp_echo"

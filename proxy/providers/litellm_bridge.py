@@ -3,7 +3,7 @@
 A model's `upstream` is a litellm model string (`anthropic/claude-…`, `gemini/…`, `bedrock/…`):
 litellm translates the client's OpenAI body to that provider's API and its answer back to
 OpenAI's. This module is the relay's other way to reach a provider, beside
-`proxy.upstream.open_upstream` (hence here, not in `proxy.formats`, whose modules are pure):
+`proxy.providers.upstream.open_upstream` (hence here, not in `proxy.formats`, whose modules are pure):
 the route's wire format stays `openai_chat`, and what the bridge returns answers like an
 `aiohttp.ClientResponse`, so the relay, the usage watcher and the billing are the same as for
 an OpenAI provider.
@@ -43,10 +43,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from config.schema import Config, ModelConfig, ProviderConfig, ServerConfig
-from proxy.admission import DEFAULT_MAX_OUTPUT
+from proxy.limits.admission import DEFAULT_MAX_OUTPUT
 from proxy.appkeys import BRIDGES
 from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
-from proxy.redact import redact
+from proxy.serving.redact import redact
 
 log = logging.getLogger("payware.litellm")
 
@@ -80,7 +80,7 @@ def import_litellm() -> Any:
     litellm.suppress_debug_info = True  # no "Provider List: …" banner on stdout for each error
     for name in ("LiteLLM", "LiteLLM Proxy", "LiteLLM Router"):
         # NOTE: litellm gives its loggers their own stderr handlers; their lines must go through
-        # Payware's handlers alone, whose formatter removes secrets (proxy.redact). Its INFO
+        # Payware's handlers alone, whose formatter removes secrets (proxy.serving.redact). Its INFO
         # lines (one per call) are left out.
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):

@@ -1,0 +1,1 @@
+"""Reaching providers: over HTTP (one pooled session), or through litellm's library."""
