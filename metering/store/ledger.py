@@ -412,6 +412,10 @@ def migrate(engine: Engine) -> None:
             # tables; a transaction-scoped advisory lock makes them take turns (the later ones
             # then find the schema there and do nothing).
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7061797761726501)")
+        elif engine.dialect.name == "sqlite":
+            # The same for SQLite (workers of one `serve --workers N` on a new file): taking the
+            # write lock first makes the others wait at their BEGIN, then find the schema there.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

@@ -54,7 +54,11 @@ def journal_of(config: Config, index: int, workers: int) -> str:
 
 
 def replay_orphans(config: Config, workers: int) -> int:
-    """Write into the ledger the journals that no worker of this start will own, then remove them."""
+    """Write into the ledger the journals that no worker of this start will own, then remove them.
+
+    With several workers the ledger is opened (so migrated) here in any case, before they fork:
+    N processes creating a new SQLite file's schema at once would trip over each other's locks.
+    """
     from metering.store.journal import Journal, JournalLocked
     from metering.store.ledger import Ledger
     from metering.store.recorder import replay
@@ -64,7 +68,7 @@ def replay_orphans(config: Config, workers: int) -> int:
     candidates = [base] + sorted(glob.glob(glob.escape(base) + ".w*"))
     orphans = [p for p in candidates if os.path.isfile(p) and os.path.abspath(p) not in owned
                and os.path.getsize(p) > 0]
-    if not orphans:
+    if not orphans and workers == 1:
         return 0
     ledger = Ledger(config.storage.ledger)
     recovered = 0
