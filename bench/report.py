@@ -79,7 +79,8 @@ def facts(report: dict) -> list[str]:
                 calls = row["redis_calls_per_req"]
                 scripts = sum(v for k, v in calls.items() if k.startswith(SCRIPT_COMMANDS))
                 redis.setdefault(row["name"], []).append(
-                    f"{case['scenario']} c={case['concurrency']}: {scripts:.2f} scripts, "
+                    f"{case['scenario']} c={case['concurrency']}: {row['redis_round_trips_per_req']:.2f} round trips, "
+                    f"{scripts:.2f} scripts, "
                     f"{sum(calls.values()):.1f} commands, {row['redis_cpu_us_per_req']:.0f} µs Redis CPU")
     for name, cells in redis.items():
         lines.append(f"Redis per request, {name} (server-wide INFO, script-inner commands included; the "

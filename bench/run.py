@@ -158,8 +158,9 @@ class Bench:
         client = self.redis[url]
         stats = await client.info("commandstats")
         cpu = await client.info("cpu")
+        reads = (await client.info("stats"))["total_reads_processed"]  # a pipeline arrives in one read
         calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
-        return {"calls": calls, "cpu_s": cpu["used_cpu_user"] + cpu["used_cpu_sys"]}
+        return {"calls": calls, "cpu_s": cpu["used_cpu_user"] + cpu["used_cpu_sys"], "reads": reads}
 
     # ------------------------------------------------------------------ load
 
@@ -185,6 +186,7 @@ class Bench:
             out["redis_calls"] = {k: v - redis0["calls"].get(k, 0) for k, v in redis1["calls"].items()
                                   if k != "info" and v != redis0["calls"].get(k, 0)}
             out["redis_cpu_ns"] = round((redis1["cpu_s"] - redis0["cpu_s"]) * 1e9)
+            out["redis_reads"] = redis1["reads"] - redis0["reads"] - 3  # less our own three INFOs
         return out
 
     async def case(self, scenario: Scenario, concurrency: int) -> dict:
@@ -325,6 +327,7 @@ def summarize_case(scenario: Scenario, concurrency: int, blocks: list[dict], tar
                     calls[name] = calls.get(name, 0) + value
             row["redis_calls_per_req"] = {k: round(v / n, 3) for k, v in sorted(calls.items())}
             row["redis_cpu_us_per_req"] = sum(b.get("redis_cpu_ns", 0) for b in own) / n / 1e3
+            row["redis_round_trips_per_req"] = round(sum(b.get("redis_reads", 0) for b in own) / n, 3)
         rows[target.name] = row
     direct, reference = rows["direct"], rows["reference"]
     for row in rows.values():

@@ -119,10 +119,12 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         return
     import redis.asyncio as redis
 
+    from metering.limits.redis_batch import BatchingRedis
+
     # A blocking pool waits for a free connection under load instead of failing at 100.
     pool = redis.BlockingConnectionPool.from_url(storage.counters, max_connections=256, timeout=5,
                                                  socket_timeout=2, socket_connect_timeout=2)
-    app[REDIS] = redis.Redis.from_pool(pool)
+    app[REDIS] = BatchingRedis.from_pool(pool)  # scripts issued together share a round trip
     app[THRESHOLDS] = RedisThresholds(app[REDIS])
     follower = asyncio.create_task(_follow_thresholds(app), name="threshold-periods")
     yield

@@ -31,7 +31,7 @@ from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from proxy.serving.accesslog import note
-from proxy.limits.admission import Admitted, rate_headers
+from proxy.limits.admission import Admitted, rate_headers, together
 from proxy.appkeys import BRIDGES, GATE, HTTP, LIVE, METER, RECORDER, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
@@ -39,7 +39,7 @@ from proxy.formats.base import WireFormat
 from proxy.jsonbody import parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
-from proxy.recording import record_event
+from proxy.recording import count_event
 from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 log = logging.getLogger("payware.calls")
@@ -95,16 +95,22 @@ class Call:
                 position = plan.included.get("tokens", 0)
                 facts.meta = {**facts.meta, "position_unknown": True}
         event = app[METER].call_event(facts, position=position)
-        await record_event(app, event, self.caller.customer)
+        app[RECORDER].keep(event)  # NOTE: durable first; nothing below can lose it
         self.request[EVENT] = event  # counted by /metrics when the request ends
         note(self.request, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
              amount=money_str(event.amount), billed=event.status)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
-        try:
-            await app[GATE].settle(self.admitted, event.amount, event.id, self.caller.customer,
-                                   tokens=event.input_tokens + event.output_tokens)
-        except Exception:  # NOTE: the event is billed; a counter hiccup must not fail the response
-            log.exception("settling %s failed; the cap counters catch up when the store answers", event.id)
+        gate = app[GATE]
+        # Counted and settled together: on Redis their scripts share one round trip.
+        counted, settled = await together(
+            gate.remote, count_event(app, event, self.caller.customer),
+            gate.settle(self.admitted, event.amount, event.id, self.caller.customer,
+                        tokens=event.input_tokens + event.output_tokens))
+        if isinstance(settled, Exception):  # NOTE: the event is billed; a counter hiccup must not fail the response
+            log.error("settling %s failed; the cap counters catch up when the store answers", event.id,
+                      exc_info=settled)
+        if isinstance(counted, Exception):
+            raise counted
         if self.on_recorded is not None:
             await self.on_recorded(self, usage)
 

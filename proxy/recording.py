@@ -14,8 +14,14 @@ from proxy.appkeys import LIVE, METER, RECORDER, THRESHOLDS
 
 async def record_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:
     """Journal, count and queue `event`; close a threshold period that it filled."""
+    app[RECORDER].keep(event)
+    await count_event(app, event, customer)
+
+
+async def count_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:
+    """Count a kept `event` in the real-time totals; close a threshold period that it filled."""
     recorder = app[RECORDER]
-    await recorder.record(event)
+    await recorder.count(event)
     plan = app[LIVE].config.plans[customer.plan]
     if plan.interval == "threshold":
         try:

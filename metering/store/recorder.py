@@ -81,11 +81,19 @@ class Recorder:
 
     async def record(self, event: UsageEvent) -> None:
         """Make `event` durable and visible. Call before the response's last byte."""
+        self.keep(event)
+        await self.count(event)
+
+    def keep(self, event: UsageEvent) -> None:
+        """Make `event` durable: the journal now, the ledger with the next batch."""
         self.journal.append(bounded(event))  # NOTE: first, so a crash after this line cannot lose it
         self._queue.append(event)
         self._queued += 1
         if len(self._queue) >= self.flush_batch:
             self._wake.set()
+
+    async def count(self, event: UsageEvent) -> None:
+        """Make a kept `event` visible in the real-time totals (the ledger has it whatever happens)."""
         try:
             await self.counters.record(event)
         except COUNTERS_DOWN as exc:  # the ledger still gets it; the counters are resynced from it

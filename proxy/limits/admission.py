@@ -77,6 +77,7 @@ class Gate:
                  reservation_ttl: float = 60.0, notifier: Notifier | None = None, fail_open: bool = False,
                  on_recovery: Callable[[], Awaitable[None]] | None = None):
         self.shared = (Reservations(store=budget, source=source, shared=shared, ttl=reservation_ttl), limiter)
+        self.remote = shared  # the store is a server: what can go to it together should (`together`)
         self.fallback = (Reservations(store=MemoryBudget(), source=source, shared=False, ttl=reservation_ttl),
                          MemoryRateLimiter()) if fail_open else None
         self.notifier = notifier
@@ -228,14 +229,25 @@ class Gate:
         why.units = worst
 
         async def reserve(budget: Reservations, limiter: RateLimiter):
-            rate = await self._rate(limiter, customer, key_id, tokens)
-            try:
-                decision = await budget.reserve(customer=customer.id, period=period, hold_id=request_id,
-                                                units=worst, scopes=scopes)
-            except Recovering as recovering:
+            # The rate limit and the reservation at once (one round trip on Redis); a call the
+            # rate limit refuses gives back the hold it got meanwhile.
+            rate, decision = await together(
+                self.remote and budget is self.budget, self._rate(limiter, customer, key_id, tokens),
+                budget.reserve(customer=customer.id, period=period, hold_id=request_id, units=worst,
+                               scopes=scopes))
+            if isinstance(rate, Exception):
+                if isinstance(decision, Decision) and decision.hold is not None:
+                    try:
+                        await budget.release(decision.hold)
+                    except STORE_DOWN:
+                        budget.forget(decision.hold)  # not renewed any more: it expires on its own
+                raise rate
+            if isinstance(decision, Recovering):
                 raise ServiceUnavailable("Spend counters are being rebuilt after an outage; the request was not "
                                          "forwarded. Retry shortly.",
-                                         headers={"Retry-After": _seconds(recovering.wait)}) from None
+                                         headers={"Retry-After": _seconds(decision.wait)}) from None
+            if isinstance(decision, Exception):
+                raise decision
             return rate, decision
 
         (rate, decision), local = await self._use(reserve)
@@ -286,19 +298,21 @@ class Gate:
         limit = self.cap_amount(customer)
         notify = self.notifier is not None and limit is not None and admitted.capped
 
-        async def settle(budget: Reservations, _limiter):
+        async def settle(budget: Reservations, limiter: RateLimiter):
+            writes = []  # independent of each other: at once, so one round trip on Redis
             if admitted.rate_tokens and tokens != admitted.rate_tokens:
-                await _limiter.adjust(customer=customer.id, limits=_limits(customer, admitted.key_id),
-                                      delta_tokens=tokens - admitted.rate_tokens)
+                writes.append(limiter.adjust(customer=customer.id, limits=_limits(customer, admitted.key_id),
+                                             delta_tokens=tokens - admitted.rate_tokens))
             if admitted.credit_hold is not None:
-                await budget.settle(admitted.credit_hold, units)
-            if not admitted.capped:
-                return None
-            if admitted.hold is not None:
-                await budget.settle(admitted.hold, units)
-            else:
-                await budget.add_spent(customer=admitted.customer, period=admitted.period,
-                                       scopes=admitted.scopes, units=units, event_id=event_id)
+                writes.append(budget.settle(admitted.credit_hold, units))
+            if admitted.capped and admitted.hold is not None:
+                writes.append(budget.settle(admitted.hold, units))
+            elif admitted.capped:
+                writes.append(budget.add_spent(customer=admitted.customer, period=admitted.period,
+                                               scopes=admitted.scopes, units=units, event_id=event_id))
+            for result in await together(self.remote and budget is self.budget, *writes):
+                if isinstance(result, Exception):
+                    raise result
             if notify:  # one more round trip, only when someone listens
                 return await budget.usage(customer=admitted.customer, period=admitted.period, scope="customer")
             return None
@@ -374,6 +388,23 @@ class Gate:
 
 
 BIG_PROMPT = 64 * 1024  # bytes of body from which tokenizing moves off the event loop
+
+
+async def together(remote: bool, *calls: Awaitable) -> list:
+    """Each call's result, or the Exception it raised, in order.
+
+    With a remote store (Redis) the calls run at once, so their scripts go out in one round trip
+    (`metering.limits.redis_batch`); in-process stores never wait, and tasks would only cost.
+    """
+    if remote:
+        return await asyncio.gather(*calls, return_exceptions=True)
+    results = []
+    for call in calls:
+        try:
+            results.append(await call)
+        except Exception as exc:
+            results.append(exc)
+    return results
 
 
 def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:

@@ -8,18 +8,20 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from metering.limits.redis_batch import BatchingRedis
 
-def connect(url: str, **kwargs) -> aioredis.Redis:
-    """A client as a proxy makes one: a pool that waits for a free connection.
+
+def connect(url: str, **kwargs) -> BatchingRedis:
+    """A client as a proxy makes one: a pool that waits for a free connection, scripts batched.
 
     redis-py 8's default pool raises MaxConnectionsError past 100 connections in use.
     """
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=32, timeout=10, **kwargs)
-    return aioredis.Redis.from_pool(pool)
+    return BatchingRedis.from_pool(pool)
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+async def client(redis_url: str) -> AsyncIterator[BatchingRedis]:
     client = connect(redis_url)
     yield client
     await client.aclose()

@@ -257,3 +257,44 @@ async def test_redis_restarted_empty_at_a_reached_hard_cap_never_serves_past_it(
     # and the cap is enforced on the same events, each rounded up to the nano-dollar
     assert await spent_in_redis(own_redis.url, next(iter(events.values()))["period"]) == sum(
         to_units(Decimal(e["amount"])) for e in events.values())
+
+
+def _reads(client) -> int:
+    return int(client.info("stats")["total_reads_processed"])
+
+
+async def test_a_capped_rate_limited_call_is_one_redis_round_trip_before_and_one_after(
+        proxy_factory, fake_upstream, own_redis):
+    """Before the provider: the rate limit and the reservation; after: the counters, the
+    settlement and the token adjustment. Counted by the Redis server itself (the reads it
+    processed; a pipeline arrives in one), on a Redis no other client of the test uses."""
+    import redis
+
+    customers = f"""
+  acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}"], cap: {{amount: "1000", action: block, mode: hard}},
+          rate_limit: {{rpm: 100000, tpm: 100000000}}}}
+"""
+    proxy = proxy_factory(customers=customers, storage=f"  counters: {own_redis.url}")
+    stats = redis.Redis.from_url(own_redis.url)
+    calls = 40
+    async with aiohttp.ClientSession() as session:
+        for stream in (False, True):  # warm: scripts loaded, the period seeded, the tokenizer loaded
+            assert (await chat(session, proxy.url, {**BODY, "stream": stream}) if not stream
+                    else (await _stream(session, proxy.url)))[0] == 200
+        idle_start, started = _reads(stats), time.monotonic()
+        await asyncio.sleep(2)  # what this proxy reads in the background (hold renewal: once a second)
+        idle_rate = (_reads(stats) - idle_start - 1) / (time.monotonic() - started)
+        before, started = _reads(stats), time.monotonic()
+        for i in range(calls):
+            status, _ = await (chat(session, proxy.url) if i % 2 else _stream(session, proxy.url))
+            assert status == 200
+        reads = _reads(stats) - before - 1  # less the INFO that asks
+        elapsed = time.monotonic() - started
+    background = idle_rate * elapsed + 2
+    print(f"{reads} Redis reads for {calls} calls in {elapsed:.2f} s (background ~{idle_rate:.1f}/s)")
+    assert 2 * calls <= reads <= 2 * calls + background
+
+
+async def _stream(session: aiohttp.ClientSession, base: str) -> tuple[int, str]:
+    async with session.post(base + "/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH) as resp:
+        return resp.status, await resp.text()

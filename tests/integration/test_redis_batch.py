@@ -1,0 +1,79 @@
+"""Scripts issued together share one round trip (`BatchingRedis`), each with its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from metering.limits.redis_batch import BatchingRedis
+from tests.integration.conftest import connect
+
+pytestmark = pytest.mark.redis
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+async def test_scripts_issued_together_go_in_one_round_trip_each_with_its_answer(client: BatchingRedis,
+                                                                                 prefix: str):
+    echo, incr = client.register_script(ECHO), client.register_script(INCR)
+    await echo(keys=[f"{prefix}:warm"], args=["x"])  # loads the script: NOSCRIPT, then one retry
+    await incr(keys=[f"{prefix}:n"], args=[0])
+    before = client.round_trips
+    answers = await asyncio.gather(*(echo(keys=[f"{prefix}:k{i}"], args=[str(i)]) for i in range(50)),
+                                   *(incr(keys=[f"{prefix}:n"], args=[i]) for i in range(1, 11)))
+    assert client.round_trips == before + 1
+    assert answers[:50] == [[f"{prefix}:k{i}".encode(), str(i).encode()] for i in range(50)]
+    assert answers[50:] == [sum(range(1, i + 1)) for i in range(1, 11)]  # in the order they were issued
+    assert await echo(keys=["a"], args=["b"]) == [b"a", b"b"]  # alone: one round trip of its own
+    assert client.round_trips == before + 2
+
+
+async def test_one_scripts_error_is_its_answer_only(client: BatchingRedis, prefix: str):
+    echo, fail = client.register_script(ECHO), client.register_script(FAIL)
+    answers = await asyncio.gather(echo(keys=["k"], args=["1"]), fail(args=["2"]), echo(keys=["k"], args=["3"]),
+                                   return_exceptions=True)
+    assert answers[0] == [b"k", b"1"] and answers[2] == [b"k", b"3"]
+    assert isinstance(answers[1], ResponseError) and "refused 2" in str(answers[1])
+
+
+async def test_a_flushed_script_cache_costs_a_reload_not_an_answer(client: BatchingRedis, prefix: str):
+    echo, incr = client.register_script(ECHO), client.register_script(INCR)
+    await asyncio.gather(echo(keys=["k"], args=["0"]), incr(keys=[f"{prefix}:n"], args=[1]))
+    await client.script_flush()  # a Redis restarted, or failed over to a replica without the scripts
+    answers = await asyncio.gather(echo(keys=["k"], args=["1"]), incr(keys=[f"{prefix}:n"], args=[2]))
+    assert answers == [[b"k", b"1"], 3]  # each reloaded and ran once: 1 + 2, not counted twice
+
+
+async def test_a_connection_error_is_every_scripts_answer(redis_url: str):
+    pool = aioredis.BlockingConnectionPool.from_url("redis://127.0.0.1:1/0", max_connections=4, timeout=1,
+                                                    socket_connect_timeout=1)
+    dead = BatchingRedis.from_pool(pool)
+    try:
+        echo = dead.register_script(ECHO)
+        answers = await asyncio.gather(echo(keys=["k"], args=["1"]), echo(keys=["k"], args=["2"]),
+                                       return_exceptions=True)
+        assert all(isinstance(answer, RedisConnectionError) for answer in answers)
+    finally:
+        await dead.aclose()
+
+
+async def test_a_caller_cancelled_while_waiting_leaves_the_others_answered(client: BatchingRedis, prefix: str):
+    incr = client.register_script(INCR)
+    await incr(keys=[f"{prefix}:n"], args=[0])
+    first = asyncio.ensure_future(incr(keys=[f"{prefix}:n"], args=[1]))
+    second = asyncio.ensure_future(incr(keys=[f"{prefix}:n"], args=[10]))
+    await asyncio.sleep(0)  # both have issued their script
+    first.cancel()
+    assert await second in (10, 11)  # the cancelled one may or may not have reached Redis first
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+def test_the_proxys_clients_batch():
+    assert isinstance(connect("redis://127.0.0.1:1/0"), BatchingRedis)
