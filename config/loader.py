@@ -596,7 +596,9 @@ class _Reader:
         self.mapping(data, path, ("plan", "cap", "rate_limit", "keys", "models", "anchor_day", "key_caps",
                                   "stripe_customer"))
         plan = self.string(data, "plan", path)
-        if plan and plan not in plans:
+        # NOTE: "" too (it named no plan, and every read of the customer failed later); a missing or
+        # non-string plan has failed above already
+        if plan not in plans and (plan or isinstance(data.get("plan"), str)):
             self.fail(f"{path}.plan", f"{plan!r} is not a configured plan")
         cap = None
         if data.get("cap") is not None:

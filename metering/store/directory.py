@@ -16,7 +16,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Engine, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
+
+from metering.store.bounds import is_clean
 
 
 class CustomerRow(SQLModel, table=True):
@@ -92,12 +95,15 @@ class DirectoryStore:
     def create_customer(self, *, id: str, plan: str, settings: dict, meta: dict) -> bool:
         """False if the id is taken (by an active or a deactivated customer)."""
         now = now_us()
-        with self.engine.begin() as conn:
-            if conn.execute(select(CustomerRow.id).where(CustomerRow.id == id)).first() is not None:
-                return False
-            conn.execute(CustomerRow.__table__.insert().values(id=id, plan=plan, settings=settings, meta=meta,
-                                                               active=True, created_us=now, updated_us=now))
-            _bump(conn)
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(CustomerRow.id).where(CustomerRow.id == id)).first() is not None:
+                    return False
+                conn.execute(CustomerRow.__table__.insert().values(id=id, plan=plan, settings=settings, meta=meta,
+                                                                   active=True, created_us=now, updated_us=now))
+                _bump(conn)
+        except IntegrityError:  # NOTE: created meanwhile by a concurrent call: taken all the same
+            return False
         return True
 
     def update_customer(self, customer_id: str, **values: Any) -> bool:
@@ -119,6 +125,8 @@ class DirectoryStore:
             _bump(conn)
 
     def key(self, key_id: str) -> dict | None:
+        if not is_clean(key_id):  # NOTE: no key id holds a NUL or a lone surrogate; the database refuses them
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(KeyRow).where(KeyRow.id == key_id)).first()
         return None if row is None else _key(row)
@@ -149,10 +157,13 @@ class DirectoryStore:
 
 
 def _bump(conn) -> None:
-    """One more change: in the change's own transaction, so readers see both or neither."""
-    done = conn.execute(text("UPDATE directory_state SET version = version + 1 WHERE id = 1")).rowcount
-    if not done:
-        conn.execute(DirectoryStateRow.__table__.insert().values(id=1, version=1))
+    """One more change: in the change's own transaction, so readers see both or neither.
+
+    NOTE: one statement: as an update and then an insert when no row was there, the first two
+    changes made at once both inserted (a unique violation: a 500 for one of them).
+    """
+    conn.execute(text("INSERT INTO directory_state (id, version) VALUES (1, 1) "
+                      "ON CONFLICT (id) DO UPDATE SET version = directory_state.version + 1"))
 
 
 def _customer(row) -> dict:

@@ -25,7 +25,7 @@ from sqlmodel import Field, SQLModel, select
 from metering.store import directory as _directory  # noqa: F401 - its tables are part of the schema
 from metering.store import credits as _credits  # noqa: F401 - likewise
 from metering.store import instances as _instances  # noqa: F401 - likewise
-from metering.store.bounds import clean_text
+from metering.store.bounds import clean_text, is_clean
 from metering.store.events import UsageEvent, decimal_str
 
 log = logging.getLogger("payware.ledger")
@@ -311,8 +311,11 @@ class Ledger:
             query = query.where(EventRow.ts_us >= _to_us(start))
         if end is not None:
             query = query.where(EventRow.ts_us < _to_us(end))
-        for column, value in ((EventRow.session, session), (EventRow.period, period),
-                              (EventRow.model, model), (EventRow.feature, feature)):
+        filters = ((EventRow.session, session), (EventRow.period, period), (EventRow.model, model),
+                   (EventRow.feature, feature))
+        if any(value is not None and not is_clean(value) for _, value in filters):
+            return  # NOTE: no stored text holds a NUL or a lone surrogate (bounds.clean_text): nothing matches
+        for column, value in filters:
             if value is not None:
                 query = query.where(column == value)
         with self.engine.connect() as conn:
@@ -380,6 +383,8 @@ class Ledger:
 
     def owned(self, id: str) -> dict | None:
         """The owner record of a provider object, or None."""
+        if not is_clean(id):  # NOTE: no stored id holds a NUL or a lone surrogate; the database refuses them
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(OwnedRow).where(OwnedRow.id == id)).first()
         return None if row is None else {"id": row.id, "kind": row.kind, "customer": row.customer,

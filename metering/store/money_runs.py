@@ -18,6 +18,7 @@ from sqlalchemy import JSON, BigInteger, Column, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, SQLModel
 
+from metering.store.bounds import is_clean
 from metering.store.directory import now_us
 from metering.store.ledger import ExactDecimal, StatementRow
 
@@ -63,6 +64,8 @@ class ReconciliationStore:
 
     def last(self, provider: str | None = None) -> dict | None:
         """The newest run (of `provider`, or of any), or None."""
+        if provider is not None and not is_clean(provider):  # NOTE: the database refuses NUL and lone surrogates
+            return None
         query = select(ReconciliationRow.body).order_by(ReconciliationRow.created_us.desc(),
                                                         ReconciliationRow.id.desc()).limit(1)
         if provider is not None:
@@ -94,6 +97,8 @@ class SettlementStore:
         return None if row is None else _settlement(row)
 
     def all(self, customer: str | None = None) -> list[dict]:
+        if customer is not None and not is_clean(customer):  # NOTE: no customer id holds a NUL or a lone surrogate
+            return []
         query = select(SettlementRow).order_by(SettlementRow.customer, SettlementRow.period)
         if customer is not None:
             query = query.where(SettlementRow.customer == customer)

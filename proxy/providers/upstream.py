@@ -66,6 +66,11 @@ async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str, fmt
         body = b""
     finally:
         upstream.release()
+    return _error_answer(upstream, body, provider, fmt)
+
+
+def _error_answer(upstream: aiohttp.ClientResponse, body: bytes, provider: str, fmt) -> web.Response:
+    """A provider's error as it sent it if it is a JSON error, else wrapped in `fmt`'s envelope."""
     headers = relayed_headers(upstream)
     try:
         parsed = json.loads(body)
@@ -81,11 +86,14 @@ async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str, fmt
 
 
 async def forward(session: aiohttp.ClientSession, method: str, url: str, *, headers: dict[str, str],
-                  provider: str, params=None, body: bytes | None = None) -> web.Response:
-    """A call that generates nothing (retrieve, delete, list): the provider's answer, relayed whole."""
+                  provider: str, fmt, params=None, body: bytes | None = None) -> web.Response:
+    """A call that generates nothing (retrieve, delete, list): the provider's answer, relayed whole
+    (an error that is not JSON wrapped in `fmt`'s envelope, as `error_passthrough` does)."""
     try:
         async with session.request(method, url, headers=headers, params=params, data=body) as upstream:
             payload = await upstream.read()
+            if upstream.status >= 400:
+                return _error_answer(upstream, payload, provider, fmt)
             return web.Response(status=upstream.status, body=payload, headers=relayed_headers(upstream))
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None

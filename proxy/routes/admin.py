@@ -340,6 +340,9 @@ async def all_usage(request: web.Request) -> web.StreamResponse:
             at = datetime.fromisoformat(period + ("-01" if len(period) == 7 else "")).replace(tzinfo=timezone.utc)
         except ValueError:
             raise InvalidRequest("period must be current, YYYY-MM or YYYY-MM-DD", param="period") from None
+        # NOTE: a period's arithmetic steps a month either side: years 1 and 9999 have no neighbour
+        if not datetime.min.year < at.year < datetime.max.year:
+            raise InvalidRequest("period must be within the years 0002 to 9998", param="period")
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format must be json or csv", param="format")

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from config.schema import CustomerConfig, PlanConfig
 from metering.store.events import UsageEvent, decimal_str, money_str, utcnow
-from metering.limits.budget import to_units
+from metering.limits.budget import MAX_UNITS, NANO, to_units
 from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.auth import Caller
@@ -180,9 +180,14 @@ def _plain(meta: dict) -> dict:
 def _price(plan: PlanConfig, record: _Record, where: str) -> Rated:
     """The record priced at the period's start: proves it can be priced; a replay's answer."""
     try:
-        return rate_metric(plan, record.metric, record.quantity, Decimal(0), record.unit_price)
+        rated = rate_metric(plan, record.metric, record.quantity, Decimal(0), record.unit_price)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param=where + "metric") from None
+    if to_units(rated.amount) > MAX_UNITS:  # NOTE: the spend counters could not add it (a 500 after checks)
+        raise InvalidRequest(f"the record's amount {money_str(rated.amount)} is more than the counters hold "
+                             f"({money_str(Decimal(MAX_UNITS) / NANO)})",
+                             param=where + ("unit_price" if record.unit_price is not None else "quantity"))
+    return rated
 
 
 async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,

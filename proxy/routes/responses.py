@@ -22,6 +22,7 @@ from proxy.auth import Caller
 from proxy.calls import Call, model_call
 from proxy.errors import ENVELOPE, InvalidRequest, NotFound
 from proxy.formats.openai_responses import RESPONSES, conversation_id
+from proxy.jsonbody import parse_json, read_body
 from proxy.providers.upstream import forward, outgoing_headers
 
 
@@ -79,10 +80,14 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
         provider = app[LIVE].config.providers.get(owned["provider"])
         if provider is None:
             raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
-        body = await request.read() if method == "POST" else None
+        body = await read_body(request) if method == "POST" else None
+        if body and body.strip():
+            parse_json(body)  # a body that is not JSON fails here, before the provider is called
+        params = dict(request.query)
+        params.pop("key", None)  # NOTE: a Payware key may come as ?key=: it never goes to the provider
         response = await forward(app[HTTP], method, f"{app[UPSTREAMS][provider.name]}/responses/{response_id}{suffix}",
-                                 headers=outgoing_headers(provider), provider=provider.name,
-                                 params=dict(request.query), body=body)
+                                 headers=outgoing_headers(provider), provider=provider.name, fmt=RESPONSES,
+                                 params=params, body=body)
         if on_success is not None and response.status < 300:
             await on_success(app, response_id)
         return response

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from proxy.errors import ApiError, error_response
 
@@ -40,6 +40,19 @@ class _EnvelopeHandler(RequestHandler):
         response = error_response(error)
         response.force_close()
         return response
+
+    def log_exception(self, *args, **kwargs) -> None:
+        # NOTE: a body left unread by an answered request (a 401, a GET with a body) is read by
+        # aiohttp afterwards; one it cannot decode (a wrong Content-Encoding) raises there, past
+        # every middleware, and would be logged as an "Unhandled exception" with a traceback for
+        # each such request, by anyone, key or not. The answer was sent; aiohttp closes the
+        # connection: one line says so.
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, RequestPayloadError):
+            log.warning("the unread body of an answered request could not be read (%s); connection closed",
+                        str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__)
+            return
+        super().log_exception(*args, **kwargs)
 
 
 class _EnvelopeServer(web.Server):
