@@ -1,4 +1,9 @@
-"""The unit of the fuzzer: a Case (exact bytes, class of input, note) and the Draft that builds it."""
+"""The unit of the fuzzer: a Case (exact bytes, class of input, note) and the Draft that builds it.
+
+`Context` is what the generators may use besides the seed: the keys, and what the running
+proxy made before the run (stored responses, web sessions). The same seed makes the same
+choices; only those server-made values (ids, cookies) differ from one run to the next.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fuzz import values as V
-from tests.fuzz.routes import Route
+from tests.fuzz.routes import UPSTREAM_NAMES, Route
 from tests.fuzz.wire import Headers, request_bytes
 
 MISSING = object()
 BODY_LIMIT = 1024 * 1024  # the proxy's server.max_body_bytes in the fuzz config
+HOST_MARK = b"{host}"  # in a header value: the proxy's own host and port, filled in on the wire (Origin)
+
+
+@dataclass
+class Session:
+    """A web face's session: its cookie line's value and the CSRF token its page carries."""
+
+    cookie: bytes
+    csrf: str
+
+
+@dataclass
+class Context:
+    """What the generators draw on besides the seed."""
+
+    keys: dict[str, str]  # acme, globex, admin
+    responses: dict[str, list[str]] = field(default_factory=dict)  # customer -> ids of its stored responses
+    portal: dict[str, Session] = field(default_factory=dict)  # customer -> its portal session
+    console: Session | None = None  # the operator's console session
+    key_ids: dict[str, str] = field(default_factory=dict)  # customer -> the id of its key of the config file
 
 
 @dataclass
@@ -28,18 +53,21 @@ class Case:
     note: str = ""
     family: str = ""
     endpoint: str | None = None  # billed endpoint of a 2xx answer
-    upstream_path: str | None = None
+    upstream_path: str | None = None  # where the fake provider counts the call this case may cause
     model: Any = None
     stream: bool = False
     envelope: str = "openai"
     data: bytes | None = None  # raw cases: the exact bytes on the wire
     raw: bool = False  # malformed HTTP: must get a 400 and no key back
     expect: tuple[int, ...] = ()  # raw cases: the acceptable statuses
+    owner: str | None = None  # stored responses: the customer whose response the path names
 
     def wire(self, port: int) -> bytes:
         if self.data is not None:
             return self.data
-        return request_bytes(self.method, self.target, self.headers, self.body, port=port)
+        host = b"127.0.0.1:%d" % port
+        headers = [(name, value.replace(HOST_MARK, host)) for name, value in self.headers]
+        return request_bytes(self.method, self.target, headers, self.body, port=port)
 
     def example(self, limit: int = 150) -> str:
         body = self.data if self.data is not None else self.body
@@ -61,45 +89,75 @@ class Draft:
     body: bytes | None = None  # exact body bytes: wins over `obj`
     query: str = ""
     headers: Headers = field(default_factory=list)
-    auth: list[bytes] | None = None  # Authorization values overriding `who` (several: several lines)
+    # Key positions and raw values overriding `who` (several: several lines); "query": a raw ?key= value
+    auth: list[tuple[str, bytes]] | None = None
+    key_at: str = "bearer"  # where `who`'s key goes when `auth` is None
     content_type: bytes | None = b"application/json"
     classes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    model: Any = MISSING  # a model named in the path (Gemini), else the body's
+    upstream_path: str | None = None  # overrides the route's (stored responses: the id's path)
+    owner: str | None = None
+    envelope: str | None = None  # overrides the route's (another method may reach another API's route)
 
     def mark(self, klass: str, note: str) -> None:
         self.classes.append(klass)
         self.notes.append(note)
 
 
-def auth_header(who: str, keys: dict[str, str]) -> list[bytes]:
-    """The Authorization value(s) of a caller: a customer, the admin, nobody, or a wrong key."""
+_HEADER_OF = {"bearer": b"Authorization", "x-api-key": b"x-api-key", "x-goog-api-key": b"x-goog-api-key"}
+
+
+def key_lines(auth: list[tuple[str, bytes]]) -> tuple[Headers, list[bytes]]:
+    """Key positions as header lines and `key=` query values (raw, already percent-encoded)."""
+    headers, query = [], []
+    for where, value in auth:
+        if where == "query":
+            query.append(value)
+        elif where == "bearer":
+            headers.append((b"Authorization", value))
+        else:
+            headers.append((_HEADER_OF[where], value))
+    return headers, query
+
+
+def caller_key(who: str, keys: dict[str, str], key_at: str) -> list[tuple[str, bytes]]:
+    """A caller's key in one position: a customer, the admin, nobody, or a wrong key."""
     if who == "none":
         return []
-    key = keys.get(who, "pw-wrong-key-000000")
-    return [b"Bearer " + key.encode()]
+    key = keys.get(who, "pw-wrong-key-000000").encode()
+    return [(key_at, b"Bearer " + key if key_at == "bearer" else key)]
 
 
 def finish(n: int, d: Draft, keys: dict[str, str], family: str) -> Case:
     """Freeze a draft into case number `n`."""
-    headers: Headers = []
-    for value in d.auth if d.auth is not None else auth_header(d.who, keys):
-        headers.append((b"Authorization", value))
+    auth = d.auth if d.auth is not None else caller_key(d.who, keys, d.key_at)
+    headers, key_query = key_lines(auth)
     if d.content_type is not None and (d.body is not None or d.obj is not MISSING):
         headers.append((b"Content-Type", d.content_type))
     headers += d.headers
     body = d.body if d.body is not None else (V.dumps(d.obj) if d.obj is not MISSING else None)
     obj = d.obj if isinstance(d.obj, dict) else {}
-    model = obj.get("model")
+    model = d.model if d.model is not MISSING else obj.get("model")
+    query = d.query
+    for value in key_query:
+        query += ("&" if query else "?") + "key=" + value.decode("latin-1")
     # A combination is one class: its parts would each make a row of their own in the table.
     klass = d.classes[0] if len(d.classes) == 1 else "combination" if d.classes else "valid"
     note = "; ".join(d.notes) or "valid"
     if len(d.classes) > 1:
         note = f"[{' + '.join(d.classes)}] {note}"
-    return Case(n=n, route=d.route.label, klass=klass, method=d.method,
-                target=d.path + d.query, who=d.who, headers=headers, body=body, note=note,
-                family=family, endpoint=d.route.endpoint if d.method == d.route.method else None,
-                upstream_path=d.route.upstream_path, model=model, stream=obj.get("stream") is True,
-                envelope=d.route.envelope)
+    same_method = d.method == d.route.method
+    upstream = d.upstream_path or d.route.upstream
+    if upstream and "{model}" in upstream:
+        upstream = upstream.replace("{model}", UPSTREAM_NAMES.get(model, model) if isinstance(model, str) else "?")
+    return Case(n=n, route=d.route.label, klass=klass, method=d.method, target=d.path + query, who=d.who,
+                headers=headers, body=body, note=note, family=family,
+                endpoint=d.route.endpoint if same_method else None,
+                # a stored response's path is forwarded by every method it has a route for
+                upstream_path=upstream if same_method or d.upstream_path else None,
+                model=model, stream=obj.get("stream") is True, envelope=d.envelope or d.route.envelope,
+                owner=d.owner)
 
 
 def put(obj: Any, path: tuple, value: Any) -> Any:

@@ -45,8 +45,82 @@ def openai_envelope(answer: Answer) -> str | None:
     return None
 
 
-# The error envelope of each API; a route names its own (routes.Route.envelope).
-ENVELOPES: dict[str, Callable[[Answer], str | None]] = {"openai": openai_envelope}
+def _json_error(answer: Answer) -> tuple[object, str | None]:
+    """The answer's JSON body, or what keeps it from being one."""
+    ctype = (answer.header("Content-Type") or "").split(";")[0].strip()
+    if ctype != "application/json":
+        return None, f"Content-Type {ctype or 'missing'!r}, body {answer.body[:80]!r}"
+    try:
+        return json.loads(answer.body), None
+    except ValueError:
+        return None, f"not JSON: {answer.body[:80]!r}"
+
+
+def anthropic_envelope(answer: Answer) -> str | None:
+    """None if the body is Anthropic's `{"type": "error", "error": {"type", "message"[, "code"]}}`."""
+    body, problem = _json_error(answer)
+    if problem:
+        return problem
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("type") != "error" or not isinstance(error, dict):
+        return f'not {{type: "error", error: {{...}}}}: {answer.body[:80]!r}'
+    if not {"type", "message"} <= set(error) or not set(error) <= {"type", "message", "code", "details"}:
+        return f"not {{type, message[, code]}} inside error: {answer.body[:80]!r}"
+    if not isinstance(error["type"], str) or not isinstance(error["message"], str):
+        return "error.type and error.message must be strings"
+    if error.get("code") is not None and not isinstance(error["code"], str):
+        return "error.code must be a string"
+    return None
+
+
+def google_envelope(answer: Answer) -> str | None:
+    """None if the body is Google's `{"error": {"code", "message", "status"[, "details"]}}`, its code the status."""
+    body, problem = _json_error(answer)
+    if problem:
+        return problem
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not {"code", "message", "status"} <= set(error) \
+            or not set(error) <= {"code", "message", "status", "details"}:
+        return f"not {{error: {{code, message, status[, details]}}}}: {answer.body[:80]!r}"
+    if type(error["code"]) is not int or not isinstance(error["message"], str) or not isinstance(error["status"], str):
+        return "code must be an integer, message and status strings"
+    if error["code"] != answer.status:
+        return f"error.code {error['code']} is not the HTTP status {answer.status}"
+    if "details" in error and not isinstance(error["details"], list):
+        return "details must be a list"
+    return None
+
+
+def page_or_openai(answer: Answer) -> str | None:
+    """The web faces: a small HTML page (for people) or OpenAI's envelope (for scripts)."""
+    ctype = (answer.header("Content-Type") or "").split(";")[0].strip()
+    if ctype == "text/html":
+        return None if answer.body.strip() else "an empty HTML page"
+    problem = openai_envelope(answer)
+    return None if problem is None else f"neither an HTML page nor OpenAI's envelope: {problem}"
+
+
+# The error envelope of each API; a route names its own (routes.Route.envelope); "a|b": either.
+ENVELOPES: dict[str, Callable[[Answer], str | None]] = {
+    "openai": openai_envelope, "anthropic": anthropic_envelope, "google": google_envelope, "page": page_or_openai}
+
+
+def malformed_request(answer: Answer) -> bool:
+    """aiohttp's parser refused the request before any route was known (README, "Malformed HTTP"):
+    Payware's 400 is then OpenAI's envelope with code `malformed_request`, whatever the path."""
+    if answer.status != 400 or openai_envelope(answer) is not None:
+        return False
+    return json.loads(answer.body)["error"]["code"] == "malformed_request"
+
+
+def envelope_problem(name: str, answer: Answer) -> str | None:
+    """None if the answer is in (one of) the envelope(s) `name` names."""
+    problems = [ENVELOPES[part](answer) for part in name.split("|")]
+    return None if any(p is None for p in problems) else problems[0]
+
+
+# Endpoints whose 2xx answers are billed under the request's own id (X-Payware-Request-Id).
+MODEL_ENDPOINTS = ("chat", "completions", "embeddings", "responses", "messages", "generate")
 
 
 def status_text(answer: Answer) -> str:
@@ -78,16 +152,55 @@ def judge(case: Case, answer: Answer, secrets: dict[str, str]) -> list[Failure]:
     if answer.status is None or not answer.complete:
         fail("connection dropped or answer truncated", f"{len(answer.raw)} bytes received")
         return failures
-    if answer.status == 500:
+    if answer.status == 500 and not from_provider(case, answer):
         fail("status 500")
-    if answer.status >= 400:
-        problem = ENVELOPES[case.envelope](answer)
+    if case.expect and answer.status not in case.expect:
+        fail("status not as expected", f"expected {'/'.join(map(str, case.expect))}: {answer.body[:160]!r}")
+    if answer.status >= 400 and not malformed_request(answer):
+        problem = envelope_problem(case.envelope, answer)
         if problem:
             fail("error not in the envelope", problem)
-    elif case.endpoint in ("chat", "completions", "embeddings") and 200 <= answer.status < 300:
+    elif case.endpoint in MODEL_ENDPOINTS and 200 <= answer.status < 300:
         if not answer.header("X-Payware-Request-Id"):
             fail("served without X-Payware-Request-Id")
+    elif case.route == "GET /metrics" and answer.status == 200 and case.method == "GET":
+        ctype = answer.header("Content-Type") or ""
+        if not ctype.startswith("text/plain") or b"# TYPE " not in answer.body:
+            fail("/metrics 200 is not Prometheus text", f"Content-Type {ctype!r}, body {answer.body[:60]!r}")
+    if case.upstream_path and case.family == "stored" and from_provider(case, answer) and case.who != case.owner:
+        fail("another customer's response reached the provider", f"owner {case.owner}, caller {case.who}")
     return failures
+
+
+def from_provider(case: Case, answer: Answer) -> bool:
+    """Whether the fake provider made this answer (so the proxy called it).
+
+    Model calls: a 2xx, or one of the provider's own refusals (recognized by its text).
+    Stored responses are relayed whole, whatever the provider said: anything but Payware's
+    own error (its compact envelope, `{"error": {"message": ...`, with a code of its own and
+    not `upstream_error`, which wraps a provider's error that was not JSON) came from it.
+    """
+    if answer.status is None or not case.upstream_path:
+        return False
+    if case.family == "stored":
+        if not answer.body.startswith(b'{"error": {"message": '):
+            return True
+        try:
+            return json.loads(answer.body)["error"]["code"] == "upstream_error"
+        except (ValueError, KeyError, TypeError):
+            return False
+    return 200 <= answer.status < 300 or any(marker in answer.body for marker in PROVIDER_REFUSALS)
+
+
+# The fake provider's own refusals (tests/fakes/*), passed through and never billed.
+PROVIDER_REFUSALS = (
+    b"Invalid value for 'temperature': expected a number.",  # fake-error-400
+    b"Rate limit reached for requests. Please try again in 1s.",  # fake-error-429, responses-fake-error-429
+    b"req_011CFakeAnthropicRequest01",  # claude-fake-error-400, claude-fake-overloaded (their request_id)
+    b"Unknown name \\\"temperatur\\\"",  # gemini-fake-error-400
+    b"The model is overloaded. Please try again later.",  # gemini-fake-overloaded
+    b"Previous response with id",  # the fake's Responses: a previous_response_id it does not hold
+)
 
 
 def request_id_of_500(answer: Answer) -> str | None:
@@ -99,7 +212,7 @@ def served_ids(case: Case, answer: Answer) -> list[str]:
     """The event ids a 2xx answer promises are billed (model calls and usage records)."""
     if answer.status is None or not 200 <= answer.status < 300 or case.raw:
         return []
-    if case.endpoint in ("chat", "completions", "embeddings"):
+    if case.endpoint in MODEL_ENDPOINTS:
         rid = answer.header("X-Payware-Request-Id")
         return [rid] if rid else []
     if case.endpoint == "records":
@@ -113,6 +226,11 @@ def served_ids(case: Case, answer: Answer) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the proxy's log
+
+# Log messages whose traceback is expected ("<logger> <message>" prefixes). None is: a traceback
+# is either a 500 (counted as such too) or an error the client never sees but an operator's
+# alerting does, such as aiohttp's "Unhandled exception" for a body its parser refused.
+LOGGED_ON_PURPOSE: tuple[str, ...] = ()
 
 _LOG_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 _UNHANDLED = re.compile(r"unhandled error in request (req_[0-9a-f]+)")
@@ -185,9 +303,12 @@ def redact(text: str, secrets: dict[str, str]) -> str:
 # The order of the table: what breaks the contract for everyone first.
 SEVERITY = ("status 500", "served (2xx) but not billed in the ledger", "billed but answered 500",
             "billed without a 2xx answer", "provider called for calls not served (so never billed)",
+            "another customer's response reached the provider", "a Payware key reached the provider",
+            "status not as expected",
             "normal call after the run not in the ledger in time", "normal call after the run not served",
             "connection dropped or answer truncated", "no answer in time", "secret in the answer",
-            "secret in the proxy log", "error not in the envelope", "malformed HTTP not answered 400")
+            "secret in the proxy log", "error not in the envelope", "/metrics 200 is not Prometheus text",
+            "malformed HTTP not answered 400")
 
 
 def table(failures: Iterable[Failure], *, limit: int = 150) -> str:

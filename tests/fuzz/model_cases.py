@@ -1,6 +1,8 @@
-"""Hostile bodies, headers and encodings for the model routes (chat, completions, embeddings).
+"""Hostile bodies, headers and encodings for the model routes of every API (see `apis.APIS`).
 
-Each mutator changes a Draft and marks it with its class of input and a note.
+Each mutator changes a Draft and marks it with its class of input and a note. The body's
+shape comes from the route's API, so one mutator covers OpenAI's, Anthropic's and Gemini's.
+Keys are attacked in `keys`; Responses chains and Gemini's paths in `api_cases`.
 """
 
 from __future__ import annotations
@@ -11,91 +13,63 @@ import gzip
 import random
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 from tests.fuzz import values as V
-from tests.fuzz.cases import BODY_LIMIT, Draft, dotted, pick, put
-from tests.fuzz.routes import MODELS_CHAT, MODELS_EMBED, MODELS_RENAMED, MODELS_UPSTREAM_ERROR, Route
-
-FIELDS = {
-    "chat": (("model",), ("messages",), ("messages", 0), ("messages", 0, "role"), ("messages", 0, "content"),
-             ("messages", 0, "name"), ("messages", 0, "tool_calls"), ("messages", 0, "content", 0),
-             ("messages", 0, "content", 0, "type"), ("messages", 0, "content", 0, "text"), ("stream",),
-             ("stream_options",), ("stream_options", "include_usage"), ("max_tokens",),
-             ("max_completion_tokens",), ("n",), ("temperature",), ("user",), ("metadata",), ("metadata", "k"),
-             ("tools",), ("tools", 0, "function", "name"), ("tool_choice",), ("response_format",), ("seed",),
-             ("stop",), ("logit_bias",), ("x_unknown",)),
-    "completions": (("model",), ("prompt",), ("prompt", 0), ("stream",), ("stream_options",), ("max_tokens",),
-                    ("n",), ("echo",), ("suffix",), ("user",), ("metadata",), ("best_of",), ("logprobs",)),
-    "embeddings": (("model",), ("input",), ("input", 0), ("encoding_format",), ("dimensions",), ("user",),
-                   ("metadata",), ("stream",)),
-}
-# Where a string lands: evidence kept in the event, prompt text only forwarded, or the model name.
-STRING_SPOTS = {
-    "chat": {"metadata": (("user",), ("metadata", "k"), ("metadata", "KEY")),
-             "prompt": (("messages", 0, "content"), ("messages", 0, "role"), ("messages", 0, "name"),
-                        ("stop",), ("x_unknown",), ("messages", 0, "content", 0, "text")),
-             "model": (("model",),)},
-    "completions": {"metadata": (("user",), ("metadata", "k"), ("metadata", "KEY")),
-                    "prompt": (("prompt",), ("suffix",), ("prompt", 0)), "model": (("model",),)},
-    "embeddings": {"metadata": (("user",), ("metadata", "k"), ("metadata", "KEY")),
-                   "prompt": (("input",), ("input", 0)), "model": (("model",),)},
-}
+from tests.fuzz.api_cases import gemini_path, m_chain, m_gemini_target
+from tests.fuzz.apis import APIS
+from tests.fuzz.keys import m_auth
+from tests.fuzz.cases import BODY_LIMIT, Context, Draft, dotted, pick, put
+from tests.fuzz.routes import MODELS_GEMINI, MODELS_RENAMED, Route
 
 
-def base_model_body(rng: random.Random, endpoint: str) -> dict:
-    """A valid body for `endpoint`, sometimes streamed, sometimes with `user` and `metadata`."""
-    if endpoint == "embeddings":
-        body: dict = {"model": rng.choice(MODELS_EMBED), "input": rng.choice(["hi", ["a", "b"]])}
-    elif endpoint == "completions":
-        body = {"model": rng.choice(("fake-ok", "renamed")), "prompt": "say hi"}
-    else:
-        body = {"model": rng.choice(MODELS_CHAT), "messages": [{"role": "user", "content": "hi"}]}
-    if endpoint != "embeddings" and rng.random() < 0.3:
-        body["stream"] = True
-        if rng.random() < 0.3:
-            body["stream_options"] = {"include_usage": True}
-    if rng.random() < 0.3:
-        body["user"] = f"user-{rng.randrange(1000)}"
-        body["metadata"] = {"order": f"o-{rng.randrange(1000)}"}
-    return body
+def _api(d: Draft):
+    return APIS[d.route.api]
 
 
-def _forwarding(obj: Any) -> str:
+def _forwarding(d: Draft) -> str:
     """Whether the proxy forwards the client's own bytes or serializes the body again."""
+    obj = d.obj
     if not isinstance(obj, dict):
         return "raw"
+    if d.route.api == "gemini":  # the body never names the model: only a countTokens request may
+        return "reserialized" if isinstance(obj.get("generateContentRequest"), dict) else "raw"
     options = obj.get("stream_options")
     include = isinstance(options, dict) and options.get("include_usage") is True
-    rewritten = obj.get("model") in MODELS_RENAMED or (obj.get("stream") is True and not include)
-    return "reserialized" if rewritten else "raw"
+    forced = d.route.api in ("chat", "completions") and obj.get("stream") is True and not include
+    return "reserialized" if obj.get("model") in MODELS_RENAMED or forced else "raw"
 
 
 def m_type(rng, d: Draft) -> None:
     """A value of another JSON type (or an odd one) in one field."""
-    path = rng.choice(FIELDS[d.route.endpoint])
+    path = rng.choice(_api(d).fields)
     label, value = rng.choice(V.TYPES)
     d.obj = put(d.obj, path, copy.deepcopy(value))
     d.mark(f"type:{V.TYPE_CLASSES.get(label, label)}", f"{dotted(path)}={V.short(value, 40)}")
 
 
 def m_max_tokens(rng, d: Draft) -> None:
-    """`max_tokens` / `max_completion_tokens` huge, negative, fractional, a string, ..."""
-    name = rng.choice(("max_tokens", "max_completion_tokens") if d.route.endpoint == "chat" else ("max_tokens",))
+    """The output limit (max_tokens, max_output_tokens, maxOutputTokens...) huge, negative, a string, ..."""
+    path = rng.choice(_api(d).output_limits or (("max_tokens",),))
     label, value = rng.choice(V.MAX_TOKENS)
-    d.obj[name] = value
-    d.mark(f"max_tokens:{V.MAX_TOKENS_CLASSES.get(label, label)}", f"{name}={label}")
+    d.obj = put(d.obj, path, value)
+    d.mark(f"max_tokens:{V.MAX_TOKENS_CLASSES.get(label, label)}", f"{dotted(path)}={label}")
 
 
 def _string_spot(rng, d: Draft, payload: str, name: str) -> None:
+    api = _api(d)
     where = rng.choice(("metadata", "metadata", "prompt", "model"))
-    path = rng.choice(STRING_SPOTS[d.route.endpoint][where])
+    if where == "model" and not api.model_in_body:
+        d.model = f"a{payload}b"
+        d.path = gemini_path(d, V.percent(d.model))
+        d.mark(f"{name}:model/path", f"{name} in the path's model")
+        return
+    path = rng.choice({"metadata": api.metadata, "prompt": api.prompt, "model": (("model",),)}[where])
     if path[-1] == "KEY":  # in a metadata key, not a value
         d.obj["metadata"] = {f"k{payload}": "v"}
     else:
         d.obj = put(d.obj, path, f"a{payload}b")
-    d.mark(f"{name}:{where}/{_forwarding(d.obj)}", f"{name} in {dotted(path)} (model={d.obj.get('model')!r}, "
-                                                 f"stream={d.obj.get('stream')})")
+    d.mark(f"{name}:{where}/{_forwarding(d)}", f"{name} in {dotted(path)} (model={d.obj.get('model', d.model)!r}, "
+                                                f"stream={d.obj.get('stream')})")
 
 
 def m_surrogate(rng, d: Draft) -> None:
@@ -126,7 +100,7 @@ def m_depth(rng, d: Draft) -> None:
     base = V.dumps(d.obj)
     if where == "top":
         d.body = text
-    elif where == "content" and d.route.endpoint == "chat" and b'"hi"' in base:
+    elif where == "content" and b'"hi"' in base:
         d.body = base.replace(b'"hi"', text, 1)
     else:
         where = "metadata" if where == "metadata" else "x_unknown"
@@ -137,36 +111,36 @@ def m_depth(rng, d: Draft) -> None:
 
 def m_huge(rng, d: Draft) -> None:
     """Big strings, long lists, many keys, and a body past the size limit."""
-    what = rng.choice(("content-200KB", "messages-20000", "metadata-5000-keys", "user-20000", "model-20000",
+    api = _api(d)
+    what = rng.choice(("content-200KB", "list-20000", "metadata-5000-keys", "user-20000", "model-long",
                        "over-limit", "parts-5000", "stop-1000"))
-    ep = d.route.endpoint
     if what == "content-200KB":
-        text = "lorem ipsum " * 17000
-        if ep == "chat":
-            d.obj["messages"] = [{"role": "user", "content": text}]
-        else:
-            d.obj["prompt" if ep == "completions" else "input"] = text
-    elif what == "messages-20000":
-        if ep == "chat":
-            d.obj["messages"] = [{"role": "user", "content": "hi"}] * 20000
-        else:
-            d.obj["prompt" if ep == "completions" else "input"] = ["hi"] * 20000
+        d.obj = put(d.obj, api.prompt_text, "lorem ipsum " * 17000)
+    elif what == "list-20000":
+        item = V.get(d.obj, api.prompt_list + (0,), "hi")
+        d.obj = put(d.obj, api.prompt_list, [item] * 20000)
     elif what == "metadata-5000-keys":
         d.obj["metadata"] = {f"k{i}": "v" * 20 for i in range(5000)}
     elif what == "user-20000":
         d.obj["user"] = "u" * 20000
-    elif what == "model-20000":
-        d.obj["model"] = "m" * 20000
+    elif what == "model-long":
+        if api.model_in_body:
+            d.obj["model"] = "m" * 20000
+        else:  # a request line stays under aiohttp's 8190 bytes
+            d.model = "m" * 5000
+            d.path = gemini_path(d, d.model)
     elif what == "over-limit":
         d.obj["x_pad"] = "p" * (BODY_LIMIT + 4096)
     elif what == "parts-5000":
-        d.obj["messages"] = [{"role": "user", "content": [{"type": "text", "text": "hi"}] * 5000}] \
-            if ep == "chat" else None
-        if ep != "chat":
-            d.obj.pop("messages")
-            d.obj["prompt" if ep == "completions" else "input"] = [[1, 2, 3]] * 5000
+        part = {"text": "hi"} if d.route.api == "gemini" else {"type": "text", "text": "hi"}
+        if d.route.api in ("chat", "messages", "messages_count", "responses", "gemini"):
+            container = api.prompt_text[:-1] + (("parts",) if d.route.api == "gemini" else ("content",))
+            d.obj = put(d.obj, container, [part] * 5000)
+        else:
+            d.obj = put(d.obj, api.prompt_list, [[1, 2, 3]] * 5000)
     else:
         d.obj["stop"] = ["s"] * 1000
+        d.obj["stop_sequences"] = ["s"] * 1000
     d.mark(f"huge:{what}", what)
 
 
@@ -235,31 +209,15 @@ def m_header(rng, d: Draft) -> None:
                                   + (f"...({len(value)} B)" if len(value) > 40 else ""))
 
 
-AUTH = ("non-utf8", "latin-1-key", "key+non-utf8", "basic", "empty", "bearer-only", "double-space",
-        "lowercase-scheme", "len-5000", "key+junk", "duplicate-wrong-first", "duplicate-right-first", "tab",
-        "utf8-emoji", "no-header", "wrong-key", "admin-key")
-
-
-def m_auth(rng, d: Draft, keys: dict[str, str]) -> None:
-    """Authorization values: not UTF-8, wrong scheme, duplicated, the admin key, none."""
-    kind = rng.choice(AUTH)
-    key = keys[rng.choice(("acme", "globex"))].encode()
-    d.who = "acme" if key == keys["acme"].encode() else "globex"
-    values = {
-        "non-utf8": [b"Bearer \xff\xfe\xfd"], "latin-1-key": [b"Bearer pw-caf\xe9"],
-        "key+non-utf8": [b"Bearer " + key + b"\xff"], "basic": [b"Basic " + key],
-        "empty": [b""], "bearer-only": [b"Bearer"], "double-space": [b"Bearer  " + key],
-        "lowercase-scheme": [b"bearer " + key], "len-5000": [b"Bearer " + b"k" * 5000],
-        "key+junk": [b"Bearer " + key + b" junk"], "duplicate-wrong-first": [b"Bearer nope", b"Bearer " + key],
-        "duplicate-right-first": [b"Bearer " + key, b"Bearer nope"], "tab": [b"Bearer\t" + key],
-        "utf8-emoji": ["Bearer \U0001f511".encode()], "no-header": [],
-        "wrong-key": [b"Bearer pw-wrong-key-000000"], "admin-key": [b"Bearer " + keys["admin"].encode()],
-    }[kind]
-    d.auth = values
-    if kind == "admin-key":
-        d.who = "admin"
-    klass = "non-utf8" if kind in ("non-utf8", "latin-1-key", "key+non-utf8") else kind
-    d.mark(f"auth:{klass}", f"Authorization {kind}: {ascii(values[0][:40])[2:-1] if values else '(none)'}")
+def m_relayed_header(rng, d: Draft) -> None:
+    """Headers the proxy relays to the provider (Anthropic's `anthropic-version`, `anthropic-beta`)."""
+    name = rng.choice((b"anthropic-version", b"anthropic-beta"))
+    label, value = rng.choice(V.HEADER_VALUES + (("comma-list", b"a, b,,c"), ("duplicate", None)))
+    if value is None:
+        d.headers += [(name, b"2023-06-01"), (name, b"x" * 300)]
+    else:
+        d.headers.append((name, value))
+    d.mark(f"relayed-header:{V.HEADER_CLASSES.get(label, label)}", f"{name.decode()}: {label}")
 
 
 CONTENT_ENCODINGS = ("gzip-on-plain", "deflate-on-plain", "br-on-plain", "zstd-on-plain", "unknown-on-plain",
@@ -306,13 +264,24 @@ def m_method(rng, d: Draft) -> None:
     """Another method on the route's path."""
     method = rng.choice([m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS") if m != d.route.method])
     d.method = method
-    d.mark(f"method:{method}", f"{method} on a {d.route.method} route")
+    if method == "GET" and d.path.startswith("/v1/models/"):
+        d.envelope = "openai"  # GET /v1/models/{id} is OpenAI's: the Gemini-looking id is a model it lacks
+    d.mark("method:another", f"{method} on a {d.route.method} route")
 
 
 def m_upstream_error(rng, d: Draft) -> None:
     """A model the provider refuses (its refusal is passed through, not billed)."""
-    d.obj["model"] = rng.choice(MODELS_UPSTREAM_ERROR)
-    d.mark(f"provider-error:{d.obj['model']}", f"model {d.obj['model']} (the provider refuses)")
+    models = _api(d).upstream_errors
+    if not models:
+        d.mark("valid", "a valid call")
+        return
+    model = rng.choice(models)
+    if _api(d).model_in_body:
+        d.obj["model"] = model
+    else:
+        d.model = model
+        d.path = gemini_path(d, model)
+    d.mark(f"provider-error:{model}", f"model {model} (the provider refuses)")
 
 
 def m_valid(rng, d: Draft) -> None:
@@ -324,39 +293,65 @@ def m_valid(rng, d: Draft) -> None:
 
 
 def m_query(rng, d: Draft) -> None:
-    """A query string on a model route (ignored)."""
-    d.query = rng.choice(("?customer=globex", "?x=%00", "?x=%ff", "?" + "a=1&" * 500, "?stream=true"))
+    """A query string on a model route (ignored, but for Gemini's `alt`)."""
+    extra = rng.choice(("customer=globex", "x=%00", "x=%ff", "a=1&" * 500, "stream=true", "alt=json", "alt=%ff",
+                        "alt=sse&alt=json", "alt=" + "s" * 3000))
+    d.query = (d.query + "&" if d.query else "?") + extra
     d.mark("query-on-model-route", f"query {d.query[:40]}")
 
 
-MODEL_MUTATORS: tuple[tuple[float, str, Callable], ...] = (
-    (8, "valid", m_valid), (20, "type", m_type), (10, "max_tokens", m_max_tokens), (9, "surrogate", m_surrogate),
-    (5, "nul", m_nul), (6, "depth", m_depth), (3, "huge", m_huge), (8, "encoding", m_encoding),
-    (12, "header", m_header), (6, "auth", m_auth), (5, "content_encoding", m_content_encoding),
-    (2, "content_type", m_content_type), (2, "method", m_method), (2, "upstream_error", m_upstream_error),
-    (1, "query", m_query),
-)
-# Mutators that take the keys (they write the Authorization header themselves).
-NEEDS_KEYS = {"auth"}
+def _with_ctx(fn):
+    """A mutator that needs no context, in the signature of those that do."""
+    def mutate(rng, d: Draft, ctx: Context) -> None:
+        fn(rng, d)
+    mutate.__doc__ = fn.__doc__
+    return mutate
+
+
+Mutator = Callable[[random.Random, Draft, Context], None]
+
+
+@functools.cache
+def model_mutators() -> tuple[tuple[float, str, Mutator], ...]:
+    """(weight, name, mutator) of the model routes; `keys` and `api_cases` add theirs."""
+    plain = ((8, "valid", m_valid), (20, "type", m_type), (10, "max_tokens", m_max_tokens),
+             (9, "surrogate", m_surrogate), (5, "nul", m_nul), (6, "depth", m_depth), (3, "huge", m_huge),
+             (8, "encoding", m_encoding), (12, "header", m_header), (5, "content_encoding", m_content_encoding),
+             (2, "content_type", m_content_type), (2, "method", m_method), (2, "upstream_error", m_upstream_error),
+             (1, "query", m_query), (3, "relayed_header", m_relayed_header))
+    return tuple((w, name, _with_ctx(fn)) for w, name, fn in plain) + (
+        (8, "auth", m_auth), (6, "chain", m_chain), (6, "target", m_gemini_target))
+
+
+# Mutators for one API only (elsewhere they are skipped by `model_case`).
+ONLY = {"chain": ("responses",), "target": ("gemini",), "relayed_header": ("messages", "messages_count")}
 # Mutators after which another one would only blur the class (they replace the whole body).
 TERMINAL = {"depth", "encoding", "content_encoding", "nul"}
 
 
-def _apply(rng, d: Draft, table, keys) -> None:
+def _apply(rng, d: Draft, table, ctx: Context) -> None:
     """One mutation, sometimes two or three (combinations find what single ones miss)."""
+    table = [row for row in table if d.route.api in ONLY.get(row[1], (d.route.api,))]
     count = 1 if rng.random() < 0.95 else rng.choice((2, 3))
     for _ in range(count):
         _, name, mutate = pick(rng, table)
         if name == "valid" and d.classes:
             continue
-        mutate(rng, d, keys) if name in NEEDS_KEYS else mutate(rng, d)
+        mutate(rng, d, ctx)
         if name == "valid" or name in TERMINAL or d.body is not None or not isinstance(d.obj, dict):
             break
 
 
-def model_case(rng, route: Route, keys) -> Draft:
+def model_case(rng, route: Route, ctx: Context) -> Draft:
     """A model call with one hostile change, sometimes two or three."""
-    d = Draft(route=route, method=route.method, path=route.path, who=rng.choice(("acme", "globex")),
-              obj=base_model_body(rng, route.endpoint))
-    _apply(rng, d, MODEL_MUTATORS, keys)
+    api = APIS[route.api]
+    who = rng.choice(("acme", "globex"))
+    d = Draft(route=route, method=route.method, path=route.path, who=who, obj=api.base(rng),
+              key_at=rng.choice(route.key_at))
+    if not api.model_in_body:
+        d.model = rng.choice(MODELS_GEMINI)
+        d.path = gemini_path(d, d.model)
+        if route.gemini_method == "streamGenerateContent" and rng.random() < 0.85:
+            d.query = "?alt=sse"
+    _apply(rng, d, model_mutators(), ctx)
     return d

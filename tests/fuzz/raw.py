@@ -1,4 +1,5 @@
-"""Malformed HTTP on the wire, each carrying an `Authorization: Bearer <customer key>` line.
+"""Malformed HTTP on the wire, each carrying a customer key where a client may put one
+(`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or `?key=` in the target).
 
 The parser refuses these before any handler runs; what is checked is that the answer is a
 400 and that neither the answer nor the proxy's log repeats the key.
@@ -13,7 +14,12 @@ from tests.fuzz.cases import Case
 
 BODY = b'{"model":"fake-ok","messages":[{"role":"user","content":"hi"}]}'
 TARGETS = (("POST", b"/v1/chat/completions"), ("POST", b"/v1/usage/records"), ("GET", b"/v1/models"),
-           ("GET", b"/v1/usage/summary"), ("PUT", b"/v1/billing/cap"))
+           ("GET", b"/v1/usage/summary"), ("PUT", b"/v1/billing/cap"), ("POST", b"/v1/responses"),
+           ("GET", b"/v1/responses/resp_x"), ("POST", b"/v1/messages"),
+           ("POST", b"/v1beta/models/gemini-fake-ok:generateContent"), ("POST", b"/v1/admin/customers"),
+           ("GET", b"/metrics"), ("POST", b"/portal/login"))
+# Where the key travels: a header line, or the target's query (then a harmless line stands in).
+KEY_LINES = (b"Authorization: Bearer ", b"x-api-key: ", b"x-goog-api-key: ", None)
 
 
 def _request(method: str, target: bytes, lines: list[bytes], body: bytes = b"", *, length: bool = True,
@@ -90,8 +96,13 @@ def malformed(seed: int, keys: dict[str, str], start: int, rounds: int = 4) -> l
     for _ in range(rounds):
         for name, template in TEMPLATES.items():
             who = rng.choice(("acme", "globex"))
-            auth = b"Authorization: Bearer " + keys[who].encode()
             method, target = rng.choice(TARGETS)
+            line = rng.choice(KEY_LINES)
+            if line is None:
+                target += b"?key=" + keys[who].encode()
+                auth = b"X-Request-Note: the key is in the query"
+            else:
+                auth = line + keys[who].encode()
             data = template(rng, auth, method, target)
             cases.append(Case(n=n, route="(malformed HTTP)", klass=f"raw:{name}", method=method,
                               target=target.decode(), who=who, headers=[], body=None, note=name, family="raw",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 
 from tests.fuzz import values as V
-from tests.fuzz.cases import Draft, pick
-from tests.fuzz.model_cases import m_auth, m_content_encoding, m_depth, m_encoding, m_header, m_method
+from tests.fuzz.cases import Context, Draft, pick
+from tests.fuzz.keys import m_auth
+from tests.fuzz.model_cases import m_content_encoding, m_depth, m_encoding, m_header, m_method
 from tests.fuzz.routes import Route
 
 IDEMPOTENCY_POOL = ("order-1", "order-2", "sess-42", "inv-2026-001", "x")
@@ -110,7 +111,7 @@ def r_batch(rng, d: Draft) -> None:
     d.mark(f"record:batch:{kind}", f"batch {kind}")
 
 
-def r_customer(rng, d: Draft, keys) -> None:
+def r_customer(rng, d: Draft, ctx: Context) -> None:
     """Who records for whom: the admin naming (or not) a customer, a customer naming another."""
     kind = rng.choice(("admin-names-acme", "admin-names-globex", "admin-names-nobody", "admin-names-unknown",
                        "customer-names-other", "customer-names-self"))
@@ -119,7 +120,11 @@ def r_customer(rng, d: Draft, keys) -> None:
         target = {"admin-names-acme": "acme", "admin-names-globex": "globex", "admin-names-unknown": "initech"}
         if kind in target:
             d.obj["customer"] = target[kind]
+        else:
+            d.obj.pop("customer", None)
     else:
+        if d.who not in ("acme", "globex"):
+            d.who = rng.choice(("acme", "globex"))
         d.obj["customer"] = "globex" if d.who == "acme" else "acme"
         if kind == "customer-names-self":
             d.obj["customer"] = d.who
@@ -144,16 +149,19 @@ RECORD_MUTATORS = (
 )
 
 
-def records_case(rng, route: Route, keys) -> Draft:
-    """A record (or a batch) with one hostile change, sometimes two."""
-    d = Draft(route=route, method=route.method, path=route.path, who=rng.choice(("acme", "globex")),
-              obj=base_record(rng))
+def records_case(rng, route: Route, ctx: Context) -> Draft:
+    """A record (or a batch) with one hostile change, sometimes two. Usage is the merchant's to
+    report: mostly the admin naming a customer (a customer's own key is a 403 that checks nothing else)."""
+    who = rng.choice(("admin", "admin", "admin", "acme", "globex"))
+    d = Draft(route=route, method=route.method, path=route.path, who=who, obj=base_record(rng))
+    if who == "admin":
+        d.obj["customer"] = rng.choice(("acme", "globex"))
     count = 1 if rng.random() < 0.95 else 2
     for _ in range(count):
         _, name, mutate = pick(rng, RECORD_MUTATORS)
         if name == "valid" and d.classes:
             continue
-        mutate(rng, d, keys) if name in ("auth", "customer") else mutate(rng, d)
+        mutate(rng, d, ctx) if name in ("auth", "customer") else mutate(rng, d)
         if name == "valid" or d.body is not None or not isinstance(d.obj, dict):
             break
     if not d.classes:

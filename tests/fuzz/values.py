@@ -109,3 +109,19 @@ def short(value: Any, limit: int = 60) -> str:
     """A readable, bounded repr of a value for the failure table."""
     text = ascii(value)
     return text if len(text) <= limit else text[:limit] + f"...({len(text)} chars)"
+
+
+def percent(text: str) -> str:
+    """`text` percent-encoded as UTF-8 for a URL; a lone surrogate as its 3 bytes (`%ED%A0%80`)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-._~") else
+                   "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in text)
+
+
+def get(obj: Any, path: tuple, default: Any = None) -> Any:
+    """The value at `path` in `obj`, or `default`."""
+    for step in path:
+        try:
+            obj = obj[step]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return obj

@@ -1,27 +1,39 @@
 """Thousands of hostile requests over every route against a real proxy on PostgreSQL (issue 7).
 
-The cases come from `tests/fuzz` (seeded: `PAYWARE_FUZZ_SEED`, `PAYWARE_FUZZ_CASES`): wrong
-JSON types in every field, huge and deeply nested JSON, non-UTF-8 bodies, lone surrogates and
-NULs, hostile header values, absurd `max_tokens`, content encodings on plain bodies, usage
-records and caps at and past every bound, unknown paths, and malformed HTTP on a raw socket.
+The cases come from `tests/fuzz` (seeded: `PAYWARE_FUZZ_SEED`, `PAYWARE_FUZZ_CASES`), over every
+API Payware speaks (OpenAI's chat, completions, embeddings and Responses with its stored
+responses; Anthropic's Messages and count_tokens; Gemini's generateContent, stream and
+countTokens under /v1beta and /v1), the metering, billing and admin APIs, /metrics and the web
+faces (/portal, /admin): wrong JSON types in every field, huge and deeply nested JSON,
+non-UTF-8 bodies, lone surrogates and NULs, hostile header values, absurd output limits,
+content encodings on plain bodies, hostile keys in every position a key may travel (Bearer,
+x-api-key, x-goog-api-key, ?key=), another customer's stored responses, usage records and caps
+at and past every bound, unknown paths, and malformed HTTP on a raw socket.
 
-What must hold: no 500 and no dropped connection; every error in the route's envelope (a 400
-for malformed HTTP); no secret in any answer or log line; every served call and record in the
-ledger exactly once and nothing else there; the provider called exactly for the served calls
-and its own refusals; and afterwards a normal call reaches the ledger within its flush interval.
-Failures are grouped into one table rather than stopping at the first.
+What must hold: no 500 and no dropped connection; every error in the route's envelope (OpenAI's,
+Anthropic's, Google's; a page or OpenAI's for the web faces; a 400 for malformed HTTP); no
+secret in any answer or log line (runtime keys included: only the answer that made one shows
+it) and no Payware key at the provider; every served call and record in the ledger exactly
+once and nothing else there (count_tokens and the stored responses' routes are never billed);
+the provider called exactly for the served calls, the provider's own refusals and the stored
+responses of their owner; no traceback in the proxy's log; and afterwards a normal call
+reaches the ledger within its flush interval. Failures are grouped into one table rather
+than stopping at the first.
 
 Run alone: `PAYWARE_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:55432/payware_test
-.venv/bin/python -m pytest -q tests/integration/test_hostile_fuzz.py` (about 10 s on a sound
-proxy; up to ~50 s while the ledger is stuck, as reads then wait for it). Add a route to
-`tests/fuzz/routes.py`; give it a family of mutators and an envelope if it is a new kind.
+.venv/bin/python -m pytest -q tests/integration/test_hostile_fuzz.py` (about 20 s on a sound
+proxy). Add a route to `tests/fuzz/routes.py`; give it a family of mutators and an envelope if
+it is a new kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -33,17 +45,20 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from config.schema import key_id
 from tests.conftest import ADMIN_KEY, KEYS, key_hash, proxy_config
 from tests.fuzz import judge as J
-from tests.fuzz.cases import Case
+from tests.fuzz.cases import Case, Context, Session
 from tests.fuzz.generators import cap_phase, generate
+from tests.fuzz.phases import NEW_KEY, NEW_KEY_ID, key_phase, key_probe
 from tests.fuzz.raw import malformed
+from tests.fuzz.routes import FUZZ_MODELS
 from tests.fuzz.wire import Answer, exchange, request_bytes
 
 pytestmark = pytest.mark.postgres
 
 SEED = int(os.environ.get("PAYWARE_FUZZ_SEED", "20261127"))
-CASES = int(os.environ.get("PAYWARE_FUZZ_CASES", "4000"))
+CASES = int(os.environ.get("PAYWARE_FUZZ_CASES", "6000"))
 CONCURRENCY = 16
 TIMEOUT = 10.0  # per request: beyond it the request counts as dropped
 FLUSH_INTERVAL = 0.05  # storage.flush_interval of proxy_config
@@ -51,9 +66,8 @@ FLUSH_SLACK = 2.0
 PROVIDER_KEY = "sk-real-provider-secret"
 SECRETS = {"acme key": KEYS["acme"], "globex key": KEYS["globex"], "admin key": ADMIN_KEY,
            "provider key": PROVIDER_KEY}
-# The fake provider's own refusals (tests/fakes/upstream.py), passed through and never billed.
-PROVIDER_REFUSALS = (b"Invalid value for 'temperature': expected a number.",
-                     b"Rate limit reached for requests. Please try again in 1s.")
+RUNTIME_KEY = re.compile(rb"pw-[A-Za-z0-9_-]{43}")  # a key the admin API or the console made
+STORED_RESPONSES = 4  # per customer, before the run: the first is the key probes', the last the one deleted
 
 
 @pytest.fixture
@@ -80,7 +94,8 @@ def fuzz_config(upstream_url: str, folder: Path, ledger: str) -> str:
   globex: {{plan: payg, keys: ["{key_hash(KEYS['globex'])}"]}}
 """
     plans = '  payg: {interval: monthly, price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n'
-    text = proxy_config(upstream_url, folder, customers=customers, plans=plans, ledger=ledger)
+    text = proxy_config(upstream_url, folder, customers=customers, plans=plans, ledger=ledger,
+                        extra_models=FUZZ_MODELS)
     # NOTE: JSON 100,000 deep is 200 KB: past the shared config's 64 KB it would only ever meet the 413
     return text.replace("max_body_bytes: 65536", f"max_body_bytes: {1024 * 1024}")
 
@@ -96,9 +111,77 @@ async def send_all(port: int, cases: list[Case], concurrency: int) -> list[tuple
     return await asyncio.gather(*(one(case) for case in cases))
 
 
-async def call(port: int, method: str, target: str, key: str, body: bytes | None = None) -> Answer:
-    headers = [(b"Authorization", b"Bearer " + key.encode()), (b"Content-Type", b"application/json")]
-    return await exchange("127.0.0.1", port, request_bytes(method, target, headers, body, port=port), timeout=30.0)
+async def call(port: int, method: str, target: str, key: str | None, body: bytes | None = None, *,
+               headers: list[tuple[bytes, bytes]] = ()) -> Answer:
+    lines = [(b"Authorization", b"Bearer " + key.encode())] if key else []
+    if not any(name == b"Content-Type" for name, _ in headers):
+        lines.append((b"Content-Type", b"application/json"))
+    lines += headers
+    return await exchange("127.0.0.1", port, request_bytes(method, target, lines, body, port=port), timeout=30.0)
+
+
+class SetupFailed(Exception):
+    """The proxy did not do what the run needs before it starts (a finding of its own)."""
+
+
+async def open_context(port: int) -> tuple[Context, list[str]]:
+    """Stored responses of each customer, and a session of each web face; the served calls' ids."""
+    keys = {"acme": KEYS["acme"], "globex": KEYS["globex"], "admin": ADMIN_KEY}
+    ctx = Context(keys=keys, key_ids={c: key_id(hashlib.sha256(KEYS[c].encode()).hexdigest()) for c in KEYS})
+    served = []
+    for customer in ("acme", "globex"):
+        ctx.responses[customer] = []
+        for i in range(STORED_RESPONSES):
+            body = json.dumps({"model": "responses-fake-ok", "input": f"stored {i}"}).encode()
+            answer = await call(port, "POST", "/v1/responses", KEYS[customer], body)
+            if answer.status != 200:
+                raise SetupFailed(f"POST /v1/responses for {customer}: {J.status_text(answer)} {answer.body[:200]!r}")
+            ctx.responses[customer].append(json.loads(answer.body)["id"])
+            served.append(answer.header("X-Payware-Request-Id"))
+    origin = [(b"Origin", b"http://127.0.0.1:%d" % port)]
+    for customer in ("acme", "globex"):
+        cookie = await _sign_in(port, "/portal/login", KEYS[customer], origin)
+        page = await call(port, "GET", "/portal", None, headers=[(b"Cookie", cookie)])
+        found = re.search(rb'name="csrf-token" content="([^"]+)"', page.body)
+        if not found:
+            raise SetupFailed(f"GET /portal with {customer}'s session: {J.status_text(page)} {page.body[:200]!r}")
+        ctx.portal[customer] = Session(cookie, found.group(1).decode())
+    cookie = await _sign_in(port, "/admin/login", ADMIN_KEY, origin)
+    page = await call(port, "GET", "/admin", None, headers=[(b"Cookie", cookie)])
+    found = re.search(rb'name="csrf" value="([^"]+)"', page.body)
+    if not found:
+        raise SetupFailed(f"GET /admin with a console session: {J.status_text(page)} {page.body[:200]!r}")
+    ctx.console = Session(cookie, found.group(1).decode())
+    return ctx, served
+
+
+async def _sign_in(port: int, path: str, key: str, origin: list) -> bytes:
+    """A face's session cookie (`name=token`) for `key`."""
+    form = b"key=" + key.encode()
+    answer = await call(port, "POST", path, None, form,
+                        headers=[(b"Content-Type", b"application/x-www-form-urlencoded"), *origin])
+    cookie = answer.header("Set-Cookie")
+    if answer.status != 303 or not cookie:
+        raise SetupFailed(f"POST {path}: {J.status_text(answer)} {answer.body[:200]!r}")
+    return cookie.split(";")[0].encode()
+
+
+async def run_key_phase(port: int, sequences: list[list[Case]]) -> list[tuple[Case, Answer]]:
+    """Each sequence in order; its later cases get the key (and id) its first answer made."""
+    results = []
+    for first, *rest in sequences:
+        answer = (await send_all(port, [first], 1))[0][1]
+        results.append((first, answer))
+        try:
+            made = json.loads(answer.body)
+            kid, key = made["id"].encode(), made["key"].encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            kid, key = b"key_none", b"pw-none"
+        filled = [dataclasses.replace(case, target=case.target.replace(NEW_KEY_ID, kid.decode()),
+                                      headers=[(n, v.replace(NEW_KEY.encode(), key)) for n, v in case.headers])
+                  for case in rest]
+        results += await send_all(port, filled, 1)
+    return results
 
 
 async def ledger_rows(ledger: str) -> dict[str, tuple[str, str]]:
@@ -167,7 +250,8 @@ async def api_ledger(port: int) -> tuple[dict[str, dict], list[J.Failure]]:
 
 
 def reconcile(results: list[tuple[Case, Answer]], api_events: dict[str, dict], db: dict[str, tuple[str, str]],
-              journal: list[str], stats: dict, extra_served: list[str], log: J.LogReport) -> list[J.Failure]:
+              journal: list[str], stats: dict, extra_served: list[str], log: J.LogReport,
+              setup_calls: Counter) -> list[J.Failure]:
     """Every served call and record billed exactly once; nothing else billed; the provider agrees."""
     failures = []
     served: dict[str, tuple[Case, Answer]] = {}
@@ -215,21 +299,47 @@ def reconcile(results: list[tuple[Case, Answer]], api_events: dict[str, dict], d
                                                       api_events[event_id].get("endpoint"))
             failures.append(J.Failure("billed without a 2xx answer", f"(ledger: {endpoint})", "-", "(unattributed)",
                                       f"event {event_id} of {customer}"))
-    # The provider: called once per served model call, plus its own refusals.
-    counted = stats.get("requests", {})
-    expected: Counter = Counter()
+    # The provider: called once per served call, plus its own refusals and the stored responses it answered.
+    counted = {path: count for path, count in stats.get("requests", {}).items() if not path.startswith("/_")}
+    expected: Counter = Counter(setup_calls)
     for case, answer in results:
-        if case.upstream_path and answer.status is not None and case.endpoint:
-            if 200 <= answer.status < 300 or any(m in answer.body for m in PROVIDER_REFUSALS):
-                expected[case.upstream_path] += 1
+        if J.from_provider(case, answer):
+            expected[case.upstream_path] += 1
     for path in sorted(set(counted) | set(expected)):
         if counted.get(path, 0) != expected[path]:
             failures.append(J.Failure(
-                "provider called for calls not served (so never billed)", f"POST {path}",
+                "provider called for calls not served (so never billed)", path,
                 f"provider {counted.get(path, 0)} vs {expected[path]}", "(whole run)",
-                "the fake provider's /_stats count against the 2xx answers and passed-through provider errors",
-                f"{counted.get(path, 0) - expected[path]} provider calls with no 2xx answer and no event"))
+                "the fake provider's /_stats count against the answers that came from it (2xx, its own refusals)",
+                f"{counted.get(path, 0) - expected[path]} provider calls with no answer from the provider"))
     return failures
+
+
+def leaks(results: list[tuple[Case, Answer]], stats: dict) -> tuple[list[J.Failure], dict]:
+    """Runtime keys shown by any answer but the one that made them; Payware keys at the provider.
+    Returns the failures and every secret to look for in the log (runtime keys included)."""
+    failures = []
+    made: dict[bytes, int] = {}
+    for case, answer in results:
+        if answer.status is not None and 200 <= answer.status < 300:
+            for key in RUNTIME_KEY.findall(answer.body):
+                made.setdefault(key, case.n)
+    for case, answer in results:
+        for key, maker in made.items():
+            if case.n != maker and key in answer.raw:
+                failures.append(J.Failure("secret in the answer", case.route, J.status_text(answer), case.klass,
+                                          case.example(), f"a key made at runtime by case #{maker}"))
+    secrets = dict(SECRETS)
+    secrets.update({f"runtime key #{n}": key.decode() for key, n in made.items()})
+    payware = {name: value for name, value in secrets.items() if name != "provider key"}
+    for request in stats.get("last", []):
+        seen = json.dumps(request)
+        for name, value in payware.items():
+            if value in seen:
+                failures.append(J.Failure("a Payware key reached the provider", request.get("path", "?"), "-",
+                                          "(the provider's latest requests)", f"{name} in what the provider got",
+                                          J.redact(seen, secrets)[:300]))
+    return failures, secrets
 
 
 async def test_thousands_of_hostile_requests_get_no_500_no_leaked_key_and_every_served_call_billed_once(
@@ -239,15 +349,26 @@ async def test_thousands_of_hostile_requests_get_no_500_no_leaked_key_and_every_
     folder.mkdir()
     proxy = proxy_factory(fuzz_config(fake_upstream.url, folder, fuzz_ledger), name="fuzz")
     fake_upstream.reset()
-    keys = {"acme": KEYS["acme"], "globex": KEYS["globex"], "admin": ADMIN_KEY}
-    cases = generate(SEED, CASES, keys)
-    cases += malformed(SEED, keys, start=len(cases))
-    sequences = cap_phase(SEED, keys, start=len(cases))
+    try:
+        ctx, setup_served = await open_context(proxy.port)
+    except SetupFailed as exc:
+        failed = str(exc)
+    else:
+        failed = None
+    if failed:
+        pytest.fail(f"before the run: {failed}\n{proxy.log()[-3000:]}", pytrace=False)
+    cases = generate(SEED, CASES, ctx)
+    cases += malformed(SEED, ctx.keys, start=len(cases))
+    sequences = cap_phase(SEED, ctx, start=len(cases))
+    lifecycles = key_phase(SEED, ctx, start=len(cases) + sum(map(len, sequences)))
+    probes = key_probe(ctx, start=len(cases) + sum(map(len, sequences)) + sum(map(len, lifecycles)))
     ready = time.monotonic()
 
     results = await send_all(proxy.port, cases, CONCURRENCY)
     for sequence in sequences:  # each changes a cap: one at a time, with its probe and reset
         results += await send_all(proxy.port, sequence, 1)
+    results += await run_key_phase(proxy.port, lifecycles)
+    results += await send_all(proxy.port, probes, 1)  # last: the provider's record shows their requests
     sent = time.monotonic()
     stats = fake_upstream.stats()
 
@@ -255,7 +376,10 @@ async def test_thousands_of_hostile_requests_get_no_500_no_leaked_key_and_every_
     api_events, api_failures = await api_ledger(proxy.port)
     failures += api_failures
     db = await ledger_rows(fuzz_ledger)
-    log = J.read_log(proxy.log(), SECRETS)
+    log_text = proxy.log()
+    found_leaks, secrets = leaks(results, stats)
+    failures += found_leaks
+    log = J.read_log(log_text, secrets)
     for case, answer in results:
         found = J.judge(case, answer, SECRETS)
         rid = J.request_id_of_500(answer) if answer.status == 500 else None
@@ -263,17 +387,28 @@ async def test_thousands_of_hostile_requests_get_no_500_no_leaked_key_and_every_
             if failure.check == "status 500" and rid:
                 failure.detail = log.by_request.get(rid, "(no traceback in the log)")
         failures += found
-    failures += reconcile(results, api_events, db, journal_ids(folder / "payware.journal"), stats, after_ids, log)
+    failures += reconcile(results, api_events, db, journal_ids(folder / "payware.journal"), stats,
+                          after_ids + setup_served, log, Counter({"/v1/responses": len(setup_served)}))
     for name, lines in log.secret_hits.items():
         failures.append(J.Failure("secret in the proxy log", "(log)", "-", f"the {name}",
                                   f"{len(lines)} log lines, e.g. {lines[0]}"))
+    for (message, line), count in log.exceptions.items():
+        if not any(message.startswith(m) for m in J.LOGGED_ON_PURPOSE):
+            failures.append(J.Failure("traceback in the proxy log", "(log)", "-", message[:60],
+                                      f"{count} tracebacks: {message}", line))
     proxy.kill()  # nothing left to check; a stuck ledger would hold a clean stop for 10 s
     finished = time.monotonic()
 
     statuses = Counter(J.status_text(answer) for _, answer in results)
-    report = [f"fuzz seed {SEED}: {len(results)} requests ({len(cases)} concurrent, "
-              f"{sum(map(len, sequences))} cap-phase), {len(set(c.klass for c, _ in results))} classes of input",
+    routes = Counter(case.route for case, _ in results)
+    by_family: dict[str, Counter] = {}
+    for case, answer in results:
+        by_family.setdefault(case.family, Counter())[J.status_text(answer)] += 1
+    report = [f"fuzz seed {SEED}: {len(results)} requests ({len(cases)} concurrent, {sum(map(len, sequences))} "
+              f"cap-phase, {sum(map(len, lifecycles))} key-phase, {len(probes)} key probes) over {len(routes)} "
+              f"routes, {len(set(c.klass for c, _ in results))} classes of input",
               f"statuses: {dict(statuses.most_common())}",
+              *[f"  {family}: {dict(counts.most_common())}" for family, counts in sorted(by_family.items())],
               f"provider calls: {stats.get('requests')}; ledger events: {len(db)}",
               f"time: set-up {ready - started:.1f} s, requests {sent - ready:.1f} s, checks {finished - sent:.1f} s"]
     if log.exceptions:
