@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from config.schema import key_id
 from metering.store.directory import now_us
+from metering.store.money_runs import ReconciliationStore
 from proxy.appkeys import LIVE, RECORDER
 from proxy.errors import ApiError, InvalidRequest, NotFound
 from proxy.routes import admin
@@ -40,6 +41,7 @@ from proxy.web.traffic import TRAFFIC
 log = logging.getLogger("payware.console")
 
 HOURS = 12  # the traffic chart's window
+RECONCILABLE = ("openai", "anthropic")  # provider kinds whose usage reports `payware reconcile` reads
 NONCE, FIELDS = "console.nonce", "console.fields"  # request keys set by the guards below
 
 
@@ -144,8 +146,28 @@ async def overview(request: web.Request) -> web.Response:
               "requests": sum(c["requests"] for c in customers), "tokens": sum(c["tokens"] for c in customers)}
     traffic = app[TRAFFIC]
     body = views.overview(customers=customers, models=models, top=top, traffic=traffic.recent(HOURS),
-                          codes=traffic.top_codes(HOURS), totals=totals)
+                          codes=traffic.top_codes(HOURS), totals=totals,
+                          reconciliation=await _last_reconciliation(app, None))
     return _layout(request, "Overview", body)
+
+
+async def _last_reconciliation(app: web.Application, provider: str | None) -> dict | None:
+    """The newest `payware reconcile` run (of `provider`, or of any): one read, off the event loop."""
+    store = ReconciliationStore(app[RECORDER].ledger.engine)
+    return await asyncio.get_running_loop().run_in_executor(None, store.last, provider)
+
+
+@console_page
+async def reconciliation_page(request: web.Request) -> web.Response:
+    """`GET /admin/reconciliation[?provider=NAME]`: the last reconciliation run, as
+    `GET /v1/admin/reconciliation` serves it: totals, rows per day and model, notes."""
+    app = request.app
+    provider = request.query.get("provider") or None
+    run = await _last_reconciliation(app, provider)
+    # NOTE: the config's providers are offered as links, not read from the runs: no second store read.
+    providers = sorted(p.name for p in app[LIVE].config.providers.values() if p.kind in RECONCILABLE)
+    body = views.reconciliation(run=run, provider=provider, providers=providers)
+    return _layout(request, "Reconciliation", body)
 
 
 def _customer(request: web.Request):
@@ -291,6 +313,7 @@ def add_routes(app: web.Application) -> None:
     """The console's pages and actions."""
     app.router.add_get("/admin", overview)
     app.router.add_get("/admin/login", login_form)
+    app.router.add_get("/admin/reconciliation", reconciliation_page)
     app.router.add_post("/admin/login", login)
     app.router.add_post("/admin/logout", logout)
     app.router.add_get("/admin/customers/{id}", customer_page)

@@ -22,6 +22,11 @@ def money(value: str | Decimal | None, currency: str = "USD") -> str:
     return f"${text}" if currency == "USD" else f"{text} {currency}"
 
 
+def exact_money(value: str | Decimal | None) -> str:
+    """An amount with every place the API gives (a reconciliation compares fractions of a cent)."""
+    return "no price" if value is None else f"${Decimal(value):,f}"
+
+
 def count(value: int | None) -> str:
     """A count with thousands separators."""
     return "—" if value is None else f"{value:,}"
@@ -57,8 +62,9 @@ def _meter(spent: str | None, cap: str | None) -> str:
 
 
 def overview(*, customers: list[dict], models: list[dict], top: list[dict], traffic: list[dict],
-             codes: list[tuple[str, int]], totals: dict) -> Html:
-    """The front page: totals, every customer against its cap, top models and customers, traffic."""
+             codes: list[tuple[str, int]], totals: dict, reconciliation: dict | None = None) -> Html:
+    """The front page: totals, the last reconciliation's line, every customer against its cap,
+    top models and customers, traffic."""
     tiles = "".join(f'<div class="tile"><span class="label">{esc(k)}</span><span class="value">{esc(v)}</span></div>'
                     for k, v in (("Amount due (all customers)", money(totals["amount"])),
                                  ("Requests this period", count(totals["requests"])),
@@ -81,6 +87,7 @@ def overview(*, customers: list[dict], models: list[dict], top: list[dict], traf
     last = traffic[-1] if traffic else {}
     return Html(f"""
 <section class="tiles">{tiles}</section>
+{last_reconciliation(reconciliation)}
 <section class="card wide"><h2>Customers <small>spend this period against the cap</small></h2>
 {_table(["Customer", "Plan", "Requests", "Tokens", "Amount due", "Cap", "Spent"], rows, "No customers yet.",
         "customers", narrow=(1, 2, 3))}</section>
@@ -98,6 +105,83 @@ def overview(*, customers: list[dict], models: list[dict], top: list[dict], traf
 <b id="hour-refused">{count(last.get("refused", 0))}</b> refused, <b id="hour-errors">{count(last.get("errors", 0))}</b> errors.</p>
 {f'<h3>Refusal and error codes</h3><ul class="codes">{code_list}</ul>' if code_list else ''}
 </section>""")
+
+
+def last_reconciliation(run: dict | None) -> str:
+    """One line on the front page: the last run's range and what the provider counted beyond Payware."""
+    if run is None:
+        return ""
+    href = "/admin/reconciliation?provider=" + quote(run["provider"], safe="")
+    return (f'<p class="last-run" id="last-reconciliation"><a href="{esc(href)}">Last reconciliation '
+            f'({esc(run["provider"])}, {esc(run["from"])} → {esc(run["to"])})</a>: provider-only '
+            f'<b class="num">{esc(exact_money(run["totals"]["provider_only"]["cost"]))}</b>, Payware-only '
+            f'<span class="num">{esc(exact_money(run["totals"]["payware_only"]["cost"]))}</span> '
+            f'{_status_tag(run["status"])}</p>')
+
+
+# A run's or a row's status (metering.billing.reconcile) -> the tag's colour.
+_STATUS_CLASS = {"matched": "ok", "differences": "error", "provider_only": "error", "payware_only": "error",
+                 "mismatch": "error"}
+
+
+def _status_tag(status: str) -> str:
+    return f'<span class="tag {_STATUS_CLASS.get(status, "")}">{esc(status)}</span>'
+
+
+def _providers(current: str | None, providers: list[str]) -> str:
+    """Links to the last run of any provider, or of each one the config can reconcile."""
+    links = [("any", "/admin/reconciliation", current is None)]
+    links += [(name, "/admin/reconciliation?provider=" + quote(name, safe=""), name == current) for name in providers]
+    items = " · ".join(f"<b>{esc(name)}</b>" if chosen else f'<a href="{esc(href)}">{esc(name)}</a>'
+                       for name, href, chosen in links)
+    return f'<p class="muted">Provider: {items}</p>'
+
+
+def reconciliation(*, run: dict | None, provider: str | None, providers: list[str]) -> Html:
+    """The last `payware reconcile` run (`GET /v1/admin/reconciliation`'s body): what it compared,
+    the totals, one row per day and model, the notes. Costs are shown with every place."""
+    picker = _providers(provider, providers)
+    if run is None:
+        which = f" of provider {provider}" if provider else ""
+        return Html(f"""
+<h1>Reconciliation</h1>
+{picker}
+<section class="card" id="no-reconciliation"><h2>No reconciliation{esc(which)} has run yet</h2>
+<p>Run <code>payware reconcile {esc(provider or "PROVIDER")} --from YYYY-MM-DD --to YYYY-MM-DD</code>
+(with the provider's <code>admin_key</code> in the config, or <code>--file REPORT.json</code> exported from its
+usage page): it compares the provider's count with Payware's, day by day and model by model, and keeps the run
+for this page.</p></section>""")
+    totals = run["totals"]
+    tiles = "".join(
+        f'<div class="tile" id="total-{block.replace("_", "-")}"><span class="label">{esc(label)}</span>'
+        f'<span class="value">{esc(exact_money(totals[block]["cost"]))}</span>'
+        f'<span class="sub">{count(totals[block]["tokens"]["total"])} tokens</span></div>'
+        for block, label in (("matched", "Matched"), ("provider_only", "Provider-only (never billed)"),
+                             ("payware_only", "Payware-only"), ("estimated", "Estimated by Payware")))
+    rows = [[f'<span class="num">{esc(row["day"])}</span>', esc(row["model"]), _status_tag(row["status"]),
+             f'<span class="num">{count(row["provider"]["tokens"]["total"])}</span>',
+             f'<span class="num">{count(row["payware"]["tokens"]["total"])}</span>',
+             f'<span class="num">{esc(exact_money(row["provider_only"]["cost"]))}</span>',
+             f'<span class="num">{esc(exact_money(row["payware_only"]["cost"]))}</span>',
+             f'<span class="num">{count(row["estimated"]["tokens"]["total"])}</span>']
+            for row in run["rows"]]
+    keys = run.get("api_key_ids") or []
+    notes = "".join(f"<li>{esc(note)}</li>" for note in run.get("notes") or [])
+    return Html(f"""
+<h1>Reconciliation <small>{esc(run["provider"])} · kind {esc(run["kind"])} · from {esc(run["source"])}</small></h1>
+{picker}
+<p class="muted" id="run">Days {esc(run["from"])} → {esc(run["to"])} (UTC, both included) ·
+ran {esc(run["created_at"][:19].replace("T", " "))} UTC · <code>{esc(run["id"])}</code>{
+    f" · provider keys {esc(', '.join(keys))}" if keys else ""} · {_status_tag(run["status"])}</p>
+<section class="tiles">{tiles}</section>
+<p class="muted">The provider counted {count(totals["provider"]["tokens"]["total"])} tokens
+({esc(exact_money(totals["provider"]["cost"]))}), Payware {count(totals["payware"]["tokens"]["total"])}
+({esc(exact_money(totals["payware"]["cost"]))}), at the provider's price in {esc(run.get("currency", "USD"))}.</p>
+<section class="card wide" id="rows"><h2>By day and model</h2>
+{_table(["Day", "Model", "Status", "Provider tokens", "Payware tokens", "Provider-only cost", "Payware-only cost",
+         "Estimated tokens"], rows, "No usage on either side in this range.", "reconciliation", narrow=(3, 4, 6, 7))}
+</section>
+{f'<section class="card wide" id="notes"><h2>Notes</h2><ul>{notes}</ul></section>' if notes else ""}""")
 
 
 def traffic_svg(rows: list[dict]) -> str:
