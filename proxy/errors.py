@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -45,6 +46,22 @@ def openai_envelope(error: ApiError) -> dict:
 # routes of other APIs (Anthropic, Gemini) set it first thing, so every error, auth included,
 # reaches their clients in the shape their SDK reads.
 ENVELOPE = "payware.envelope"
+
+# Paths whose failures come before any handler (aiohttp's router answers a wrong method with a
+# 405 itself) and still belong to another API's envelope: its routes module registers them.
+_PATH_ENVELOPES: dict[str, tuple[Callable[[str], bool], Callable[[ApiError], dict]]] = {}
+
+
+def envelope_for_paths(api: str, matches: Callable[[str], bool], envelope: Callable[[ApiError], dict]) -> None:
+    """Render failures on the paths `matches` accepts in `envelope`, also when no handler ran."""
+    _PATH_ENVELOPES[api] = (matches, envelope)
+
+
+def _envelope_of(path: str) -> Callable[[ApiError], dict]:
+    for matches, envelope in _PATH_ENVELOPES.values():
+        if matches(path):
+            return envelope
+    return openai_envelope
 
 
 class InvalidRequest(ApiError):
@@ -120,7 +137,10 @@ def render_failure(request: web.Request, exc: Exception) -> web.StreamResponse:
 
     Re-raises an aiohttp HTTPException below 400 (a redirect is an answer, not a failure).
     """
-    envelope = request.get(ENVELOPE, openai_envelope)
+    envelope = request.get(ENVELOPE)
+    if envelope is None:  # by the path only when the router answered: a handler that ran chose
+        routed = getattr(request.match_info, "http_exception", None) is None
+        envelope = openai_envelope if routed else _envelope_of(request.path)
     if isinstance(exc, ApiError):
         request["payware.error"] = exc.code or exc.type
         return error_response(exc, envelope)

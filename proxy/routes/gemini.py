@@ -18,7 +18,7 @@ from config.schema import Config, ModelConfig
 from proxy.appkeys import HTTP, LIVE, UPSTREAMS
 from proxy.auth import Caller
 from proxy.calls import may_use, model_call
-from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, UpstreamError
+from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, UpstreamError, envelope_for_paths
 from proxy.formats.gemini import GENERATE, GENERATE_METHODS, resource_name, split_target, upstream_path
 from proxy.jsonbody import dump_json, parse_json, read_body
 from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
@@ -85,3 +85,12 @@ def add_routes(app: web.Application) -> None:
     """Gemini's model routes, under both API versions (POST only: `GET /v1/models/{id}` is OpenAI's)."""
     app.router.add_post("/v1beta/models/{target}", gemini_models)
     app.router.add_post("/v1/models/{target}", gemini_models)
+    envelope_for_paths("gemini", _gemini_path, GENERATE.error_body)
+
+
+def _gemini_path(path: str) -> bool:
+    """Gemini's model routes: anything under /v1beta/models/, and under /v1/models/ a `model:method`
+    (a bare model id there is OpenAI's `GET /v1/models/{id}`)."""
+    if path.startswith("/v1beta/models/"):
+        return True
+    return path.startswith("/v1/models/") and ":" in path.removeprefix("/v1/models/")

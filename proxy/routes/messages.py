@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.appkeys import HTTP, LIVE, UPSTREAMS
 from proxy.calls import _model, model_handler
-from proxy.errors import ENVELOPE, InvalidRequest, UpstreamError
+from proxy.errors import ENVELOPE, InvalidRequest, UpstreamError, envelope_for_paths
 from proxy.formats.anthropic_messages import MESSAGES, anthropic_headers, api_path
 from proxy.jsonbody import dump_json, parse_json, read_body
 from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
@@ -55,3 +55,5 @@ def add_routes(app: web.Application) -> None:
     """Anthropic's Messages routes on the proxy's `app`."""
     app.router.add_post("/v1/messages", model_handler(MESSAGES))
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    envelope_for_paths("anthropic", lambda path: path in ("/v1/messages", "/v1/messages/count_tokens"),
+                       MESSAGES.error_body)

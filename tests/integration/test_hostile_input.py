@@ -322,3 +322,29 @@ async def test_kill_9_under_hostile_load_restarts_and_bills_every_completed_resp
     ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids))  # none twice
     assert set(completed) <= set(ids)  # every completed response billed
+
+
+@pytest.mark.parametrize("path, shape", [
+    ("/v1/messages", "anthropic"), ("/v1/messages/count_tokens", "anthropic"),
+    ("/v1beta/models/gemini-fake-ok:generateContent", "google"), ("/v1/models/gemini-fake-ok:countTokens", "google"),
+    ("/v1/chat/completions", "openai"),
+])
+async def test_a_wrong_method_is_answered_in_the_apis_own_envelope(proxy, path, shape):
+    """aiohttp's router answers a wrong method (405) before any handler has said which API it is."""
+    async with aiohttp.ClientSession() as session:
+        async with session.put(proxy.url + path, headers=AUTH) as resp:
+            assert resp.status == 405
+            body = await resp.json()
+    if shape == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    elif shape == "google":
+        assert body["error"]["code"] == 405 and body["error"]["status"]
+    else:
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_openais_model_route_keeps_its_envelope_for_an_id_with_a_colon(proxy):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/v1/models/gemini-fake-ok:generateContent", headers=AUTH) as resp:
+            body = await resp.json()
+    assert resp.status == 404 and set(body["error"]) == {"message", "type", "param", "code"}
