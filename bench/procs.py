@@ -199,8 +199,12 @@ def spawn_payware(tmp: Path, variant: Variant, upstream_url: str, *, root: Path,
     config = home / "payware.yaml"
     config.write_text(payware_config(variant, upstream_url + "/v1", home))
     port = free_port()
-    argv = [python(), "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port),
-            *shlex.split(extra_args)]
+    extra = shlex.split(extra_args)
+    if not any(arg.startswith("--workers") for arg in extra):
+        # NOTE: one process, as the reference is: `serve` would start one worker per core on Redis
+        # counters, and the ratio compares one process's CPU on one pinned core
+        extra = ["--workers", "1", *extra]
+    argv = [python(), "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port), *extra]
     return spawn(variant.name, argv, tmp, cwd=root, url=f"http://{HOST}:{port}")
 
 
