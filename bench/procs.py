@@ -193,7 +193,8 @@ customers:
 {extra}"""
 
 
-def spawn_payware(tmp: Path, variant: Variant, upstream_url: str, *, root: Path, extra_args: str) -> Child:
+def spawn_payware(tmp: Path, variant: Variant, upstream_url: str, *, root: Path, extra_args: str,
+                  workers: int = 1) -> Child:
     home = tmp / variant.name
     home.mkdir()
     config = home / "payware.yaml"
@@ -201,9 +202,10 @@ def spawn_payware(tmp: Path, variant: Variant, upstream_url: str, *, root: Path,
     port = free_port()
     extra = shlex.split(extra_args)
     if not any(arg.startswith("--workers") for arg in extra):
-        # NOTE: one process, as the reference is: `serve` would start one worker per core on Redis
-        # counters, and the ratio compares one process's CPU on one pinned core
-        extra = ["--workers", "1", *extra]
+        # NOTE: one process by default, as the reference is (`serve` would start one worker per
+        # core on Redis counters, and a ratio compares one process's CPU on one pinned core);
+        # memory counters cannot be shared by workers, so their Payware always has one
+        extra = ["--workers", str(1 if variant.counters == "memory" else workers), *extra]
     argv = [python(), "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port), *extra]
     return spawn(variant.name, argv, tmp, cwd=root, url=f"http://{HOST}:{port}")
 

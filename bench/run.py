@@ -95,7 +95,8 @@ class Bench:
         self.children.append(reference)
         self._ready(Target("reference", "reference", reference, "pw-bench-reference"))
         for variant in variants:
-            child = spawn_payware(tmp, variant, upstream.url, root=self.args.proxy_root, extra_args=self.args.proxy_args)
+            child = spawn_payware(tmp, variant, upstream.url, root=self.args.proxy_root, extra_args=self.args.proxy_args,
+                                  workers=self.args.workers)
             self.children.append(child)
             self._ready(Target(variant.name, "payware", child, variant.key, variant))
         # Idle: once the first requests' ledger writes are done, CPU over `idle` seconds, then memory.
@@ -384,9 +385,12 @@ def parse_args(argv=None):
                         "at the end); memory counters are always measured")
     p.add_argument("--proxy-args", default="", metavar="ARGS",
                    help="extra flags for `payware serve`, one shell-quoted string, e.g. \"--workers 2\"")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="`payware serve --workers N` for the Payware on Redis counters (memory counters: always "
+                        "1); compare req/s with --pin none")
     p.add_argument("--pin", choices=["swap", "none"], default="swap",
                    help="swap (default): the server under test alone on one core, the rest on the others, "
-                        "cores swapped every two rounds; none: no affinity (for --proxy-args \"--workers N\")")
+                        "cores swapped every two rounds; none: no affinity (for --workers N)")
     p.add_argument("--soak", type=int, default=0, metavar="N",
                    help="after the cases, N more requests through each Payware, then its RSS (e.g. 100000)")
     p.add_argument("--settle", type=float, default=0.3,
