@@ -1,8 +1,9 @@
-"""Scripts sent to Redis together: the EVALSHAs issued in one turn of the event loop share a round trip.
+"""Scripts sent to Redis together: EVALSHAs issued at once (within two turns of the event loop)
+share a round trip.
 
 Why: a capped, rate-limited call runs several scripts (the rate limit and the reservation before
-it goes upstream; the counters, the settlement and the token adjustment after it). One round trip
-each is a write, a wake-up and a read apiece, ~100 µs of this process's CPU. Issued together
+it goes upstream; the counters, the settlement and the token adjustment after it). A round trip
+each is a write, a wake-up and a read apiece, 100 µs and more of this process's CPU. Issued together
 (`asyncio.gather`) they go out as one pipeline; under load the scripts of concurrent calls
 share one too.
 
