@@ -83,8 +83,8 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
         body = await read_body(request) if method == "POST" else None
         if body and body.strip():
             parse_json(body)  # a body that is not JSON fails here, before the provider is called
-        params = dict(request.query)
-        params.pop("key", None)  # NOTE: a Payware key may come as ?key=: it never goes to the provider
+        # NOTE: every pair kept (`include` may repeat), but a Payware key given as ?key= never goes on
+        params = [(name, value) for name, value in request.query.items() if name != "key"]
         response = await forward(app[HTTP], method, f"{app[UPSTREAMS][provider.name]}/responses/{response_id}{suffix}",
                                  headers=outgoing_headers(provider), provider=provider.name, fmt=RESPONSES,
                                  params=params, body=body)

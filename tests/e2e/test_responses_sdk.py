@@ -130,6 +130,19 @@ def test_the_owner_reads_lists_and_deletes_its_response(proxy):
     assert len(events(proxy)) == 1  # reading, listing and deleting are not billed
 
 
+def test_a_stored_responses_query_reaches_the_provider_whole_but_for_a_payware_key(proxy, fake_upstream):
+    sdk = client(proxy)
+    made = sdk.responses.create(model="responses-fake-ok", input=[{"role": "user", "content": "hi"}])
+    fake_upstream.reset()
+    query = "include=message.input_image.image_url&include=file_search_call.results&limit=5&key=" + KEYS["acme"]
+    request = urllib.request.Request(f"{proxy.url}/v1/responses/{made.id}/input_items?{query}",
+                                     headers={"Authorization": f"Bearer {KEYS['acme']}"})
+    with urllib.request.urlopen(request) as resp:
+        assert resp.status == 200
+    (seen,) = fake_upstream.stats()["last"]
+    assert seen["query"] == "include=message.input_image.image_url&include=file_search_call.results&limit=5"
+
+
 def test_background_responses_are_refused_clearly(proxy, fake_upstream):
     fake_upstream.reset()
     with pytest.raises(openai.BadRequestError) as caught:
