@@ -79,6 +79,19 @@ async def read_json(request: web.Request, **kwargs) -> object:
     return parse_json(await read_body(request), **kwargs)
 
 
+async def read_fields(request: web.Request, allowed: tuple[str, ...]) -> dict:
+    """A JSON object body whose fields are all in `allowed` (the admin routes'); fractions as Decimal."""
+    from decimal import Decimal
+
+    body = await read_json(request, parse_float=Decimal)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r} (expected: {', '.join(allowed)})", param=unknown[0])
+    return body
+
+
 def dump_json(value: object) -> bytes:
     """Compact UTF-8 JSON; strings that UTF-8 cannot hold (lone surrogates) go as \\u escapes."""
     try:

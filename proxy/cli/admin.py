@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from config.loader import ConfigError
-from proxy.cli.modes import EXIT_BAD_INPUT, Failure, Progress, api_failure, backend, first_line, new_key
+from proxy.cli.modes import EXIT_BAD_INPUT, Failure, Progress, api_failure, backend, first_line
 
 EVENTS_PER_DOT = 1000  # `usage export`: a progress line every this many events
 CUSTOMERS_PER_DOT = 100  # `usage all`, `customers list`, `keys list`: every this many customers
@@ -302,6 +302,7 @@ def keys_create(args) -> int:
         raise Failure(f"{', '.join(given)}: only for keys kept in the ledger database; customer "
                       f"{args.customer!r} is declared in {source}: add --runtime", EXIT_BAD_INPUT)
     from config.schema import key_id
+    from proxy.admin_ops import new_key
 
     key, digest = new_key()
     made = {"id": key_id(digest), "object": "api_key", "key": key, "customer": args.customer, "source": "config",

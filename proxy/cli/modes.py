@@ -13,21 +13,18 @@ code: 1 nothing found, refused or unreachable; 2 bad input).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
 import re
-import secrets
 import sys
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from urllib.parse import quote, urlencode
 
-from config.loader import ConfigError
 
 EXIT_FAILED = 1  # nothing found, refused, unreachable
 EXIT_BAD_INPUT = 2
@@ -153,11 +150,8 @@ class Remote:
 
 
 class Local:
-    """The ledger database of a config file, changed as the admin API changes it (no proxy).
-
-    NOTE: mirrors proxy/routes/admin.py step by step, with its own validators and messages,
-    so a refusal names the same field in both modes; keep the two in step.
-    """
+    """The ledger database of a config file, changed as the admin API changes it (no proxy):
+    the same operations (`proxy.admin_ops`), so a refusal names the same field in both modes."""
 
     def __init__(self, config_path: str | None):
         from config.loader import load_config
@@ -206,20 +200,9 @@ class Local:
     # -- customers
 
     def create_customer(self, body: dict) -> dict:
-        from config.loader import read_customer
-        from proxy.routes.admin import Conflict, _invalid, _metadata, _settings, _text
+        from proxy import admin_ops as ops
 
-        customer_id = _text(body.get("id"), "id", 128, required=True)
-        settings, meta = _settings(body), _metadata(body.get("metadata"))
-        try:
-            read_customer(customer_id, {"plan": body.get("plan"), **settings}, self.config, path="customer")
-        except ConfigError as exc:
-            raise _invalid(exc, "customer") from None
-        if customer_id in self.file_config.customers:
-            raise Conflict(f"customer {customer_id!r} is declared in the config file", param="id",
-                           code="customer_exists")
-        if not self.store.create_customer(id=customer_id, plan=body["plan"], settings=settings, meta=meta):
-            raise Conflict(f"customer {customer_id!r} exists already", param="id", code="customer_exists")
+        customer_id = ops.create_customer(self.config, self.file_config, self.store, body)
         self._changed()
         return self.view(self.config.customers[customer_id])
 
@@ -236,118 +219,43 @@ class Local:
         return self.view(self._find(customer_id))
 
     def update_customer(self, customer_id: str, body: dict) -> dict:
-        from config.loader import read_customer
-        from proxy.routes.admin import _invalid, _metadata, _settings
+        from proxy import admin_ops as ops
 
-        customer = self._runtime(customer_id)
-        row = self.store.customer(customer.id)
-        settings = {**row["settings"], **_settings(body)}
-        for name in ("cap", "rate_limit", "models"):
-            if name in body and body[name] is None:
-                settings.pop(name, None)  # null removes it
-        plan = body.get("plan", row["plan"])
-        try:
-            read_customer(customer.id, {"plan": plan, **settings}, self.config, path="customer")
-        except ConfigError as exc:
-            raise _invalid(exc, "customer") from None
-        values = {"plan": plan, "settings": settings}
-        if "metadata" in body:
-            values["meta"] = _metadata(body["metadata"])
-        self.store.update_customer(customer.id, **values)
+        customer_id = ops.update_customer(self.config, self.store, customer_id, body)
         self._changed()
-        return self.view(self.config.customers[customer.id])
+        return self.view(self.config.customers[customer_id])
 
     def deactivate_customer(self, customer_id: str) -> dict:
-        customer = self._runtime(customer_id)
-        self.store.update_customer(customer.id, active=False)
+        from proxy import admin_ops as ops
+
+        answer = ops.deactivate_customer(self.config, self.store, customer_id)
         self._changed()
-        return {"id": customer.id, "object": "customer", "deleted": True, "active": False}
+        return answer
 
     def _find(self, customer_id: str):
-        from proxy.errors import NotFound
+        from proxy import admin_ops as ops
 
-        customer = self.config.customers.get(customer_id)
-        if customer is None:
-            raise NotFound(f"no customer {customer_id!r}", param="id", code="customer_not_found")
-        return customer
-
-    def _runtime(self, customer_id: str):
-        from proxy.routes.admin import Conflict
-
-        customer = self._find(customer_id)
-        if customer.source != "api":
-            raise Conflict(f"customer {customer.id!r} is declared in the config file: edit the file and reload",
-                           param="id", code="declared_in_config")
-        return customer
+        return ops.find_customer(self.config, customer_id)
 
     def view(self, customer) -> dict:
-        """The admin API's customer object (`proxy.routes.admin._view`), usage from the ledger."""
-        cap, rate = customer.cap, customer.rate_limit
-        usage = self.summary_of(customer)
-        return {"id": customer.id, "object": "customer", "plan": customer.plan, "active": customer.active,
-                "source": customer.source, "metadata": customer.metadata, "anchor_day": customer.anchor_day,
-                "cap": None if cap is None else {"amount": str(cap.amount), "action": cap.action, "mode": cap.mode,
-                                                 "clamp": cap.clamp},
-                "rate_limit": None if rate is None else {"rpm": rate.rpm, "tpm": rate.tpm},
-                "models": list(customer.models) if customer.models is not None else None,
-                "usage": {"period": usage["period"], "requests": usage["requests"], "tokens": usage["tokens"],
-                          "amount_due": usage["amount_due"], "amount_due_exact": usage["amount_due_exact"],
-                          "currency": usage["currency"],
-                          "cap": None if usage["cap"] is None else usage["cap"]["amount"],
-                          "remaining": None if usage["cap"] is None else usage["cap"]["remaining"]}}
+        """The admin API's customer object, usage from the ledger."""
+        from proxy import admin_ops as ops
+
+        return ops.customer_view(customer, self.summary_of(customer))
 
     # -- keys
 
     def create_key(self, customer_id: str, body: dict) -> dict:
-        return self._issue(self._find(customer_id).id, body)
+        from proxy import admin_ops as ops
 
-    def _issue(self, customer_id: str, body: dict, *, name: str | None = None) -> dict:
-        from config.loader import read_key_settings
-        from config.schema import key_id
-        from metering.store.directory import now_us
-        from proxy.routes.admin import _instant_us, _invalid, _iso, _text
-
-        name = _text(body.get("name"), "name", 128) if name is None else name
-        expires_us = _instant_us(body.get("expires_at"), "expires_at")
-        try:
-            typed = read_key_settings({k: body[k] for k in ("cap", "rate_limit", "models") if body.get(k) is not None},
-                                      self.config, path="key")
-        except ConfigError as exc:
-            raise _invalid(exc, "key") from None
-        settings = {}
-        if typed["cap"] is not None:
-            settings["cap"] = str(typed["cap"])
-        if typed["rate_limit"] is not None:
-            settings["rate_limit"] = {"rpm": typed["rate_limit"].rpm, "tpm": typed["rate_limit"].tpm}
-        if typed["models"] is not None:
-            settings["models"] = list(typed["models"])
-        key, digest = new_key()
-        kid = key_id(digest)
-        self.store.create_key(id=kid, customer=customer_id, digest=digest, name=name or "", prefix=key[:8],
-                              settings=settings, expires_us=expires_us)
+        made = ops.issue_key(self.config, self.store, self._find(customer_id).id, body)
         self._changed()
-        return {"id": kid, "object": "api_key", "key": key, "customer": customer_id, "name": name or "",
-                "prefix": key[:8], "created_at": _iso(now_us()), "expires_at": _iso(expires_us), **settings}
+        return made
 
     def keys(self, customer_id: str) -> list[dict]:
-        from config.schema import key_id
-        from proxy.routes.admin import _iso
+        from proxy import admin_ops as ops
 
-        customer = self._find(customer_id)
-        rows = {row["id"]: row for row in self.store.keys_of(customer.id)}
-        data = []
-        for entry in customer.keys:  # the file's keys: only their ids are known
-            kid = key_id(entry.removeprefix("sha256:"))
-            if kid not in rows:
-                data.append({"id": kid, "object": "api_key", "customer": customer.id, "source": "config", "name": "",
-                             "prefix": None, "created_at": None, "last_used_at": None, "expires_at": None,
-                             "revoked_at": None})
-        for row in rows.values():
-            data.append({"id": row["id"], "object": "api_key", "customer": customer.id, "source": "api",
-                         "name": row["name"], "prefix": row["prefix"] + "…", "created_at": _iso(row["created_us"]),
-                         "last_used_at": _iso(row["last_used_us"]), "expires_at": _iso(row["expires_us"]),
-                         "revoked_at": _iso(row["revoked_us"]), **row["settings"]})
-        return data
+        return ops.list_keys(self.store, self._find(customer_id))
 
     def file_key(self, kid: str) -> tuple[str, str] | None:
         """(customer, "sha256:…") of key `kid` if the config file declares it (not a runtime key)."""
@@ -362,42 +270,18 @@ class Local:
         return None
 
     def revoke_key(self, kid: str) -> dict:
-        from metering.store.directory import now_us
+        from proxy import admin_ops as ops
 
-        self._runtime_key(kid)
-        self.store.end_key(kid, revoke=True, at_us=now_us())
+        answer, _customer = ops.revoke_key(self.config, self.store, kid)
         self._changed()
-        return {"id": kid, "object": "api_key", "deleted": True}
+        return answer
 
     def rotate_key(self, kid: str, grace: object) -> dict:
-        from metering.store.directory import now_us
-        from proxy.errors import InvalidRequest
-        from proxy.routes.admin import _iso
+        from proxy import admin_ops as ops
 
-        row = self._runtime_key(kid)
-        if type(grace) is not int or not 0 <= grace <= 30 * 86400:
-            raise InvalidRequest("grace_seconds must be a whole number of seconds from 0 to 2592000 (30 days)",
-                                 param="grace_seconds")
-        fresh = self._issue(row["customer"], {**row["settings"]}, name=row["name"])
-        self.store.end_key(kid, revoke=False, at_us=now_us() + grace * 1_000_000)
+        fresh = ops.rotate_key(self.config, self.store, kid, grace)
         self._changed()
-        return {**fresh, "replaces": kid, "old_key_expires_at": _iso(now_us() + grace * 1_000_000)}
-
-    def _runtime_key(self, kid: str) -> dict:
-        from config.schema import key_id
-        from proxy.errors import NotFound
-        from proxy.routes.admin import Conflict
-
-        row = self.store.key(kid)
-        if row is None:
-            for customer in self.config.customers.values():
-                if any(key_id(k.removeprefix("sha256:")) == kid for k in customer.keys):
-                    raise Conflict(f"key {kid!r} is declared in the config file: remove it there and reload",
-                                   code="declared_in_config")
-            raise NotFound(f"no key {kid!r}", code="key_not_found")
-        if row["revoked_us"] is not None:
-            raise Conflict(f"key {kid!r} was revoked already", code="key_revoked")
-        return row
+        return fresh
 
     # -- usage
 
@@ -451,33 +335,15 @@ class Local:
 
     def all_usage(self, period: str, progress: Progress | None = None) -> list[dict]:
         """`GET /v1/admin/usage`'s rows (`proxy.routes.admin.all_usage`), from the ledger."""
-        from proxy.errors import InvalidRequest
+        from proxy import admin_ops as ops
 
-        at = None
-        if period != "current":
-            try:
-                at = datetime.fromisoformat(period + ("-01" if len(period) == 7 else "")).replace(tzinfo=timezone.utc)
-            except ValueError:
-                raise InvalidRequest("period must be current, YYYY-MM or YYYY-MM-DD", param="period") from None
+        at = ops.usage_moment(period)
         rows = []
         for customer in sorted(self.config.customers.values(), key=lambda c: c.id):
-            usage = self.summary_of(customer, at=at)
-            rows.append({"customer": customer.id, "plan": customer.plan, "active": customer.active,
-                         "period_start": usage["period"]["start"], "period_end": usage["period"]["end"],
-                         "requests": usage["requests"], **{f"tokens_{k}": v for k, v in usage["tokens"].items()},
-                         "amount_due": usage["amount_due"], "amount_due_exact": usage["amount_due_exact"],
-                         "currency": usage["currency"],
-                         "cap": None if usage["cap"] is None else usage["cap"]["amount"],
-                         "remaining": None if usage["cap"] is None else usage["cap"]["remaining"]})
+            rows.append(ops.usage_row(customer, self.summary_of(customer, at=at)))
             if progress:
                 progress.step()
         return rows
-
-
-def new_key() -> tuple[str, str]:
-    """A new customer key and the hex SHA-256 that is all Payware keeps of it."""
-    key = "pw-" + secrets.token_urlsafe(32)
-    return key, hashlib.sha256(key.encode()).hexdigest()
 
 
 @contextmanager

@@ -12,103 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import hashlib
 import io
 import logging
-import secrets
 import signal
-from datetime import datetime, timezone
-from decimal import Decimal
 
 from aiohttp import web
 
-from config.loader import ConfigError, load_config, read_customer, read_key_settings
-from config.schema import CustomerConfig, key_id
-from metering.store.bounds import is_clean
-from metering.store.directory import now_us
-from metering.store.events import utcnow
+from config.loader import ConfigError, load_config
+from config.schema import CustomerConfig
+from proxy import admin_ops as ops
 from proxy.appkeys import LIVE, REDIS
-from proxy.errors import ApiError, Forbidden, InvalidRequest, NotFound
-from proxy.jsonbody import parse_json, read_body
+from proxy.errors import Forbidden, InvalidRequest
+from proxy.jsonbody import read_fields
 from proxy.live import announce, follow, merge
 from proxy.routes.usage import summary_of
 
 log = logging.getLogger("payware.admin")
-
-_CUSTOMER_FIELDS = ("id", "plan", "cap", "rate_limit", "models", "metadata", "anchor_day")
-_KEY_FIELDS = ("name", "expires_at", "cap", "rate_limit", "models")
-_MAX_METADATA = 4096  # bytes of a customer's metadata JSON
-
-
-class Conflict(ApiError):
-    status, type, code = 409, "invalid_request_error", "conflict"
 
 
 def _admin(request: web.Request) -> None:
     caller = request.app[LIVE].keyring.caller(request)
     if not caller.admin:
         raise Forbidden("the admin API needs the admin key")
-
-
-async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict:
-    body = parse_json(await read_body(request), parse_float=Decimal)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r} (expected: {', '.join(allowed)})", param=unknown[0])
-    return body
-
-
-def _invalid(exc: ConfigError, prefix: str) -> InvalidRequest:
-    """A validation failure as a 400 naming the first field (and listing every problem)."""
-    first = exc.problems[0]
-    path = first.split(":", 1)[0]
-    param = path.removeprefix(prefix).lstrip(".") or None
-    return InvalidRequest("; ".join(exc.problems), param=param)
-
-
-def _text(value: object, name: str, limit: int, *, required: bool = False) -> str | None:
-    if value is None:
-        if required:
-            raise InvalidRequest(f"{name} is required", param=name)
-        return None
-    if not isinstance(value, str) or not value or len(value) > limit or not is_clean(value):
-        raise InvalidRequest(f"{name} must be a string of 1 to {limit} characters (UTF-8, no NUL)", param=name)
-    return value
-
-
-def _metadata(value: object) -> dict:
-    import json
-
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise InvalidRequest("metadata must be an object", param="metadata")
-    text = json.dumps(value, default=str)
-    if len(text.encode("utf-8", "surrogatepass")) > _MAX_METADATA or "\\u0000" in text or not _clean(value):
-        raise InvalidRequest(f"metadata must be at most {_MAX_METADATA} bytes of valid UTF-8 without NUL",
-                             param="metadata")
-    return json.loads(json.dumps(value, default=str))
-
-
-def _clean(value: object, depth: int = 0) -> bool:
-    if isinstance(value, str):
-        return is_clean(value)
-    if isinstance(value, dict):
-        return depth < 8 and all(_clean(k) and _clean(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return depth < 8 and all(_clean(v, depth + 1) for v in value)
-    return True
-
-
-def _settings(body: dict) -> dict:
-    """The customer settings kept in the database, in the config file's shape (strings for money)."""
-    settings = {name: body[name] for name in ("cap", "rate_limit", "models", "anchor_day") if body.get(name) is not None}
-    cap = settings.get("cap")
-    if isinstance(cap, dict) and isinstance(cap.get("amount"), Decimal):
-        settings["cap"] = {**cap, "amount": str(cap["amount"])}
-    return settings
 
 
 async def _run(fn, *args, **kwargs):
@@ -127,18 +52,8 @@ async def create_customer(request: web.Request) -> web.Response:
     """`POST /v1/admin/customers`."""
     _admin(request)
     app, live = request.app, request.app[LIVE]
-    body = await _body(request, _CUSTOMER_FIELDS)
-    customer_id = _text(body.get("id"), "id", 128, required=True)
-    settings, meta = _settings(body), _metadata(body.get("metadata"))
-    try:
-        read_customer(customer_id, {"plan": body.get("plan"), **settings}, live.config, path="customer")
-    except ConfigError as exc:
-        raise _invalid(exc, "customer") from None
-    if customer_id in live.file_config.customers:
-        raise Conflict(f"customer {customer_id!r} is declared in the config file", param="id",
-                       code="customer_exists")
-    if not await _run(live.store.create_customer, id=customer_id, plan=body["plan"], settings=settings, meta=meta):
-        raise Conflict(f"customer {customer_id!r} exists already", param="id", code="customer_exists")
+    body = await read_fields(request, ops.CUSTOMER_FIELDS)
+    customer_id = await _run(ops.create_customer, live.config, live.file_config, live.store, body)
     await _changed(app)
     log.info("customer %s created (plan %s)", customer_id, body["plan"])
     return web.json_response(await _view(app, live.config.customers[customer_id]), status=201)
@@ -162,68 +77,30 @@ async def update_customer(request: web.Request) -> web.Response:
     """`PATCH /v1/admin/customers/{id}`: plan, cap, rate_limit, models, metadata, anchor_day."""
     _admin(request)
     app, live = request.app, request.app[LIVE]
-    customer = _runtime(request)
-    body = await _body(request, tuple(f for f in _CUSTOMER_FIELDS if f != "id"))
-    row = await _run(live.store.customer, customer.id)
-    settings = {**row["settings"], **_settings(body)}
-    for name in ("cap", "rate_limit", "models"):
-        if name in body and body[name] is None:
-            settings.pop(name, None)  # null removes it
-    plan = body.get("plan", row["plan"])
-    try:
-        read_customer(customer.id, {"plan": plan, **settings}, live.config, path="customer")
-    except ConfigError as exc:
-        raise _invalid(exc, "customer") from None
-    values = {"plan": plan, "settings": settings}
-    if "metadata" in body:
-        values["meta"] = _metadata(body["metadata"])
-    await _run(live.store.update_customer, customer.id, **values)
+    ops.runtime_customer(live.config, request.match_info["id"])  # before the body: a 404/409 says more
+    body = await read_fields(request, tuple(f for f in ops.CUSTOMER_FIELDS if f != "id"))
+    customer_id = await _run(ops.update_customer, live.config, live.store, request.match_info["id"], body)
     await _changed(app)
-    log.info("customer %s updated (%s)", customer.id, ", ".join(sorted(body)))
-    return web.json_response(await _view(app, live.config.customers[customer.id]))
+    log.info("customer %s updated (%s)", customer_id, ", ".join(sorted(body)))
+    return web.json_response(await _view(app, live.config.customers[customer_id]))
 
 
 async def deactivate_customer(request: web.Request) -> web.Response:
     """`DELETE /v1/admin/customers/{id}`: its keys stop working; its events and statements stay."""
     _admin(request)
     live = request.app[LIVE]
-    customer = _runtime(request)
-    await _run(live.store.update_customer, customer.id, active=False)
+    answer = await _run(ops.deactivate_customer, live.config, live.store, request.match_info["id"])
     await _changed(request.app)
-    log.info("customer %s deactivated", customer.id)
-    return web.json_response({"id": customer.id, "object": "customer", "deleted": True, "active": False})
+    log.info("customer %s deactivated", answer["id"])
+    return web.json_response(answer)
 
 
 def _find(request: web.Request) -> CustomerConfig:
-    customer = request.app[LIVE].config.customers.get(request.match_info["id"])
-    if customer is None:
-        raise NotFound(f"no customer {request.match_info['id']!r}", param="id", code="customer_not_found")
-    return customer
-
-
-def _runtime(request: web.Request) -> CustomerConfig:
-    customer = _find(request)
-    if customer.source != "api":
-        raise Conflict(f"customer {customer.id!r} is declared in the config file: edit the file and reload",
-                       param="id", code="declared_in_config")
-    return customer
+    return ops.find_customer(request.app[LIVE].config, request.match_info["id"])
 
 
 async def _view(app: web.Application, customer: CustomerConfig) -> dict:
-    cap = customer.cap
-    usage = await summary_of(app, customer)
-    return {"id": customer.id, "object": "customer", "plan": customer.plan, "active": customer.active,
-            "source": customer.source, "metadata": customer.metadata, "anchor_day": customer.anchor_day,
-            "cap": None if cap is None else {"amount": str(cap.amount), "action": cap.action, "mode": cap.mode,
-                                             "clamp": cap.clamp},
-            "rate_limit": None if customer.rate_limit is None else {"rpm": customer.rate_limit.rpm,
-                                                                     "tpm": customer.rate_limit.tpm},
-            "models": list(customer.models) if customer.models is not None else None,
-            "usage": {"period": usage["period"], "requests": usage["requests"], "tokens": usage["tokens"],
-                      "amount_due": usage["amount_due"], "amount_due_exact": usage["amount_due_exact"],
-                      "currency": usage["currency"],
-                      "cap": None if usage["cap"] is None else usage["cap"]["amount"],
-                      "remaining": None if usage["cap"] is None else usage["cap"]["remaining"]}}
+    return ops.customer_view(customer, await summary_of(app, customer))
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -231,55 +108,19 @@ async def _view(app: web.Application, customer: CustomerConfig) -> dict:
 async def create_key(request: web.Request) -> web.Response:
     """`POST /v1/admin/customers/{id}/keys`: the key is in this answer, and never again."""
     _admin(request)
+    live = request.app[LIVE]
     customer = _find(request)
-    body = await _body(request, _KEY_FIELDS)
-    return web.json_response(await _issue(request.app, customer.id, body), status=201)
-
-
-async def _issue(app: web.Application, customer_id: str, body: dict, *, name: str | None = None) -> dict:
-    live = app[LIVE]
-    name = _text(body.get("name"), "name", 128) if name is None else name
-    expires_us = _instant_us(body.get("expires_at"), "expires_at")
-    try:
-        typed = read_key_settings({k: body[k] for k in ("cap", "rate_limit", "models") if body.get(k) is not None},
-                                  live.config, path="key")
-    except ConfigError as exc:
-        raise _invalid(exc, "key") from None
-    settings = {}
-    if typed["cap"] is not None:
-        settings["cap"] = str(typed["cap"])
-    if typed["rate_limit"] is not None:
-        settings["rate_limit"] = {"rpm": typed["rate_limit"].rpm, "tpm": typed["rate_limit"].tpm}
-    if typed["models"] is not None:
-        settings["models"] = list(typed["models"])
-    key = "pw-" + secrets.token_urlsafe(32)
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    kid = key_id(digest)
-    await _run(live.store.create_key, id=kid, customer=customer_id, digest=digest, name=name or "",
-               prefix=key[:8], settings=settings, expires_us=expires_us)
-    await _changed(app)
-    log.info("key %s created for %s", kid, customer_id)
-    return {"id": kid, "object": "api_key", "key": key, "customer": customer_id, "name": name or "",
-            "prefix": key[:8], "created_at": _iso(now_us()), "expires_at": _iso(expires_us), **settings}
+    body = await read_fields(request, ops.KEY_FIELDS)
+    made = await _run(ops.issue_key, live.config, live.store, customer.id, body)
+    await _changed(request.app)
+    log.info("key %s created for %s", made["id"], customer.id)
+    return web.json_response(made, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     """`GET /v1/admin/customers/{id}/keys`: ids, names, prefixes and dates, never a key."""
     _admin(request)
-    customer = _find(request)
-    rows = {row["id"]: row for row in await _run(request.app[LIVE].store.keys_of, customer.id)}
-    data = []
-    for entry in customer.keys:  # the file's keys: only their ids are known
-        kid = key_id(entry.removeprefix("sha256:"))
-        if kid not in rows:
-            data.append({"id": kid, "object": "api_key", "customer": customer.id, "source": "config", "name": "",
-                         "prefix": None, "created_at": None, "last_used_at": None, "expires_at": None,
-                         "revoked_at": None})
-    for row in rows.values():
-        data.append({"id": row["id"], "object": "api_key", "customer": customer.id, "source": "api",
-                     "name": row["name"], "prefix": row["prefix"] + "…", "created_at": _iso(row["created_us"]),
-                     "last_used_at": _iso(row["last_used_us"]), "expires_at": _iso(row["expires_us"]),
-                     "revoked_at": _iso(row["revoked_us"]), **row["settings"]})
+    data = await _run(ops.list_keys, request.app[LIVE].store, _find(request))
     page, has_more = _page(request, data, lambda k: k["id"])
     return _list(page, has_more)
 
@@ -287,44 +128,25 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     """`DELETE /v1/admin/keys/{key_id}`: refused from now on, on every proxy within a second."""
     _admin(request)
-    kid = request.match_info["key_id"]
-    row = await _runtime_key(request, kid)
-    await _run(request.app[LIVE].store.end_key, kid, revoke=True, at_us=now_us())
+    live, kid = request.app[LIVE], request.match_info["key_id"]
+    answer, customer_id = await _run(ops.revoke_key, live.config, live.store, kid)
     await _changed(request.app)
-    log.info("key %s of %s revoked", kid, row["customer"])
-    return web.json_response({"id": kid, "object": "api_key", "deleted": True})
+    log.info("key %s of %s revoked", kid, customer_id)
+    return web.json_response(answer)
 
 
 async def rotate_key(request: web.Request) -> web.Response:
     """`POST /v1/admin/keys/{key_id}/rotate {grace_seconds}`: a new key (same name and limits);
     the old one keeps working for the grace period only."""
     _admin(request)
-    kid = request.match_info["key_id"]
-    row = await _runtime_key(request, kid)
-    body = await _body(request, ("grace_seconds",))
-    grace = body.get("grace_seconds", 0)
-    if type(grace) is not int or not 0 <= grace <= 30 * 86400:
-        raise InvalidRequest("grace_seconds must be a whole number of seconds from 0 to 2592000 (30 days)",
-                             param="grace_seconds")
-    fresh = await _issue(request.app, row["customer"], {**row["settings"]}, name=row["name"])
-    await _run(request.app[LIVE].store.end_key, kid, revoke=False, at_us=now_us() + grace * 1_000_000)
+    live, kid = request.app[LIVE], request.match_info["key_id"]
+    await _run(ops.runtime_key, live.config, live.store, kid)  # before the body: a 404/409 says more
+    body = await read_fields(request, ("grace_seconds",))
+    fresh = await _run(ops.rotate_key, live.config, live.store, kid, body.get("grace_seconds", 0))
     await _changed(request.app)
-    log.info("key %s of %s rotated to %s (grace %d s)", kid, row["customer"], fresh["id"], grace)
-    return web.json_response({**fresh, "replaces": kid, "old_key_expires_at": _iso(now_us() + grace * 1_000_000)},
-                             status=201)
-
-
-async def _runtime_key(request: web.Request, kid: str) -> dict:
-    row = await _run(request.app[LIVE].store.key, kid)
-    if row is None:
-        for customer in request.app[LIVE].config.customers.values():
-            if any(key_id(k.removeprefix("sha256:")) == kid for k in customer.keys):
-                raise Conflict(f"key {kid!r} is declared in the config file: remove it there and reload",
-                               code="declared_in_config")
-        raise NotFound(f"no key {kid!r}", code="key_not_found")
-    if row["revoked_us"] is not None:
-        raise Conflict(f"key {kid!r} was revoked already", code="key_revoked")
-    return row
+    log.info("key %s of %s rotated to %s (grace %s s)", kid, fresh["customer"], fresh["id"],
+             body.get("grace_seconds", 0))
+    return web.json_response(fresh, status=201)
 
 
 # -- usage of every customer, reload ---------------------------------------------------------
@@ -333,29 +155,13 @@ async def all_usage(request: web.Request) -> web.StreamResponse:
     """`GET /v1/admin/usage?period=current|YYYY-MM[-DD]&format=json|csv`: every customer at once."""
     _admin(request)
     app = request.app
-    period = request.query.get("period", "current")
-    at = None
-    if period != "current":
-        try:
-            at = datetime.fromisoformat(period + ("-01" if len(period) == 7 else "")).replace(tzinfo=timezone.utc)
-        except ValueError:
-            raise InvalidRequest("period must be current, YYYY-MM or YYYY-MM-DD", param="period") from None
-        # NOTE: a period's arithmetic steps a month either side: years 1 and 9999 have no neighbour
-        if not datetime.min.year < at.year < datetime.max.year:
-            raise InvalidRequest("period must be within the years 0002 to 9998", param="period")
+    at = ops.usage_moment(request.query.get("period", "current"))
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidRequest("format must be json or csv", param="format")
     rows = []
     for customer in sorted(app[LIVE].config.customers.values(), key=lambda c: c.id):
-        usage = await summary_of(app, customer, at=at)
-        rows.append({"customer": customer.id, "plan": customer.plan, "active": customer.active,
-                     "period_start": usage["period"]["start"], "period_end": usage["period"]["end"],
-                     "requests": usage["requests"], **{f"tokens_{k}": v for k, v in usage["tokens"].items()},
-                     "amount_due": usage["amount_due"], "amount_due_exact": usage["amount_due_exact"],
-                     "currency": usage["currency"],
-                     "cap": None if usage["cap"] is None else usage["cap"]["amount"],
-                     "remaining": None if usage["cap"] is None else usage["cap"]["remaining"]})
+        rows.append(ops.usage_row(customer, await summary_of(app, customer, at=at)))
     if fmt == "json":
         return web.json_response({"object": "list", "data": rows, "has_more": False})
     buffer = io.StringIO()
@@ -442,29 +248,6 @@ def _page(request: web.Request, items: list, ident) -> tuple[list, bool]:
 def _list(data: list[dict], has_more: bool) -> web.Response:
     return web.json_response({"object": "list", "data": data, "has_more": has_more,
                               "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
-
-
-def _instant_us(value: object, name: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        if isinstance(value, (int, Decimal)) and not isinstance(value, bool):
-            moment = datetime.fromtimestamp(float(value), tz=timezone.utc)
-        elif isinstance(value, str):
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-        else:
-            raise ValueError
-    except (ValueError, OverflowError, OSError):
-        raise InvalidRequest(f"{name} must be an ISO 8601 time or a unix timestamp", param=name) from None
-    if moment <= utcnow():
-        raise InvalidRequest(f"{name} must be in the future", param=name)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _iso(us: int | None) -> str | None:
-    return None if us is None else datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat()
 
 
 async def runtime_ctx(app: web.Application):

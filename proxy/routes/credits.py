@@ -20,10 +20,10 @@ from metering.store.bounds import is_clean
 from metering.store.events import money_str, utcnow
 from proxy.appkeys import GATE, LIVE, REDIS
 from proxy.limits.credits import grant_view
-from proxy.errors import Forbidden, InvalidRequest, NotFound
-from proxy.jsonbody import parse_json, read_body
+from proxy.errors import Forbidden, InvalidRequest
+from proxy.admin_ops import find_customer, instant_us
+from proxy.jsonbody import read_fields
 from proxy.live import announce
-from proxy.routes.admin import _instant_us
 
 _FIELDS = ("amount", "expires_at", "priority", "reason", "idempotency_key")
 
@@ -33,22 +33,15 @@ async def grant_credits(request: web.Request) -> web.Response:
     app = request.app
     if not app[LIVE].keyring.caller(request).admin:
         raise Forbidden("granting credits needs the admin key")
-    customer = app[LIVE].config.customers.get(request.match_info["id"])
-    if customer is None:
-        raise NotFound(f"no customer {request.match_info['id']!r}", param="id", code="customer_not_found")
-    body = parse_json(await read_body(request), parse_float=Decimal)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - set(_FIELDS))
-    if unknown:
-        raise InvalidRequest(f"unknown field {unknown[0]!r} (expected: {', '.join(_FIELDS)})", param=unknown[0])
+    customer = find_customer(app[LIVE].config, request.match_info["id"])
+    body = await read_fields(request, _FIELDS)
     amount = _amount(body.get("amount"))
     priority = body.get("priority", 0)
     if type(priority) is not int or not 0 <= priority <= 1000:
         raise InvalidRequest("priority must be a whole number from 0 (drawn first) to 1000", param="priority")
     reason = _text(body.get("reason", ""), "reason", 256, required=False)
     key = _text(body.get("idempotency_key"), "idempotency_key", 255, required=True)
-    expires_us = _instant_us(body.get("expires_at"), "expires_at")
+    expires_us = instant_us(body.get("expires_at"), "expires_at")
     book = app[GATE].credits
     grant, new = await asyncio.get_running_loop().run_in_executor(None, lambda: book.store.grant(
         id="cg_" + secrets.token_hex(12), customer=customer.id, amount=amount, priority=priority,
@@ -69,9 +62,7 @@ async def list_credits(request: web.Request) -> web.Response:
     if "id" in request.match_info:
         if not app[LIVE].keyring.caller(request).admin:
             raise Forbidden("this route needs the admin key; a customer reads GET /v1/billing/credits")
-        customer = app[LIVE].config.customers.get(request.match_info["id"])
-        if customer is None:
-            raise NotFound(f"no customer {request.match_info['id']!r}", param="id", code="customer_not_found")
+        customer = find_customer(app[LIVE].config, request.match_info["id"])
     else:
         customer = app[LIVE].keyring.subject(request)
     book = app[GATE].credits

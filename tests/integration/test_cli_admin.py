@@ -236,6 +236,8 @@ BAD_INPUT = [  # (arguments, the field named), refused alike by both modes
     (["keys", "create", "runtime1", "--rpm", "0"], "rate_limit.rpm"),
     (["keys", "rotate", "{runtime_key}", "--grace", "-5"], "grace_seconds"),
     (["keys", "rotate", "{runtime_key}", "--grace", "9999999999"], "grace_seconds"),
+    (["usage", "all", "--period", "2026-13"], "period"),
+    (["usage", "all", "--period", "9999-12"], "period"),  # no month after it: refused, not a traceback
 ]
 
 
