@@ -31,7 +31,7 @@ from metering.usage.normalized import Usage, anthropic_usage
 from metering.usage.sse import Frame
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
-from proxy.formats.base import Outgoing
+from proxy.formats.base import Outgoing, body_model, body_stream
 from proxy.jsonbody import dump_json
 
 DEFAULT_VERSION = "2023-06-01"  # what Anthropic's API requires when the client sent none
@@ -70,18 +70,10 @@ class AnthropicMessagesFormat:
     kinds = ("anthropic", "echo")
 
     def model_name(self, body: dict, request: web.Request) -> str:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("model: Field required", param="model")
-        return name
+        return body_model(body, "model: Field required")
 
     def stream(self, body: dict, request: web.Request) -> bool:
-        stream = body.get("stream", False)
-        if stream is None:
-            return False
-        if not isinstance(stream, bool):
-            raise InvalidRequest("stream: Input should be a valid boolean", param="stream")
-        return stream
+        return body_stream(body, "stream: Input should be a valid boolean")
 
     def validate(self, body: dict) -> None:
         value = body.get("max_tokens")

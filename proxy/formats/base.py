@@ -21,7 +21,25 @@ from aiohttp import web
 from config.schema import ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage
 from metering.usage.sse import Frame
-from proxy.errors import ApiError
+from proxy.errors import ApiError, InvalidRequest
+
+
+def body_model(body: dict, missing: str) -> str:
+    """The body's `model`, or a 400 in the API's own words (`missing`)."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(missing, param="model")
+    return name
+
+
+def body_stream(body: dict, not_boolean: str) -> bool:
+    """The body's `stream` flag (absent or null: not streamed), or a 400 in the API's own words."""
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest(not_boolean, param="stream")
+    return stream
 
 
 @dataclass(slots=True)

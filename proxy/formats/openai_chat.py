@@ -19,7 +19,7 @@ from metering.usage.normalized import Usage, usage_from_json
 from metering.usage.sse import Frame
 from metering.usage.tokens import count_prompt
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
-from proxy.formats.base import Outgoing
+from proxy.formats.base import Outgoing, body_model, body_stream
 from proxy.jsonbody import dump_json
 
 _DONE = "[DONE]"
@@ -38,17 +38,10 @@ class OpenAIFormat:
         self.modes = modes
 
     def model_name(self, body: dict, request: web.Request) -> str:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("you must provide a model parameter", param="model")
-        return name
+        return body_model(body, "you must provide a model parameter")
 
     def stream(self, body: dict, request: web.Request) -> bool:
-        stream = body.get("stream", False)
-        if stream is None:
-            return False
-        if not isinstance(stream, bool):
-            raise InvalidRequest("`stream` must be a boolean", param="stream")
+        stream = body_stream(body, "`stream` must be a boolean")
         if stream and self.endpoint == "embeddings":
             raise InvalidRequest("embeddings cannot be streamed", param="stream")
         options = body.get("stream_options")

@@ -23,7 +23,7 @@ from metering.usage.normalized import Usage, usage_from_json
 from metering.usage.sse import Frame
 from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_text
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
-from proxy.formats.base import Outgoing
+from proxy.formats.base import Outgoing, body_model, body_stream
 from proxy.formats.openai_chat import check_max_tokens
 from proxy.jsonbody import dump_json
 
@@ -41,18 +41,10 @@ class ResponsesFormat:
     path = "/responses"
 
     def model_name(self, body: dict, request: web.Request) -> str:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-        return name
+        return body_model(body, "Missing required parameter: 'model'.")
 
     def stream(self, body: dict, request: web.Request) -> bool:
-        stream = body.get("stream", False)
-        if stream is None:
-            return False
-        if not isinstance(stream, bool):
-            raise InvalidRequest("`stream` must be a boolean", param="stream")
-        return stream
+        return body_stream(body, "`stream` must be a boolean")
 
     def validate(self, body: dict) -> None:
         check_max_tokens(body, ("max_output_tokens",))
