@@ -22,11 +22,10 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from config.schema import key_id
-from metering.store.directory import now_us
 from metering.store.money_runs import ReconciliationStore
 from proxy.appkeys import LIVE, RECORDER
 from proxy.errors import ApiError, InvalidRequest, NotFound
+from proxy import admin_ops as ops
 from proxy.routes import admin
 from proxy.routes.portal import link as portal_link
 from proxy.routes.portal_api import csv_download
@@ -179,15 +178,7 @@ def _customer(request: web.Request):
 
 async def _keys(app: web.Application, customer) -> list[dict]:
     """The customer's keys as the admin API lists them (the file's by id only; never a key)."""
-    rows = await admin._run(app[LIVE].store.keys_of, customer.id)
-    known = {row["id"] for row in rows}
-    keys = [{"id": kid, "name": "", "prefix": None, "source": "config", "created_at": None, "expires_at": None,
-             "revoked_at": None}
-            for kid in (key_id(entry.removeprefix("sha256:")) for entry in customer.keys) if kid not in known]
-    keys += [{"id": row["id"], "name": row["name"], "prefix": row["prefix"] + "…", "source": "api",
-              "created_at": admin._iso(row["created_us"]), "expires_at": admin._iso(row["expires_us"]),
-              "revoked_at": admin._iso(row["revoked_us"])} for row in rows]
-    return keys
+    return await admin._run(ops.list_keys, app[LIVE].store, customer)
 
 
 async def _statements(app: web.Application, customer) -> dict[str, dict]:
@@ -250,37 +241,35 @@ async def create_key(request: web.Request) -> web.Response:
     """Create a key: shown on this page once, kept only as its hash."""
     customer = _customer(request)
     name = request[FIELDS].get("name", "").strip() or None
-    made = await admin._issue(request.app, customer.id, {"name": name})
+    live = request.app[LIVE]
+    made = await admin._run(ops.issue_key, live.config, live.store, customer.id, {"name": name})
+    await admin._changed(request.app)
+    log.info("key %s created for %s (console)", made["id"], customer.id)
     return _shown_key(request, made, customer.id, "Key created")
 
 
 @console_action
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke a key made at runtime: refused from now on, on every proxy within a second."""
-    kid = request.match_info["key_id"]
-    row = await admin._runtime_key(request, kid)
-    await admin._run(request.app[LIVE].store.end_key, kid, revoke=True, at_us=now_us())
+    live, kid = request.app[LIVE], request.match_info["key_id"]
+    _answer, customer_id = await admin._run(ops.revoke_key, live.config, live.store, kid)
     await admin._changed(request.app)
-    log.info("key %s of %s revoked (console)", kid, row["customer"])
-    return see_other(f"/admin/customers/{quote(row['customer'], safe='')}?revoked={quote(kid, safe='')}")
+    log.info("key %s of %s revoked (console)", kid, customer_id)
+    return see_other(f"/admin/customers/{quote(customer_id, safe='')}?revoked={quote(kid, safe='')}")
 
 
 @console_action
 async def rotate_key(request: web.Request) -> web.Response:
     """A new key with the old one's name and limits; the old one works for the grace only."""
-    kid = request.match_info["key_id"]
-    row = await admin._runtime_key(request, kid)
+    live, kid = request.app[LIVE], request.match_info["key_id"]
     try:
         grace = int(request[FIELDS].get("grace_seconds", "0") or 0)
     except ValueError:
-        grace = -1
-    if not 0 <= grace <= 30 * 86400:
-        raise InvalidRequest("grace_seconds must be a whole number of seconds from 0 to 2592000 (30 days)")
-    fresh = await admin._issue(request.app, row["customer"], {**row["settings"]}, name=row["name"])
-    await admin._run(request.app[LIVE].store.end_key, kid, revoke=False, at_us=now_us() + grace * 1_000_000)
+        grace = -1  # refused by rotate_key, with the admin API's words
+    fresh = await admin._run(ops.rotate_key, live.config, live.store, kid, grace)
     await admin._changed(request.app)
-    log.info("key %s of %s rotated to %s (console, grace %d s)", kid, row["customer"], fresh["id"], grace)
-    return _shown_key(request, fresh, row["customer"], "Key rotated",
+    log.info("key %s of %s rotated to %s (console, grace %d s)", kid, fresh["customer"], fresh["id"], grace)
+    return _shown_key(request, fresh, fresh["customer"], "Key rotated",
                       extra=f"The old key {kid} keeps working for {grace} seconds.")
 
 
