@@ -9,19 +9,16 @@ envelope, so the google-genai SDK raises its own typed errors.
 
 from __future__ import annotations
 
-import asyncio
-
-import aiohttp
 from aiohttp import web
 
 from config.schema import Config, ModelConfig
 from proxy.appkeys import HTTP, LIVE, UPSTREAMS
 from proxy.auth import Caller
 from proxy.calls import may_use, model_call
-from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, UpstreamError, envelope_for_paths
+from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, envelope_for_paths
 from proxy.formats.gemini import GENERATE, GENERATE_METHODS, resource_name, split_target, upstream_path
 from proxy.jsonbody import dump_json, parse_json, read_body
-from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
+from proxy.providers.upstream import forward, outgoing_headers
 
 
 async def gemini_models(request: web.Request) -> web.StreamResponse:
@@ -52,21 +49,11 @@ async def count_tokens(request: web.Request) -> web.Response:
         # the full-request form names the model again: the provider must see its own name
         body = {**body, "generateContentRequest": {**inner, "model": resource_name(model)}}
         raw = dump_json(body)
-    upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name]
-                                   + upstream_path(model, provider, request, "countTokens"),
-                                   body=raw, headers=outgoing_headers(provider), provider=provider.name)
-    if upstream.status >= 300:
-        return await error_passthrough(upstream, provider.name, GENERATE)
-    try:
-        payload = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        upstream.close()
-        raise UpstreamError(f"provider {provider.name!r} broke off its answer") from None
-    finally:
-        upstream.release()
-    headers = relayed_headers(upstream)
-    headers["X-Payware-Request-Id"] = request["request_id"]
-    return web.Response(status=upstream.status, body=payload, headers=headers)
+    url = app[UPSTREAMS][provider.name] + upstream_path(model, provider, request, "countTokens")
+    response = await forward(app[HTTP], "POST", url, headers=outgoing_headers(provider), provider=provider.name,
+                             fmt=GENERATE, body=raw)
+    response.headers["X-Payware-Request-Id"] = request["request_id"]
+    return response
 
 
 def _model(config: Config, caller: Caller, name: str) -> ModelConfig:

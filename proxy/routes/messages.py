@@ -8,17 +8,14 @@ included, is in Anthropic's envelope.
 
 from __future__ import annotations
 
-import asyncio
-
-import aiohttp
 from aiohttp import web
 
 from proxy.appkeys import HTTP, LIVE, UPSTREAMS
 from proxy.calls import _model, model_handler
-from proxy.errors import ENVELOPE, InvalidRequest, UpstreamError, envelope_for_paths
+from proxy.errors import ENVELOPE, InvalidRequest, envelope_for_paths
 from proxy.formats.anthropic_messages import MESSAGES, anthropic_headers, api_path
 from proxy.jsonbody import dump_json, parse_json, read_body
-from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
+from proxy.providers.upstream import forward, outgoing_headers
 
 
 async def count_tokens(request: web.Request) -> web.Response:
@@ -37,18 +34,9 @@ async def count_tokens(request: web.Request) -> web.Response:
         raw = dump_json({**body, "model": model.upstream})
     url = app[UPSTREAMS][provider.name] + api_path(provider, "/messages/count_tokens")
     headers = {**outgoing_headers(provider), **anthropic_headers(request)}
-    upstream = await open_upstream(app[HTTP], url, body=raw, headers=headers, provider=provider.name)
-    if upstream.status >= 300:
-        return await error_passthrough(upstream, provider.name, MESSAGES)
-    try:
-        payload = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        raise UpstreamError(f"provider {provider.name!r} broke off its answer") from None
-    finally:
-        upstream.release()
-    headers = relayed_headers(upstream)
-    headers["X-Payware-Request-Id"] = request["request_id"]
-    return web.Response(status=upstream.status, body=payload, headers=headers)
+    response = await forward(app[HTTP], "POST", url, headers=headers, provider=provider.name, fmt=MESSAGES, body=raw)
+    response.headers["X-Payware-Request-Id"] = request["request_id"]
+    return response
 
 
 def add_routes(app: web.Application) -> None:
