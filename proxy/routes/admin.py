@@ -36,11 +36,12 @@ def _admin(request: web.Request) -> None:
         raise Forbidden("the admin API needs the admin key")
 
 
-async def _run(fn, *args, **kwargs):
+async def in_thread(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a worker thread: the directory store and the ledger block."""
     return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
 
 
-async def _changed(app: web.Application) -> None:
+async def directory_changed(app: web.Application) -> None:
     """Apply a directory change here now, and tell the other proxies."""
     await app[LIVE].refresh(force=True)
     await announce(app.get(REDIS))
@@ -53,8 +54,8 @@ async def create_customer(request: web.Request) -> web.Response:
     _admin(request)
     app, live = request.app, request.app[LIVE]
     body = await read_fields(request, ops.CUSTOMER_FIELDS)
-    customer_id = await _run(ops.create_customer, live.config, live.file_config, live.store, body)
-    await _changed(app)
+    customer_id = await in_thread(ops.create_customer, live.config, live.file_config, live.store, body)
+    await directory_changed(app)
     log.info("customer %s created (plan %s)", customer_id, body["plan"])
     return web.json_response(await _view(app, live.config.customers[customer_id]), status=201)
 
@@ -79,8 +80,8 @@ async def update_customer(request: web.Request) -> web.Response:
     app, live = request.app, request.app[LIVE]
     ops.runtime_customer(live.config, request.match_info["id"])  # before the body: a 404/409 says more
     body = await read_fields(request, tuple(f for f in ops.CUSTOMER_FIELDS if f != "id"))
-    customer_id = await _run(ops.update_customer, live.config, live.store, request.match_info["id"], body)
-    await _changed(app)
+    customer_id = await in_thread(ops.update_customer, live.config, live.store, request.match_info["id"], body)
+    await directory_changed(app)
     log.info("customer %s updated (%s)", customer_id, ", ".join(sorted(body)))
     return web.json_response(await _view(app, live.config.customers[customer_id]))
 
@@ -89,8 +90,8 @@ async def deactivate_customer(request: web.Request) -> web.Response:
     """`DELETE /v1/admin/customers/{id}`: its keys stop working; its events and statements stay."""
     _admin(request)
     live = request.app[LIVE]
-    answer = await _run(ops.deactivate_customer, live.config, live.store, request.match_info["id"])
-    await _changed(request.app)
+    answer = await in_thread(ops.deactivate_customer, live.config, live.store, request.match_info["id"])
+    await directory_changed(request.app)
     log.info("customer %s deactivated", answer["id"])
     return web.json_response(answer)
 
@@ -111,8 +112,8 @@ async def create_key(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     customer = _find(request)
     body = await read_fields(request, ops.KEY_FIELDS)
-    made = await _run(ops.issue_key, live.config, live.store, customer.id, body)
-    await _changed(request.app)
+    made = await in_thread(ops.issue_key, live.config, live.store, customer.id, body)
+    await directory_changed(request.app)
     log.info("key %s created for %s", made["id"], customer.id)
     return web.json_response(made, status=201)
 
@@ -120,7 +121,7 @@ async def create_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     """`GET /v1/admin/customers/{id}/keys`: ids, names, prefixes and dates, never a key."""
     _admin(request)
-    data = await _run(ops.list_keys, request.app[LIVE].store, _find(request))
+    data = await in_thread(ops.list_keys, request.app[LIVE].store, _find(request))
     page, has_more = _page(request, data, lambda k: k["id"])
     return _list(page, has_more)
 
@@ -129,8 +130,8 @@ async def revoke_key(request: web.Request) -> web.Response:
     """`DELETE /v1/admin/keys/{key_id}`: refused from now on, on every proxy within a second."""
     _admin(request)
     live, kid = request.app[LIVE], request.match_info["key_id"]
-    answer, customer_id = await _run(ops.revoke_key, live.config, live.store, kid)
-    await _changed(request.app)
+    answer, customer_id = await in_thread(ops.revoke_key, live.config, live.store, kid)
+    await directory_changed(request.app)
     log.info("key %s of %s revoked", kid, customer_id)
     return web.json_response(answer)
 
@@ -140,10 +141,10 @@ async def rotate_key(request: web.Request) -> web.Response:
     the old one keeps working for the grace period only."""
     _admin(request)
     live, kid = request.app[LIVE], request.match_info["key_id"]
-    await _run(ops.runtime_key, live.config, live.store, kid)  # before the body: a 404/409 says more
+    await in_thread(ops.runtime_key, live.config, live.store, kid)  # before the body: a 404/409 says more
     body = await read_fields(request, ("grace_seconds",))
-    fresh = await _run(ops.rotate_key, live.config, live.store, kid, body.get("grace_seconds", 0))
-    await _changed(request.app)
+    fresh = await in_thread(ops.rotate_key, live.config, live.store, kid, body.get("grace_seconds", 0))
+    await directory_changed(request.app)
     log.info("key %s of %s rotated to %s (grace %s s)", kid, fresh["customer"], fresh["id"],
              body.get("grace_seconds", 0))
     return web.json_response(fresh, status=201)
@@ -194,10 +195,10 @@ async def reload(app: web.Application) -> list[str]:
     live = app[LIVE]
     source = live.file_config.source
     try:
-        config = await _run(load_config, source)
+        config = await in_thread(load_config, source)
         problems = _restart_only(live.file_config, config)
         if not problems:
-            snapshot = await _run(live.store.load)
+            snapshot = await in_thread(live.store.load)
             merge(config, snapshot)  # raises if runtime customers no longer fit the file
     except ConfigError as exc:
         problems = exc.problems
@@ -285,7 +286,7 @@ async def _write_last_used(live) -> None:
         runtime = {kid: int(at * 1_000_000) for kid, at in used.items()}
         if runtime:
             try:
-                await _run(live.store.touch_keys, runtime)
+                await in_thread(live.store.touch_keys, runtime)
             except Exception as exc:
                 log.warning("could not record keys' last use: %s", type(exc).__name__)
 

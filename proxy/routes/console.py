@@ -178,7 +178,7 @@ def _customer(request: web.Request):
 
 async def _keys(app: web.Application, customer) -> list[dict]:
     """The customer's keys as the admin API lists them (the file's by id only; never a key)."""
-    return await admin._run(ops.list_keys, app[LIVE].store, customer)
+    return await admin.in_thread(ops.list_keys, app[LIVE].store, customer)
 
 
 async def _statements(app: web.Application, customer) -> dict[str, dict]:
@@ -186,7 +186,7 @@ async def _statements(app: web.Application, customer) -> dict[str, dict]:
         await close_periods(app, [customer])
     except asyncio.TimeoutError:
         pass
-    return await admin._run(app[RECORDER].ledger.statements, customer.id)
+    return await admin.in_thread(app[RECORDER].ledger.statements, customer.id)
 
 
 @console_page
@@ -242,8 +242,8 @@ async def create_key(request: web.Request) -> web.Response:
     customer = _customer(request)
     name = request[FIELDS].get("name", "").strip() or None
     live = request.app[LIVE]
-    made = await admin._run(ops.issue_key, live.config, live.store, customer.id, {"name": name})
-    await admin._changed(request.app)
+    made = await admin.in_thread(ops.issue_key, live.config, live.store, customer.id, {"name": name})
+    await admin.directory_changed(request.app)
     log.info("key %s created for %s (console)", made["id"], customer.id)
     return _shown_key(request, made, customer.id, "Key created")
 
@@ -252,8 +252,8 @@ async def create_key(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke a key made at runtime: refused from now on, on every proxy within a second."""
     live, kid = request.app[LIVE], request.match_info["key_id"]
-    _answer, customer_id = await admin._run(ops.revoke_key, live.config, live.store, kid)
-    await admin._changed(request.app)
+    _answer, customer_id = await admin.in_thread(ops.revoke_key, live.config, live.store, kid)
+    await admin.directory_changed(request.app)
     log.info("key %s of %s revoked (console)", kid, customer_id)
     return see_other(f"/admin/customers/{quote(customer_id, safe='')}?revoked={quote(kid, safe='')}")
 
@@ -266,8 +266,8 @@ async def rotate_key(request: web.Request) -> web.Response:
         grace = int(request[FIELDS].get("grace_seconds", "0") or 0)
     except ValueError:
         grace = -1  # refused by rotate_key, with the admin API's words
-    fresh = await admin._run(ops.rotate_key, live.config, live.store, kid, grace)
-    await admin._changed(request.app)
+    fresh = await admin.in_thread(ops.rotate_key, live.config, live.store, kid, grace)
+    await admin.directory_changed(request.app)
     log.info("key %s of %s rotated to %s (console, grace %d s)", kid, fresh["customer"], fresh["id"], grace)
     return _shown_key(request, fresh, fresh["customer"], "Key rotated",
                       extra=f"The old key {kid} keeps working for {grace} seconds.")
