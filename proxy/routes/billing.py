@@ -29,7 +29,15 @@ async def put_cap(request: web.Request) -> web.Response:
     body = parse_json(await read_body(request))
     if not isinstance(body, dict) or "amount" not in body:
         raise InvalidRequest("give the cap as {\"amount\": \"5.00\"} (or null to remove it)", param="amount")
-    amount = _amount(body["amount"])
+    return web.json_response(await set_own_cap(app, customer, _amount(body["amount"])))
+
+
+async def set_own_cap(app: web.Application, customer, amount: Decimal | None) -> dict:
+    """Set (None: remove) the customer's own cap, within the operator's; the cap view after it.
+
+    Also the portal's cap form. What was spent is seeded before a first cap applies, then the
+    ledger and this proxy's gate change together.
+    """
     admin = customer.cap.amount if customer.cap is not None else None
     if amount is not None and admin is not None and amount > admin:
         raise InvalidRequest(f"the cap cannot be above the limit the operator set (${decimal_str(admin)})",
@@ -44,7 +52,7 @@ async def put_cap(request: web.Request) -> web.Response:
         gate.customer_caps.pop(customer.id, None)
     else:
         gate.customer_caps[customer.id] = amount
-    return web.json_response(await _cap_view(app, customer))
+    return await _cap_view(app, customer)
 
 
 async def _seed_spent(app: web.Application, customer) -> None:

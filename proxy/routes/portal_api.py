@@ -136,29 +136,7 @@ async def set_cap(request: web.Request) -> web.Response:
         return refused(request, 403, reason)
     text = fields.get("amount", "").strip()
     amount = None if "remove" in fields or text == "" else billing._amount(text.removeprefix("$"))
-    return json_answer(await set_own_cap(request.app, session.customer, amount))
-
-
-async def set_own_cap(app: web.Application, customer, amount) -> dict:
-    """What `PUT /v1/billing/cap` does (proxy.routes.billing.put_cap), for the portal's session.
-
-    NOTE: keep in step with put_cap: the cap stays within the operator's, what was spent is
-    seeded before a first cap applies, then the ledger and this proxy's gate change together.
-    """
-    admin = customer.cap.amount if customer.cap is not None else None
-    if amount is not None and admin is not None and amount > admin:
-        raise InvalidRequest(f"the cap cannot be above the limit the operator set (${decimal_str(admin)})",
-                             param="amount", code="cap_above_limit")
-    gate = app[GATE]
-    if amount is not None and not gate.capped(customer):
-        await billing._seed_spent(app, customer)
-    await _run(app[RECORDER].ledger.set_customer_cap, customer.id, amount)
-    gate.caps_version += 1
-    if amount is None:
-        gate.customer_caps.pop(customer.id, None)
-    else:
-        gate.customer_caps[customer.id] = amount
-    return await billing._cap_view(app, customer)
+    return json_answer(await billing.set_own_cap(request.app, session.customer, amount))
 
 
 def add_routes(app: web.Application) -> None:
