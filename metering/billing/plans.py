@@ -137,6 +137,12 @@ class _Items(list):
         self.append(item)
         self.total += amount
 
+    def add_priced(self, metric: str, quantity: Decimal, unit_price: str, amount: Decimal) -> None:
+        """`add` with the unit price already a decimal string (from a `_Sheet`)."""
+        self.append({"metric": metric, "tier": None, "quantity": _s(quantity), "unit_price": unit_price,
+                     "amount": _s(amount)})
+        self.total += amount
+
 
 def _free(quota: Decimal, position: Decimal, quantity: Decimal) -> Decimal:
     """The units of [position, position + quantity) that fall inside the quota [0, quota)."""
@@ -296,7 +302,8 @@ def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime
     """Cost and marginal amount of one model call at `position` tokens into the period."""
     with localcontext(EXACT):
         position = _number(position, "position")
-        provider = model.price_at(ts).for_prompt(usage.input_tokens)
+        in_force = model.price_at(ts)
+        provider = in_force.for_prompt(usage.input_tokens)
         cached = min(usage.cached_input_tokens, usage.input_tokens)
         written = min(usage.cache_write_tokens, usage.input_tokens - cached)
         written_1h = min(usage.cache_write_1h_tokens, written)
@@ -305,18 +312,13 @@ def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime
                   "output": Decimal(usage.output_tokens)}
         if any(count < 0 for count in counts.values()):
             raise ValueError("token counts must not be negative")
-        unit_costs = provider.per_class()
+        sheet = _sheet(plan, provider, model, bool(written))
+        unit_costs = sheet.unit_costs
         cost = sum(counts[kind] * unit_costs[kind] for kind in TOKEN_ORDER) / MILLION
         n = sum(counts.values())
-        # the evidence names the cache-write classes only when the call has cache writes
-        classes = tuple(k for k in TOKEN_ORDER if k not in ("cache_write", "cache_write_1h") or written)
-        pricing: dict = {
-            "plan": plan.name,
-            "cost_per_million": {kind: _s(unit_costs[kind]) for kind in classes},
-            "cost_source": provider.source,
-            "position": _s(position),
-        }
-        if provider is not model.price_at(ts):
+        pricing: dict = {"plan": plan.name, "cost_per_million": dict(sheet.cost_per_million),
+                         "cost_source": provider.source, "position": _s(position)}
+        if provider is not in_force:
             pricing["long_prompt"] = True  # the prices above a prompt-size threshold applied
         items = _Items()
         quota = Decimal(plan.included.get(TOKENS, 0))
@@ -331,22 +333,66 @@ def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime
             start, end = max(position - quota, ZERO), max(position + n - quota, ZERO)
             pricing["tiers"] = {"metric": TOKENS, "mode": tiers.mode, "from": _s(start), "to": _s(end)}
             _tier_items(tiers, TOKENS, start, end, items)
-        else:
-            unit_prices = _token_unit_prices(plan, provider, model, pricing, classes)
-            if unit_prices is not None:
-                left = free
-                for kind in TOKEN_ORDER:  # the quota covers the cached input, then the input, then the output
-                    covered = min(left, counts[kind])
-                    left -= covered
-                    billable = counts[kind] - covered
-                    if billable:
-                        items.add(f"{TOKENS}.{kind}", billable, unit_prices[kind], billable * unit_prices[kind])
+        elif sheet.unit_prices is not None:
+            for name, value in sheet.price_evidence.items():
+                pricing[name] = dict(value) if isinstance(value, dict) else value
+            unit_prices, unit_price_strs = sheet.unit_prices, sheet.unit_price_strs
+            left = free
+            for kind in TOKEN_ORDER:  # the quota covers the cached input, then the input, then the output
+                covered = min(left, counts[kind])
+                left -= covered
+                billable = counts[kind] - covered
+                if billable:
+                    items.add_priced(f"{TOKENS}.{kind}", billable, unit_price_strs[kind],
+                                     billable * unit_prices[kind])
         if plan.request_fee:
             pricing["request_fee"] = _s(plan.request_fee)
             items.add(REQUESTS, ONE, plan.request_fee, plan.request_fee)
         amount = items.total
         pricing["items"] = list(items)
         return Rated(cost=cost, amount=amount, pricing=pricing, included_used=free)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sheet:
+    """What a call's rating needs that depends on its plan and prices only, not on its tokens."""
+
+    plan: PlanConfig  # held so the cache key's ids cannot be reused by other objects
+    provider: ModelPrice
+    unit_costs: dict[str, Decimal]  # USD per 1M tokens, by class
+    cost_per_million: dict[str, str]  # the evidence's copy of them
+    unit_prices: dict[str, Decimal] | None  # per token, by class (None: a tiered plan, or no price)
+    unit_price_strs: dict[str, str]
+    price_evidence: dict  # price_per_million + price_source, or markup
+
+
+_SHEETS: dict[tuple, _Sheet] = {}
+
+
+def _sheet(plan: PlanConfig, provider: ModelPrice, model: ModelConfig, writes: bool) -> _Sheet:
+    """The plan's price sheet for `model` at `provider`'s prices, computed once per config.
+
+    Rating runs on every call: the decimal strings of the evidence and the per-token prices do
+    not change while the config does not, so they are kept (keyed by the objects' identity; a
+    reloaded config has new objects, and the cache is emptied when it grows)."""
+    key = (id(plan), id(provider), model.name, writes)
+    sheet = _SHEETS.get(key)
+    if sheet is not None and sheet.plan is plan and sheet.provider is provider:
+        return sheet
+    # the evidence names the cache-write classes only when the call has cache writes
+    classes = tuple(k for k in TOKEN_ORDER if k not in ("cache_write", "cache_write_1h") or writes)
+    unit_costs = provider.per_class()
+    evidence: dict = {}
+    unit_prices = _token_unit_prices(plan, provider, model, evidence, classes)
+    sheet = _Sheet(plan=plan, provider=provider, unit_costs=unit_costs,
+                   cost_per_million={kind: _s(unit_costs[kind]) for kind in classes},
+                   unit_prices=unit_prices,
+                   unit_price_strs={kind: _s(p) for kind, p in (unit_prices or {}).items()},
+                   price_evidence=evidence)
+    if len(_SHEETS) >= 4096:
+        _SHEETS.clear()
+    _SHEETS[key] = sheet
+    return sheet
 
 
 def max_tokens_amount(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime) -> Decimal:

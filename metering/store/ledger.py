@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, BigInteger, Column, Numeric, String, Text, TypeDecorator, create_engine, func, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -433,8 +434,17 @@ def _ascii_line(event: UsageEvent) -> str:
         return json.dumps({"id": event.id, "unreadable": True})
 
 
+_ORJSON_AS_STDLIB = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
 def _json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Compact JSON text for a JSON column: orjson's (the flusher writes three per event), with
+    what the standard library would do for anything orjson refuses (a lone surrogate, a key that
+    is not a string, an int beyond 64 bits); `str()` of whatever is not JSON in both."""
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_AS_STDLIB).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

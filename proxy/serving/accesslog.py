@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 
 from aiohttp import web
 
@@ -41,7 +41,7 @@ async def edge_middleware(request: web.Request, handler) -> web.StreamResponse:
     """The one middleware: the request's id, every failure rendered in its route's envelope, and
     the access-log line (one layer, not three: it runs on every request)."""
     # NOTE: the request id is also the usage event's id: the key of exactly-once billing.
-    request["request_id"] = "req_" + uuid.uuid4().hex
+    request["request_id"] = "req_" + os.urandom(16).hex()  # 128 random bits, as a uuid4 has (less its fixed bits)
     started = time.perf_counter()
     status = 500
     try:
