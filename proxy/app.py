@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
+import aiohttp
 from aiohttp import web
 
 from config.loader import ConfigError
@@ -24,7 +25,7 @@ from metering.limits.redis_counters import RedisCounters
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
 from proxy.limits.admission import STORE_DOWN
-from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAMS
+from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
 from proxy.serving.accesslog import edge_middleware
@@ -41,7 +42,7 @@ from proxy.routes import messages as anthropic_messages
 from proxy.routes import reconciliation
 from proxy.routes.records import post_records
 from proxy.routes.statements import closing_job, list_statements
-from proxy.providers.upstream import make_client_session
+from proxy.providers.upstream import make_provider_client
 from proxy.routes.usage import usage_events, usage_summary
 from proxy.web.faces import add_faces
 
@@ -89,7 +90,8 @@ def make_app(config: Config) -> web.Application:
 
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
-    """The pooled upstream session, and the in-process echo model if a provider uses it."""
+    """The providers' pooled client, the webhooks' session, and the in-process echo model if a
+    provider uses it."""
     config = app[LIVE].config
     echo_runner = None
     upstreams = {}
@@ -103,8 +105,10 @@ async def _upstreams(app: web.Application) -> AsyncIterator[None]:
         else:
             upstreams[provider.name] = provider.base_url
     app[UPSTREAMS] = upstreams
-    app[HTTP] = make_client_session(config.server)
+    app[UPSTREAM_CLIENT] = make_provider_client(config.server)
+    app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))  # webhooks
     yield
+    await app[UPSTREAM_CLIENT].close()
     await app[HTTP].close()
     if echo_runner is not None:
         await echo_runner.cleanup()

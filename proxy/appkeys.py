@@ -9,10 +9,12 @@ from metering.billing.meter import Meter
 from metering.store.recorder import Recorder
 from proxy.limits.admission import Gate
 from proxy.live import Live
+from proxy.providers.http1 import Client
 
 LIVE = web.AppKey("live", Live)  # the config in force and its key ring (they change at runtime)
 METER = web.AppKey("meter", Meter)
-HTTP = web.AppKey("http", aiohttp.ClientSession)
+HTTP = web.AppKey("http", aiohttp.ClientSession)  # outgoing HTTP but the providers' (webhooks)
+UPSTREAM_CLIENT = web.AppKey("upstream_client", Client)  # the providers' (proxy/providers/http1.py)
 RECORDER = web.AppKey("recorder", Recorder)
 GATE = web.AppKey("gate", Gate)
 THRESHOLDS = web.AppKey("thresholds", object)  # metering.thresholds.RedisThresholds, or None in one process

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-import aiohttp
 from aiohttp import web
 
 from config.schema import Config, ModelConfig, PlanConfig
@@ -32,7 +31,7 @@ from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from proxy.serving.accesslog import note
 from proxy.limits.admission import Admitted, rate_headers, together
-from proxy.appkeys import BRIDGES, GATE, HTTP, LIVE, METER, RECORDER, UPSTREAMS
+from proxy.appkeys import BRIDGES, GATE, LIVE, METER, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
 from proxy.formats.base import WireFormat
@@ -40,11 +39,12 @@ from proxy.jsonbody import parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
 from proxy.recording import count_event
+from proxy.providers.http1 import Answer, HTTPClientError
 from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 log = logging.getLogger("payware.calls")
 
-_UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
+_UPSTREAM_CUT = (HTTPClientError, asyncio.TimeoutError)
 
 
 @dataclass(slots=True)
@@ -167,7 +167,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
         request[UPSTREAM] = (provider.name, asked)
         bridge = app[BRIDGES].get(provider.kind)
         if bridge is None:
-            upstream = await open_upstream(app[HTTP], app[UPSTREAMS][provider.name] + outgoing.path,
+            upstream = await open_upstream(app[UPSTREAM_CLIENT], app[UPSTREAMS][provider.name] + outgoing.path,
                                            body=outgoing.body,
                                            headers={**outgoing_headers(provider), **outgoing.headers},
                                            provider=provider.name)
@@ -189,7 +189,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
             await call.release()
 
 
-async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Response:
+async def _relay_json(upstream: Answer, call: Call) -> web.Response:
     try:
         payload = await upstream.read()
     except asyncio.CancelledError:
@@ -213,7 +213,7 @@ async def _relay_json(upstream: aiohttp.ClientResponse, call: Call) -> web.Respo
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
 
 
-async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, call: Call,
+async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
                         strip_usage: bool) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, call))
     response.headers.setdefault("Cache-Control", "no-cache")
@@ -269,7 +269,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     return response
 
 
-def _response_headers(upstream: aiohttp.ClientResponse, call: Call) -> dict[str, str]:
+def _response_headers(upstream: Answer, call: Call) -> dict[str, str]:
     headers = relayed_headers(upstream)
     headers["X-Payware-Request-Id"] = call.request["request_id"]
     headers.update(rate_headers(call.admitted.rate))

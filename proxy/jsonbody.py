@@ -30,6 +30,8 @@ async def read_body(request: web.Request) -> bytes:
     """
     timeout = request.app.get(BODY_TIMEOUT, 30.0)
     try:
+        if request.content.is_eof():  # all of it came with the headers (most bodies): nothing to wait for
+            return await request.read()
         return await asyncio.wait_for(request.read(), timeout)
     except asyncio.TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None

@@ -293,6 +293,8 @@ class Gate:
 
         The TPM limits were charged the worst case up front; they get the difference back.
         """
+        if not admitted.capped and admitted.credit_hold is None and not admitted.rate_tokens:
+            return  # no cap, no credits, no TPM limit: nothing to count against
         units = max(-MAX_UNITS, min(to_units(amount), MAX_UNITS))
         tokens = min(tokens, RATE_MAX_TOKENS)
         limit = self.cap_amount(customer)

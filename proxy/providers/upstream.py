@@ -1,4 +1,4 @@
-"""Talking to providers: one pooled client session, the request we send, the errors we map.
+"""Talking to providers: one pooled client (`http1`), the request we send, the errors we map.
 
 Provider keys live only here, in the outgoing `Authorization` header: never in a response,
 an error message or a log line.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 from aiohttp import web
 
 from config.schema import ProviderConfig, ServerConfig
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from proxy.providers.http1 import Answer, Client, HTTPClientError
 
 # Provider response headers the client may see; rate-limit headers are our account's, not the
 # customer's, and stay here.
@@ -21,12 +21,9 @@ _PASS_HEADERS = ("Content-Type", "openai-processing-ms", "openai-version", "x-re
                  "retry-after", "retry-after-ms", "x-should-retry")
 
 
-def make_client_session(server: ServerConfig) -> aiohttp.ClientSession:
-    """The app's one upstream session: pooled keep-alive connections, explicit timeouts."""
-    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=None, connect=server.connect_timeout, sock_read=server.read_timeout)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
+def make_provider_client(server: ServerConfig) -> Client:
+    """The app's one provider client: pooled keep-alive connections, explicit timeouts."""
+    return Client(connect_timeout=server.connect_timeout, read_timeout=server.read_timeout)
 
 
 def outgoing_headers(provider: ProviderConfig) -> dict[str, str]:
@@ -42,34 +39,41 @@ def outgoing_headers(provider: ProviderConfig) -> dict[str, str]:
     return headers
 
 
-def relayed_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+def relayed_headers(upstream: Answer) -> dict[str, str]:
     return {name: upstream.headers[name] for name in _PASS_HEADERS if name in upstream.headers}
 
 
-async def open_upstream(session: aiohttp.ClientSession, url: str, *, body: bytes,
-                        headers: dict[str, str], provider: str) -> aiohttp.ClientResponse:
+async def open_upstream(client: Client, url: str, *, body: bytes, headers: dict[str, str],
+                        provider: str) -> Answer:
     """POST to a provider over HTTP (every kind but `litellm`, whose bridge calls the library)."""
+    return await _request(client, "POST", url, headers=headers, provider=provider, body=body)
+
+
+async def _request(client: Client, method: str, url: str, *, headers: dict[str, str], provider: str,
+                   body: bytes | None = None, params=None) -> Answer:
     # a failure to reach the provider is a 502/504: nothing was generated
     try:
-        return await session.post(url, data=body, headers=headers)
+        return await client.request(method, url, headers=headers, body=body, params=params)
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None
-    except aiohttp.ClientError as exc:
+    except HTTPClientError as exc:
         raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None
+    except ValueError:  # a relayed header with a line break in it
+        raise InvalidRequest("a request header holds a character that cannot be relayed") from None
 
 
-async def error_passthrough(upstream: aiohttp.ClientResponse, provider: str, fmt) -> web.Response:
+async def error_passthrough(upstream: Answer, provider: str, fmt) -> web.Response:
     """The provider's own status and body; a non-JSON body is wrapped in the route's envelope."""
     try:
         body = await upstream.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (HTTPClientError, asyncio.TimeoutError):
         body = b""
     finally:
         upstream.release()
     return _error_answer(upstream, body, provider, fmt)
 
 
-def _error_answer(upstream: aiohttp.ClientResponse, body: bytes, provider: str, fmt) -> web.Response:
+def _error_answer(upstream: Answer, body: bytes, provider: str, fmt) -> web.Response:
     """A provider's error as it sent it if it is a JSON error, else wrapped in `fmt`'s envelope."""
     headers = relayed_headers(upstream)
     try:
@@ -85,17 +89,19 @@ def _error_answer(upstream: aiohttp.ClientResponse, body: bytes, provider: str, 
     return web.Response(status=upstream.status, body=json.dumps(envelope).encode(), headers=headers)
 
 
-async def forward(session: aiohttp.ClientSession, method: str, url: str, *, headers: dict[str, str],
+async def forward(client: Client, method: str, url: str, *, headers: dict[str, str],
                   provider: str, fmt, params=None, body: bytes | None = None) -> web.Response:
     """A call that generates nothing (retrieve, delete, list): the provider's answer, relayed whole
     (an error that is not JSON wrapped in `fmt`'s envelope, as `error_passthrough` does)."""
+    upstream = await _request(client, method, url, headers=headers, provider=provider, body=body, params=params)
     try:
-        async with session.request(method, url, headers=headers, params=params, data=body) as upstream:
-            payload = await upstream.read()
-            if upstream.status >= 400:
-                return _error_answer(upstream, payload, provider, fmt)
-            return web.Response(status=upstream.status, body=payload, headers=relayed_headers(upstream))
+        payload = await upstream.read()
     except asyncio.TimeoutError:
         raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None
-    except aiohttp.ClientError as exc:
+    except HTTPClientError as exc:
         raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None
+    finally:
+        upstream.release()
+    if upstream.status >= 400:
+        return _error_answer(upstream, payload, provider, fmt)
+    return web.Response(status=upstream.status, body=payload, headers=relayed_headers(upstream))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.schema import Config, ModelConfig
-from proxy.appkeys import HTTP, LIVE, UPSTREAMS
+from proxy.appkeys import LIVE, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
 from proxy.calls import may_use, model_call
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, NotFound, envelope_for_paths
@@ -50,7 +50,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         body = {**body, "generateContentRequest": {**inner, "model": resource_name(model)}}
         raw = dump_json(body)
     url = app[UPSTREAMS][provider.name] + upstream_path(model, provider, request, "countTokens")
-    response = await forward(app[HTTP], "POST", url, headers=outgoing_headers(provider), provider=provider.name,
+    response = await forward(app[UPSTREAM_CLIENT], "POST", url, headers=outgoing_headers(provider), provider=provider.name,
                              fmt=GENERATE, body=raw)
     response.headers["X-Payware-Request-Id"] = request["request_id"]
     return response

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.appkeys import HTTP, LIVE, UPSTREAMS
+from proxy.appkeys import LIVE, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.calls import _model, model_handler
 from proxy.errors import ENVELOPE, InvalidRequest, envelope_for_paths
 from proxy.formats.anthropic_messages import MESSAGES, anthropic_headers, api_path
@@ -34,7 +34,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         raw = dump_json({**body, "model": model.upstream})
     url = app[UPSTREAMS][provider.name] + api_path(provider, "/messages/count_tokens")
     headers = {**outgoing_headers(provider), **anthropic_headers(request)}
-    response = await forward(app[HTTP], "POST", url, headers=headers, provider=provider.name, fmt=MESSAGES, body=raw)
+    response = await forward(app[UPSTREAM_CLIENT], "POST", url, headers=headers, provider=provider.name, fmt=MESSAGES, body=raw)
     response.headers["X-Payware-Request-Id"] = request["request_id"]
     return response
 

@@ -17,7 +17,7 @@ import asyncio
 
 from aiohttp import web
 
-from proxy.appkeys import HTTP, LIVE, RECORDER, UPSTREAMS
+from proxy.appkeys import LIVE, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
 from proxy.calls import Call, model_call
 from proxy.errors import ENVELOPE, InvalidRequest, NotFound
@@ -85,7 +85,7 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
             parse_json(body)  # a body that is not JSON fails here, before the provider is called
         # NOTE: every pair kept (`include` may repeat), but a Payware key given as ?key= never goes on
         params = [(name, value) for name, value in request.query.items() if name != "key"]
-        response = await forward(app[HTTP], method, f"{app[UPSTREAMS][provider.name]}/responses/{response_id}{suffix}",
+        response = await forward(app[UPSTREAM_CLIENT], method, f"{app[UPSTREAMS][provider.name]}/responses/{response_id}{suffix}",
                                  headers=outgoing_headers(provider), provider=provider.name, fmt=RESPONSES,
                                  params=params, body=body)
         if on_success is not None and response.status < 300:

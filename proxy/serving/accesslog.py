@@ -67,7 +67,11 @@ async def edge_middleware(request: web.Request, handler) -> web.StreamResponse:
             fields = {"request_id": request["request_id"], "method": request.method, "path": request.path,
                       "status": status, **request.get(NOTES, {}), "error": request.get("payware.error"),
                       "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
-            log.info(_text(fields), extra={"fields": fields})
+            # NOTE: makeRecord + handle, not log.info: the line's source location is always this
+            # one, and finding it again walks the stack on every request
+            record = log.makeRecord(log.name, logging.INFO, __file__, 0, _text(fields), (), None,
+                                    extra={"fields": fields})
+            log.handle(record)
 
 
 def _text(fields: dict) -> str:

@@ -1,0 +1,493 @@
+"""The provider client: HTTP/1.1 over pooled keep-alive connections, on asyncio's own protocol.
+
+Every model call makes one request to a provider, so this client's cost is paid on every call.
+aiohttp's `ClientSession` was ~15 % of the serving process's CPU (cookie jar, tracing, URL
+objects, payload registry, a stream reader per answer: machinery a proxy talking to a handful
+of fixed base URLs does not use); this is what is left when only what a provider call needs is
+kept: the request written in one `write()`, the status line and headers parsed once, the body
+handed over as it arrives (Content-Length, chunked, or until the connection closes).
+
+The answer object has the shape the relay reads (`status`, `reason`, `headers`, `read()`,
+`content.iter_any()`, `close()`, `release()`), as the litellm bridge's does. Errors:
+`ConnectFailed` (nothing was answered: a 502 to the client), `AnswerCut` (the answer broke off
+midway), `TimeoutError` (no byte for `read_timeout` seconds, or no connection in
+`connect_timeout`). A stalled consumer pauses the provider's socket (flow control) rather than
+buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections import deque
+from urllib.parse import quote, urlencode, urlsplit
+
+from multidict import CIMultiDict
+
+_MAX_HEAD = 64 * 1024  # bytes of status line + headers (aiohttp's default limits are 8 KiB a line)
+_HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the provider pauses
+# What may stand unescaped in a request target (RFC 3986: unreserved, sub-delims, ":@/?%").
+_PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+
+
+class HTTPClientError(Exception):
+    """The provider could not be reached, or broke off its answer."""
+
+
+class ConnectFailed(HTTPClientError):
+    """No answer: the connection could not be made, or closed before a status line came."""
+
+
+class AnswerCut(HTTPClientError):
+    """The answer's body ended before its length (or its last chunk) was reached."""
+
+
+class _Origin:
+    """One URL split once: where to connect and what to put on the request line."""
+
+    __slots__ = ("key", "host", "port", "tls", "host_header", "target")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        default = 443 if self.tls else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = name if self.port == default else f"{name}:{self.port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not _PLAIN_TARGET.fullmatch(target):
+            target = quote(target, safe="/:?=&%@!$'()*+,;~-._")
+        self.target = target
+        self.key = (self.host, self.port, self.tls)
+
+
+class Client:
+    """Pooled connections to providers. One per app; `close()` at shutdown."""
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float, keepalive: float = 60.0,
+                 limit: int = 1000) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.limit = limit
+        self._idle: dict[tuple, list[tuple[_Connection, float]]] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._open = 0
+        self._slot_waiters: deque[asyncio.Future] = deque()
+        self._tls: ssl.SSLContext | None = None
+        self._closed = False
+
+    async def request(self, method: str, url: str, *, headers: dict[str, str], body: bytes | None = None,
+                      params: dict | None = None) -> Answer:
+        """Send a request; return as soon as the answer's status line and headers are in."""
+        if params:
+            url = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        origin = self._origin(url)
+        head = _head(method, origin, headers, body)
+        conn = await self._connection(origin)
+        answer = Answer(self, conn, method)
+        conn.answer = answer
+        try:
+            conn.transport.write(head + body if body else head)
+            await answer._wait_head()
+        except BaseException:
+            conn.answer = None
+            self._drop(conn)
+            raise
+        return answer
+
+    async def post(self, url: str, *, body: bytes, headers: dict[str, str]) -> Answer:
+        return await self.request("POST", url, headers=headers, body=body)
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn, _ in idle:
+                conn.transport.close()
+        self._idle.clear()
+
+    def _origin(self, url: str) -> _Origin:
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = _Origin(url)
+            if len(self._origins) >= 4096:  # bounded: Gemini's paths carry the model's name
+                self._origins.clear()
+            self._origins[url] = origin
+        return origin
+
+    async def _connection(self, origin: _Origin) -> _Connection:
+        idle = self._idle.get(origin.key)
+        now = time.monotonic()
+        while idle:
+            conn, since = idle.pop()
+            if not conn.lost and now - since < self.keepalive:
+                return conn
+            self._drop(conn)
+        if self._closed:
+            raise ConnectFailed("the client is closed")
+        while self._open >= self.limit:  # NOTE: bounded descriptors, as aiohttp's connector limit
+            waiter = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            await waiter
+        self._open += 1
+        loop = asyncio.get_running_loop()
+        try:
+            tls = None
+            if origin.tls:
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                tls = self._tls
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(_Connection, origin.host, origin.port, ssl=tls,
+                                       server_hostname=origin.host if tls else None),
+                self.connect_timeout)
+        except BaseException as exc:
+            self._open -= 1
+            self._wake_one()
+            if isinstance(exc, OSError):
+                raise ConnectFailed(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+            raise
+        conn.origin_key = origin.key
+        return conn
+
+    def _reuse(self, conn: _Connection) -> None:
+        if conn.lost or self._closed:
+            self._drop(conn)
+            return
+        conn.answer = None
+        self._idle.setdefault(conn.origin_key, []).append((conn, time.monotonic()))
+
+    def _drop(self, conn: _Connection) -> None:
+        if not conn.dropped:
+            conn.dropped = True
+            conn.transport.close()
+            self._open -= 1
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def _head(method: str, origin: _Origin, headers: dict[str, str], body: bytes | None) -> bytes:
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    # NOTE: a value relayed from a client (anthropic-beta…) must not smuggle a header in
+    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers) or "\0" in lines:
+        raise ValueError("a header name or value holds a line break or NUL")
+    length = f"Content-Length: {len(body)}\r\n" if body is not None else ""
+    return (f"{method} {origin.target} HTTP/1.1\r\nHost: {origin.host_header}\r\n{lines}{length}\r\n"
+            .encode("utf-8", "surrogateescape"))
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("transport", "answer", "lost", "dropped", "origin_key")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.answer: Answer | None = None
+        self.lost = False
+        self.dropped = False
+        self.origin_key: tuple = ()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer is not None:
+            self.answer._feed(data)
+        else:  # bytes nobody asked for: the connection cannot be trusted for the next request
+            self.lost = True
+            self.transport.close()
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if self.answer is not None:
+            self.answer._lost()
+
+
+# body framings
+_LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
+# chunked decoder states
+_SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
+
+
+class Answer:
+    """One provider answer, its body read as it arrives."""
+
+    def __init__(self, client: Client, conn: _Connection, method: str) -> None:
+        self._client = client
+        self._conn = conn
+        self._method = method
+        self._loop = asyncio.get_running_loop()
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDict = CIMultiDict()
+        self.content_length: int | None = None
+        self.content = self  # `answer.content.iter_any()`, as aiohttp's answers are read
+        self._head = bytearray()
+        self._head_done = False
+        self._framing = _UNTIL_CLOSE
+        self._left = 0  # body bytes still due (Content-Length), or of the current chunk
+        self._chunk_state = _SIZE
+        self._line = bytearray()  # a chunk-size or trailer line split across reads
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._whole = False
+        self._complete = False  # the whole body arrived
+        self._error: BaseException | None = None
+        self._keep_alive = False
+        self._waiter: asyncio.Future | None = None
+        self._released = False
+
+    # ---- the consumer's side
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        self._whole = True  # read whole: nothing to pause for
+        if self._paused:
+            self._paused = False
+            self._conn.transport.resume_reading()
+        while not self._complete:
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    async def iter_any(self):
+        """The body's bytes as they arrive (everything buffered so far, each step)."""
+        while True:
+            if self._chunks:
+                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+                self._chunks.clear()
+                self._buffered = 0
+                if self._paused:
+                    self._paused = False
+                    self._conn.transport.resume_reading()
+                yield data
+            elif self._complete:
+                return
+            else:
+                await self._wait()
+
+    def close(self) -> None:
+        """Stop reading and hang up (the provider stops generating)."""
+        if self._released:  # its connection may already serve another call
+            return
+        self._released = True
+        self._conn.answer = None
+        self._client._drop(self._conn)
+
+    def release(self) -> None:
+        """Done with the answer: its connection goes back to the pool if it can be reused."""
+        if self._released:
+            return
+        self._released = True
+        if self._complete and self._keep_alive and self._error is None:
+            self._client._reuse(self._conn)
+        else:
+            self._conn.answer = None
+            self._client._drop(self._conn)
+
+    async def _wait_head(self) -> None:
+        while not self._head_done:
+            await self._wait()
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(self._client.read_timeout, self._timed_out, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if self._error is not None and not (self._complete and self._head_done):
+            raise self._error
+
+    def _timed_out(self, waiter: asyncio.Future) -> None:
+        if not waiter.done():
+            self._fail(TimeoutError(f"no data from the provider in {self._client.read_timeout:g} s"))
+
+    # ---- the protocol's side
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._conn.lost = True
+        self._conn.transport.close()
+        self._wake()
+
+    def _lost(self) -> None:
+        if self._complete:
+            return
+        if self._head_done and self._framing == _UNTIL_CLOSE:
+            self._complete = True  # a body without length ends where the connection does
+            self._wake()
+        elif self._head_done:
+            self._fail(AnswerCut("the provider closed the connection before the end of its answer"))
+        else:
+            self._fail(ConnectFailed("the provider closed the connection without answering"))
+
+    def _feed(self, data: bytes) -> None:
+        if self._error is not None or self._complete:
+            return
+        if not self._head_done:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > _MAX_HEAD:
+                    self._fail(ConnectFailed("the provider's answer headers are too long"))
+                return
+            head, data = bytes(self._head[:end]), bytes(self._head[end + 4:])
+            self._head.clear()
+            if not self._parse_head(head):
+                if data:
+                    self._feed(data)  # an interim 1xx answer: the real one follows
+                return
+            self._wake()
+            if self._complete or not data:
+                return
+        if self._framing == _LENGTH:
+            if len(data) > self._left:
+                data = data[: self._left]  # bytes past the body: the connection is not reused
+                self._keep_alive = False
+            self._left -= len(data)
+            self._push(data)
+            if not self._left:
+                self._complete = True
+        elif self._framing == _CHUNKED:
+            self._dechunk(data)
+        else:
+            self._push(data)
+        self._wake()
+
+    def _push(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered > _HIGH_WATER and not self._paused and not self._whole:
+                self._paused = True
+                self._conn.transport.pause_reading()
+
+    def _parse_head(self, head: bytes) -> bool:
+        """Status and headers; False for an interim (1xx) answer."""
+        try:
+            text = head.decode("latin-1")
+            status_line, *lines = text.split("\r\n")
+            version, _, rest = status_line.partition(" ")
+            code, _, reason = rest.partition(" ")
+            status = int(code)
+            if not version.startswith("HTTP/1.") or not 100 <= status <= 999:
+                raise ValueError(status_line)
+        except (ValueError, UnicodeDecodeError):
+            self._fail(ConnectFailed("the provider's answer is not HTTP/1.1"))
+            return False
+        if status < 200:
+            return False
+        headers = CIMultiDict()
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                self._fail(ConnectFailed("the provider sent a malformed header line"))
+                return False
+            headers.add(name, value.strip())
+        self.status, self.reason, self.headers = status, reason, headers
+        self._head_done = True
+        connection = headers.get("Connection", "").lower()
+        self._keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        if status in (204, 304) or self._method == "HEAD":
+            self.content_length = 0
+            self._framing, self._complete = _LENGTH, True
+        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+            self._framing = _CHUNKED
+        elif "Content-Length" in headers:
+            try:
+                length = int(headers["Content-Length"])
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                self._fail(ConnectFailed("the provider sent an invalid Content-Length"))
+                return True
+            self.content_length = self._left = length
+            self._framing = _LENGTH
+            self._complete = length == 0
+        else:
+            self._framing, self._keep_alive = _UNTIL_CLOSE, False
+        return True
+
+    def _dechunk(self, data: bytes) -> None:
+        """Chunked transfer coding: the chunks' data, in order, without their framing."""
+        if self._line:  # a size or trailer line began in the previous read
+            data = bytes(self._line) + data
+            self._line.clear()
+        i, n = 0, len(data)
+        push = self._push
+        while i < n:
+            state = self._chunk_state
+            if state == _DATA:
+                left = self._left
+                if left >= n - i:  # the rest of this read is data (a stream's usual case)
+                    push(data[i:] if i else data)
+                    self._left = left - (n - i)
+                    if not self._left:
+                        self._chunk_state = _DATA_END
+                    return
+                push(data[i:i + left])
+                i += left
+                self._left = 0
+                self._chunk_state = state = _DATA_END
+                if data[i:i + 2] == b"\r\n":  # the data's line end, at once
+                    i += 2
+                    self._chunk_state = _SIZE
+                    continue
+            end = data.find(b"\n", i)
+            if end < 0:
+                self._line += data[i:]
+                if len(self._line) > _MAX_HEAD:
+                    self._fail(AnswerCut("the provider sent a malformed chunk"))
+                return
+            line = data[i:end].rstrip(b"\r")
+            i = end + 1
+            if state == _SIZE:
+                try:
+                    size = int(line, 16)
+                except ValueError:  # chunk extensions (`;name=value`), or garbage
+                    try:
+                        size = int(line.split(b";", 1)[0].strip(), 16)
+                    except ValueError:
+                        size = -1
+                if size < 0:
+                    self._fail(AnswerCut("the provider sent a malformed chunk size"))
+                    return
+                if size:
+                    self._left, self._chunk_state = size, _DATA
+                else:
+                    self._chunk_state = _TRAILER
+            elif state == _DATA_END:
+                if line:
+                    self._fail(AnswerCut("the provider sent a malformed chunk"))
+                    return
+                self._chunk_state = _SIZE
+            elif not line:  # _TRAILER: the empty line after the last chunk ends the body
+                self._complete = True
+                if i < n:
+                    self._keep_alive = False
+                return

@@ -1,0 +1,211 @@
+"""The provider client (proxy/providers/http1.py) against a scripted HTTP server on a real socket:
+each answer is written as raw bytes, in the pieces a network may deliver them in."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.providers.http1 import AnswerCut, Client, ConnectFailed
+
+
+class Scripted:
+    """A TCP server that reads each request whole and answers with the next script: a list of
+    byte strings written with a pause between them (`None` in the list: close the connection)."""
+
+    def __init__(self, scripts: list[list[bytes | None]]) -> None:
+        self.scripts = list(scripts)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.closed_by_client = asyncio.Event()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.scripts:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                for piece in self.scripts.pop(0):
+                    if piece is None:
+                        writer.close()
+                        return
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+            if not await reader.read(1):
+                self.closed_by_client.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed_by_client.set()
+        finally:
+            writer.close()
+
+
+def client(**kw) -> Client:
+    return Client(connect_timeout=kw.pop("connect_timeout", 5), read_timeout=kw.pop("read_timeout", 5), **kw)
+
+
+async def body_of(answer) -> bytes:
+    received = b""
+    async for data in answer.content.iter_any():
+        received += data
+    return received
+
+
+async def test_a_content_length_answer_in_pieces_and_the_connection_reused():
+    json_answer = b'{"ok":true}'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n"
+    server = Scripted([[head[:20], head[20:] + json_answer[:3], json_answer[3:]], [head + json_answer]])
+    async with server as url:
+        http = client()
+        for _ in range(2):
+            answer = await http.post(url + "/v1/chat/completions", body=b'{"a":1}', headers={"Authorization": "Bearer k"})
+            assert (answer.status, answer.reason) == (200, "OK")
+            assert answer.headers["content-type"] == "application/json"
+            assert await answer.read() == json_answer
+            answer.release()
+        await http.close()
+    assert server.connections == 1  # kept alive between the two
+    first = server.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nAuthorization: Bearer k\r\n" in first and b"\r\nContent-Length: 7\r\n" in first
+    assert first.endswith(b'\r\n\r\n{"a":1}')
+
+
+async def test_a_chunked_stream_split_anywhere_is_decoded_exactly():
+    events = [b"data: {\"n\":%d}\r\n\r\n" % i for i in range(5)] + [b"data: [DONE]\n\n"]
+    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\nX-Trailer: 1\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for step in (1, 3, 7, len(wire)):
+        pieces = [head] + [wire[i:i + step] for i in range(0, len(wire), step)]
+        async with Scripted([pieces]) as url:
+            http = client()
+            answer = await http.post(url + "/s", body=b"{}", headers={})
+            assert await body_of(answer) == b"".join(events)
+            answer.release()
+            assert http._idle  # a whole chunked body: the connection is reusable
+            await http.close()
+
+
+async def test_interim_answers_are_skipped_and_a_body_without_length_ends_with_the_connection():
+    pieces = [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nabc", b"def",
+              None]
+    async with Scripted([pieces]) as url:
+        http = client()
+        answer = await http.post(url, body=b"", headers={})
+        assert answer.status == 200
+        assert await answer.read() == b"abcdef"
+        answer.release()
+        assert not http._idle  # ended by a close: never reused
+        await http.close()
+
+
+async def test_a_body_cut_short_raises_answer_cut_after_what_arrived():
+    pieces = [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", None]
+    async with Scripted([pieces]) as url:
+        http = client()
+        answer = await http.post(url, body=b"{}", headers={})
+        received = b""
+        with pytest.raises(AnswerCut):
+            async for data in answer.content.iter_any():
+                received += data
+        assert received == b"partial"
+        answer.release()
+        await http.close()
+
+
+@pytest.mark.parametrize("pieces", [[None], [b"SSH-2.0-OpenSSH\r\n\r\n"], [b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"]],
+                         ids=["closed", "not-http", "bad-header"])
+async def test_no_valid_answer_is_connect_failed(pieces):
+    async with Scripted([pieces]) as url:
+        http = client()
+        with pytest.raises(ConnectFailed):
+            await http.post(url, body=b"{}", headers={})
+        await http.close()
+
+
+async def test_nothing_listening_is_connect_failed():
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    http = client()
+    with pytest.raises(ConnectFailed):
+        await http.post(f"http://127.0.0.1:{port}/v1", body=b"{}", headers={})
+    await http.close()
+
+
+async def test_silence_longer_than_the_read_timeout_is_a_timeout_and_hangs_up():
+    server = Scripted([[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"]])
+    async with server as url:
+        http = client(read_timeout=0.3)
+        answer = await http.post(url, body=b"{}", headers={})
+        with pytest.raises(TimeoutError):
+            await body_of(answer)
+        answer.release()
+        await asyncio.wait_for(server.closed_by_client.wait(), 5)  # the provider sees the hang-up
+        await http.close()
+
+
+async def test_close_hangs_up_at_once_mid_stream():
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = Scripted([[head] + [b"5\r\nhello\r\n"] * 50])
+    async with server as url:
+        http = client()
+        answer = await http.post(url, body=b"{}", headers={})
+        async for data in answer.content.iter_any():
+            assert data.startswith(b"hello")
+            break
+        answer.close()
+        answer.release()
+        await asyncio.wait_for(server.closed_by_client.wait(), 5)
+        assert not http._idle
+        await http.close()
+
+
+async def test_a_header_value_with_a_line_break_is_refused_before_anything_is_sent():
+    server = Scripted([[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]])
+    async with server as url:
+        http = client()
+        with pytest.raises(ValueError):
+            await http.post(url, body=b"{}", headers={"anthropic-beta": "x\r\nX-Injected: 1"})
+        await http.close()
+    assert server.requests == []
+
+
+async def test_query_parameters_and_unsafe_path_characters_are_encoded():
+    server = Scripted([[b"HTTP/1.1 204 No Content\r\n\r\n"]])
+    async with server as url:
+        http = client()
+        answer = await http.request("GET", url + "/v1/responses/a b", headers={},
+                                    params=[("include", "x y"), ("include", "z")])
+        assert answer.status == 204 and await answer.read() == b""
+        answer.release()
+        await http.close()
+    assert server.requests[0].startswith(b"GET /v1/responses/a%20b?include=x+y&include=z HTTP/1.1\r\n")
+    assert b"Content-Length" not in server.requests[0]
+
+
+async def test_a_slow_reader_pauses_the_provider_instead_of_buffering_everything():
+    chunk = b"x" * 65536
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = Scripted([[head] + [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 64 + [b"0\r\n\r\n"]])
+    async with server as url:
+        http = client()
+        answer = await http.post(url, body=b"{}", headers={})
+        await asyncio.sleep(0.5)  # the provider keeps writing; nobody reads
+        assert answer._paused and answer._buffered < 2 * 1024 * 1024
+        assert len(await body_of(answer)) == 64 * len(chunk)
+        answer.release()
+        await http.close()
