@@ -364,6 +364,7 @@ class _Sheet:
     unit_prices: dict[str, Decimal] | None  # per token, by class (None: a tiered plan, or no price)
     unit_price_strs: dict[str, str]
     price_evidence: dict  # price_per_million + price_source, or markup
+    dearest_input: Decimal | None  # the dearest per-token price a prompt token can have (admission)
 
 
 _SHEETS: dict[tuple, _Sheet] = {}
@@ -388,7 +389,9 @@ def _sheet(plan: PlanConfig, provider: ModelPrice, model: ModelConfig, writes: b
                    cost_per_million={kind: _s(unit_costs[kind]) for kind in classes},
                    unit_prices=unit_prices,
                    unit_price_strs={kind: _s(p) for kind, p in (unit_prices or {}).items()},
-                   price_evidence=evidence)
+                   price_evidence=evidence,
+                   dearest_input=None if unit_prices is None else max(
+                       unit_prices[kind] for kind in ("input", "cached_input", "cache_write", "cache_write_1h")))
     if len(_SHEETS) >= 4096:
         _SHEETS.clear()
     _SHEETS[key] = sheet
@@ -410,11 +413,11 @@ def max_tokens_amount(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: da
             # than input (Anthropic: 1.25x for 5 minutes, 2x for an hour): every prompt token
             # at the dearest input class.
             provider = model.price_at(ts).for_prompt(usage.input_tokens)
-            units = _token_unit_prices(plan, provider, model, {}, TOKEN_ORDER)
-            if units is None:
+            sheet = _sheet(plan, provider, model, True)
+            if sheet.unit_prices is None:
                 return plan.request_fee
-            dearest = max(units["input"], units["cached_input"], units["cache_write"], units["cache_write_1h"])
-            return usage.input_tokens * dearest + usage.output_tokens * units["output"] + plan.request_fee
+            return (usage.input_tokens * sheet.dearest_input + usage.output_tokens * sheet.unit_prices["output"]
+                    + plan.request_fee)
         n = usage.input_tokens + usage.output_tokens
         return max_tier_marginal(tiers, n) + plan.request_fee
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -48,15 +48,12 @@ def to_units(amount: Decimal) -> int:
     """`amount` USD as nano-USD units, rounded up (caps are enforced conservatively). Exact."""
     if not amount.is_finite():
         raise ValueError(f"amount must be finite, not {amount}")
-    sign, digits, exponent = amount.as_tuple()
-    coefficient = int("".join(map(str, digits)) or "0")
-    exponent += 9  # NANO = 10**9
-    if exponent >= 0:
-        units = coefficient * 10**exponent
-        return -units if sign else units
-    scale = 10**-exponent
-    # integer ceiling: positive amounts round away from zero, negative ones toward it
-    return -(coefficient // scale) if sign else -(-coefficient // scale)
+    # the ceiling: positive amounts round away from zero, negative ones toward it
+    return int(amount.scaleb(9, _UNITS).to_integral_value(ROUND_CEILING, _UNITS))
+
+
+# scaleb is exact within this precision (an amount has far fewer digits); Inexact would trap
+_UNITS = Context(prec=200, Emin=-999999, Emax=999999, traps=[Inexact, InvalidOperation, Overflow])
 
 
 @dataclass(frozen=True, slots=True)

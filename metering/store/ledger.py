@@ -371,16 +371,22 @@ class Ledger:
                 conn.execute(table.insert().values(customer=customer, amount=amount, updated_us=now))
 
     def own(self, *, id: str, kind: str, customer: str, provider: str, model: str, context_tokens: int) -> None:
-        """Record (or update the context of) an object `customer` created at the provider."""
-        table = OwnedRow.__table__
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        row = {"id": id, "kind": kind, "customer": customer, "provider": provider, "model": model,
-               "context_tokens": context_tokens, "created_us": _to_us(datetime.now(timezone.utc))}
-        statement = dialect.insert(table).on_conflict_do_update(
-            index_elements=["id"], set_={"context_tokens": row["context_tokens"]},
-            where=table.c.customer == customer)  # NOTE: never hands an object to another customer
+        """Record (or update the context of) an object `customer` created at the provider.
+
+        One per Responses call: the driver's own SQL, as `append`'s (SQLAlchemy's statement
+        building cost ~90 of the ~140 us CPU this took)."""
+        row = (id, kind, customer, provider, model, context_tokens, _to_us(datetime.now(timezone.utc)))
         with self.engine.begin() as conn:
-            conn.execute(statement, [row])
+            conn.exec_driver_sql(self._own_sql, row)
+
+    @property
+    def _own_sql(self) -> str:
+        mark = "%s" if self.engine.dialect.name == "postgresql" else "?"
+        marks = ", ".join([mark] * 7)
+        # NOTE: the WHERE never hands an object to another customer
+        return ("INSERT INTO owned_objects (id, kind, customer, provider, model, context_tokens, created_us) "
+                f"VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET context_tokens = excluded.context_tokens "
+                "WHERE owned_objects.customer = excluded.customer")
 
     def owned(self, id: str) -> dict | None:
         """The owner record of a provider object, or None."""
