@@ -8,9 +8,11 @@ Content-Length is read whole and sent back whole, any other (a stream) is relaye
 chunk as it arrives (`iter_any`, one `write()` per chunk). A few of the upstream's headers are
 passed on, as Payware passes them.
 
-It is built as Payware's serving path is, so the comparison is fair: one pooled client session
-on the app (keep-alive, no auto-decompression, no User-Agent added), `web.run_app` with
-`handler_cancellation=True` and no access log, uvloop when it is installed.
+It is served as Payware is, so the comparison is fair: `web.run_app` with
+`handler_cancellation=True` and no access log, uvloop when it is installed; its upstream calls
+go through aiohttp's own client (one pooled session: keep-alive, no auto-decompression, no
+User-Agent added), what a naive proxy uses. Payware calls providers through a lean client of
+its own (proxy/providers/http1.py), which is part of what the ratio measures.
 
 Run: `python bench/passthrough.py --upstream http://127.0.0.1:PORT --port 8181`; bench/run.py
 picks a free port and times start-up to the first relayed answer, as it does for Payware.

@@ -12,7 +12,6 @@ and stream, byte for byte, except the usage the client did not ask for.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from proxy.appkeys import BRIDGES, GATE, LIVE, METER, RECORDER, UPSTREAM_CLIENT,
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
 from proxy.formats.base import WireFormat
-from proxy.jsonbody import parse_json, read_body
+from proxy.jsonbody import load_json, parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
 from proxy.recording import count_event
@@ -203,7 +202,7 @@ async def _relay_json(upstream: Answer, call: Call) -> web.Response:
     finally:
         upstream.release()
     try:
-        parsed = json.loads(payload)
+        parsed = load_json(payload)
     except (ValueError, RecursionError):  # whatever the provider sent, the call is still metered
         parsed = None
     fmt = call.fmt

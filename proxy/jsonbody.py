@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
@@ -48,7 +49,7 @@ async def read_body(request: web.Request) -> bytes:
 def parse_json(raw: bytes, *, parse_float: Callable[[str], object] | None = None, what: str = "body") -> object:
     """`raw` as JSON, or InvalidRequest saying why not."""
     try:
-        value = json.loads(raw, parse_float=parse_float)
+        value = json.loads(raw, parse_float=parse_float) if parse_float is not None else load_json(raw)
     except RecursionError:
         raise InvalidRequest(f"the JSON {what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except (ValueError, UnicodeDecodeError):
@@ -58,6 +59,17 @@ def parse_json(raw: bytes, *, parse_float: Callable[[str], object] | None = None
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(value):
         raise InvalidRequest(f"the JSON {what} is nested too deeply (at most {MAX_DEPTH} levels)")
     return value
+
+
+def load_json(raw: bytes | str) -> object:
+    """`json.loads(raw)`, by orjson when it can (3-5x faster on the bodies and answers of every
+    call). orjson accepts only strict JSON, and parses what it accepts to the same values; what
+    it refuses (NaN, integers past 64 bits, a lone surrogate, other encodings than UTF-8) is left
+    to the standard library, so what is accepted and what it means do not change."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _too_deep(value: object) -> bool:

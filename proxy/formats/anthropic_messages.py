@@ -32,7 +32,7 @@ from metering.usage.sse import Frame
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing, body_model, body_stream
-from proxy.jsonbody import dump_json
+from proxy.jsonbody import dump_json, load_json
 
 DEFAULT_VERSION = "2023-06-01"  # what Anthropic's API requires when the client sent none
 _RELAYED_HEADERS = ("anthropic-beta",)
@@ -414,7 +414,7 @@ class MessagesWatcher:
         if name in ("ping", "content_block_stop"):
             return frame.raw
         try:
-            obj = json.loads(data)
+            obj = load_json(data)
         except (ValueError, RecursionError):
             obj = None
         if name is None and isinstance(obj, dict) and isinstance(obj.get("type"), str):
@@ -455,7 +455,7 @@ class MessagesWatcher:
             for item in self._pending:
                 if isinstance(item, str):
                     try:
-                        item = json.loads(item)
+                        item = load_json(item)
                     except (ValueError, RecursionError):
                         continue
                 _delta_output(item, self._texts)

@@ -34,7 +34,7 @@ from metering.usage.sse import Frame
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing
-from proxy.jsonbody import dump_json
+from proxy.jsonbody import dump_json, load_json
 
 GENERATE_METHODS = ("generateContent", "streamGenerateContent")
 # Gemini bills an image of up to 384 px (and each 768 px tile of a larger one) 258 tokens.
@@ -266,7 +266,7 @@ class GeminiStream:
         if data is None:
             return frame.raw
         try:
-            chunk = json.loads(data)
+            chunk = load_json(data)
         except (ValueError, RecursionError):
             return frame.raw
         if not isinstance(chunk, dict):

@@ -20,7 +20,7 @@ from metering.usage.sse import Frame
 from metering.usage.tokens import count_prompt
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
-from proxy.jsonbody import dump_json
+from proxy.jsonbody import dump_json, load_json
 
 _DONE = "[DONE]"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -166,7 +166,7 @@ class StreamAccumulator:
             self._pending.append(data)
             return frame.raw
         try:
-            obj = json.loads(data)
+            obj = load_json(data)
         except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
             obj = None
         if not isinstance(obj, dict):
@@ -200,7 +200,7 @@ class StreamAccumulator:
             for item in self._pending:
                 if isinstance(item, str):
                     try:
-                        item = json.loads(item)
+                        item = load_json(item)
                     except (ValueError, RecursionError):
                         continue
                 _collect_text(item, texts)

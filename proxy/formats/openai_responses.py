@@ -25,7 +25,7 @@ from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
 from proxy.formats.openai_chat import check_max_tokens
-from proxy.jsonbody import dump_json
+from proxy.jsonbody import dump_json, load_json
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta",
@@ -176,7 +176,7 @@ class ResponsesStream:
 
 def _load(data: str) -> dict | None:
     try:
-        obj = json.loads(data)
+        obj = load_json(data)
     except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None

@@ -302,13 +302,13 @@ def test_chunks_seen_counts_data_frames_but_not_done():
 
 def test_text_chunks_are_parsed_only_when_output_text_is_asked(monkeypatch):
     calls = []
-    loads = json.loads
+    loads = proxy.formats.openai_chat.load_json
 
-    def counting_loads(text, *args, **kwargs):
+    def counting_loads(text):
         calls.append(text)
-        return loads(text, *args, **kwargs)
+        return loads(text)
 
-    monkeypatch.setattr(proxy.formats.openai_chat.json, "loads", counting_loads)
+    monkeypatch.setattr(proxy.formats.openai_chat, "load_json", counting_loads)
     _, acc = relay(load("chat_include_usage.sse"), strip_usage=True)
     assert len(calls) == 1  # the usage chunk only
     assert acc.output_text() == "Hello! How can I assist you today?"
