@@ -77,3 +77,51 @@ async def test_a_caller_cancelled_while_waiting_leaves_the_others_answered(clien
 
 def test_the_proxys_clients_batch():
     assert isinstance(connect("redis://127.0.0.1:1/0"), BatchingRedis)
+
+
+# ---- the lean connection batches go over on a plain TCP Redis (`_Pipe`)
+
+async def test_batches_use_the_urls_database_and_the_clients_decoding(redis_url: str, prefix: str):
+    other_db = redis_url.rsplit("/", 1)[0] + "/5"
+    decoding = connect(other_db, decode_responses=True)
+    plain = connect(redis_url)
+    try:
+        incr = decoding.register_script(INCR)
+        assert await incr(keys=[f"{prefix}:db"], args=[7]) == 7
+        assert decoding._pipe is not None  # the batch went over the lean connection
+        assert await decoding.get(f"{prefix}:db") == "7"  # str: this client decodes
+        assert await plain.get(f"{prefix}:db") is None  # and it was database 5's key, not 0's
+        echo = decoding.register_script(ECHO)
+        assert await echo(keys=["k"], args=["v"]) == ["k", "v"]
+        await decoding.delete(f"{prefix}:db")
+    finally:
+        await decoding.aclose()
+        await plain.aclose()
+
+
+async def test_a_connection_the_server_drops_fails_its_scripts_and_the_next_call_reconnects(client: BatchingRedis,
+                                                                                         prefix: str):
+    incr = client.register_script(INCR)
+    await incr(keys=[f"{prefix}:n"], args=[1])
+    pipe = client._pipe
+    pipe.transport.abort()  # as a Redis restart or a proxy between us would
+    await asyncio.sleep(0.05)
+    assert pipe.lost
+    assert await incr(keys=[f"{prefix}:n"], args=[2]) == 3  # a new connection, nothing counted twice
+    assert client._pipe is not pipe
+
+
+async def test_a_server_that_never_answers_is_a_timeout_for_every_waiting_script():
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    stuck = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    try:
+        echo = stuck.register_script(ECHO)
+        answers = await asyncio.wait_for(asyncio.gather(echo(keys=["k"], args=["1"]), echo(keys=["k"], args=["2"]),
+                                                        return_exceptions=True), 5)
+        assert all(isinstance(answer, RedisTimeoutError) for answer in answers), answers
+    finally:
+        await stuck.aclose()
+        silent.close()

@@ -155,7 +155,9 @@ async def test_record_is_one_round_trip(counters: RedisCounters, client: aioredi
         return await original(*args, **kwargs)
 
     await counters.record(event(0, amount="1"))  # loads the script once
-    monkeypatch.setattr(client, "execute_command", counting)
+    monkeypatch.setattr(client, "execute_command", counting)  # what is not a batched script
+    batches = client.round_trips
     await counters.record(event(1, model="x:y", input_tokens=5, output=1, cost="0.1", amount="0.125"))
+    assert client.round_trips == batches + 1  # one script, one round trip
     await counters.totals("acme", PERIOD)
-    assert calls == ["EVALSHA", "HGETALL"]
+    assert calls == ["HGETALL"]
