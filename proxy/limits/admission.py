@@ -409,9 +409,24 @@ async def together(remote: bool, *calls: Awaitable) -> list:
     return results
 
 
+_LIMITS: dict[tuple[int, str | None], tuple[CustomerConfig, list[Limit]]] = {}
+
+
 def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:
     """The RPM/TPM limits a call counts against: its customer's, and its key's (the key's own
-    limit when it has one, else the customer's applies to each key too)."""
+    limit when it has one, else the customer's applies to each key too). Built once per
+    customer config (a reloaded or edited customer is a new object), as each call needs them."""
+    cached = _LIMITS.get((id(customer), key_id))
+    if cached is not None and cached[0] is customer:
+        return cached[1]
+    limits = _build_limits(customer, key_id)
+    if len(_LIMITS) >= 65536:
+        _LIMITS.clear()
+    _LIMITS[(id(customer), key_id)] = (customer, limits)
+    return limits
+
+
+def _build_limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:
     limits = []
     limit = customer.rate_limit
     if limit is not None and (limit.rpm is not None or limit.tpm is not None):
