@@ -77,8 +77,10 @@ class DirectoryStore:
         self.engine = engine
 
     def version(self) -> int:
+        """The directory's version. NOTE: every proxy reads it twice a second, busy or idle: the
+        driver's own SQL (SQLAlchemy's select took ~2 ms of CPU each time, most of an idle proxy's)."""
         with self.engine.connect() as conn:
-            return conn.execute(select(DirectoryStateRow.version).where(DirectoryStateRow.id == 1)).scalar() or 0
+            return conn.exec_driver_sql("SELECT version FROM directory_state WHERE id = 1").scalar() or 0
 
     def load(self) -> Snapshot:
         with self.engine.connect() as conn:
