@@ -66,6 +66,11 @@ class BatchingRedis(aioredis.Redis):
         """Send what was issued during the last two turns of the loop: the tasks ready in the
         first, and the tasks those started (a gather within a gather) in the second."""
         batch, self._waiting = self._waiting, []
+        pipe = self._pipe
+        if pipe is not None and not pipe.lost:  # connected: no task needed to send
+            self.round_trips += 1
+            pipe.send(batch)
+            return
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
