@@ -61,10 +61,10 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
     app[GATE] = gate
-    if _counts_tokens(config):  # the tokenizers admission needs (~0.3 s, ~80 MiB), before serving
-        await asyncio.get_running_loop().run_in_executor(None, _load_tokenizers, config)
-    app[LIVE].on_change.append(lambda changed: _counts_tokens(changed) and gate.preload(
-        lambda: _load_tokenizers(changed)))
+    if counts_tokens(config):  # the tokenizers admission needs (~0.3 s, ~80 MiB), before serving
+        await asyncio.get_running_loop().run_in_executor(None, load_tokenizers, config)
+    app[LIVE].on_change.append(lambda changed: counts_tokens(changed) and gate.preload(
+        lambda: load_tokenizers(changed)))
     tasks = [asyncio.create_task(_refresh_customer_caps(app), name="customer-caps"),
              asyncio.create_task(gate.run(), name="hold-renewals")]
     yield
@@ -76,13 +76,13 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     await budget.close()
 
 
-def _counts_tokens(config) -> bool:
+def counts_tokens(config) -> bool:
     """Whether admission counts prompts: some customer has a cap or a TPM limit."""
     return any(c.cap is not None or c.key_caps or (c.rate_limit is not None and c.rate_limit.tpm)
                for c in config.customers.values())
 
 
-def _load_tokenizers(config) -> None:
+def load_tokenizers(config) -> None:
     for model in config.models.values():
         encoding_for(model.upstream)
 

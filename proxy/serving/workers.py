@@ -118,6 +118,7 @@ def supervise(config: Config, *, workers: int, host: str, port: int, serve_one, 
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
+    _preload(config)
     for index in range(workers):
         start(index)
     serving = set()
@@ -146,6 +147,17 @@ def supervise(config: Config, *, workers: int, host: str, port: int, serve_one, 
                 start(index)
     _join(procs)
     return 0
+
+
+def _preload(config: Config) -> None:
+    """Import the serving code, and load the tokenizers admission needs, once, before the workers
+    fork: they share these pages (copy-on-write) instead of each loading its own (a tokenizer is
+    ~75 MiB), and a worker restarted after a crash starts without loading them again."""
+    import proxy.app  # noqa: F401
+    from proxy.limits.stores import counts_tokens, load_tokenizers
+
+    if counts_tokens(config):
+        load_tokenizers(config)
 
 
 def _join(procs: dict[int, multiprocessing.Process]) -> None:
