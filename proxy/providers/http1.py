@@ -11,8 +11,8 @@ The answer object has the shape the relay reads (`status`, `reason`, `headers`, 
 `content.iter_any()`, `close()`, `release()`), as the litellm bridge's does. Errors:
 `ConnectFailed` (nothing was answered: a 502 to the client), `AnswerCut` (the answer broke off
 midway), `TimeoutError` (no byte for `read_timeout` seconds, or no connection in
-`connect_timeout`). A stalled consumer pauses the provider's socket (flow control) rather than
-buffering without bound.
+`connect_timeout`), `UnsafeHeader` (refused before anything is sent). A stalled consumer
+pauses the provider's socket (flow control) rather than buffering without bound.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class ConnectFailed(HTTPClientError):
 
 class AnswerCut(HTTPClientError):
     """The answer's body ended before its length (or its last chunk) was reached."""
+
+
+class UnsafeHeader(ValueError):
+    """A header name or value that would break the request's framing (CR, LF or NUL in it)."""
 
 
 class _Origin:
@@ -181,7 +185,7 @@ def _head(method: str, origin: _Origin, headers: dict[str, str], body: bytes | N
     lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     # NOTE: a value relayed from a client (anthropic-beta…) must not smuggle a header in
     if lines.count("\n") != len(headers) or lines.count("\r") != len(headers) or "\0" in lines:
-        raise ValueError("a header name or value holds a line break or NUL")
+        raise UnsafeHeader("a header name or value holds a line break or NUL")
     length = f"Content-Length: {len(body)}\r\n" if body is not None else ""
     return (f"{method} {origin.target} HTTP/1.1\r\nHost: {origin.host_header}\r\n{lines}{length}\r\n"
             .encode("utf-8", "surrogateescape"))

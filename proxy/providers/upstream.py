@@ -13,7 +13,7 @@ from aiohttp import web
 
 from config.schema import ProviderConfig, ServerConfig
 from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
-from proxy.providers.http1 import Answer, Client, HTTPClientError
+from proxy.providers.http1 import Answer, Client, HTTPClientError, UnsafeHeader
 
 # Provider response headers the client may see; rate-limit headers are our account's, not the
 # customer's, and stay here.
@@ -58,7 +58,7 @@ async def _request(client: Client, method: str, url: str, *, headers: dict[str, 
         raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None
     except HTTPClientError as exc:
         raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None
-    except ValueError:  # a relayed header with a line break in it
+    except UnsafeHeader:  # a relayed header (anthropic-beta…) with a line break in it
         raise InvalidRequest("a request header holds a character that cannot be relayed") from None
 
 
