@@ -175,6 +175,7 @@ class _Pipe(asyncio.Protocol):
         self.reader = (hiredis.Reader(encoding=encoder.encoding, errors=encoder.encoding_errors)
                        if encoder.decode_responses else hiredis.Reader())
         self.waiting: deque[asyncio.Future] = deque()  # one per command sent, in order
+        self.sent = self.received = 0  # commands written, replies read (a cancelled caller's too)
         self.lost = False
 
     @classmethod
@@ -221,13 +222,14 @@ class _Pipe(asyncio.Protocol):
         if not packed:
             return
         self.transport.write(b"".join(packed))
+        self.sent += len(packed)
         if self.timeout:
-            asyncio.get_running_loop().call_later(self.timeout, self._check, self.waiting[-1])
+            asyncio.get_running_loop().call_later(self.timeout, self._check, self.sent)
 
-    def _check(self, last: asyncio.Future) -> None:
-        # still waiting for this batch after socket_timeout: the connection is stuck; nothing
-        # behind it can be trusted to line up, so everything waiting fails and it is closed
-        if not last.done() and last in self.waiting:
+    def _check(self, through: int) -> None:
+        # this batch's replies have not all come after socket_timeout: the connection is stuck;
+        # nothing behind it can be trusted to line up, so everything waiting fails and it is closed
+        if self.received < through and not self.lost:
             self._abandon(RedisTimeoutError("Timeout reading from Redis"))
 
     def data_received(self, data: bytes) -> None:
@@ -240,6 +242,7 @@ class _Pipe(asyncio.Protocol):
                 if reply is False:
                     return
                 answer = waiting.popleft()
+                self.received += 1
                 if answer.done():  # its caller was cancelled meanwhile
                     continue
                 if isinstance(reply, hiredis.ReplyError):

@@ -125,3 +125,22 @@ async def test_a_server_that_never_answers_is_a_timeout_for_every_waiting_script
     finally:
         await stuck.aclose()
         silent.close()
+
+
+async def test_a_stuck_connection_times_out_even_when_the_batchs_last_caller_gave_up():
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    stuck = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    try:
+        echo = stuck.register_script(ECHO)
+        waiting = asyncio.ensure_future(echo(keys=["k"], args=["1"]))
+        leaving = asyncio.ensure_future(echo(keys=["k"], args=["2"]))
+        await asyncio.sleep(0.05)  # both went out in one batch
+        leaving.cancel()
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(waiting, 5)
+    finally:
+        await stuck.aclose()
+        silent.close()
