@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from config.loader import ConfigError, read_customer, read_key_settings
 from config.schema import Config, CustomerConfig, key_id
-from metering.store.bounds import is_clean
+from metering.store.bounds import is_clean, is_clean_json
 from metering.store.directory import DirectoryStore, now_us
 from metering.store.events import utcnow
 from proxy.errors import ApiError, InvalidRequest, NotFound
@@ -57,20 +57,11 @@ def metadata(value: object) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise InvalidRequest("metadata must be an object", param="metadata")
     dumped = json.dumps(value, default=str)
-    if len(dumped.encode("utf-8", "surrogatepass")) > MAX_METADATA or "\\u0000" in dumped or not _clean(value):
+    if (len(dumped.encode("utf-8", "surrogatepass")) > MAX_METADATA or "\\u0000" in dumped
+            or not is_clean_json(value, max_depth=8)):
         raise InvalidRequest(f"metadata must be at most {MAX_METADATA} bytes of valid UTF-8 without NUL",
                              param="metadata")
     return json.loads(dumped)
-
-
-def _clean(value: object, depth: int = 0) -> bool:
-    if isinstance(value, str):
-        return is_clean(value)
-    if isinstance(value, dict):
-        return depth < 8 and all(_clean(k) and _clean(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return depth < 8 and all(_clean(v, depth + 1) for v in value)
-    return True
 
 
 def customer_settings(body: dict) -> dict:

@@ -59,6 +59,19 @@ def is_clean(value: str) -> bool:
     return True
 
 
+def is_clean_json(value: object, max_depth: int = MAX_DEPTH, depth: int = 0) -> bool:
+    """Whether every string of `value` (keys too) is clean, at most `max_depth` levels deep (for
+    validators that refuse instead of `clean_json`)."""
+    if isinstance(value, str):
+        return is_clean(value)
+    if isinstance(value, dict):
+        return depth < max_depth and all(is_clean_json(key) and is_clean_json(item, max_depth, depth + 1)
+                                         for key, item in value.items())
+    if isinstance(value, list):
+        return depth < max_depth and all(is_clean_json(item, max_depth, depth + 1) for item in value)
+    return True
+
+
 def clean_json(value: object, depth: int = 0) -> object:
     """A JSON-safe copy of `value`: clean strings (keys too), plain types, at most MAX_DEPTH deep."""
     if isinstance(value, str):

@@ -23,7 +23,7 @@ from metering.limits.budget import MAX_UNITS, NANO, to_units
 from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.auth import Caller
-from metering.store.bounds import TEXT_COLUMNS, is_clean
+from metering.store.bounds import TEXT_COLUMNS, is_clean, is_clean_json
 from proxy.errors import Forbidden, InvalidRequest
 from proxy.jsonbody import parse_json, read_body
 from proxy.recording import record_event
@@ -123,7 +123,7 @@ def _record(item: dict, where: str, plan: PlanConfig) -> _Record:
     meta = item.get("meta", {})
     if not isinstance(meta, dict) or len(json.dumps(meta, default=str)) > 4096:
         raise InvalidRequest("meta must be an object of at most 4 KB", param=where + "meta")
-    if not _clean_json(meta):
+    if not is_clean_json(meta):
         raise InvalidRequest("meta must hold valid UTF-8 text without NUL, at most 16 levels deep",
                              param=where + "meta")
     key = item.get("idempotency_key")
@@ -139,17 +139,6 @@ def _record(item: dict, where: str, plan: PlanConfig) -> _Record:
                                  "(UTF-8, no NUL)", param=where + name)
         strings[name] = value
     return _Record(metric, quantity, unit_price, _plain(meta), key, strings["session"], strings["feature"])
-
-
-def _clean_json(value: object, depth: int = 0) -> bool:
-    """Whether every string of `value` (keys too) is clean, at most 16 levels deep."""
-    if isinstance(value, str):
-        return is_clean(value)
-    if isinstance(value, dict):
-        return depth < 16 and all(_clean_json(k) and _clean_json(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return depth < 16 and all(_clean_json(v, depth + 1) for v in value)
-    return True
 
 
 def _decimal(value: object, param: str, *, required: bool) -> Decimal | None:

@@ -38,16 +38,15 @@ def _maybe_meta(rng: random.Random, body: dict) -> dict:
 
 
 def _chat(rng: random.Random) -> dict:
-    body = {"model": rng.choice(MODELS_CHAT), "messages": [{"role": "user", "content": "hi"}]}
-    if rng.random() < 0.3:
-        body["stream"] = True
-        if rng.random() < 0.3:
-            body["stream_options"] = {"include_usage": True}
-    return _maybe_meta(rng, body)
+    return _maybe_stream(rng, {"model": rng.choice(MODELS_CHAT), "messages": [{"role": "user", "content": "hi"}]})
 
 
 def _completions(rng: random.Random) -> dict:
-    body: dict = {"model": rng.choice(("fake-ok", "renamed")), "prompt": "say hi"}
+    return _maybe_stream(rng, {"model": rng.choice(("fake-ok", "renamed")), "prompt": "say hi"})
+
+
+def _maybe_stream(rng: random.Random, body: dict) -> dict:
+    """An OpenAI body, streamed 30 % of the time (asking for usage in 30 % of those), with metadata maybe."""
     if rng.random() < 0.3:
         body["stream"] = True
         if rng.random() < 0.3:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metering.limits.redis_batch import BatchingRedis
 from tests.integration.conftest import connect
@@ -111,29 +114,28 @@ async def test_a_connection_the_server_drops_fails_its_scripts_and_the_next_call
     assert client._pipe is not pipe
 
 
-async def test_a_server_that_never_answers_is_a_timeout_for_every_waiting_script():
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
+@contextlib.asynccontextmanager
+async def silent_redis(socket_timeout: float) -> AsyncIterator[BatchingRedis]:
+    """A client of a server that accepts connections and never answers."""
     silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
-    port = silent.sockets[0].getsockname()[1]
-    stuck = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    stuck = connect(f"redis://127.0.0.1:{silent.sockets[0].getsockname()[1]}/0", socket_timeout=socket_timeout)
     try:
-        echo = stuck.register_script(ECHO)
-        answers = await asyncio.wait_for(asyncio.gather(echo(keys=["k"], args=["1"]), echo(keys=["k"], args=["2"]),
-                                                        return_exceptions=True), 5)
-        assert all(isinstance(answer, RedisTimeoutError) for answer in answers), answers
+        yield stuck
     finally:
         await stuck.aclose()
         silent.close()
 
 
-async def test_a_stuck_connection_times_out_even_when_the_batchs_last_caller_gave_up():
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+async def test_a_server_that_never_answers_is_a_timeout_for_every_waiting_script():
+    async with silent_redis(0.3) as stuck:
+        echo = stuck.register_script(ECHO)
+        answers = await asyncio.wait_for(asyncio.gather(echo(keys=["k"], args=["1"]), echo(keys=["k"], args=["2"]),
+                                                        return_exceptions=True), 5)
+        assert all(isinstance(answer, RedisTimeoutError) for answer in answers), answers
 
-    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
-    port = silent.sockets[0].getsockname()[1]
-    stuck = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
-    try:
+
+async def test_a_stuck_connection_times_out_even_when_the_batchs_last_caller_gave_up():
+    async with silent_redis(0.3) as stuck:
         echo = stuck.register_script(ECHO)
         waiting = asyncio.ensure_future(echo(keys=["k"], args=["1"]))
         leaving = asyncio.ensure_future(echo(keys=["k"], args=["2"]))
@@ -141,6 +143,3 @@ async def test_a_stuck_connection_times_out_even_when_the_batchs_last_caller_gav
         leaving.cancel()
         with pytest.raises(RedisTimeoutError):
             await asyncio.wait_for(waiting, 5)
-    finally:
-        await stuck.aclose()
-        silent.close()
