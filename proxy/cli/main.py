@@ -110,12 +110,12 @@ def _serve(args) -> int:
 def _serve_one(config: Config, *, host: str, port: int, reuse_port: bool, ready) -> int:
     """One serving process until SIGTERM/SIGINT; a start-up failure is one line and an exit code."""
     from proxy.app import make_app
-    from proxy.serving.server import run
+    from proxy.serving.server import listen, run
 
     try:
+        sockets = listen(host, port, reuse_port=reuse_port)  # NOTE: first: a port in use starts nothing
         app = make_app(config)
-        run(app, host=host, port=port, idle_timeout=config.server.idle_timeout, reuse_port=reuse_port,
-            loop=_event_loop(), on_ready=ready)
+        run(app, sockets=sockets, idle_timeout=config.server.idle_timeout, loop=_event_loop(), on_ready=ready)
     except Exception as exc:  # NOTE: a start-up failure is one clear line and an exit code, no traceback
         reason, code = _startup_failure(exc, host, port)
         print(f"payware: cannot start: {reason}", file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -67,9 +68,28 @@ class _Runner(web.AppRunner):
         return server
 
 
-def run(app: web.Application, *, host: str, port: int, idle_timeout: float, reuse_port: bool = False,
+def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """The listening sockets of `host:port` (every address it resolves to), bound now.
+
+    NOTE: bound before the app exists, so a port in use fails the start before anything has
+    run: no journal opened, no ledger migrated or replayed, nothing to clean up.
+    """
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, *_, address in dict.fromkeys(found):  # a resolver may list an address twice
+            sockets.append(socket.create_server(address, family=family, backlog=128, reuse_port=reuse_port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: float,
         loop: asyncio.AbstractEventLoop, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then shut down cleanly (as `web.run_app` does).
+    """Serve `app` on `sockets` (see `listen`) until SIGINT or SIGTERM, then shut down cleanly
+    (as `web.run_app` does).
 
     NOTE: handler_cancellation makes a client's disconnect cancel its handler at once, which
     is how an abandoned stream stops the provider and gets billed as partial. aiohttp's
@@ -84,8 +104,8 @@ def run(app: web.Application, *, host: str, port: int, idle_timeout: float, reus
     async def main() -> None:
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-            await site.start()
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
             if on_ready is not None:
                 on_ready()
             await asyncio.Event().wait()
@@ -110,3 +130,5 @@ def run(app: web.Application, *, host: str, port: int, idle_timeout: float, reus
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        for sock in sockets:  # those the server never took (a start that failed)
+            sock.close()

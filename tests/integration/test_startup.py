@@ -38,6 +38,8 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path, fake_upstream):
         taken.listen()
         result = serve(path, taken.getsockname()[1])
     assert_one_clear_line(result, 1, "is in use")
+    # The port is bound first: nothing else started (no journal, no ledger), nothing to undo.
+    assert not (tmp_path / "payware.journal").exists() and not (tmp_path / "ledger.db").exists()
 
 
 def test_a_journal_in_use_is_one_line_and_exit_1(proxy, tmp_path):
