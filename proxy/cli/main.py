@@ -66,6 +66,7 @@ def _config(args) -> Config:
 
 
 def _serve(args) -> int:
+    from proxy.serving import accesslog
     from proxy.serving.redact import JsonFormatter, RedactingFormatter
     from proxy.serving import workers
 
@@ -81,6 +82,7 @@ def _serve(args) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter at every start
     if os.environ.get("PAYWARE_ACCESS_LOG", "1") in ("0", "off", "false"):
         logging.getLogger("payware.access").setLevel(logging.WARNING)
+    accesslog.write_directly(handler.stream, json_format=fmt == "json")
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     count = args.workers if args.workers is not None else workers.default_workers(config)

@@ -66,14 +66,16 @@ class JsonFormatter(RedactingFormatter):
     converter = time.gmtime
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name}
         fields = getattr(record, "fields", None)
-        if fields is not None:
-            entry.update(fields)
-        else:
-            entry["message"] = record.getMessage()
+        if fields is None:
+            fields = {"message": record.getMessage()}
         if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        line = json.dumps(entry, default=str, ensure_ascii=False)
+            fields = {**fields, "traceback": self.formatException(record.exc_info)}
+        line = json_line(self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+                         record.levelname.lower(), record.name, fields)
         return line if record.name in _TRUSTED else redact(line, self.secrets)
+
+
+def json_line(ts: str, level: str, logger: str, fields: dict) -> str:
+    """One log line of the JSON format: time, level, logger, then the fields."""
+    return json.dumps({"ts": ts, "level": level, "logger": logger, **fields}, default=str, ensure_ascii=False)

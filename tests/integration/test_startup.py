@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -90,7 +91,11 @@ def test_one_access_line_per_request_with_who_what_and_cost(proxy_factory, fmt):
                                                                 "0.0000073125")
         assert served["latency_ms"] >= served["upstream_ms"] >= 0
         assert (refused["status"], refused["error"]) == (401, "invalid_api_key")
+        assert (served["level"], served["logger"]) == ("info", "payware.access")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", served["ts"]), served["ts"]
     else:
+        # the log's own format, as every other line of it has
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO payware\.access req_[0-9a-f]{32} POST ", served)
         assert request_id in served and " 200 " in served and "customer=acme" in served
         assert "amount=0.0000073125" in served and "upstream_ms=" in served
         assert " 401 " in refused and "error=invalid_api_key" in refused
