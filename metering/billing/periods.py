@@ -8,7 +8,7 @@ anchor day. All arithmetic happens in the plan's time zone, UTC by default.
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 
 
@@ -17,15 +17,29 @@ class Period:
     start: datetime
     end: datetime
     interval: str
+    key: str = field(init=False, compare=False)  # the period's id on every event: its start, in UTC, ISO 8601
 
-    @property
-    def key(self) -> str:
-        """The period's id on every event: its start, in UTC, ISO 8601."""
-        return self.start.astimezone(timezone.utc).isoformat()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.start.astimezone(timezone.utc).isoformat())
+
+
+_LAST: dict[tuple, Period] = {}  # (interval, anchor day, zone) -> the period found last
 
 
 def period_of(ts: datetime, interval: str, *, anchor_day: int = 1, tz: tzinfo = timezone.utc) -> Period:
     """The period of `interval` that contains `ts` (an aware datetime)."""
+    # Every call asks about "now": the period found last almost always holds it.
+    last = _LAST.get((interval, anchor_day, tz))
+    if last is not None and last.start <= ts < last.end:
+        return last
+    period = _period_of(ts, interval, anchor_day, tz)
+    if len(_LAST) >= 1024:  # one per (interval, anchor day, zone) in use; bounded all the same
+        _LAST.clear()
+    _LAST[(interval, anchor_day, tz)] = period
+    return period
+
+
+def _period_of(ts: datetime, interval: str, anchor_day: int, tz: tzinfo) -> Period:
     local = ts.astimezone(tz)
     if interval == "daily":
         start = datetime(local.year, local.month, local.day, tzinfo=tz)

@@ -33,6 +33,7 @@ INT_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "cac
                "output_tokens", "reasoning_tokens", "latency_ms")
 MAX_COUNT = 2**53  # tokens of one call: far beyond any context window, exact in a double
 MAX_DEPTH = 16
+_TEXT_LIMITS = tuple(TEXT_COLUMNS.items())
 
 
 def clean_text(value: str, limit: int | None = None) -> str:
@@ -52,6 +53,8 @@ def is_clean(value: str) -> bool:
     """Whether `clean_text` would leave `value` as it is (for validators that refuse instead)."""
     if "\x00" in value:
         return False
+    if value.isascii():  # O(1) in CPython; the usual case, no encoding needed
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -106,13 +109,15 @@ def bounded(event):
     Money is left as it is: the rating code keeps it exact and in range (the ledger keeps an
     event it cannot hold aside, see `Ledger.write`).
     """
-    for name, limit in TEXT_COLUMNS.items():
+    for name, limit in _TEXT_LIMITS:
         value = getattr(event, name)
-        if value is not None:
-            if not isinstance(value, str):
-                value = str(value)
-            if len(value) > limit or not is_clean(value):
-                setattr(event, name, clean_text(value, limit))
+        if value is None or (type(value) is str and len(value) <= limit and value.isascii()
+                             and "\x00" not in value):
+            continue  # the usual case, decided without encoding anything
+        if not isinstance(value, str):
+            value = str(value)
+        if len(value) > limit or not is_clean(value):
+            setattr(event, name, clean_text(value, limit))
     for name, budget in JSON_BYTES.items():
         value = getattr(event, name)
         if value is None:
@@ -123,7 +128,8 @@ def bounded(event):
             if name != "raw_usage" and not isinstance(value, dict):
                 value = {"value": value}
             setattr(event, name, value)
-    clamped = [name for name in INT_COLUMNS if not _is_count(getattr(event, name, 0))]
+    clamped = [name for name in INT_COLUMNS
+               if not (type(count := getattr(event, name, 0)) is int and 0 <= count < MAX_COUNT)]
     for name in clamped:  # only a hostile or broken provider reports such counts
         count = getattr(event, name)
         setattr(event, name, min(max(count, 0), MAX_COUNT - 1) if type(count) is int else 0)
@@ -138,9 +144,12 @@ def _plain_and_small(value: object, depth: int = 0) -> bool:
     if not isinstance(value, dict) or len(value) > 32 or depth > 2:
         return False
     for key, item in value.items():
-        if not isinstance(key, str) or len(key) > 128 or not is_clean(key):
+        if type(key) is not str or len(key) > 128 or not is_clean(key):
             return False
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is int or item is None or kind is bool:
+            continue
+        if kind is str:
             if len(item) > 512 or not is_clean(item):
                 return False
         elif isinstance(item, dict):
@@ -150,6 +159,3 @@ def _plain_and_small(value: object, depth: int = 0) -> bool:
             return False
     return True
 
-
-def _is_count(value: object) -> bool:
-    return type(value) is int and 0 <= value < MAX_COUNT

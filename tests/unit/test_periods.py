@@ -60,3 +60,23 @@ def test_periods_follow_the_plans_time_zone_across_a_dst_change():
     # (same-zone subtraction is wall-clock time in Python: compare in UTC)
     assert (period.end.astimezone(UTC) - period.start.astimezone(UTC)).total_seconds() == 25 * 3600
     assert period.key == "2026-10-24T22:00:00+00:00"
+
+
+def test_the_period_found_last_is_reused_only_for_instants_inside_it():
+    """`period_of` keeps the period it found last per (interval, anchor, zone): asked about
+    instants back and forth across edges, in other zones and with other anchors, it must
+    answer exactly what a fresh computation does."""
+    from metering.billing import periods
+
+    paris = ZoneInfo("Europe/Paris")
+    asks = [(at(2027, 3, 30, 23, 59, 59), "monthly", 1, UTC), (at(2027, 3, 31), "monthly", 1, UTC),
+            (at(2027, 4, 1), "monthly", 1, UTC), (at(2027, 3, 31, 23, 59, 59, 999999), "monthly", 1, UTC),
+            (at(2027, 4, 1), "monthly", 31, UTC), (at(2027, 3, 31, 22, 30), "monthly", 1, paris),
+            (at(2027, 3, 28, 0, 59), "daily", 1, paris), (at(2027, 3, 28, 1, 0), "daily", 1, paris),
+            (at(2027, 3, 28, 22, 0), "daily", 1, paris), (at(2027, 3, 29, 8), "weekly", 1, UTC),
+            (at(2027, 3, 28, 23, 59), "weekly", 1, UTC), (at(2027, 4, 1), "monthly", 1, UTC)]
+    for ts, interval, anchor, tz in asks * 2:
+        got = period_of(ts, interval, anchor_day=anchor, tz=tz)
+        fresh = periods._period_of(ts, interval, anchor, tz)
+        assert (got.start, got.end, got.key) == (fresh.start, fresh.end, fresh.key), (ts, interval, anchor, tz)
+        assert got.start <= ts < got.end
