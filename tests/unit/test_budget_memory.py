@@ -274,6 +274,29 @@ class TestMemoryBudget(BudgetContract):
         clock.now += 0.001
         assert await usage(budget) == (0, 0)
 
+    async def test_holds_of_different_ttls_expire_each_at_its_own_time(self, budget: MemoryBudget,
+                                                                       clock: FakeClock):
+        # Expired holds are looked for only once the earliest expiry has come: that bound must
+        # follow new holds, drops and renewals (a shorter ttl too).
+        await reserve(budget, "long", 10, [customer(1000)], ttl=30)
+        await reserve(budget, "short", 20, [customer(1000)], ttl=10)
+        await reserve(budget, "mid", 40, [customer(1000)], ttl=20)
+        clock.now += 10
+        assert await usage(budget) == (0, 50)  # "short" went at 10 s
+        renewed = Hold("long", "acme", PERIOD, ("customer",), 10)
+        await budget.renew(customer="acme", period=PERIOD, holds=[renewed], ttl=5)  # now due at 15 s
+        clock.now += 4.999
+        assert await usage(budget) == (0, 50)
+        clock.now += 0.001
+        assert await usage(budget) == (0, 40)  # "long", renewed shorter, went at 15 s
+        await reserve(budget, "late", 80, [customer(1000)], ttl=2)  # due at 17 s, before "mid"
+        clock.now += 2
+        assert await usage(budget) == (0, 40)
+        clock.now += 3
+        assert await usage(budget) == (0, 0)  # "mid" at 20 s
+        assert await budget.settle(Hold("mid", "acme", PERIOD, ("customer",), 40), 7)  # expired, still counted once
+        assert await usage(budget) == (7, 0)
+
     async def test_idle_period_state_is_forgotten_after_the_key_ttl(self, clock: FakeClock):
         budget = MemoryBudget(clock=clock, key_ttl=3600)
         await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=5, event_id="e1")
