@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -37,6 +38,7 @@ from config.loader import ConfigError
 from config.schema import Config
 from metering.store.events import UsageEvent, utcnow
 from proxy.serving.accesslog import NOTES, OBSERVER
+from proxy.serving.server import listen
 from proxy.appkeys import GATE, LIVE, RECORDER
 from proxy.errors import Forbidden
 
@@ -249,7 +251,25 @@ def install(app: web.Application, config: Config, *, enabled: bool | None = None
     metrics = app[METRICS] = Metrics(app)
     app[OBSERVER] = metrics.observe
     app.router.add_get("/metrics", metrics_with_admin_key)
-    app.cleanup_ctx.append(_listener)
+    if config.server.metrics_listen is not None:
+        # NOTE: bound now, as the proxy's own port is: an address in use fails the start
+        # before anything has started (see proxy.serving.server.listen)
+        app[_SOCKETS] = _bind(config)
+        app.cleanup_ctx.append(_listener)
+
+
+_SOCKETS = web.AppKey("metrics_listen_sockets", list)
+
+
+def _bind(config: Config) -> list[socket.socket]:
+    host, port = config.server.metrics_listen
+    try:
+        return listen(host, port)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:  # NOTE: each worker of `serve --workers N` would bind it too
+            why += " (by another process, or by another worker: a metrics listener needs --workers 1)"
+        raise ConfigError(config.source, [f"server.metrics_listen: cannot listen on {host}:{port}: {why}"]) from None
 
 
 async def metrics_with_admin_key(request: web.Request) -> web.Response:
@@ -262,11 +282,6 @@ async def metrics_with_admin_key(request: web.Request) -> web.Response:
 
 async def _listener(app: web.Application) -> AsyncIterator[None]:
     """`server.metrics_listen`: a second listener that serves `/metrics` and nothing else, without auth."""
-    config = app[LIVE].config
-    listen = config.server.metrics_listen
-    if listen is None:
-        yield
-        return
     metrics = app[METRICS]
 
     async def scrape(_request: web.Request) -> web.Response:
@@ -276,15 +291,9 @@ async def _listener(app: web.Application) -> AsyncIterator[None]:
     side.router.add_get("/metrics", scrape)
     runner = web.AppRunner(side, access_log=None)
     await runner.setup()
-    host, port = listen
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        why = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:  # NOTE: each worker of `serve --workers N` would bind it too
-            why += " (by another process, or by another worker: a metrics listener needs --workers 1)"
-        raise ConfigError(config.source, [f"server.metrics_listen: cannot listen on {host}:{port}: {why}"]) from None
+    for sock in app[_SOCKETS]:
+        await web.SockSite(runner, sock).start()
+    host, port = app[LIVE].config.server.metrics_listen
     log.info("metrics on http://%s:%d/metrics (no auth)", host, port)
     try:
         yield

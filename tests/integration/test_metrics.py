@@ -223,6 +223,8 @@ def test_a_metrics_address_in_use_stops_the_start_with_one_line_naming_the_field
     assert result.returncode == 2
     assert f"server.metrics_listen: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+    # bound before anything started, as the proxy's own port is: no journal, no ledger
+    assert not (tmp_path / "payware.journal").exists() and not (tmp_path / "ledger.db").exists()
 
 
 def test_sums_by_model_are_kept_exactly_until_the_scrape():
