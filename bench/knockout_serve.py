@@ -2,8 +2,8 @@
 
     python bench/knockout_serve.py PART serve --config ... --port ...
 
-The patch is applied here, in the bench's own process, before the CLI runs: the product's code
-has no switch for it. Parts that the product can switch off itself use its own switches
+The patch is applied here, in the Payware process under test, before its CLI runs: the product's
+code has no switch for it. Parts that the product can switch off itself use its own switches
 (PAYWARE_ACCESS_LOG, PAYWARE_METRICS), set by knockout.py.
 """
 

@@ -11,9 +11,9 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from operator import attrgetter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
