@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -19,6 +20,18 @@ def serve(config_path, port: int, env: dict | None = None) -> subprocess.Complet
     return subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path), "--port",
                            str(port)], cwd=ROOT, env=python_env() | (env or {}), capture_output=True, text=True,
                           timeout=60)
+
+
+def access_lines(proxy, path: str, count: int, timeout: float = 10.0) -> list[str]:
+    """The proxy's log lines naming `path`, once there are `count` of them (or the timeout):
+    access lines go out at the end of the event-loop turn that sent the answer, so a client
+    can hold its answer a moment before the line is in the log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in proxy.log().splitlines() if path in line]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
 
 
 def assert_one_clear_line(result: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
@@ -81,7 +94,7 @@ def test_one_access_line_per_request_with_who_what_and_cost(proxy_factory, fmt):
                 request_id = resp.headers["X-Payware-Request-Id"]
         except urllib.error.HTTPError as exc:
             assert exc.code == 401
-    lines = [line for line in proxy.log().splitlines() if "/v1/chat/completions" in line]
+    lines = access_lines(proxy, "/v1/chat/completions", 2)
     assert len(lines) == 2
     served, refused = lines
     if fmt == "json":
