@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from loadgen import Client, fire, median
-from procs import ROOT, Variant, cpu_ns, first_answer, free_port, payware_config, pin, process_tree, python, spawn
-from procs import start_upstream
+from procs import (ROOT, Variant, cpu_ns, first_answer, free_port, payware_config, pin, process_tree, python, spawn,
+                   start_upstream)
 from scenarios import SCENARIOS
 
 BENCH = Path(__file__).resolve().parent
