@@ -21,13 +21,20 @@ store that lost its data (a Redis restarted empty) is never reserved against as 
 other proxies put back their holds and the events the ledger did not have yet.
 
 Hold ids and `add_spent` event ids share one idempotency set per period: both are the usage
-event's id, so a request is counted at most once whichever path records it. Period state
-expires `key_ttl` after its last write (Redis key TTL; the memory store mirrors it).
+event's id, so a request is counted at most once whichever path records it. An id is kept for
+`applied_for` seconds (10 minutes) once its period is seeded, not for the whole period: the set
+would otherwise grow by every capped call of a month. Until the period is seeded every id stays
+(the seed may still merge any of them from the ledger). Nothing re-applies a spend older than
+that: a renewal's put-back and a recovery's re-applied spends are seconds old, and a spend
+the store missed for longer is not re-applied but the period rebuilt (`forget`, then a seed:
+`Reservations.rebuild`). Period state expires `key_ttl` after its last write (Redis key TTL;
+the memory store mirrors it).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
@@ -40,6 +47,7 @@ from metering.limits import redis_scripts
 NANO = 10**9
 MAX_UNITS = 2**53 - 1  # Lua numbers are doubles: beyond this, sums stop being exact
 KEY_TTL = 40 * 86400.0  # longer than any billing period, so an open period never expires while in use
+APPLIED_FOR = 600.0  # seconds a seeded period remembers an applied id (see the module docstring)
 MODES = ("hard", "soft")
 _SEED_CHUNK = 2000  # events per seeding script
 
@@ -128,7 +136,11 @@ class BudgetStore(Protocol):
     async def seed(self, *, customer: str, period: str, events: list[Spend], generation: str,
                    ready_in: float = 0.0) -> None: ...
 
+    async def forget(self, *, customer: str, period: str) -> None: ...
+
     async def close(self) -> None: ...
+
+    applied_for: float
 
 
 def _check_units(units: int, what: str, *, signed: bool = False) -> None:
@@ -164,6 +176,8 @@ class _Period:
     held: dict[str, int] = field(default_factory=dict)
     holds: dict[str, _Held] = field(default_factory=dict)
     applied: set[str] = field(default_factory=set)  # settled hold ids and add_spent event ids
+    # (forget at, id), oldest first: when each applied id may go (once the period is seeded)
+    applied_order: deque[tuple[float, str]] = field(default_factory=deque)
     touched: float = 0.0
     generation: str = ""  # set by seed: "" means the period's spend is not known yet
     ready_at: float = 0.0
@@ -171,10 +185,11 @@ class _Period:
     # customer with thousands of calls in flight does not pay for a scan of them on every call.
     next_expiry: float = float("inf")
 
-    def spend(self, event_id: str, units: int, scopes: Iterable[str]) -> bool:
+    def spend(self, event_id: str, units: int, scopes: Iterable[str], keep_until: float) -> bool:
         if event_id in self.applied:
             return False
         self.applied.add(event_id)
+        self.applied_order.append((keep_until, event_id))
         for name in scopes:
             self.spent[name] = self.spent.get(name, 0) + units
         return True
@@ -208,6 +223,15 @@ class _Period:
             self.drop(hold_id)
         self.next_expiry = min((held.expires for held in self.holds.values()), default=float("inf"))
 
+    def forget_applied(self, now: float) -> None:
+        """Let applied ids past their window go; none before the period is seeded (the seed may
+        still merge any of them from the ledger)."""
+        if not self.generation:
+            return
+        order, applied = self.applied_order, self.applied
+        while order and order[0][0] <= now:
+            applied.discard(order.popleft()[1])
+
 
 class MemoryBudget:
     """The budget in this process (the embedded default): one event loop, so no locks.
@@ -216,9 +240,11 @@ class MemoryBudget:
     `clock` (seconds, `time.monotonic` by default) times hold expiry; tests inject a fake one.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, key_ttl: float = KEY_TTL):
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, key_ttl: float = KEY_TTL,
+                 applied_for: float = APPLIED_FOR):
         self._clock = clock
         self._key_ttl = key_ttl
+        self.applied_for = applied_for
         self._periods: dict[tuple[str, str], _Period] = {}
         self._swept = clock()
 
@@ -236,6 +262,7 @@ class MemoryBudget:
         state.prune(now)
         if write:
             state.touched = now
+            state.forget_applied(now)
         return state
 
     async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
@@ -274,7 +301,7 @@ class MemoryBudget:
         _check_units(actual_units, "actual_units", signed=True)
         state = self._period(hold.customer, hold.period, write=True)
         # NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
-        first = state.spend(hold.id, actual_units, hold.scopes)
+        first = state.spend(hold.id, actual_units, hold.scopes, self._clock() + self.applied_for)
         state.drop(hold.id)
         return first
 
@@ -288,7 +315,8 @@ class MemoryBudget:
         """Spend without a hold (a custom usage record, a call served past the cap); once per event id."""
         _check_units(units, "units", signed=True)
         _check_scopes(scopes)
-        return self._period(customer, period, write=True).spend(event_id, units, scopes)
+        return self._period(customer, period, write=True).spend(event_id, units, scopes,
+                                                                self._clock() + self.applied_for)
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
         """(spent, held) of one scope, live holds only; spent never below 0."""
@@ -316,10 +344,15 @@ class MemoryBudget:
         for event in events:
             _check_units(event.units, f"units of {event.id}", signed=True)
         state = self._period(customer, period, write=True)
+        keep_until = self._clock() + self.applied_for
         for event in events:
-            state.spend(event.id, event.units, event.scopes)
+            state.spend(event.id, event.units, event.scopes, keep_until)
         if not state.generation:
             state.generation, state.ready_at = generation, self._clock() + ready_in
+
+    async def forget(self, *, customer: str, period: str) -> None:
+        """Drop everything the period holds, as a store that lost its data would (to rebuild it)."""
+        self._periods.pop((customer, period), None)
 
     async def close(self) -> None:
         """Nothing to close: the state lives and dies with the process."""
@@ -328,27 +361,36 @@ class MemoryBudget:
 class RedisBudget:
     """The budget in Redis, shared by every proxy instance; each operation is one Lua script.
 
-    Keys: `{prefix}:{{customer}}:budget:{period}:spent|held|holds|expiry|applied`. The hash tag
-    puts all of a customer's keys in one Redis Cluster slot, so one script may touch them all.
-    Hold expiry uses the Redis server's clock. The client belongs to the caller, who closes it.
+    Keys: `{prefix}:{{customer}}:budget:{period}:spent|held|holds|expiry|applied_until|seeded`.
+    The hash tag puts all of a customer's keys in one Redis Cluster slot, so one script may touch
+    them all. Hold expiry and the applied ids' window use the Redis server's clock. The client
+    belongs to the caller, who closes it.
     """
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "pw", key_ttl: float = KEY_TTL):
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "pw", key_ttl: float = KEY_TTL,
+                 applied_for: float = APPLIED_FOR):
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces: the customer is the hash tag")
         self._prefix = prefix
         self._key_ttl = str(max(1, int(key_ttl)))
-        self._reserve = client.register_script(redis_scripts.BUDGET_RESERVE)
-        self._settle = client.register_script(redis_scripts.BUDGET_SETTLE)
-        self._release = client.register_script(redis_scripts.BUDGET_RELEASE)
-        self._add_spent = client.register_script(redis_scripts.BUDGET_ADD_SPENT)
-        self._usage = client.register_script(redis_scripts.BUDGET_USAGE)
-        self._renew = client.register_script(redis_scripts.BUDGET_RENEW)
-        self._seed = client.register_script(redis_scripts.BUDGET_SEED)
+        self.applied_for = applied_for
+
+        def script(text: str):
+            return client.register_script(redis_scripts.budget_script(text, int(applied_for * 1000)))
+
+        self._reserve = script(redis_scripts.BUDGET_RESERVE)
+        self._settle = script(redis_scripts.BUDGET_SETTLE)
+        self._release = script(redis_scripts.BUDGET_RELEASE)
+        self._add_spent = script(redis_scripts.BUDGET_ADD_SPENT)
+        self._usage = script(redis_scripts.BUDGET_USAGE)
+        self._renew = script(redis_scripts.BUDGET_RENEW)
+        self._seed = script(redis_scripts.BUDGET_SEED)
+        self._forget = script(redis_scripts.BUDGET_FORGET)
 
     def _keys(self, customer: str, period: str) -> list[str]:
         base = f"{self._prefix}:{{{customer}}}:budget:{period}"
-        return [f"{base}:{part}" for part in ("spent", "held", "holds", "expiry", "applied", "seeded")]
+        # NOTE: `applied_until`, not the `applied` set of versions before the window: another type
+        return [f"{base}:{part}" for part in ("spent", "held", "holds", "expiry", "applied_until", "seeded")]
 
     async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
                       ttl: float = 900.0) -> Decision:
@@ -421,6 +463,10 @@ class RedisBudget:
             for event in chunk:
                 args += [event.id, str(event.units), str(len(event.scopes)), *event.scopes]
             await self._seed(keys=keys, args=args)
+
+    async def forget(self, *, customer: str, period: str) -> None:
+        """Drop everything the period holds, as a Redis that lost its data would (to rebuild it)."""
+        await self._forget(keys=self._keys(customer, period), args=[self._key_ttl])
 
     async def close(self) -> None:
         """Nothing to close: the Redis client belongs to the caller."""

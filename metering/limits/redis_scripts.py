@@ -20,11 +20,14 @@ end
 """
 
 # Budget: KEYS = spent (hash scope->units, signed), held (hash scope->units), holds (hash
-# id->json), expiry (zset id->expiry ms), applied (set of settled hold ids and event ids), seeded
-# (string "<generation>|<ready at, ms>": the period's spend was merged from the ledger).
-# ARGV[1] is always the period keys' TTL in seconds.
+# id->json), expiry (zset id->expiry ms), applied (zset of settled hold ids and event ids -> the ms
+# until which each is kept once the period is seeded), seeded (string "<generation>|<ready at,
+# ms>": the period's spend was merged from the ledger).
+# ARGV[1] is always the period keys' TTL in seconds. APPLIED_MS (how long an applied id is kept)
+# is written into the text by `budget_script`: every script needs it, none takes it per call.
 _BUDGET_PRELUDE = _PRELUDE + """
 local SPENT, HELD, HOLDS, EXPIRY, APPLIED, SEEDED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local APPLIED_MS = $APPLIED_MS
 
 local function unhold(raw)
   local h = cjson.decode(raw)
@@ -73,10 +76,17 @@ local function seeded(now)
   return string.sub(raw, 1, bar - 1), math.max(0, tonumber(string.sub(raw, bar + 1)) - now)
 end
 
-local function spend(id, units, first, last)
-  if redis.call('SADD', APPLIED, id) == 0 then return 0 end
+-- `keep`: the ms until which the id is remembered once the period is seeded (now + APPLIED_MS).
+local function spend(id, units, first, last, keep)
+  if redis.call('ZADD', APPLIED, 'NX', keep, id) == 0 then return 0 end
   for i = first, last do redis.call('HINCRBY', SPENT, ARGV[i], units) end
   return 1
+end
+
+-- Applied ids past their window go, but none before the period is seeded: the seed may still
+-- merge any of them from the ledger.
+local function forget_applied(now)
+  if redis.call('EXISTS', SEEDED) == 1 then redis.call('ZREMRANGEBYSCORE', APPLIED, '-inf', fmt(now)) end
 end
 """
 
@@ -129,9 +139,11 @@ return answer(1, report, units)
 # ARGV: key_ttl, hold_id, actual_units (signed), then the hold's scope names. Returns 1, or 0 if
 # settled before. It counts on an unseeded period too: seeding merges by id, so nothing doubles.
 BUDGET_SETTLE = _BUDGET_PRELUDE + """
-prune(now_ms())
+local now = now_ms()
+prune(now)
+forget_applied(now)
 -- NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
-local first = spend(ARGV[2], ARGV[3], 4, #ARGV)
+local first = spend(ARGV[2], ARGV[3], 4, #ARGV, fmt(now + APPLIED_MS))
 drop(ARGV[2])
 touch()
 return first
@@ -147,7 +159,9 @@ return 1
 
 # ARGV: key_ttl, event_id, units (signed), then scope names. Returns 1, or 0 if counted before.
 BUDGET_ADD_SPENT = _BUDGET_PRELUDE + """
-local first = spend(ARGV[2], ARGV[3], 4, #ARGV)
+local now = now_ms()
+forget_applied(now)
+local first = spend(ARGV[2], ARGV[3], 4, #ARGV, fmt(now + APPLIED_MS))
 touch()
 return first
 """
@@ -170,7 +184,7 @@ local expires_at = fmt(now + tonumber(ARGV[2]))
 local i = 3
 while i <= #ARGV do
   local id, units, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  if redis.call('SISMEMBER', APPLIED, id) == 0 then
+  if not redis.call('ZSCORE', APPLIED, id) then
     if redis.call('HEXISTS', HOLDS, id) == 0 then
       local scopes = {}
       for j = 1, n do
@@ -191,10 +205,11 @@ return (seeded(now))
 # last chunk, mark the period seeded. ARGV: key_ttl, last 1|0, generation, ready_in_ms, then per
 # event: id, units (signed), scope count, scope names. Returns 1.
 BUDGET_SEED = _BUDGET_PRELUDE + """
+local keep = fmt(now_ms() + APPLIED_MS)
 local i = 5
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 2])
-  spend(ARGV[i], ARGV[i + 1], i + 3, i + 2 + n)
+  spend(ARGV[i], ARGV[i + 1], i + 3, i + 2 + n, keep)
   i = i + 3 + n
 end
 if ARGV[2] == '1' and not redis.call('GET', SEEDED) then
@@ -203,6 +218,18 @@ end
 touch()
 return 1
 """
+
+# Drop the whole period, as a Redis that lost its data would (to rebuild it). ARGV: key_ttl. Returns 1.
+BUDGET_FORGET = _BUDGET_PRELUDE + """
+redis.call('DEL', SPENT, HELD, HOLDS, EXPIRY, APPLIED, SEEDED)
+return 1
+"""
+
+
+def budget_script(script: str, applied_ms: int) -> str:
+    """A budget script's text with its applied-id window (ms) written in."""
+    return script.replace("$APPLIED_MS", str(int(applied_ms)))
+
 
 # Rate limits: one hash per limit (KEYS[i]) with fields r (request level), t (token level),
 # ts (ms of the last drain). A level is in unit-milliseconds: each unit adds WINDOW_MS, a rate

@@ -15,6 +15,11 @@ running. `Reservations` wraps a store with that knowledge:
   the last `recent_for` seconds (idempotent by id: those the ledger already gave are skipped),
   and a period seeded after a loss stays closed to reserves for `window` seconds, long enough
   for every proxy's renewal to do the same. Reserves wait for the window, up to `max_wait`.
+- **Rebuild.** The store remembers applied ids for `store.applied_for` seconds only, so a spend
+  is never re-applied once that old: a spend the store missed for half of it (a long outage)
+  and a customer who gets a first cap (its uncapped calls were never spent here) rebuild the
+  period instead, as after a loss: dropped, merged again from the ledger, every proxy putting
+  back its part.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from datetime import datetime, timedelta, timezone
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -31,7 +37,9 @@ from metering.limits.budget import BudgetStore, Decision, Hold, Scope, Spend
 
 log = logging.getLogger("payware.reservations")
 
-Source = Callable[[str, str], Awaitable[list[Spend]]]  # (customer, period) -> its known spends
+# (customer, period, since=None) -> the spends of the period's events this proxy knows of (of
+# those at or after `since`, a UTC datetime, when given)
+Source = Callable[..., Awaitable[list[Spend]]]
 
 
 class Recovering(Exception):
@@ -56,6 +64,9 @@ class Reservations:
     def __init__(self, *, store: BudgetStore, source: Source, shared: bool, ttl: float = 60.0,
                  renew_every: float = 1.0, recent_for: float = 30.0, window: float = 3.0, max_wait: float = 5.0,
                  clock: Callable[[], float] = time.monotonic):
+        if store.applied_for <= 4 * recent_for:
+            raise ValueError(f"the store keeps applied ids {store.applied_for:g} s: re-applying spends of "
+                             f"the last {recent_for:g} s needs more than 4 times that")
         self.store = store
         self.source = source
         self.shared = shared  # other proxies use the store too (Redis): a loss needs a recovery window
@@ -69,9 +80,9 @@ class Reservations:
         self._recent: deque[_Recent] = deque()
         self._generations: dict[tuple[str, str], str] = {}  # the last generation seen per period
         self._seeding: dict[tuple[str, str], asyncio.Lock] = {}
-        # Spends the store did not take (it was down): settled, by id, once it answers again
-        # (a settle also drops the hold; an id the store knows already counts nothing).
-        self._pending: deque[tuple[Hold, Spend]] = deque(maxlen=1_000_000)
+        # Spends the store did not take (it was down), with when: settled, by id, once it answers
+        # again (a settle also drops the hold; an id the store knows already counts nothing).
+        self._pending: deque[tuple[Hold, Spend, float]] = deque(maxlen=1_000_000)
         self.on_loss: Callable[[str, str], Awaitable[None]] | None = None  # after a recovery window
 
     # -- the call path ---------------------------------------------------------------------
@@ -107,7 +118,7 @@ class Reservations:
         try:
             return await self.store.settle(hold, units)
         except Exception:
-            self._pending.append((hold, spend))  # settled when the store answers
+            self._pending.append((hold, spend, self._clock()))  # settled when the store answers
             raise
 
     async def release(self, hold: Hold) -> bool:
@@ -122,7 +133,7 @@ class Reservations:
             return await self.store.add_spent(customer=customer, period=period, scopes=scopes, units=units,
                                               event_id=event_id)
         except Exception:
-            self._pending.append((Hold(event_id, customer, period, scopes, 0), spend))
+            self._pending.append((Hold(event_id, customer, period, scopes, 0), spend, self._clock()))
             raise
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
@@ -131,13 +142,37 @@ class Reservations:
             await self.seed(customer, period)
         return await self.store.usage(customer=customer, period=period, scope=scope)
 
-    async def refresh(self, customer: str, period: str) -> None:
-        """Merge the period's known events again (by id: only those missing count), e.g. when a
-        customer whose calls were not reserved (no cap) gets a cap."""
+    async def rebuild(self, customer: str, period: str) -> None:
+        """Drop the period in the store and merge it again, as after a loss: from the ledger, with
+        this proxy's holds and recent spends put back, and (shared) a recovery window while the
+        other proxies put back theirs (they see a new generation). Also when a customer whose
+        calls were not reserved (no cap) gets a cap: merging into the period as it is could not
+        tell the ids it applied long ago, which it no longer remembers.
+
+        The merge is unconditional: another proxy's seed that ran across the drop may have set
+        the period seeded with part of its events; merging every event by id completes it.
+        """
+        key = (customer, period)
+        async with self._seeding.setdefault(key, asyncio.Lock()):
+            events = await self.source(customer, period)  # NOTE: before the drop, to keep it short
+            ready_in = self.window if self.shared else 0.0
+            await self.store.forget(customer=customer, period=period)
+            await self.store.seed(customer=customer, period=period, events=events,
+                                  generation=uuid.uuid4().hex[:16], ready_in=ready_in)
+            await self._restore(customer, period)  # spends since the source was read included
+        log.warning("budget of %s for %s rebuilt from %d events", customer, period, len(events))
+
+    async def merge_recent(self, customer: str, period: str) -> None:
+        """Merge the period's events of the last half of the store's window, by id: those some
+        proxy applied are still remembered and count nothing. For a proxy that learns of a cap
+        another proxy set (and rebuilt the period for): its events the rebuild may have missed."""
+        since = datetime.now(timezone.utc) - timedelta(seconds=self.store.applied_for / 2)
+        events = await self.source(customer, period, since=since)
         generation = await self.store.renew(customer=customer, period=period, holds=[], ttl=self.ttl)
-        events = await self.source(customer, period)
-        await self.store.seed(customer=customer, period=period, events=events,
-                              generation=generation or uuid.uuid4().hex[:16])
+        if not generation:
+            await self.seed(customer, period)  # not known (any more): a whole seed instead
+            return
+        await self.store.seed(customer=customer, period=period, events=events, generation=generation)
 
     def forget(self, hold: Hold) -> None:
         """Stop renewing a hold without touching the store (its call ended on another path)."""
@@ -192,9 +227,21 @@ class Reservations:
     async def renew_once(self) -> None:
         """Apply what the store missed; renew every live hold; notice periods the store lost or
         another proxy re-seeded."""
+        rebuilt: set[tuple[str, str]] = set()
         while self._pending:
-            hold, spend = self._pending[0]
-            await self.store.settle(hold, spend.units)
+            hold, spend, at = self._pending[0]
+            period = (hold.customer, hold.period)
+            if period in rebuilt:
+                pass  # the rebuild merged it from the ledger
+            elif self._clock() - at > self.store.applied_for / 2:
+                # The store may have applied it and forgotten its id since: re-applying it
+                # could count it twice. The ledger has it (it was journaled before settling).
+                log.warning("a spend of %s for %s waited %.0f s for the store: rebuilding the period",
+                            hold.customer, hold.period, self._clock() - at)
+                await self.rebuild(*period)
+                rebuilt.add(period)
+            else:
+                await self.store.settle(hold, spend.units)
             self._pending.popleft()
         periods: dict[tuple[str, str], list[Hold]] = {}
         for hold in list(self.live.values()):

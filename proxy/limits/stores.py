@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from aiohttp import web
 
@@ -99,12 +100,14 @@ def ledger_spends(app: web.Application):
     """The budget's source: every event of a customer's period that this proxy knows of (for the
     credits "period", every event since the customer's first grant)."""
 
-    async def source(customer_id: str, period: str) -> list[Spend]:
+    async def source(customer_id: str, period: str, since: datetime | None = None) -> list[Spend]:
         if period == CREDITS:
             first = (await app[GATE].credits.state(customer_id)).first
-            events = [] if first is None else await customer_events(app, customer_id, since=first)
+            if first is None:
+                return []
+            events = await customer_events(app, customer_id, since=first if since is None else max(first, since))
             return [Spend(e.id, max(-MAX_UNITS, min(to_units(e.amount), MAX_UNITS)), ("credits",)) for e in events]
-        events = await customer_events(app, customer_id, period=period)
+        events = await customer_events(app, customer_id, period=period, since=since)
         customer = app[LIVE].config.customers.get(customer_id)
         key_caps = customer.key_caps if customer is not None else {}
         return [spend_of(event, key_caps) for event in events]
@@ -165,8 +168,9 @@ async def resync_totals(app: web.Application, only: tuple[str, str] | None = Non
 async def _refresh_customer_caps(app: web.Application) -> None:
     """Customers' own caps live in the shared ledger; other proxies' changes arrive here.
 
-    A customer who had no cap at all and now has one was never reserved against here: its
-    period's spend is merged again (by event id) before its next call is reserved.
+    A customer who had no cap at all and now has one was never reserved against here: the
+    proxy where the cap was set rebuilt its period from the ledger; this one merges its events
+    of the last minutes (by event id) that the rebuild may have missed.
     """
     gate, ledger = app[GATE], app[RECORDER].ledger
     loop = asyncio.get_running_loop()
@@ -185,7 +189,7 @@ async def _refresh_customer_caps(app: web.Application) -> None:
         for customer in newly:
             if not gate.capped(customer):
                 try:
-                    await gate.budget.refresh(customer.id, app[METER].period(customer, now).key)
+                    await gate.budget.merge_recent(customer.id, app[METER].period(customer, now).key)
                 except Exception as exc:
                     log.warning("could not merge %s's spend for its new cap: %s", customer.id, type(exc).__name__)
         gate.customer_caps = caps

@@ -59,7 +59,7 @@ async def _seed_spent(app: web.Application, customer) -> None:
     """A customer without any cap was never reserved against: merge what it spent (by event id)."""
     period = app[METER].period(customer, utcnow()).key
     try:
-        await app[GATE].budget.refresh(customer.id, period)
+        await app[GATE].budget.rebuild(customer.id, period)
     except STORE_DOWN:
         raise counters_unavailable() from None
 

@@ -8,9 +8,11 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from metering.limits.budget import KEY_TTL, RedisBudget, Scope
+from metering.limits.budget import KEY_TTL, RedisBudget, Scope, Spend
+from metering.limits.reservations import Reservations
 from tests.integration.conftest import connect
-from tests.unit.test_budget_memory import PERIOD, BudgetContract, customer, reserve, usage
+from tests.unit.test_budget_memory import PERIOD, BudgetContract, FakeClock, customer, reserve, usage
+from tests.unit.test_reservations import Ledger
 
 pytestmark = pytest.mark.redis
 
@@ -23,6 +25,16 @@ class TestRedisBudget(BudgetContract):
     @pytest.fixture
     def advance(self):
         return asyncio.sleep  # hold expiry runs on the Redis server's clock
+
+    @pytest.fixture
+    def windowed(self, client: aioredis.Redis, prefix: str) -> tuple[RedisBudget, float]:
+        return RedisBudget(client, prefix=prefix, applied_for=0.2), 0.2
+
+    @pytest.fixture
+    def remembered(self, client: aioredis.Redis, prefix: str):
+        async def remembered(budget: RedisBudget) -> int:
+            return await client.zcard(f"{prefix}:{{acme}}:budget:{PERIOD}:applied_until")
+        return remembered
 
 
 async def test_two_proxies_racing_at_a_hard_cap_never_exceed_it(redis_url: str, prefix: str):
@@ -52,7 +64,7 @@ async def test_keys_carry_the_customer_hash_tag_and_expire(client: aioredis.Redi
     await reserve(budget, "r2", 10, [customer(100)])
     keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}:*")])
     base = f"{prefix}:{{acme}}:budget:{PERIOD}"
-    assert keys == [f"{base}:{part}" for part in ("applied", "expiry", "held", "holds", "seeded", "spent")]
+    assert keys == [f"{base}:{part}" for part in ("applied_until", "expiry", "held", "holds", "seeded", "spent")]
     for key in keys:
         assert 0 < await client.ttl(key) <= KEY_TTL
 
@@ -75,3 +87,45 @@ async def test_customer_names_with_braces_stay_apart(client: aioredis.Redis, pre
 def test_prefix_with_a_brace_is_refused(client: aioredis.Redis):
     with pytest.raises(ValueError):
         RedisBudget(client, prefix="pw{x}")
+
+
+async def test_a_rebuild_on_one_proxy_gets_every_proxys_part_back(client: aioredis.Redis, prefix: str):
+    """Proxy B missed a settle's answer for longer than half the applied window: it rebuilds the
+    period (forget, merge the ledger); proxy A notices the new generation and puts back its hold
+    in flight and its spend the ledger does not have yet."""
+
+    class ReplyLost(RedisBudget):
+        down = False
+
+        async def settle(self, hold, units):
+            applied = await super().settle(hold, units)
+            if self.down:
+                raise ConnectionError("connection lost after the script ran")
+            return applied
+
+    ledger = Ledger()
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a = Reservations(store=RedisBudget(client, prefix=prefix), source=ledger, shared=True, window=0.2,
+                     clock=clock_a)
+    store_b = ReplyLost(client, prefix=prefix)
+    b = Reservations(store=store_b, source=ledger, shared=True, window=0.2, clock=clock_b)
+    cap = [customer(1000)]
+    live = (await a.reserve(customer="acme", period=PERIOD, hold_id="a-live", units=30, scopes=cap)).hold
+    await a.settle((await a.reserve(customer="acme", period=PERIOD, hold_id="a-spent", units=10,
+                                    scopes=cap)).hold, 10)
+    await a.renew_once()  # A knows the generation
+    lost = (await b.reserve(customer="acme", period=PERIOD, hold_id="b-lost", units=50, scopes=cap)).hold
+    store_b.down = True
+    with pytest.raises(ConnectionError):
+        await b.settle(lost, 42)
+    store_b.down = False
+    ledger.spends = [Spend("b-lost", 42, ("customer",))]  # flushed; A's "a-spent" is not yet
+    clock_b.now += 301  # half of the store's 600 s window: B rebuilds instead of settling again
+    await b.renew_once()
+    assert await usage(a.store) == (42, 0)  # the ledger's part only, until A puts back its own
+    await a.renew_once()
+    assert await usage(a.store) == (52, 30)
+    await asyncio.sleep(0.25)  # the recovery window
+    assert (await a.reserve(customer="acme", period=PERIOD, hold_id="next", units=1, scopes=cap)).allowed
+    await a.settle(live, 30)
+    assert await usage(a.store) == (82, 1)

@@ -220,6 +220,39 @@ class BudgetContract:
         await budget.renew(customer="acme", period=PERIOD, holds=[hold], ttl=0.3)  # settled: never put back
         assert await usage(budget) == (40, 0)
 
+    async def test_applied_ids_are_kept_until_the_period_is_seeded_then_for_the_window(self, windowed, advance,
+                                                                                    remembered):
+        """The idempotency set is bounded: ids go `applied_for` after they were applied, but none
+        before the period is seeded, since the seed merges the ledger's copies of them."""
+        budget, window = windowed
+        spend = budget.add_spent
+        await spend(customer="acme", period=PERIOD, scopes=("customer",), units=5, event_id="early")
+        await advance(window * 1.5)
+        await spend(customer="acme", period=PERIOD, scopes=("customer",), units=7, event_id="before-seed")
+        assert await remembered(budget) == 2  # unseeded: "early" stays past its window
+        ledger = [Spend("early", 5, ("customer",)), Spend("before-seed", 7, ("customer",)),
+                  Spend("flushed", 11, ("customer",))]
+        await budget.seed(customer="acme", period=PERIOD, events=ledger, generation="g1")
+        assert await usage(budget) == (23, 0)  # each once
+        await advance(window * 1.5)
+        hold = (await reserve(budget, "late", 1, [customer(100)])).hold
+        assert await budget.settle(hold, 2)
+        assert await remembered(budget) == 1  # only "late": the others' windows are over
+        assert not await budget.settle(hold, 2)  # within its window a settle still counts once
+        assert await usage(budget) == (25, 0)
+
+    async def test_forget_drops_the_period_as_a_loss_would(self, budget: BudgetStore):
+        hold = (await reserve(budget, "r1", 30, [customer(100)])).hold
+        await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=20, event_id="e1")
+        await reserve(budget, "other", 10, [customer(100)], who="globex")
+        await budget.forget(customer="acme", period=PERIOD)
+        assert await usage(budget) == (0, 0)
+        assert (await budget.reserve(customer="acme", period=PERIOD, hold_id="r2", units=1,
+                                     scopes=[customer(100)])).unseeded
+        assert await budget.renew(customer="acme", period=PERIOD, holds=[hold], ttl=60) == ""  # put back, unseeded
+        assert await usage(budget) == (0, 30)
+        assert await usage(budget, who="globex") == (0, 10)  # other customers untouched
+
     async def test_a_negative_spend_is_a_credit_but_a_cap_never_sees_below_zero(self, budget: BudgetStore):
         """Finding 10: a volume tier's negative marginal amount drove a key's spent below 0."""
         hold = (await reserve(budget, "r1", 10, [customer(100), Scope("key:k1", 50)])).hold
@@ -266,6 +299,29 @@ class TestMemoryBudget(BudgetContract):
         async def advance(seconds: float) -> None:
             clock.now += seconds
         return advance
+
+    @pytest.fixture
+    def windowed(self, clock: FakeClock) -> tuple[MemoryBudget, float]:
+        return MemoryBudget(clock=clock, applied_for=10.0), 10.0
+
+    @pytest.fixture
+    def remembered(self) -> Callable[[MemoryBudget], Awaitable[int]]:
+        async def remembered(budget: MemoryBudget) -> int:
+            return len(budget._periods[("acme", PERIOD)].applied)
+        return remembered
+
+    async def test_a_month_of_capped_calls_keeps_ten_minutes_of_ids(self, clock: FakeClock):
+        """Before the window, every settled call's id stayed for the whole period (~100 bytes a
+        call: ~860 MB a day at 100 capped calls a second)."""
+        budget = MemoryBudget(clock=clock)  # the default window, 600 s
+        await budget.seed(customer="acme", period=PERIOD, events=[], generation="g0")
+        for i in range(20_000):  # one call every 1/8 s for 2,500 s
+            hold = (await reserve(budget, f"r{i}", 3, [customer(10**12)])).hold
+            await budget.settle(hold, 2)
+            clock.now += 0.125
+        state = budget._periods[("acme", PERIOD)]
+        assert len(state.applied) == len(state.applied_order) == 4800  # the last 600 s
+        assert await usage(budget) == (40_000, 0)
 
     async def test_hold_expires_exactly_at_its_ttl(self, budget: MemoryBudget, clock: FakeClock):
         await reserve(budget, "r1", 100, [customer(100)], ttl=10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
 from metering.limits.budget import MemoryBudget, Scope, Spend
@@ -16,11 +18,13 @@ class Ledger:
 
     def __init__(self) -> None:
         self.spends: list[Spend] = []
+        self.at: dict[str, datetime] = {}  # an event's time, when a test needs it (default: now)
         self.reads = 0
 
-    async def __call__(self, customer: str, period: str) -> list[Spend]:
+    async def __call__(self, customer: str, period: str, since: datetime | None = None) -> list[Spend]:
         self.reads += 1
-        return list(self.spends)
+        now = datetime.now(timezone.utc)
+        return [s for s in self.spends if since is None or self.at.get(s.id, now) >= since]
 
 
 @pytest.fixture
@@ -129,3 +133,100 @@ async def test_spends_the_store_missed_are_applied_once_it_answers(clock):
     await r.renew_once()
     await r.renew_once()  # again: counted once
     assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (42, 0)
+
+
+class ReplyLost(MemoryBudget):
+    """A store that applies a settle and then cannot answer (the connection dropped after it ran)."""
+
+    down = False
+
+    async def settle(self, hold, units):
+        if self.down:
+            await super().settle(hold, units)
+            raise ConnectionError("connection lost after the script ran")
+        return await super().settle(hold, units)
+
+
+async def test_a_spend_the_store_missed_for_long_rebuilds_the_period_instead_of_counting_it_again(clock):
+    """The store keeps applied ids for its window only: re-applying a spend older than half of it
+    could count it twice (it may have run, its id since forgotten). The period is rebuilt."""
+    ledger = Ledger()
+    store = ReplyLost(clock=clock)  # the default window: 600 s
+    r = reservations(store, ledger, clock=clock)
+    live = (await reserve(r, "live", 30)).hold
+    hold = (await reserve(r, "lost", 50)).hold
+    store.down = True
+    with pytest.raises(ConnectionError):
+        await r.settle(hold, 42)  # applied, but the answer never came
+    store.down = False
+    ledger.spends = [Spend("lost", 42, ("customer",))]  # journaled, so the ledger has it
+    clock.now += 700  # the store's window for "lost" is over
+    await store.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=1, event_id="e")
+    assert "lost" not in store._periods[("acme", PERIOD)].applied  # forgotten: a settle would count again
+    await r.renew_once()
+    # rebuilt: the ledger's 42 once; this proxy's live hold put back; "e" (no proxy's, not in the
+    # ledger: a test's write) is gone with the period
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (42, 30)
+    await r.renew_once()  # nothing pending any more
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (42, 30)
+    await r.settle(live, 30)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (72, 0)
+
+
+async def test_a_spend_missed_briefly_is_settled_by_id(clock):
+    ledger = Ledger()
+    store = ReplyLost(clock=clock)
+    r = reservations(store, ledger, clock=clock)
+    hold = (await reserve(r, "r1", 50)).hold
+    store.down = True
+    with pytest.raises(ConnectionError):
+        await r.settle(hold, 42)
+    store.down = False
+    clock.now += 299  # within half the window: its id is remembered, the retry counts nothing
+    await r.renew_once()
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (42, 0)
+    assert ledger.reads == 1  # the first seed only: no rebuild
+
+
+async def test_a_proxy_that_learns_of_a_cap_merges_only_what_the_rebuild_may_have_missed(clock):
+    """The proxy where the cap was set rebuilt the period; another one merges its recent events:
+    those applied somewhere count nothing (their ids are remembered), old ones are left alone
+    (their ids may be forgotten: merging them would count them again)."""
+    ledger = Ledger()
+    store = MemoryBudget(clock=clock)
+    where_set, other = reservations(store, ledger, clock=clock), reservations(store, ledger, clock=clock)
+    ledger.spends = [Spend("old", 10, ("customer",)), Spend("before", 20, ("customer",))]
+    ledger.at["old"] = datetime.now(timezone.utc) - timedelta(hours=2)
+    await where_set.rebuild("acme", PERIOD)
+    clock.now += 3600  # the ids the rebuild applied are forgotten
+    await store.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=0, event_id="tick")
+    ledger.spends.append(Spend("missed", 5, ("customer",)))  # flushed by its proxy after the rebuild read
+    ledger.at["before"] = datetime.now(timezone.utc) - timedelta(hours=1)
+    await other.merge_recent("acme", PERIOD)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (35, 0)
+    await other.merge_recent("acme", PERIOD)  # again: nothing more
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (35, 0)
+
+
+async def test_a_first_cap_counts_the_period_again_from_the_ledger(clock):
+    """A customer capped earlier in the period, uncapped for a while (its calls spent nothing
+    here), then capped again: every event of the period counts, the old ones once though their
+    ids are long forgotten."""
+    ledger = Ledger()
+    store = MemoryBudget(clock=clock)
+    r = reservations(store, ledger, clock=clock)
+    await r.settle((await reserve(r, "capped-call", 10)).hold, 10)
+    clock.now += 3600
+    await store.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=0, event_id="tick")
+    live = (await reserve(r, "in-flight", 5)).hold
+    ledger.spends = [Spend("capped-call", 10, ("customer",)), Spend("uncapped-call", 20, ("customer",))]
+    await r.rebuild("acme", PERIOD)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (30, 5)
+    assert (await reserve(r, "next", 1)).allowed  # one proxy (memory): no recovery window
+    await r.settle(live, 5)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (35, 1)
+
+
+def test_a_store_window_too_short_for_the_recent_spends_is_refused():
+    with pytest.raises(ValueError, match="applied ids"):
+        Reservations(store=MemoryBudget(applied_for=60), source=Ledger(), shared=False, recent_for=30)
