@@ -33,7 +33,8 @@ async def read_body(request: web.Request) -> bytes:
     try:
         if request.content.is_eof():  # all of it came with the headers (most bodies): nothing to wait for
             return await request.read()
-        return await asyncio.wait_for(request.read(), timeout)
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except asyncio.TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
     except (RequestPayloadError, BadHttpMessage) as exc:

@@ -138,7 +138,8 @@ async def follow(live: Live, redis=None) -> None:
     try:
         while True:
             try:
-                await asyncio.wait_for(wake.wait(), timeout=POLL)
+                async with asyncio.timeout(POLL):
+                    await wake.wait()
             except asyncio.TimeoutError:
                 pass
             wake.clear()

@@ -183,10 +183,9 @@ class _Pipe(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         timeout = options.get("socket_timeout")
         try:
-            _, pipe = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(timeout, encoder), options.get("host", "localhost"),
-                                       options.get("port", 6379)),
-                options.get("socket_connect_timeout") or timeout)
+            async with asyncio.timeout(options.get("socket_connect_timeout") or timeout):
+                _, pipe = await loop.create_connection(lambda: cls(timeout, encoder), options.get("host", "localhost"),
+                                                       options.get("port", 6379))
         except asyncio.TimeoutError:
             raise RedisTimeoutError("Timeout connecting to server") from None
         except OSError as exc:

@@ -118,7 +118,8 @@ class Recorder:
         backoff = self.flush_interval
         while not self._closing:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -155,7 +156,8 @@ class Recorder:
         """Flush what is queued, then stop. Whatever is left stays in the journal."""
         if self._task is not None:
             try:
-                await asyncio.wait_for(self.flush(), timeout=10)
+                async with asyncio.timeout(10):
+                    await self.flush()
             except asyncio.TimeoutError:
                 log.error("ledger flush timed out at shutdown; %d events stay in the journal", len(self._queue))
             self._closing = True

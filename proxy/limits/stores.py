@@ -121,7 +121,8 @@ async def customer_events(app: web.Application, customer_id: str, *, period: str
     the ones still queued here."""
     recorder = app[RECORDER]
     try:
-        await asyncio.wait_for(recorder.flush(), timeout=5)
+        async with asyncio.timeout(5):
+            await recorder.flush()
         events = await asyncio.get_running_loop().run_in_executor(
             None, lambda: list(recorder.ledger.events(customer=customer_id, period=period, start=since, end=until)))
     except Exception as exc:

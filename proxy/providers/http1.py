@@ -146,10 +146,9 @@ class Client:
                 if self._tls is None:
                     self._tls = ssl.create_default_context()
                 tls = self._tls
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, origin.host, origin.port, ssl=tls,
-                                       server_hostname=origin.host if tls else None),
-                self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(_Connection, origin.host, origin.port, ssl=tls,
+                                                       server_hostname=origin.host if tls else None)
         except BaseException as exc:
             self._open -= 1
             self._wake_one()

@@ -39,7 +39,8 @@ def portal_api(handler):
 async def _flushed(app: web.Application) -> None:
     """Wait (a little) for the ledger to hold every ended call: the views read the ledger."""
     try:
-        await asyncio.wait_for(app[RECORDER].flush(), timeout=2)
+        async with asyncio.timeout(2):
+            await app[RECORDER].flush()
     except asyncio.TimeoutError:
         pass
 

@@ -33,7 +33,8 @@ async def close_periods(app: web.Application, customers: list[CustomerConfig] | 
     grace = timedelta(seconds=config.server.statement_grace)
     now = utcnow()
     # NOTE: bounded: with the ledger down, statements wait for the next pass, requests do not hang
-    await asyncio.wait_for(recorder.flush(), timeout=5)
+    async with asyncio.timeout(5):
+        await recorder.flush()
     loop = asyncio.get_running_loop()
     closed = 0
     for customer in customers if customers is not None else config.customers.values():

@@ -90,7 +90,8 @@ async def usage_events(request: web.Request) -> web.StreamResponse:
     start, end = _instant(query.get("from"), "from"), _instant(query.get("to"), "to")
     recorder = app[RECORDER]
     try:
-        await asyncio.wait_for(recorder.flush(), timeout=5)  # the ledger holds every ended response
+        async with asyncio.timeout(5):
+            await recorder.flush()  # the ledger holds every ended response
     except asyncio.TimeoutError:
         pass
     filters = {name: query.get(name) for name in ("session", "model", "feature", "period")}
