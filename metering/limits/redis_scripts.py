@@ -84,9 +84,10 @@ local function spend(id, units, first, last, keep)
 end
 
 -- Applied ids past their window go, but none before the period is seeded: the seed may still
--- merge any of them from the ledger.
+-- merge any of them from the ledger. Reserves do it (they know the period is seeded; every
+-- settle follows one), and so does add_spent (it may come without a reserve).
 local function forget_applied(now)
-  if redis.call('EXISTS', SEEDED) == 1 then redis.call('ZREMRANGEBYSCORE', APPLIED, '-inf', fmt(now)) end
+  redis.call('ZREMRANGEBYSCORE', APPLIED, '-inf', fmt(now))
 end
 """
 
@@ -101,6 +102,7 @@ local generation, wait = seeded(now)
 if generation == '' then return {3, 0, 0, 0, -1, 0, '', 0} end
 if wait > 0 then return {4, 0, 0, 0, -1, 0, generation, wait} end
 prune(now)
+forget_applied(now)
 local id, units_s, ttl_ms, report = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local units = tonumber(units_s)
 local scopes, limits, modes = {}, {}, {}
@@ -141,7 +143,6 @@ return answer(1, report, units)
 BUDGET_SETTLE = _BUDGET_PRELUDE + """
 local now = now_ms()
 prune(now)
-forget_applied(now)
 -- NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
 local first = spend(ARGV[2], ARGV[3], 4, #ARGV, fmt(now + APPLIED_MS))
 drop(ARGV[2])
@@ -160,7 +161,7 @@ return 1
 # ARGV: key_ttl, event_id, units (signed), then scope names. Returns 1, or 0 if counted before.
 BUDGET_ADD_SPENT = _BUDGET_PRELUDE + """
 local now = now_ms()
-forget_applied(now)
+if redis.call('EXISTS', SEEDED) == 1 then forget_applied(now) end
 local first = spend(ARGV[2], ARGV[3], 4, #ARGV, fmt(now + APPLIED_MS))
 touch()
 return first
