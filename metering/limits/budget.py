@@ -22,7 +22,7 @@ other proxies put back their holds and the events the ledger did not have yet.
 
 Hold ids and `add_spent` event ids share one idempotency set per period: both are the usage
 event's id, so a request is counted at most once whichever path records it. An id is kept for
-`applied_for` seconds (10 minutes) once its period is seeded, not for the whole period: the set
+`applied_for` seconds (3 minutes) once its period is seeded, not for the whole period: the set
 would otherwise grow by every capped call of a month. Until the period is seeded every id stays
 (the seed may still merge any of them from the ledger). Nothing re-applies a spend older than
 that: a renewal's put-back and a recovery's re-applied spends are seconds old, and a spend
@@ -47,7 +47,9 @@ from metering.limits import redis_scripts
 NANO = 10**9
 MAX_UNITS = 2**53 - 1  # Lua numbers are doubles: beyond this, sums stop being exact
 KEY_TTL = 40 * 86400.0  # longer than any billing period, so an open period never expires while in use
-APPLIED_FOR = 600.0  # seconds a seeded period remembers an applied id (see the module docstring)
+# Seconds a seeded period remembers an applied id (see the module docstring): well past the 30 s
+# of spends a recovery re-applies. The set holds this many seconds of a customer's capped calls.
+APPLIED_FOR = 180.0
 MODES = ("hard", "soft")
 _SEED_CHUNK = 2000  # events per seeding script
 

@@ -105,9 +105,9 @@ async def test_a_rebuild_on_one_proxy_gets_every_proxys_part_back(client: aiored
 
     ledger = Ledger()
     clock_a, clock_b = FakeClock(), FakeClock()
-    a = Reservations(store=RedisBudget(client, prefix=prefix), source=ledger, shared=True, window=0.2,
+    a = Reservations(store=RedisBudget(client, prefix=prefix, applied_for=600), source=ledger, shared=True, window=0.2,
                      clock=clock_a)
-    store_b = ReplyLost(client, prefix=prefix)
+    store_b = ReplyLost(client, prefix=prefix, applied_for=600)
     b = Reservations(store=store_b, source=ledger, shared=True, window=0.2, clock=clock_b)
     cap = [customer(1000)]
     live = (await a.reserve(customer="acme", period=PERIOD, hold_id="a-live", units=30, scopes=cap)).hold

@@ -151,7 +151,7 @@ async def test_a_spend_the_store_missed_for_long_rebuilds_the_period_instead_of_
     """The store keeps applied ids for its window only: re-applying a spend older than half of it
     could count it twice (it may have run, its id since forgotten). The period is rebuilt."""
     ledger = Ledger()
-    store = ReplyLost(clock=clock)  # the default window: 600 s
+    store = ReplyLost(clock=clock, applied_for=600)
     r = reservations(store, ledger, clock=clock)
     live = (await reserve(r, "live", 30)).hold
     hold = (await reserve(r, "lost", 50)).hold
@@ -175,7 +175,7 @@ async def test_a_spend_the_store_missed_for_long_rebuilds_the_period_instead_of_
 
 async def test_a_spend_missed_briefly_is_settled_by_id(clock):
     ledger = Ledger()
-    store = ReplyLost(clock=clock)
+    store = ReplyLost(clock=clock, applied_for=600)
     r = reservations(store, ledger, clock=clock)
     hold = (await reserve(r, "r1", 50)).hold
     store.down = True
