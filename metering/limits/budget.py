@@ -33,6 +33,7 @@ the memory store mirrors it).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -178,8 +179,9 @@ class _Period:
     held: dict[str, int] = field(default_factory=dict)
     holds: dict[str, _Held] = field(default_factory=dict)
     applied: set[str] = field(default_factory=set)  # settled hold ids and add_spent event ids
-    # (forget at, id), oldest first: when each applied id may go (once the period is seeded)
-    applied_order: deque[tuple[float, str]] = field(default_factory=deque)
+    # (forget at, ids), oldest first: when applied ids may go (once the period is seeded), by the
+    # second (an id stays up to 1 s longer; a tuple and a float per id cost more than the id)
+    applied_order: deque[tuple[int, list[str]]] = field(default_factory=deque)
     touched: float = 0.0
     generation: str = ""  # set by seed: "" means the period's spend is not known yet
     ready_at: float = 0.0
@@ -191,7 +193,11 @@ class _Period:
         if event_id in self.applied:
             return False
         self.applied.add(event_id)
-        self.applied_order.append((keep_until, event_id))
+        second, order = math.ceil(keep_until), self.applied_order
+        if order and order[-1][0] == second:
+            order[-1][1].append(event_id)
+        else:
+            order.append((second, [event_id]))
         for name in scopes:
             self.spent[name] = self.spent.get(name, 0) + units
         return True
@@ -232,7 +238,8 @@ class _Period:
             return
         order, applied = self.applied_order, self.applied
         while order and order[0][0] <= now:
-            applied.discard(order.popleft()[1])
+            for event_id in order.popleft()[1]:
+                applied.discard(event_id)
 
 
 class MemoryBudget:
