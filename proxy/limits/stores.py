@@ -170,8 +170,9 @@ async def _refresh_customer_caps(app: web.Application) -> None:
     """Customers' own caps live in the shared ledger; other proxies' changes arrive here.
 
     A customer who had no cap at all and now has one was never reserved against here: the
-    proxy where the cap was set rebuilt its period from the ledger; this one merges its events
-    of the last minutes (by event id) that the rebuild may have missed.
+    proxy where the cap was set rebuilt its period from the ledger; this one merges the events
+    of the last half of the budget's applied-id window (by event id) that the rebuild may have
+    missed.
     """
     gate, ledger = app[GATE], app[RECORDER].ledger
     loop = asyncio.get_running_loop()

@@ -56,7 +56,8 @@ async def set_own_cap(app: web.Application, customer, amount: Decimal | None) ->
 
 
 async def _seed_spent(app: web.Application, customer) -> None:
-    """A customer without any cap was never reserved against: merge what it spent (by event id)."""
+    """A customer without any cap was never reserved against: rebuild its period's spend from
+    the ledger (every event once; see `Reservations.rebuild`)."""
     period = app[METER].period(customer, utcnow()).key
     try:
         await app[GATE].budget.rebuild(customer.id, period)
