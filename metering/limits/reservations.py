@@ -19,7 +19,8 @@ running. `Reservations` wraps a store with that knowledge:
   is never re-applied once that old: a spend the store missed for half of it (a long outage)
   and a customer who gets a first cap (its uncapped calls were never spent here) rebuild the
   period instead, as after a loss: dropped, merged again from the ledger, every proxy putting
-  back its part.
+  back its part. (The other proxies that learn of that cap merge only their events of the last
+  half window, whose ids are still remembered: `merge_recent`.)
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timedelta, timezone
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from metering.limits.budget import BudgetStore, Decision, Hold, Scope, Spend
 
