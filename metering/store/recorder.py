@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 
 from metering.limits.counters import Counters
 from metering.store.bounds import bounded
-from metering.store.events import UsageEvent
+from metering.store.events import UsageEvent, utcnow
 from metering.store.journal import Journal
 from metering.store.ledger import Ledger
 
@@ -26,6 +27,7 @@ log = logging.getLogger("payware.recorder")
 
 COUNTERS_DOWN = (ConnectionError, TimeoutError, OSError, RedisError)
 ROTATE_BYTES = 16 * 1024 * 1024  # empty the journal once the ledger holds it all and it is this big
+BEHIND = 5.0  # seconds: an event waiting longer than this for the ledger is worth a warning
 
 
 class Recorder:
@@ -49,6 +51,7 @@ class Recorder:
         self.recovered = 0  # events the journal held that the ledger did not, at start
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
         self.dead_letters: dict[str, int] = {}  # customer -> events the ledger kept aside (evidence)
+        self._warned_behind = float("-inf")  # monotonic time of the last "ledger behind" warning
 
     async def start(self, open_periods: Callable[[], tuple[dict[str, str], datetime]]) -> list[UsageEvent]:
         """Replay the journal into the ledger, rebuild counters, start the flusher.
@@ -135,6 +138,7 @@ class Recorder:
             backoff = self.flush_interval
             del self._queue[: len(batch)]
             self._written += len(batch)
+            self.warn_if_behind()
             if len(self._queue) >= self.flush_batch:
                 self._wake.set()  # a full batch is waiting; otherwise the next one waits its interval
             elif not self._queue and self.journal.size() > ROTATE_BYTES:
@@ -143,6 +147,18 @@ class Recorder:
                 self.journal.truncate()
             async with self._flushed:
                 self._flushed.notify_all()
+
+    def warn_if_behind(self) -> None:
+        """Say so (once a minute at most) when the ledger falls behind: what waits for it is held
+        in memory, and reads that flush first (summaries, statements, cap seeding) wait too."""
+        if not self._queue:
+            return
+        lag = (utcnow() - self._queue[0].ts).total_seconds()
+        now = time.monotonic()
+        if lag > BEHIND and now - self._warned_behind >= 60.0:
+            self._warned_behind = now
+            log.warning("the ledger is %.0f s behind: %d events wait for it (held in memory; "
+                        "payware_journal_backlog_events)", lag, len(self._queue))
 
     def _write(self, batch: list[UsageEvent]) -> None:
         self.journal.sync()  # power-loss safety for what is about to be acknowledged
