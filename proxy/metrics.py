@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from config.loader import ConfigError
 from config.schema import Config
-from metering.store.events import UsageEvent, utcnow
+from metering.store.events import UsageEvent
 from proxy.serving.accesslog import NOTES, OBSERVER
 from proxy.serving.server import listen
 from proxy.appkeys import GATE, LIVE, RECORDER
@@ -216,12 +216,10 @@ class _StateCollector:
                                 value=0 if gate is not None and gate.store_down else 1)
         if recorder is None:
             return
-        queued = recorder.queued()
-        lag = (utcnow() - min(e.ts for e in queued)).total_seconds() if queued else 0.0
         yield GaugeMetricFamily("payware_journal_backlog_events", "Events in this proxy's journal that the "
-                                "ledger does not hold yet.", value=len(queued))
+                                "ledger does not hold yet.", value=len(recorder.queued()))
         yield GaugeMetricFamily("payware_ledger_flush_lag_seconds", "Age of the oldest event waiting for the "
-                                "ledger (0 when none waits).", value=max(lag, 0.0))
+                                "ledger (0 when none waits).", value=recorder.lag())
         yield GaugeMetricFamily("payware_counters_resync_pending", "1 while the real-time totals wait to be "
                                 "rebuilt from the ledger after a counter-store failure.",
                                 value=1 if recorder.counters_stale else 0)

@@ -148,12 +148,14 @@ class Recorder:
             async with self._flushed:
                 self._flushed.notify_all()
 
+    def lag(self) -> float:
+        """Seconds the oldest event not yet in the ledger has waited (0 when none waits)."""
+        return max((utcnow() - min(e.ts for e in self._queue)).total_seconds(), 0.0) if self._queue else 0.0
+
     def warn_if_behind(self) -> None:
         """Say so (once a minute at most) when the ledger falls behind: what waits for it is held
         in memory, and reads that flush first (summaries, statements, cap seeding) wait too."""
-        if not self._queue:
-            return
-        lag = (utcnow() - self._queue[0].ts).total_seconds()
+        lag = self.lag()
         now = time.monotonic()
         if lag > BEHIND and now - self._warned_behind >= 60.0:
             self._warned_behind = now

@@ -21,7 +21,7 @@ def test_a_ledger_minutes_behind_is_warned_about_once_a_minute(tmp_path, caplog)
         with caplog.at_level(logging.WARNING, logger="payware.recorder"):
             recorder.warn_if_behind()
             assert not caplog.records  # 2 s: a flush or two, nothing to say
-            recorder.keep(event(1, "0.01"))
+            recorder.keep(event(1, "0.01", ts=utcnow()))
             recorder._queue[0] = event(0, "0.01", ts=utcnow() - timedelta(seconds=90))
             recorder.warn_if_behind()
             recorder.warn_if_behind()  # again at once: not repeated
