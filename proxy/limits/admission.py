@@ -9,6 +9,7 @@ before generating anything it is released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ class Gate:
         self.notifier = notifier
         self.on_recovery = on_recovery  # resync the shared counters from the ledger after an outage
         self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
+        self.customers: dict[str, CustomerConfig] = {}  # the customers in force (set by the app)
+        self.capping: set[str] = set()  # customers whose first cap is being applied (see `first_cap`)
         self.caps_version = 0  # bumped by each change made here
         self.store_down = False
         self._preloading: asyncio.Future | None = None
@@ -141,6 +144,29 @@ class Gate:
     def capped(self, customer: CustomerConfig) -> bool:
         """Whether any cap applies to the customer (the admin's, its own, or a key's)."""
         return customer.cap is not None or bool(customer.key_caps) or customer.id in self.customer_caps
+
+    def newly_capped(self, customers: dict[str, CustomerConfig]) -> list[CustomerConfig]:
+        """Take the customers of a new config; those that had no cap and now have one (their
+        period must be rebuilt: their uncapped calls were never spent against it)."""
+        before, self.customers = self.customers, customers
+        return [c for c in customers.values()
+                if self.capped(c) and c.id in before and not self.capped(before[c.id])]
+
+    @contextlib.asynccontextmanager
+    async def first_cap(self, customer_id: str):
+        """While a customer's first cap is applied (its period rebuilt from the ledger), the calls
+        it made before the cap and that end meanwhile already count against it: by event id, so
+        the rebuild's merge and the settle never count one twice. A call whose settle missed
+        that would be billed and never counted against the cap."""
+        self.capping.add(customer_id)
+        try:
+            yield
+        finally:
+            self.capping.discard(customer_id)
+
+    def _counts_late(self, customer: CustomerConfig) -> bool:
+        """Whether a call admitted without a cap counts against one set since it started."""
+        return customer.id in self.capping or self.capped(self.customers.get(customer.id, customer))
 
     async def admit(self, *, request_id: str, customer: CustomerConfig, key_id: str | None, plan: PlanConfig,
                     model: ModelConfig, fmt, body: dict, period: str, now: datetime, size: int = 0,
@@ -293,12 +319,16 @@ class Gate:
 
         The TPM limits were charged the worst case up front; they get the difference back.
         """
-        if not admitted.capped and admitted.credit_hold is None and not admitted.rate_tokens:
+        capped, scopes, live = admitted.capped, admitted.scopes, customer
+        if not capped and self._counts_late(customer):  # a cap set while the call ran counts it
+            capped, live = True, self.customers.get(customer.id, customer)
+            scopes = tuple(s.name for s in self.scopes(live, admitted.key_id))
+        if not capped and admitted.credit_hold is None and not admitted.rate_tokens:
             return  # no cap, no credits, no TPM limit: nothing to count against
         units = max(-MAX_UNITS, min(to_units(amount), MAX_UNITS))
         tokens = min(tokens, RATE_MAX_TOKENS)
-        limit = self.cap_amount(customer)
-        notify = self.notifier is not None and limit is not None and admitted.capped
+        limit = self.cap_amount(live)
+        notify = self.notifier is not None and limit is not None and capped
 
         async def settle(budget: Reservations, limiter: RateLimiter):
             writes = []  # independent of each other: at once, so one round trip on Redis
@@ -309,9 +339,9 @@ class Gate:
                 writes.append(budget.settle(admitted.credit_hold, units))
             if admitted.capped and admitted.hold is not None:
                 writes.append(budget.settle(admitted.hold, units))
-            elif admitted.capped:
+            elif capped:  # served past the cap, or admitted before the cap: by id, at most once
                 writes.append(budget.add_spent(customer=admitted.customer, period=admitted.period,
-                                               scopes=admitted.scopes, units=units, event_id=event_id))
+                                               scopes=scopes, units=units, event_id=event_id))
             for result in await together(self.remote and budget is self.budget, *writes):
                 if isinstance(result, Exception):
                     raise result

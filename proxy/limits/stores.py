@@ -8,6 +8,7 @@ renewed while they run; customers' own caps are re-read from the shared ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -21,7 +22,7 @@ from metering.store.credits import CreditStore
 from metering.store.events import UsageEvent, utcnow
 from metering.usage.tokens import encoding_for
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
-from proxy.limits.admission import Gate
+from proxy.limits.admission import STORE_DOWN, Gate
 from proxy.appkeys import GATE, HTTP, LIVE, METER, RECORDER, REDIS
 from proxy.limits.credits import CREDITS, CreditBook
 from proxy.errors import ServiceUnavailable
@@ -58,6 +59,10 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     def reconfigured(changed) -> None:  # a reload, a grant or a customer made on any proxy
         gate.plans = changed.plans
         gate.credits.invalidate()
+        for customer in gate.newly_capped(changed.customers):
+            _spawn(rebuild_for_new_cap(app, customer), rebuilds)
+    rebuilds: set[asyncio.Task] = set()
+    gate.customers = config.customers
     app[LIVE].on_change.append(reconfigured)
     recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
@@ -69,12 +74,43 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(_refresh_customer_caps(app), name="customer-caps"),
              asyncio.create_task(gate.run(), name="hold-renewals")]
     yield
-    for task in tasks:
+    for task in [*tasks, *rebuilds]:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, *rebuilds, return_exceptions=True)
     if notifier is not None:
         await notifier.close()
     await budget.close()
+
+
+async def rebuild_for_new_cap(app: web.Application, customer, *, attempts: int = 8) -> None:
+    """A reload or a directory change gave `customer` a cap it did not have: its calls since its
+    period's last cap (or ever) were not spent against the budget, so the period is rebuilt from
+    the ledger (`Reservations.rebuild`). Every proxy that sees the change rebuilds (a file reload
+    has no one proxy it happens on); each rebuild is idempotent by event id. Retried while the
+    store is unreachable: until it is done, the cap counts only the calls since it applied."""
+    gate, delay = app[GATE], 0.5
+    for attempt in range(attempts):
+        if not gate.capped(gate.customers.get(customer.id, customer)):
+            return  # the cap went away again meanwhile
+        try:
+            await gate.budget.rebuild(customer.id, app[METER].period(customer, utcnow()).key)
+            return
+        except STORE_DOWN as exc:
+            log.warning("could not rebuild %s's spend for its new cap (%s): retrying in %.1f s",
+                        customer.id, type(exc).__name__, delay)
+        except Exception:
+            log.exception("could not rebuild %s's spend for its new cap", customer.id)
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+    log.error("gave up rebuilding %s's spend for its new cap: its cap counts the calls since it applied only",
+              customer.id)
+
+
+def _spawn(coro, tasks: set[asyncio.Task]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def counts_tokens(config) -> bool:
@@ -187,11 +223,13 @@ async def _refresh_customer_caps(app: web.Application) -> None:
         if version != gate.caps_version:  # a cap set here during the read is newer than the read
             continue
         config, now = app[LIVE].config, utcnow()
-        newly = [config.customers[c] for c in caps.keys() - gate.customer_caps.keys() if c in config.customers]
-        for customer in newly:
-            if not gate.capped(customer):
+        newly = [config.customers[c] for c in caps.keys() - gate.customer_caps.keys()
+                 if c in config.customers and not gate.capped(config.customers[c])]
+        async with contextlib.AsyncExitStack() as applying:
+            for customer in newly:
+                await applying.enter_async_context(gate.first_cap(customer.id))
                 try:
                     await gate.budget.merge_recent(customer.id, app[METER].period(customer, now).key)
                 except Exception as exc:
                     log.warning("could not merge %s's spend for its new cap: %s", customer.id, type(exc).__name__)
-        gate.customer_caps = caps
+            gate.customer_caps = caps

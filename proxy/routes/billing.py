@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
@@ -43,15 +44,17 @@ async def set_own_cap(app: web.Application, customer, amount: Decimal | None) ->
         raise InvalidRequest(f"the cap cannot be above the limit the operator set (${decimal_str(admin)})",
                              param="amount", code="cap_above_limit")
     gate = app[GATE]
-    if amount is not None and not gate.capped(customer):
-        await _seed_spent(app, customer)  # first: a failure here changes nothing
-    await asyncio.get_running_loop().run_in_executor(
-        None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
-    gate.caps_version += 1
-    if amount is None:
-        gate.customer_caps.pop(customer.id, None)
-    else:
-        gate.customer_caps[customer.id] = amount
+    first = amount is not None and not gate.capped(customer)
+    async with gate.first_cap(customer.id) if first else contextlib.nullcontext():
+        if first:
+            await _seed_spent(app, customer)  # first: a failure here changes nothing
+        await asyncio.get_running_loop().run_in_executor(
+            None, app[RECORDER].ledger.set_customer_cap, customer.id, amount)
+        gate.caps_version += 1
+        if amount is None:
+            gate.customer_caps.pop(customer.id, None)
+        else:
+            gate.customer_caps[customer.id] = amount
     return await _cap_view(app, customer)
 
 

@@ -22,6 +22,12 @@ def customers(cap: str, extra: str = "") -> str:
 """
 
 
+def customers_without_cap(extra: str = "") -> str:
+    return f"""
+  acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}"]{extra}}}
+"""
+
+
 def sdk(proxy, key=KEYS["acme"], retries=2) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=retries)
 
@@ -234,3 +240,60 @@ def test_a_worst_case_that_does_not_fit_says_so_and_how_to_fit_it(proxy_factory,
                                                       max_completion_tokens=5000)
     assert "`max_completion_tokens` of 5000" in info.value.body["message"]
     sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=100)  # fits: served
+
+
+def _cap_just_above_spent(proxy) -> str:
+    """A cap $0.000005 above what the customer spent (to the nano-dollar a cap allows): less than
+    the worst case of one more call (~$0.0000092), so that call fits only if the budget missed
+    some of the spend."""
+    spent = Decimal(http(proxy, "GET", "/v1/billing/cap")[1]["spent"])
+    return str((spent + Decimal("0.000005")).quantize(Decimal("1e-9"), rounding="ROUND_DOWN"))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def counters(request) -> str:
+    """The storage lines of a proxy on memory counters, or on a Redis of its own (emptied)."""
+    if request.param == "memory":
+        return ""
+    import redis
+
+    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/5"
+    redis.Redis.from_url(url).flushdb()
+    return f"  counters: {url}"
+
+
+def test_a_call_in_flight_when_the_customer_sets_a_first_cap_counts_against_it(proxy_factory, counters):
+    # No cap: the slow call is admitted without a reservation. (The TPM limit only makes the proxy
+    # load its tokenizer at start-up, so the refused call's worst case is the exact ~$0.0000092.)
+    proxy = proxy_factory(storage=counters, customers=customers_without_cap(", rate_limit: {tpm: 1000000}"))
+    stream = sdk(proxy).chat.completions.create(model="fake-slow", messages=MESSAGES, stream=True)
+    next(iter(stream))  # the call is in flight
+    assert http(proxy, "PUT", "/v1/billing/cap", {"amount": "1.00"})[0] == 200
+    for _ in stream:
+        pass
+    assert Decimal(http(proxy, "GET", "/v1/billing/cap")[1]["spent"]) > 0
+    assert http(proxy, "PUT", "/v1/billing/cap", {"amount": _cap_just_above_spent(proxy)})[0] == 200
+    with pytest.raises(openai.RateLimitError) as info:  # served only if the budget missed the slow call
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert info.value.body["code"] == "spend_cap_reached"
+
+
+def test_a_cap_a_reload_gives_back_counts_the_calls_made_while_it_was_away(proxy_factory, counters):
+    proxy = proxy_factory(customers=customers('amount: "1.00", action: block'), storage=counters)
+    for _ in range(2):
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    capped_config = proxy.config_path.read_text()
+    proxy.config_path.write_text(capped_config.replace(', cap: {amount: "1.00", action: block}', ""))
+    assert http(proxy, "POST", "/v1/admin/reload", {}, key=ADMIN_KEY)[0] == 200
+    assert http(proxy, "GET", "/v1/billing/cap")[1]["amount"] is None
+    for _ in range(3):  # uncapped: nothing reserved or spent against a cap
+        sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    proxy.config_path.write_text(capped_config.replace('"1.00"', f'"{_cap_just_above_spent(proxy)}"'))
+    assert http(proxy, "POST", "/v1/admin/reload", {}, key=ADMIN_KEY)[0] == 200
+    deadline = time.monotonic() + 10
+    while "rebuilt from" not in proxy.log_path.read_text():  # the rebuild runs after the swap
+        assert time.monotonic() < deadline, "the period was never rebuilt"
+        time.sleep(0.05)
+    with pytest.raises(openai.RateLimitError) as info:  # served only if the budget missed the 3 calls
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
+    assert info.value.body["code"] == "spend_cap_reached"
