@@ -102,8 +102,8 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
                      keepalive_timeout=idle_timeout, lingering_time=1.0)
 
     async def main() -> None:
-        await runner.setup()
         try:
+            await runner.setup()  # NOTE: inside: a start that fails midway closes what it opened
             for sock in sockets:
                 await web.SockSite(runner, sock).start()
             if on_ready is not None:

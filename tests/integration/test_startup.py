@@ -37,6 +37,7 @@ def access_lines(proxy, path: str, count: int, timeout: float = 10.0) -> list[st
 def assert_one_clear_line(result: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert "Unclosed" not in result.stderr  # what was opened before the failure is closed again
     assert "serving on" not in result.stdout
     failure = [line for line in result.stderr.splitlines() if line.startswith("payware: cannot start")]
     assert len(failure) == 1, result.stderr
