@@ -17,9 +17,9 @@ running. `Reservations` wraps a store with that knowledge:
   for every proxy's renewal to do the same. Reserves wait for the window, up to `max_wait`.
 - **Rebuild.** The store remembers applied ids for `store.applied_for` seconds only, so a spend
   is never re-applied once that old: a spend the store missed for half of it (a long outage)
-  and a customer who gets a first cap (its uncapped calls were never spent here) rebuild the
+  and a customer who gets a cap again (its uncapped calls were never spent here) rebuild the
   period instead, as after a loss: dropped, merged again from the ledger, every proxy putting
-  back its part. (The other proxies that learn of that cap merge only their events of the last
+  back its part (`cap_applies`; a period the store never knew is merely seeded). (The other proxies that learn of that cap merge only their events of the last
   half window, whose ids are still remembered: `merge_recent`.)
 """
 
@@ -162,6 +162,15 @@ class Reservations:
                                   generation=uuid.uuid4().hex[:16], ready_in=ready_in)
             await self._restore(customer, period)  # spends since the source was read included
         log.warning("budget of %s for %s rebuilt from %d events", customer, period, len(events))
+
+    async def cap_applies(self, customer: str, period: str) -> None:
+        """A customer that had no cap gets one: none of its calls since were spent here. A period
+        the store does not know is seeded (every event once, as its first reserve would do); one
+        it knows holds an earlier cap's spends, whose ids are long forgotten: it is rebuilt."""
+        if await self.store.renew(customer=customer, period=period, holds=[], ttl=self.ttl):
+            await self.rebuild(customer, period)
+        else:
+            await self.seed(customer, period)
 
     async def merge_recent(self, customer: str, period: str) -> None:
         """Merge the period's events of the last half of the store's window, by id: those some

@@ -84,16 +84,17 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def rebuild_for_new_cap(app: web.Application, customer, *, attempts: int = 8) -> None:
     """A reload or a directory change gave `customer` a cap it did not have: its calls since its
-    period's last cap (or ever) were not spent against the budget, so the period is rebuilt from
-    the ledger (`Reservations.rebuild`). Every proxy that sees the change rebuilds (a file reload
-    has no one proxy it happens on); each rebuild is idempotent by event id. Retried while the
-    store is unreachable: until it is done, the cap counts only the calls since it applied."""
+    period's last cap (or ever) were not spent against the budget, so the period is merged from
+    the ledger, or rebuilt if the store knew it (`Reservations.cap_applies`). Every proxy that
+    sees the change does it (a file reload has no one proxy it happens on); each is idempotent
+    by event id. Retried while the store is unreachable: until it is done, the cap counts only
+    the calls since it applied."""
     gate, delay = app[GATE], 0.5
     for attempt in range(attempts):
         if not gate.capped(gate.customers.get(customer.id, customer)):
             return  # the cap went away again meanwhile
         try:
-            await gate.budget.rebuild(customer.id, app[METER].period(customer, utcnow()).key)
+            await gate.budget.cap_applies(customer.id, app[METER].period(customer, utcnow()).key)
             return
         except STORE_DOWN as exc:
             log.warning("could not rebuild %s's spend for its new cap (%s): retrying in %.1f s",

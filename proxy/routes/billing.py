@@ -59,11 +59,11 @@ async def set_own_cap(app: web.Application, customer, amount: Decimal | None) ->
 
 
 async def _seed_spent(app: web.Application, customer) -> None:
-    """A customer without any cap was never reserved against: rebuild its period's spend from
-    the ledger (every event once; see `Reservations.rebuild`)."""
+    """A customer without any cap was never reserved against: merge its period's spend from
+    the ledger (every event once; see `Reservations.cap_applies`)."""
     period = app[METER].period(customer, utcnow()).key
     try:
-        await app[GATE].budget.rebuild(customer.id, period)
+        await app[GATE].budget.cap_applies(customer.id, period)
     except STORE_DOWN:
         raise counters_unavailable() from None
 
