@@ -81,7 +81,10 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
         text = Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
-    return parse_config(text, source=source, env=os.environ if env is None else env)
+    try:
+        return parse_config(text, source=source, env=os.environ if env is None else env)
+    finally:
+        pricedb.release()  # the config holds its models' prices; a server keeps no copy of litellm's map
 
 
 def parse_config(text: str, *, source: str = "<string>", env: dict[str, str] | os._Environ) -> Config:
