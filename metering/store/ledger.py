@@ -23,6 +23,7 @@ from sqlalchemy import JSON, BigInteger, Column, Numeric, String, Text, TypeDeco
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel, select
 
 from metering.store import directory as _directory  # noqa: F401 - its tables are part of the schema
@@ -439,13 +440,38 @@ class Ledger:
         self.engine.dispose()
 
 
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def head_revision() -> str:
+    """The newest migration's revision: each file in versions/ is named after its revision
+    (`0009_credit_grants.py` is "0009"), and they count up (a test holds Alembic to it)."""
+    return max(path.name[:4] for path in (_MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the schema is at the newest migration already (read without Alembic)."""
+    try:
+        with engine.connect() as conn:
+            versions = [row[0] for row in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
+    except DBAPIError:  # no schema yet
+        return False
+    return versions == [head_revision()]
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (Alembic); a no-op when it is there."""
+    """Bring the schema to the newest migration (Alembic); a no-op when it is there.
+
+    NOTE: a schema at the newest migration (every start but a database's first and an
+    upgrade's) is checked without importing Alembic: ~8 MiB of RSS and ~0.1 s of start-up.
+    """
+    if _at_head(engine):
+        return
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
     config = AlembicConfig()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # NOTE: proxies starting at once on an empty database would race to create the same

@@ -84,15 +84,47 @@ def test_migrations_build_exactly_the_schema_the_models_describe(ledger):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from metering.store.ledger import SQLModel, migrate
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from metering.store.ledger import SQLModel, head_revision, migrate
 
     migrate(ledger.engine)  # a second run is a no-op
     with ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
         assert diff == []
-        newest = max(f.name[:4] for f in (Path(migrate.__code__.co_filename).parent / "migrations" / "versions")
-                     .glob("[0-9][0-9][0-9][0-9]_*.py"))
-        assert MigrationContext.configure(conn).get_current_revision() == newest
+        assert MigrationContext.configure(conn).get_current_revision() == head_revision()
+    # The start-up check reads the head from the files' names: Alembic must agree with it.
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(Path(migrate.__code__.co_filename).parent / "migrations"))
+    assert ScriptDirectory.from_config(config).get_heads() == [head_revision()]
+
+
+def test_a_current_schema_starts_without_alembic_and_an_older_one_is_still_migrated(tmp_path):
+    import subprocess
+    import sys
+
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from metering.store.ledger import _MIGRATIONS, head_revision
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    Ledger(url).close()  # a new database: migrated by Alembic
+    probe = ("import sys; from metering.store.ledger import Ledger; Ledger(sys.argv[1]).close(); "
+             "print('alembic' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    started = subprocess.run([sys.executable, "-c", probe, url], cwd=root, capture_output=True, text=True, timeout=60)
+    assert started.stdout.strip() == "False", started.stderr  # at head: checked without importing Alembic
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with create_engine(url).begin() as conn:  # as a database the previous version left
+        config.attributes["connection"] = conn
+        command.downgrade(config, "-1")
+    started = subprocess.run([sys.executable, "-c", probe, url], cwd=root, capture_output=True, text=True, timeout=60)
+    assert started.stdout.strip() == "True", started.stderr
+    with create_engine(url).connect() as conn:
+        assert [r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")] == [head_revision()]
 
 
 def test_the_flushers_batch_write_stores_what_insert_stores(ledger):
