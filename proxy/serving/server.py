@@ -10,6 +10,7 @@ JSON envelope with a fixed message, and the log line is one line, redacted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 from collections.abc import Callable
@@ -86,6 +87,17 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
     return sockets
 
 
+def _freeze_startup_objects() -> None:
+    """Take what start-up made out of the garbage collector's sight.
+
+    It lives as long as the process (modules, the config, the ledger's metadata: ~130,000
+    objects) and every full collection walked it: under load one every few seconds, each an
+    ~80 ms pause of every request. Its garbage is collected once first.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: float,
         loop: asyncio.AbstractEventLoop, on_ready: Callable[[], None] | None = None) -> None:
     """Serve `app` on `sockets` (see `listen`) until SIGINT or SIGTERM, then shut down cleanly
@@ -106,6 +118,7 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
             await runner.setup()  # NOTE: inside: a start that fails midway closes what it opened
             for sock in sockets:
                 await web.SockSite(runner, sock).start()
+            _freeze_startup_objects()
             if on_ready is not None:
                 on_ready()
             await asyncio.Event().wait()
