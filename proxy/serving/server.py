@@ -90,11 +90,11 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
 def _freeze_startup_objects() -> None:
     """Take what start-up made out of the garbage collector's sight.
 
-    It lives as long as the process (modules, the config, the ledger's metadata: ~130,000
+    It lives as long as the process (modules, the config, the ledger's metadata: ~115,000
     objects) and every full collection walked it: under load one every few seconds, each an
-    ~80 ms pause of every request. Its garbage is collected once first.
+    ~80 ms pause of every request. NOTE: no collection first: it takes ~45 ms of start-up and
+    finds 0 (a migrated database: ~1,000) garbage objects, which stay frozen.
     """
-    gc.collect()
     gc.freeze()
 
 
