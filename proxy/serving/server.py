@@ -87,15 +87,25 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
     return sockets
 
 
-def _freeze_startup_objects() -> None:
-    """Take what start-up made out of the garbage collector's sight.
+YOUNG_COLLECTION_EVERY = 10_000  # tracked allocations (Python's default: 700)
 
-    It lives as long as the process (modules, the config, the ledger's metadata: ~115,000
-    objects) and every full collection walked it: under load one every few seconds, each an
-    ~80 ms pause of every request. NOTE: no collection first: it takes ~45 ms of start-up and
-    finds 0 (a migrated database: ~1,000) garbage objects, which stay frozen.
+
+def _tune_garbage_collector() -> None:
+    """Collections made for a server's steady state, once start-up is done.
+
+    - What start-up made (modules, the config, the ledger's metadata: ~115,000 objects) lives
+      as long as the process, and every full collection walked it: under load one every few
+      seconds, each an ~80 ms pause of every request. `gc.freeze()` takes it out of their sight.
+      NOTE: no collection first: it takes ~45 ms of start-up and finds 0 (a migrated database:
+      ~1,000) garbage objects, which stay frozen.
+    - A call makes a few hundred tracked objects that its end frees (refcounts); a young
+      collection every 700 walked those of every call in flight, and promoted them to be walked
+      again. Every 10,000: capped chat at c=64, 40,000 calls, 37 -> 8.5 µs of collection per
+      call on Redis counters, 17.5 -> 5.4 on memory; pauses up to 8 and 25 ms (young, middle
+      generation) instead of 1.5 and 5; p99 unchanged.
     """
     gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
 
 
 def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: float,
@@ -118,7 +128,7 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
             await runner.setup()  # NOTE: inside: a start that fails midway closes what it opened
             for sock in sockets:
                 await web.SockSite(runner, sock).start()
-            _freeze_startup_objects()
+            _tune_garbage_collector()
             if on_ready is not None:
                 on_ready()
             await asyncio.Event().wait()
