@@ -67,7 +67,7 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
     recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
     gate.customer_caps = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.customer_caps)
     app[GATE] = gate
-    if counts_tokens(config):  # the tokenizers admission needs (~0.3 s, ~80 MiB), before serving
+    if counts_tokens(config):  # the tokenizers admission needs (~0.3 s, ~50 MiB), before serving
         await asyncio.get_running_loop().run_in_executor(None, load_tokenizers, config)
     app[LIVE].on_change.append(lambda changed: counts_tokens(changed) and gate.preload(
         lambda: load_tokenizers(changed)))

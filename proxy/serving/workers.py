@@ -152,7 +152,7 @@ def supervise(config: Config, *, workers: int, host: str, port: int, serve_one, 
 def _preload(config: Config) -> None:
     """Import the serving code, and load the tokenizers admission needs, once, before the workers
     fork: they share these pages (copy-on-write) instead of each loading its own (a tokenizer is
-    ~75 MiB), and a worker restarted after a crash starts without loading them again."""
+    ~50 MiB), and a worker restarted after a crash starts without loading them again."""
     import proxy.app  # noqa: F401
     from proxy.limits.stores import counts_tokens, load_tokenizers
 
