@@ -19,8 +19,11 @@ running. `Reservations` wraps a store with that knowledge:
   is never re-applied once that old: a spend the store missed for half of it (a long outage)
   and a customer who gets a cap again (its uncapped calls were never spent here) rebuild the
   period instead, as after a loss: dropped, merged again from the ledger, every proxy putting
-  back its part (`cap_applies`; a period the store never knew is merely seeded). (The other proxies that learn of that cap merge only their events of the last
-  half window, whose ids are still remembered: `merge_recent`.)
+  back its part (`cap_applies`: a period the store never knew is only seeded). The other
+  proxies that learn of a customer's own cap merge only their events of the last half window,
+  whose ids are still remembered (`merge_recent`).
+- **Recent spends** are kept for `recent_for` seconds for those put-backs: on a shared store
+  always, on one only this proxy uses (which loses nothing but to a rebuild) while one runs.
 """
 
 from __future__ import annotations

@@ -147,14 +147,14 @@ class Gate:
 
     def newly_capped(self, customers: dict[str, CustomerConfig]) -> list[CustomerConfig]:
         """Take the customers of a new config; those that had no cap and now have one (their
-        period must be rebuilt: their uncapped calls were never spent against it)."""
+        period must be merged again: their uncapped calls were never spent against it)."""
         before, self.customers = self.customers, customers
         return [c for c in customers.values()
                 if self.capped(c) and c.id in before and not self.capped(before[c.id])]
 
     @contextlib.asynccontextmanager
     async def first_cap(self, customer_id: str):
-        """While a customer's first cap is applied (its period rebuilt from the ledger), the calls
+        """While a customer's first cap is applied (its period merged from the ledger), the calls
         it made before the cap and that end meanwhile already count against it: by event id, so
         the rebuild's merge and the settle never count one twice. A call whose settle missed
         that would be billed and never counted against the cap."""

@@ -56,12 +56,13 @@ async def admission_ctx(app: web.Application) -> AsyncIterator[None]:
                               events=lambda cid, since, until: customer_events(app, cid, since=since, until=until))
     gate.plans = config.plans
 
+    rebuilds: set[asyncio.Task] = set()  # periods merged again for a cap a reload gave
+
     def reconfigured(changed) -> None:  # a reload, a grant or a customer made on any proxy
         gate.plans = changed.plans
         gate.credits.invalidate()
         for customer in gate.newly_capped(changed.customers):
             _spawn(rebuild_for_new_cap(app, customer), rebuilds)
-    rebuilds: set[asyncio.Task] = set()
     gate.customers = config.customers
     app[LIVE].on_change.append(reconfigured)
     recorder.on_counters_back = resync  # the counters may fail alone (an uncapped customer's calls)
@@ -90,7 +91,7 @@ async def rebuild_for_new_cap(app: web.Application, customer, *, attempts: int =
     by event id. Retried while the store is unreachable: until it is done, the cap counts only
     the calls since it applied."""
     gate, delay = app[GATE], 0.5
-    for attempt in range(attempts):
+    for _ in range(attempts):
         if not gate.capped(gate.customers.get(customer.id, customer)):
             return  # the cap went away again meanwhile
         try:
