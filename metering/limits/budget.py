@@ -166,6 +166,20 @@ def _report_index(scopes: list[Scope]) -> int:
     return 0
 
 
+_HEX = "0123456789abcdef"
+
+
+def _applied_key(event_id: str) -> str | int:
+    """How the memory store remembers an applied id: a proxied call's id (`req_` and 32 lowercase
+    hex digits, one-to-one with its number) as that 128-bit int; any other id as it is. The
+    int takes 44 bytes where the str takes 85, and it is the store's own object: the str was the
+    call's, allocated among its short-lived objects, whose memory it then held on to for the
+    window (at 2,000 capped calls a second, 360,000 ids)."""
+    if len(event_id) == 36 and event_id.startswith("req_") and not event_id[4:].strip(_HEX):
+        return int(event_id[4:], 16)
+    return event_id
+
+
 @dataclass(slots=True)
 class _Held:
     units: int
@@ -178,10 +192,10 @@ class _Period:
     spent: dict[str, int] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
     holds: dict[str, _Held] = field(default_factory=dict)
-    applied: set[str] = field(default_factory=set)  # settled hold ids and add_spent event ids
+    applied: set[str | int] = field(default_factory=set)  # settled hold ids, add_spent event ids (_applied_key)
     # (forget at, ids), oldest first: when applied ids may go (once the period is seeded), by the
     # second (an id stays up to 1 s longer; a tuple and a float per id cost more than the id)
-    applied_order: deque[tuple[int, list[str]]] = field(default_factory=deque)
+    applied_order: deque[tuple[int, list[str | int]]] = field(default_factory=deque)
     touched: float = 0.0
     generation: str = ""  # set by seed: "" means the period's spend is not known yet
     ready_at: float = 0.0
@@ -190,14 +204,15 @@ class _Period:
     next_expiry: float = float("inf")
 
     def spend(self, event_id: str, units: int, scopes: Iterable[str], keep_until: float) -> bool:
-        if event_id in self.applied:
+        key = _applied_key(event_id)
+        if key in self.applied:
             return False
-        self.applied.add(event_id)
+        self.applied.add(key)
         second, order = math.ceil(keep_until), self.applied_order
         if order and order[-1][0] == second:
-            order[-1][1].append(event_id)
+            order[-1][1].append(key)
         else:
-            order.append((second, [event_id]))
+            order.append((second, [key]))
         for name in scopes:
             self.spent[name] = self.spent.get(name, 0) + units
         return True
@@ -337,7 +352,7 @@ class MemoryBudget:
         state = self._period(customer, period, write=bool(holds))
         expires = self._clock() + ttl
         for hold in holds:
-            if hold.id in state.applied:
+            if _applied_key(hold.id) in state.applied:
                 continue
             live = state.holds.get(hold.id)
             if live is None:

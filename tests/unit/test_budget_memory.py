@@ -324,6 +324,24 @@ class TestMemoryBudget(BudgetContract):
         assert sum(len(ids) for _, ids in state.applied_order) == len(state.applied)
         assert await usage(budget) == (40_000, 0)
 
+    async def test_a_calls_id_is_remembered_as_its_number_and_no_other_id_shares_it(self, budget: MemoryBudget):
+        """Proxied calls' ids (`req_` + 32 lowercase hex digits) are kept as ints; ids that int()
+        would read as the same number (a sign, `0x`, `_`, upper case) stay strings, so none of
+        them passes for another."""
+        call = "req_" + "0" * 31 + "a"
+        lookalikes = ["req_" + "0" * 31 + "A", "req_+" + "0" * 30 + "a", "req_0x" + "0" * 29 + "a",
+                      "req_" + "0" * 30 + "_a", "req_" + "0" * 31 + "a "]
+        await budget.seed(customer="acme", period=PERIOD, events=[], generation="g0")
+        hold = (await reserve(budget, call, 5, [customer(10**12)])).hold
+        assert await budget.settle(hold, 5)
+        assert not await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=5,
+                                          event_id=call)  # the same call, seen again: once
+        for other in lookalikes:
+            assert await budget.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=1,
+                                          event_id=other)
+        assert await usage(budget) == (5 + len(lookalikes), 0)
+        assert int(call[4:], 16) in budget._periods[("acme", PERIOD)].applied
+
     async def test_hold_expires_exactly_at_its_ttl(self, budget: MemoryBudget, clock: FakeClock):
         await reserve(budget, "r1", 100, [customer(100)], ttl=10)
         clock.now += 9.999
