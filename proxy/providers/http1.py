@@ -237,7 +237,6 @@ class Answer:
         self.reason = ""
         self.headers: CIMultiDict = CIMultiDict()
         self.content_length: int | None = None
-        self.content = self  # `answer.content.iter_any()`, as aiohttp's answers are read
         self._head = bytearray()
         self._head_done = False
         self._framing = _UNTIL_CLOSE
@@ -255,6 +254,13 @@ class Answer:
         self._released = False
 
     # ---- the consumer's side
+
+    @property
+    def content(self) -> Answer:
+        """`answer.content.iter_any()`, as aiohttp's answers are read. NOTE: a property, not an
+        attribute: `self.content = self` made every answer a reference cycle, freed only by the
+        garbage collector instead of at once."""
+        return self
 
     async def read(self) -> bytes:
         """The whole body."""

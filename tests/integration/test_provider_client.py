@@ -83,6 +83,29 @@ async def test_a_content_length_answer_in_pieces_and_the_connection_reused():
     assert first.endswith(b'\r\n\r\n{"a":1}')
 
 
+async def test_an_answer_read_whole_or_streamed_is_freed_without_the_garbage_collector():
+    """No reference cycle: an answer goes when its last reference does (it was a cycle through
+    `content`, left for the collector: one per proxied call)."""
+    import gc
+    import weakref
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    async with Scripted([[head + b"{}"], [head + b"{}"]]) as url:
+        http = client()
+        gc.disable()
+        try:
+            for read in (lambda answer: answer.read(), body_of):
+                answer = await http.post(url + "/v1/x", body=b"{}", headers={})
+                assert await read(answer) == b"{}"
+                answer.release()
+                gone = weakref.ref(answer)
+                del answer
+                assert gone() is None
+        finally:
+            gc.enable()
+        await http.close()
+
+
 async def test_a_chunked_stream_split_anywhere_is_decoded_exactly():
     events = [b"data: {\"n\":%d}\r\n\r\n" % i for i in range(5)] + [b"data: [DONE]\n\n"]
     wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\nX-Trailer: 1\r\n\r\n"
