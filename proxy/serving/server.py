@@ -98,11 +98,12 @@ def _tune_garbage_collector() -> None:
       seconds, each an ~80 ms pause of every request. `gc.freeze()` takes it out of their sight.
       NOTE: no collection first: it takes ~45 ms of start-up and finds 0 (a migrated database:
       ~1,000) garbage objects, which stay frozen.
-    - A call makes a few hundred tracked objects that its end frees (refcounts); a young
-      collection every 700 walked those of every call in flight, and promoted them to be walked
-      again. Every 10,000: capped chat at c=64, 40,000 calls, 37 -> 8.5 µs of collection per
-      call on Redis counters, 17.5 -> 5.4 on memory; pauses up to 8 and 25 ms (young, middle
-      generation) instead of 1.5 and 5; p99 unchanged.
+    - A call makes a few hundred tracked objects, freed by refcounts when it ends; a young
+      collection every 700 allocations (one every ~8 calls on Redis counters) walked those of
+      every call in flight, and promoted them to be walked again. Every 10,000: capped chat at
+      c=64, 30,000 calls, ~33 -> ~6 µs of collection a call on Redis counters (p50 27-28 ->
+      25 ms), ~13 -> ~3 on memory; the longest young and middle pauses 5 and 8 ms instead of
+      3 and 5. (50,000 is worse: 57 ms pauses.)
     """
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
