@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -85,7 +85,7 @@ class Gate:
         self.on_recovery = on_recovery  # resync the shared counters from the ledger after an outage
         self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
         self.customers: dict[str, CustomerConfig] = {}  # the customers in force (set by the app)
-        self.capping: set[str] = set()  # customers whose first cap is being applied (see `first_cap`)
+        self.capping: dict[str, int] = {}  # customers whose first cap is being applied (see `first_cap`)
         self.caps_version = 0  # bumped by each change made here
         self.store_down = False
         self._preloading: asyncio.Future | None = None
@@ -152,17 +152,23 @@ class Gate:
         return [c for c in customers.values()
                 if self.capped(c) and c.id in before and not self.capped(before[c.id])]
 
-    @contextlib.asynccontextmanager
-    async def first_cap(self, customer_id: str):
-        """While a customer's first cap is applied (its period merged from the ledger), the calls
-        it made before the cap and that end meanwhile already count against it: by event id, so
-        the rebuild's merge and the settle never count one twice. A call whose settle missed
-        that would be billed and never counted against the cap."""
-        self.capping.add(customer_id)
+    @contextlib.contextmanager
+    def first_cap(self, customer_ids: Iterable[str]):
+        """While customers' first caps are applied (their periods merged from the ledger), the
+        calls they made before the cap and that end meanwhile already count against it: by event
+        id, so the merge and the settle never count one twice. A call whose settle missed that
+        would be billed and never counted against the cap."""
+        ids = set(customer_ids)
+        for customer_id in ids:  # counted: two first caps of one customer may overlap
+            self.capping[customer_id] = self.capping.get(customer_id, 0) + 1
         try:
             yield
         finally:
-            self.capping.discard(customer_id)
+            for customer_id in ids:
+                if self.capping[customer_id] == 1:
+                    del self.capping[customer_id]
+                else:
+                    self.capping[customer_id] -= 1
 
     def _counts_late(self, customer: CustomerConfig) -> bool:
         """Whether a call admitted without a cap counts against one set since it started."""

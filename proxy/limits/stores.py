@@ -8,7 +8,6 @@ renewed while they run; customers' own caps are re-read from the shared ledger.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -227,9 +226,8 @@ async def _refresh_customer_caps(app: web.Application) -> None:
         config, now = app[LIVE].config, utcnow()
         newly = [config.customers[c] for c in caps.keys() - gate.customer_caps.keys()
                  if c in config.customers and not gate.capped(config.customers[c])]
-        async with contextlib.AsyncExitStack() as applying:
+        with gate.first_cap(c.id for c in newly):
             for customer in newly:
-                await applying.enter_async_context(gate.first_cap(customer.id))
                 try:
                     await gate.budget.merge_recent(customer.id, app[METER].period(customer, now).key)
                 except Exception as exc:

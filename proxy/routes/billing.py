@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
@@ -45,7 +44,7 @@ async def set_own_cap(app: web.Application, customer, amount: Decimal | None) ->
                              param="amount", code="cap_above_limit")
     gate = app[GATE]
     first = amount is not None and not gate.capped(customer)
-    async with gate.first_cap(customer.id) if first else contextlib.nullcontext():
+    with gate.first_cap([customer.id] if first else []):
         if first:
             await _seed_spent(app, customer)  # first: a failure here changes nothing
         await asyncio.get_running_loop().run_in_executor(
