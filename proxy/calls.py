@@ -24,6 +24,7 @@ from config.schema import Config, ModelConfig, PlanConfig
 from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
 from metering.store.events import money_str, utcnow
+from metering.store.owned import PROVIDER_ID
 from metering.store.recorder import COUNTERS_DOWN
 from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
@@ -61,7 +62,7 @@ class Call:
     plan: PlanConfig  # pinned at the call's start: a config reloaded meanwhile prices later calls
     size: int = 0  # the request body's bytes
     settled: bool = False
-    on_recorded: Callable | None = None  # the route's after-record hook (the Responses API's chain)
+    evidence: Callable[[dict], dict] | None = None  # the route's own facts for the event's meta, from the body
     answer_id: str | None = None  # the provider's id of its answer, when the format reads one
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
@@ -74,7 +75,9 @@ class Call:
                                     model=self.model.upstream, embeddings=self.model.mode == "embedding")
         session, feature, meta = request_metadata(self.request.headers, self.body)
         if self.answer_id is not None:
-            meta["provider_id"] = self.answer_id  # evidence: the provider's own id for this answer
+            meta[PROVIDER_ID] = self.answer_id  # evidence: the provider's own id for this answer
+        if self.evidence is not None:
+            meta.update(self.evidence(self.body))
         app = self.request.app
         facts = CallFacts(
             request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
@@ -110,8 +113,6 @@ class Call:
                       exc_info=settled)
         if isinstance(counted, Exception):
             raise counted
-        if self.on_recorded is not None:
-            await self.on_recorded(self, usage)
 
     async def release(self) -> None:
         """The call ended with nothing to bill: give its reservation back."""
@@ -131,10 +132,11 @@ def model_handler(fmt: WireFormat):
     return handler
 
 
-async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_recorded=None,
+async def model_call(request: web.Request, fmt: WireFormat, *, before=None, evidence=None,
                      extra_prompt: int = 0) -> web.StreamResponse:
     """One metered call of `fmt`. `before(app, caller, body)` may refuse it or return tokens the
-    provider will bill on top of the body (a Responses chain); `on_recorded` runs after billing."""
+    provider will bill on top of the body (a Responses chain); `evidence(body)` adds the route's
+    own facts to the event's meta."""
     started = time.perf_counter()
     app = request.app
     live = app[LIVE]
@@ -160,7 +162,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, on_r
     provider = config.providers[model.provider]
     outgoing = fmt.outgoing(raw, body, model, provider, stream, request)
     call = Call(request=request, fmt=fmt, caller=caller, model=model, stream=stream, body=body, started=started,
-                admitted=admitted, plan=config.plans[customer.plan], size=size, on_recorded=on_recorded)
+                admitted=admitted, plan=config.plans[customer.plan], size=size, evidence=evidence)
     try:
         asked = time.perf_counter()
         request[UPSTREAM] = (provider.name, asked)

@@ -31,6 +31,7 @@ from metering.store import credits as _credits  # noqa: F401 - likewise
 from metering.store import instances as _instances  # noqa: F401 - likewise
 from metering.store.bounds import clean_text, is_clean
 from metering.store.events import UsageEvent, decimal_str
+from metering.store.owned import Owned, owned_by
 
 log = logging.getLogger("payware.ledger")
 
@@ -152,6 +153,7 @@ class OwnedRow(SQLModel, table=True):
 
 
 _COLUMNS = [c.name for c in EventRow.__table__.columns]
+_INSERT_COLUMNS = {"usage_events": _COLUMNS, "owned_objects": Owned._fields}
 # Events per INSERT of a batch write at most (see `Ledger.append`): 64 x 30 columns = 1,920
 # parameters, within SQLite's limit (32,766 since 3.32, 999 before: 32 then) and PostgreSQL's.
 APPEND_ROWS = 64 if sqlite3.sqlite_version_info >= (3, 32) else 32
@@ -195,6 +197,16 @@ def from_row(row: Any) -> UsageEvent:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def _owned_rows(events: Iterable[UsageEvent]) -> list[Owned]:
+    """The objects `events` made their customers own, one per id (the first event's)."""
+    rows: dict[str, Owned] = {}
+    for event in events:
+        owned = owned_by(event)
+        if owned is not None:
+            rows.setdefault(owned.id, owned)
+    return list(rows.values())
+
+
 def _to_us(ts: datetime) -> int:
     delta = ts - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
@@ -212,7 +224,7 @@ class Ledger:
 
     def __init__(self, url: str):
         self.url = normalize_url(url)
-        self._append_sqls: dict[int, str] = {}
+        self._insert_sqls: dict[tuple[str, int], str] = {}
         self.engine: Engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json_dumps)
         if self.engine.dialect.name == "sqlite":
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -229,19 +241,15 @@ class Ledger:
         backlog grew without end (measured: 53,000 events, 26 s behind after 300,000 calls).
         Statements of power-of-two sizes only (a batch's rest: 32 + 16 + ...): each size is a
         prepared statement the driver caches, ~200 KiB for 100 rows, and one per possible rest
-        took 20 MiB.
+        took 20 MiB. The objects the events made their customers own (`metering.store.owned`)
+        go in the same transaction, the same way.
         """
         if not events:
             return
         postgres = self.engine.dialect.name == "postgresql"
         with self.engine.begin() as conn:
-            start = 0
-            while start < len(events):
-                size = min(APPEND_ROWS, 1 << ((len(events) - start).bit_length() - 1))
-                chunk = events[start:start + size]
-                values = [value for event in chunk for value in _driver_row(event, postgres)]
-                conn.exec_driver_sql(self._append_sql(size), tuple(values))
-                start += size
+            self._insert_rows(conn, "usage_events", [_driver_row(event, postgres) for event in events])
+            self._insert_rows(conn, "owned_objects", _owned_rows(events))  # with its event: one transaction
 
     def write(self, events: list[UsageEvent]) -> list[UsageEvent]:
         """Append `events`; a row the database refuses never holds back the others.
@@ -307,19 +315,31 @@ class Ledger:
         with self.engine.connect() as conn:
             return {customer: count for customer, count in conn.execute(query)}
 
-    def _append_sql(self, rows: int) -> str:
-        """The INSERT of `rows` events (kept: there are at most 7 sizes)."""
-        sql = self._append_sqls.get(rows)
+    def _insert_rows(self, conn, table: str, rows: list[tuple]) -> None:
+        """INSERT `rows` (driver values in the table's column order), skipping ids already there."""
+        start = 0
+        while start < len(rows):
+            size = min(APPEND_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start:start + size]
+            conn.exec_driver_sql(self._insert_sql(table, size), tuple(value for row in chunk for value in row))
+            start += size
+
+    def _insert_sql(self, table: str, rows: int) -> str:
+        """The INSERT of `rows` rows into `table` (kept: at most 7 sizes a table)."""
+        sql = self._insert_sqls.get((table, rows))
         if sql is None:
             mark = "%s" if self.engine.dialect.name == "postgresql" else "?"
-            columns = ", ".join(f'"{name}"' for name in _COLUMNS)
-            row = "(" + ", ".join(mark for _ in _COLUMNS) + ")"
-            sql = f"INSERT INTO usage_events ({columns}) VALUES {', '.join([row] * rows)} ON CONFLICT (id) DO NOTHING"
-            self._append_sqls[rows] = sql
+            columns = _INSERT_COLUMNS[table]
+            row = "(" + ", ".join(mark for _ in columns) + ")"
+            names = ", ".join(f'"{name}"' for name in columns)
+            # NOTE: DO NOTHING for owned objects too: an id is never handed to another customer
+            sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * rows)} ON CONFLICT (id) DO NOTHING"
+            self._insert_sqls[(table, rows)] = sql
         return sql
 
     def insert(self, events: Iterable[UsageEvent]) -> int:
         """Write events, skipping ids already there; returns how many rows were new."""
+        events = list(events)
         rows = [to_row(e) for e in events]
         if not rows:
             return 0
@@ -328,7 +348,10 @@ class Ledger:
         statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
         with self.engine.begin() as conn:
             # RETURNING names the rows really inserted (a driver's rowcount is unreliable for batches)
-            return len(conn.execute(statement, rows).all())
+            new = {row[0] for row in conn.execute(statement, rows).all()}
+            # NOTE: only a new event's object: one its owner has deleted since is not handed back
+            self._insert_rows(conn, "owned_objects", _owned_rows(event for event in events if event.id in new))
+        return len(new)
 
     def events(self, *, customer: str | None = None, start: datetime | None = None, end: datetime | None = None,
                session: str | None = None, period: str | None = None, model: str | None = None,
@@ -399,33 +422,14 @@ class Ledger:
                 now = _to_us(datetime.now(timezone.utc))
                 conn.execute(table.insert().values(customer=customer, amount=amount, updated_us=now))
 
-    def own(self, *, id: str, kind: str, customer: str, provider: str, model: str, context_tokens: int) -> None:
-        """Record (or update the context of) an object `customer` created at the provider.
-
-        One per Responses call: the driver's own SQL, as `append`'s (SQLAlchemy's statement
-        building cost ~90 of the ~140 us CPU this took)."""
-        row = (id, kind, customer, provider, model, context_tokens, _to_us(datetime.now(timezone.utc)))
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql(self._own_sql, row)
-
-    @property
-    def _own_sql(self) -> str:
-        mark = "%s" if self.engine.dialect.name == "postgresql" else "?"
-        marks = ", ".join([mark] * 7)
-        # NOTE: the WHERE never hands an object to another customer
-        return ("INSERT INTO owned_objects (id, kind, customer, provider, model, context_tokens, created_us) "
-                f"VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET context_tokens = excluded.context_tokens "
-                "WHERE owned_objects.customer = excluded.customer")
-
-    def owned(self, id: str) -> dict | None:
+    def owned(self, id: str) -> Owned | None:
         """The owner record of a provider object, or None."""
         if not is_clean(id):  # NOTE: no stored id holds a NUL or a lone surrogate; the database refuses them
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(select(OwnedRow).where(OwnedRow.id == id)).first()
-        return None if row is None else {"id": row.id, "kind": row.kind, "customer": row.customer,
-                                         "provider": row.provider, "model": row.model,
-                                         "context_tokens": row.context_tokens}
+            row = conn.execute(select(*(OwnedRow.__table__.c[name] for name in Owned._fields))
+                               .where(OwnedRow.id == id)).first()
+        return None if row is None else Owned(*row)
 
     def disown(self, id: str) -> None:
         table = OwnedRow.__table__

@@ -4,6 +4,11 @@
 the journal (it survives `kill -9`) and in the counters (the summary shows it). A background
 task moves events into the ledger in batches; on start the journal is replayed into the
 ledger, idempotently, and the counters are rebuilt from the ledger for the open periods.
+
+An event that makes its customer the owner of a provider object (a Responses call's response:
+`metering.store.owned`) is answered for here until its batch is written (`owner`), and its
+batch goes out within `OWNED_FLUSH` rather than the flush interval: another proxy sharing the
+ledger finds it there that soon.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from metering.store.bounds import bounded
 from metering.store.events import UsageEvent, utcnow
 from metering.store.journal import Journal
 from metering.store.ledger import Ledger
+from metering.store.owned import Owned, owned_by
 
 log = logging.getLogger("payware.recorder")
 
 COUNTERS_DOWN = (ConnectionError, TimeoutError, OSError, RedisError)
 ROTATE_BYTES = 16 * 1024 * 1024  # empty the journal once the ledger holds it all and it is this big
 BEHIND = 5.0  # seconds: an event waiting longer than this for the ledger is worth a warning
+OWNED_FLUSH = 0.01  # seconds: at most this long between an owned object's event and its batch
 
 
 class Recorder:
@@ -52,6 +59,8 @@ class Recorder:
         self._closing = False  # the flush loop ends on this flag, not by cancellation, so it drains first
         self.dead_letters: dict[str, int] = {}  # customer -> events the ledger kept aside (evidence)
         self._warned_behind = float("-inf")  # monotonic time of the last "ledger behind" warning
+        self._owning: dict[str, Owned] = {}  # objects owned by queued events, until their batch is written
+        self._owned_flush: asyncio.TimerHandle | None = None
 
     async def start(self, open_periods: Callable[[], tuple[dict[str, str], datetime]]) -> list[UsageEvent]:
         """Replay the journal into the ledger, rebuild counters, start the flusher.
@@ -94,6 +103,15 @@ class Recorder:
         self._queued += 1
         if len(self._queue) >= self.flush_batch:
             self._wake.set()
+        owned = owned_by(event)
+        if owned is not None:
+            self._owning.setdefault(owned.id, owned)  # NOTE: the first owner stands, as in the ledger
+            if self._owned_flush is None:
+                self._owned_flush = asyncio.get_running_loop().call_later(OWNED_FLUSH, self._wake.set)
+
+    def owner(self, object_id: str) -> Owned | None:
+        """The ownership a queued event holds for `object_id` (None: ask the ledger)."""
+        return self._owning.get(object_id)
 
     async def count(self, event: UsageEvent) -> None:
         """Make a kept `event` visible in the real-time totals (the ledger has it whatever happens)."""
@@ -126,6 +144,9 @@ class Recorder:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if self._owned_flush is not None:
+                self._owned_flush.cancel()
+                self._owned_flush = None  # the next owned event asks for a batch of its own
             if not self._queue:
                 continue
             batch = self._queue[: self.flush_batch]
@@ -138,6 +159,8 @@ class Recorder:
             backoff = self.flush_interval
             del self._queue[: len(batch)]
             self._written += len(batch)
+            if self._owning:
+                self._forget_owned(batch)
             self.warn_if_behind()
             if len(self._queue) >= self.flush_batch:
                 self._wake.set()  # a full batch is waiting; otherwise the next one waits its interval
@@ -147,6 +170,13 @@ class Recorder:
                 self.journal.truncate()
             async with self._flushed:
                 self._flushed.notify_all()
+
+    def _forget_owned(self, written: list[UsageEvent]) -> None:
+        """The ledger holds the objects `written` made owned: it answers for them now."""
+        for event in written:
+            owned = owned_by(event)
+            if owned is not None and self._owning.get(owned.id) == owned:
+                del self._owning[owned.id]
 
     def lag(self) -> float:
         """Seconds the oldest event not yet in the ledger has waited (0 when none waits)."""
@@ -182,6 +212,8 @@ class Recorder:
             self._wake.set()
             await self._task
             self._task = None
+        if self._owned_flush is not None:
+            self._owned_flush.cancel()
         self._writer.shutdown(wait=True)
         self.journal.close()
 

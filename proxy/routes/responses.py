@@ -9,6 +9,12 @@ listing the input items of, and cancelling a response.
 
 `conversation` ids are refused the same way: Payware does not proxy the Conversations API, so
 no conversation can belong to a customer yet.
+
+A response's owner is read off its call's usage event (`metering.store.owned`): written with
+the event's ledger batch, answered for by the recorder until then, so creating one waits for
+no database. Proxies that share their counters (Redis) share a ledger: an id this proxy has
+not seen may be another's, written within `OWNED_FLUSH`; it is looked for again for up to
+~0.8 s before the 404. A proxy on in-process counters is alone and answers at once.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import asyncio
 
 from aiohttp import web
 
-from proxy.appkeys import LIVE, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
+from metering.store.owned import STORED, Owned
+from proxy.appkeys import GATE, LIVE, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
-from proxy.calls import Call, model_call
+from proxy.calls import model_call
 from proxy.errors import ENVELOPE, InvalidRequest, NotFound
 from proxy.formats.openai_responses import RESPONSES, conversation_id
 from proxy.jsonbody import parse_json, read_body
@@ -29,7 +36,7 @@ from proxy.providers.upstream import forward, outgoing_headers
 async def create_response(request: web.Request) -> web.StreamResponse:
     """`POST /v1/responses`, streamed or not."""
     request[ENVELOPE] = RESPONSES.error_body
-    return await model_call(request, RESPONSES, before=_chain, on_recorded=_remember)
+    return await model_call(request, RESPONSES, before=_chain, evidence=_stored)
 
 
 async def _chain(app: web.Application, caller: Caller, body: dict) -> int:
@@ -43,30 +50,41 @@ async def _chain(app: web.Application, caller: Caller, body: dict) -> int:
         return 0
     owned = await _owned(app, previous, caller)
     model = app[LIVE].config.models.get(body.get("model")) if isinstance(body.get("model"), str) else None
-    if model is not None and model.provider != owned["provider"]:
-        raise InvalidRequest(f"response '{previous}' was created by provider {owned['provider']!r}; continue it "
+    if model is not None and model.provider != owned.provider:
+        raise InvalidRequest(f"response '{previous}' was created by provider {owned.provider!r}; continue it "
                              "with a model of that provider", param="previous_response_id")
-    return owned["context_tokens"]
+    return owned.context_tokens
 
 
-async def _remember(call: Call, usage) -> None:
-    """Record the new response as the caller's, with the context it carries forward."""
-    if call.answer_id is None or call.body.get("store") is False:
-        return
-    ledger = call.request.app[RECORDER].ledger
-    await asyncio.get_running_loop().run_in_executor(
-        None, lambda: ledger.own(id=call.answer_id, kind="response", customer=call.caller.customer.id,
-                                 provider=call.model.provider, model=call.model.name,
-                                 context_tokens=usage.input_tokens + usage.output_tokens))
+def _stored(body: dict) -> dict:
+    """The event's note that the provider keeps no response to own (`store: false`)."""
+    return {STORED: False} if body.get("store") is False else {}
+
+
+# Pauses between looks for an id another proxy may be writing (~0.8 s in all: its batch is
+# due within OWNED_FLUSH, then takes a write; a busy ledger takes longer).
+_MISS_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 async def _owned(app: web.Application, response_id: str, caller: Caller,
-                 param: str | None = "previous_response_id") -> dict:
-    owned = await asyncio.get_running_loop().run_in_executor(None, app[RECORDER].ledger.owned, response_id)
-    if owned is None or owned["kind"] != "response" or owned["customer"] != caller.customer.id:
+                 param: str | None = "previous_response_id") -> Owned:
+    owned = await _owner(app, response_id)
+    if owned is None or owned.kind != "response" or owned.customer != caller.customer.id:
         # NOTE: the same answer whether the id exists for another customer or not at all
         raise NotFound(f"Response with id '{response_id}' not found.", param=param, code="response_not_found")
     return owned
+
+
+async def _owner(app: web.Application, object_id: str) -> Owned | None:
+    """Who owns `object_id`: this proxy's recorder, else the ledger (again, if other proxies write it)."""
+    recorder, loop = app[RECORDER], asyncio.get_running_loop()
+    for pause in (0.0, *(_MISS_PAUSES if app[GATE].remote else ())):
+        if pause:
+            await asyncio.sleep(pause)
+        owned = recorder.owner(object_id) or await loop.run_in_executor(None, recorder.ledger.owned, object_id)
+        if owned is not None:
+            return owned
+    return None
 
 
 def _stored_route(method: str, suffix: str = "", *, on_success=None):
@@ -77,7 +95,7 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
         caller = app[LIVE].keyring.customer(request)
         response_id = request.match_info["id"]
         owned = await _owned(app, response_id, caller, param=None)
-        provider = app[LIVE].config.providers.get(owned["provider"])
+        provider = app[LIVE].config.providers.get(owned.provider)
         if provider is None:
             raise NotFound(f"Response with id '{response_id}' not found.", code="response_not_found")
         body = await read_body(request) if method == "POST" else None
@@ -96,7 +114,10 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
 
 
 async def _disown(app: web.Application, response_id: str) -> None:
-    await asyncio.get_running_loop().run_in_executor(None, app[RECORDER].ledger.disown, response_id)
+    recorder = app[RECORDER]
+    if recorder.owner(response_id) is not None:
+        await recorder.flush()  # NOTE: first, or its batch would write the row again after the DELETE
+    await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.disown, response_id)
 
 
 def add_routes(app: web.Application) -> None:

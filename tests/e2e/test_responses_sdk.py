@@ -157,11 +157,16 @@ def test_a_hard_cap_holds_for_a_chain_whose_context_the_body_does_not_show(proxy
   acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}"], cap: {{amount: "0.01", mode: hard}}}}
 """
     proxy = proxy_factory(extra_models=MODELS, customers=customers)
+    from metering.store.events import UsageEvent, utcnow
     from metering.store.ledger import Ledger
 
+    # A chain of $1.25 of context at these prices, billed in an earlier period: its event, as a
+    # journal replayed into the ledger would bring it, makes acme its owner.
     ledger = Ledger(f"sqlite:///{proxy.config_path.parent}/ledger.db")
-    ledger.own(id="resp_long_chain", kind="response", customer="acme", provider="fake", model="responses-fake-ok",
-               context_tokens=1_000_000)  # a chain of $1.25 of context at these prices
+    assert ledger.insert([UsageEvent(
+        id="req_long_chain", ts=utcnow(), customer="acme", key_id=None, metric="tokens", quantity=Decimal(1_000_000),
+        period="2020-01-01T00:00:00+00:00", model="responses-fake-ok", provider="fake", endpoint="responses",
+        input_tokens=999_000, output_tokens=1_000, meta={"provider_id": "resp_long_chain"})]) == 1
     ledger.close()
     sdk = client(proxy)
     fake_upstream.reset()
@@ -215,3 +220,25 @@ async def test_an_agents_sdk_turn_through_payware_is_billed(proxy):
     event, = events(proxy)
     assert (event["input_tokens"], event["output_tokens"], Decimal(event["amount"])) == (
         fake.INPUT_TOKENS, fake.OUTPUT_TOKENS, OK_AMOUNT)
+
+
+def test_a_response_made_on_one_proxy_is_continued_at_once_on_another(proxy_factory, tmp_path, redis_url):
+    """Proxies sharing counters share a ledger: the owner row, written with the event's batch
+    (due within 10 ms, however long the flush interval), is looked for again before a 404."""
+    import redis
+
+    counters = redis_url.rsplit("/", 1)[0] + "/6"
+    redis.Redis.from_url(counters).flushdb()
+    ledger = f"sqlite:///{tmp_path}/shared.db"
+    first, second = (proxy_factory(name=name, ledger=ledger, extra_models=MODELS,
+                                   storage=f"  counters: {counters}\n  flush_interval: 30") for name in ("a", "b"))
+    made = client(first).responses.create(model="responses-fake-ok", input="hi")
+    after = client(second).responses.create(model="responses-fake-ok", input="and then?", previous_response_id=made.id)
+    assert after.usage.input_tokens == 2 * fake.INPUT_TOKENS + fake.OUTPUT_TOKENS
+    assert client(second).responses.retrieve(made.id).id == made.id
+    with pytest.raises(openai.NotFoundError):  # still the owner's only, on either proxy
+        client(second, KEYS["globex"]).responses.retrieve(made.id)
+    started = time.monotonic()
+    with pytest.raises(openai.NotFoundError):
+        client(second).responses.retrieve("resp_never_made")
+    assert time.monotonic() - started >= 0.7  # looked for again before the 404, in case another proxy made it

@@ -8,6 +8,7 @@ import sqlite3
 import urllib.request
 
 import aiohttp
+import pytest
 
 from tests.conftest import KEYS
 
@@ -60,3 +61,23 @@ async def test_a_clean_restart_keeps_the_counters_from_the_ledger(proxy):
     proxy.start()
     assert json.loads(get(proxy, "/v1/usage/summary"))["requests"] == 5
     assert len(ledger_ids(proxy)) == 5
+
+
+def test_kill_9_right_after_a_responses_call_keeps_the_response_its_callers(proxy_factory):
+    """The owner of a response travels with its call's event: a crash before the ledger batch
+    loses neither, and a response deleted before the crash does not come back with the replay."""
+    import openai
+
+    proxy = proxy_factory(storage="  flush_interval: 30")
+    sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEYS["acme"], max_retries=0)
+    kept = sdk.responses.create(model="fake-ok", input="hi")
+    deleted = sdk.responses.create(model="fake-ok", input="bye")
+    sdk.responses.delete(deleted.id)
+    proxy.kill()
+
+    proxy.start()
+    assert sdk.responses.retrieve(kept.id).id == kept.id
+    assert sdk.responses.create(model="fake-ok", input="more", previous_response_id=kept.id).output_text
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(deleted.id)
+    assert len(get(proxy, "/v1/usage/events").splitlines()) == 3  # each call billed once

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from metering.store.events import UsageEvent
-from metering.store.ledger import DeadLetterRow, EventRow, Ledger
+from metering.store.ledger import DeadLetterRow, EventRow, Ledger, OwnedRow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -24,6 +24,7 @@ def ledger(request, tmp_path):
     ledger = Ledger(url)
     with ledger.engine.begin() as conn:
         conn.execute(EventRow.__table__.delete())
+        conn.execute(OwnedRow.__table__.delete())
     yield ledger
     ledger.close()
 
@@ -37,6 +38,36 @@ def event(i: int, amount: str, **fields) -> UsageEvent:
                     meta={"user": "u", "metadata": {"k": "v"}}, pricing={"markup": "1.25"},
                     raw_usage={"prompt_tokens": 13})
     return UsageEvent(**(defaults | fields))
+
+
+def responses_event(i: int, response_id: str, customer: str = "acme", **meta) -> UsageEvent:
+    return event(i, "0.01", customer=customer, endpoint="responses", provider="openai",
+                 meta={"provider_id": response_id, **meta})
+
+
+def test_a_batch_writes_the_responses_its_events_made_their_customers_own(ledger):
+    ledger.append([event(0, "0.01"), responses_event(1, "resp_a"), responses_event(2, "resp_b", stored=False),
+                   responses_event(3, "resp_a", customer="globex"), responses_event(4, "resp_c", customer="globex")])
+    assert ledger.count() == 5
+    owned = ledger.owned("resp_a")
+    assert (owned.customer, owned.kind, owned.provider, owned.model, owned.context_tokens) == (
+        "acme", "response", "openai", "gpt-4o-mini", 20)
+    assert ledger.owned("resp_b") is None  # store: false: the provider keeps nothing to continue
+    assert ledger.owned("resp_c").customer == "globex"
+    ledger.append([responses_event(5, "resp_c")])  # a later event naming another's id takes nothing
+    assert ledger.owned("resp_c").customer == "globex"
+    assert ledger.owned("resp_\x00") is None
+
+
+def test_a_replayed_journal_does_not_give_back_a_response_its_owner_deleted(ledger):
+    kept, deleted = responses_event(0, "resp_kept"), responses_event(1, "resp_deleted")
+    ledger.append([kept, deleted])
+    ledger.disown("resp_deleted")
+    assert ledger.insert([kept, deleted]) == 0  # the journal still held both: both were in the ledger
+    assert ledger.owned("resp_deleted") is None and ledger.owned("resp_kept").customer == "acme"
+    lost = responses_event(2, "resp_lost")  # journaled, then a crash before its batch
+    assert ledger.insert([kept, lost]) == 1
+    assert ledger.owned("resp_lost").customer == "acme"
 
 
 def test_money_round_trips_exactly_to_18_places(ledger):
