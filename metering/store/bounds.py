@@ -123,7 +123,7 @@ def bounded(event):
         if value is None:
             continue
         # Fast path: the usual small dict of plain strings and numbers needs no copy.
-        if not _plain_and_small(value):
+        if _plain_room(value, budget) < 0:
             value = _budgeted(value, budget)
             if name != "raw_usage" and not isinstance(value, dict):
                 value = {"value": value}
@@ -138,24 +138,45 @@ def bounded(event):
     return event
 
 
-def _plain_and_small(value: object, depth: int = 0) -> bool:
-    """A dict of at most 32 short, clean strings, plain numbers and such dicts, at most 3 levels
-    deep (what most events carry: metadata, a provider's usage with its details objects)."""
+def _plain_room(value: object, room: int, depth: int = 0) -> int:
+    """`room` less a bound on `value`'s JSON bytes when `value` is plain and small, else -1.
+
+    Plain and small: a dict of at most 32 short, clean strings, numbers within 64 bits, such
+    dicts and lists of at most 32 of them, at most 3 levels deep (what most events carry:
+    metadata, a provider's usage with its details objects, Gemini's per-modality lists).
+    The bound counts 6 bytes a character (a JSON escape's worst), so a value that fits it
+    fits the budget `_budgeted` would measure."""
     if not isinstance(value, dict) or len(value) > 32 or depth > 2:
-        return False
+        return -1
+    room -= 2
     for key, item in value.items():
         if type(key) is not str or len(key) > 128 or not is_clean(key):
-            return False
-        kind = type(item)
-        if kind is int or item is None or kind is bool:
-            continue
-        if kind is str:
-            if len(item) > 512 or not is_clean(item):
-                return False
-        elif isinstance(item, dict):
-            if not _plain_and_small(item, depth + 1):
-                return False
-        elif not (item is None or isinstance(item, (bool, int))):
-            return False
-    return True
+            return -1
+        room -= 6 * len(key) + 4  # quotes, colon, comma
+        if type(item) is list:
+            if len(item) > 32:
+                return -1
+            room -= 2
+            for element in item:
+                room = _plain_item_room(element, room, depth)
+                if room < 0:
+                    return -1
+        else:
+            room = _plain_item_room(item, room, depth)
+            if room < 0:
+                return -1
+    return room
 
+
+def _plain_item_room(item: object, room: int, depth: int) -> int:
+    """`_plain_room` for one value (a list in a list is not plain: lists nest without depth)."""
+    kind = type(item)
+    if item is None or kind is bool:
+        return room - 6
+    if kind is str:
+        return room - (6 * len(item) + 3) if len(item) <= 512 and is_clean(item) else -1
+    if isinstance(item, dict):
+        return _plain_room(item, room, depth + 1)
+    if isinstance(item, int):
+        return room - 21 if -(1 << 63) <= item < (1 << 64) else -1
+    return -1

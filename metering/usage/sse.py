@@ -127,7 +127,15 @@ class SSEFramer:
                     if found < 0:
                         break
                     end = found + 2
-                    append(_frame(buffer[start:end], buffer[body:found]))
+                    if (buffer.startswith(b"event:", body) and buffer.startswith(b"data:", newline + 1)
+                            and buffer.find(b"\n", newline + 1, found) < 0):
+                        # `event:` then `data:` (Responses, Anthropic): inlined, as the one-line frame
+                        at = newline + 7 if buffer[newline + 6] == _SPACE else newline + 6
+                        named = body + 7 if buffer[body + 6] == _SPACE else body + 6
+                        append(Frame(buffer[start:end], buffer[at:found].decode("utf-8", "replace"),
+                                     buffer[named:newline].decode("utf-8", "replace")))
+                    else:
+                        append(_frame(buffer[start:end], buffer[body:found]))
             start = body = end
         if frames:
             self._skip = 0

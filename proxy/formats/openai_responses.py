@@ -113,11 +113,12 @@ RESPONSES = ResponsesFormat()
 class ResponsesStream:
     """Watches a Responses stream: the response's id, text deltas, the terminal event's usage.
 
-    Only the first frame, deltas (a cheap look at the event name) and the terminal event are
-    parsed; every frame is forwarded as it came.
+    Only the first frame and the terminal event are parsed; a delta (told by its event name)
+    is kept as its JSON text and read only if `output_text()` is asked for (no usage: the
+    stream was cut), as the chat watcher does. Every frame is forwarded as it came.
     """
 
-    __slots__ = ("usage", "error", "done", "terminal", "answer_id", "status", "_texts")
+    __slots__ = ("usage", "error", "done", "terminal", "answer_id", "status", "_pending", "_texts")
 
     def __init__(self) -> None:
         self.usage: Usage | None = None
@@ -126,7 +127,8 @@ class ResponsesStream:
         self.terminal = False
         self.answer_id: str | None = None  # from response.created
         self.status: str | None = None  # the terminal event's response status
-        self._texts: list[str] = []
+        self._pending: list[str] = []  # deltas' JSON, not yet read for text
+        self._texts: list[str] = []  # text already read out of deltas
 
     def process(self, frame: Frame) -> bytes:
         data = frame.data
@@ -134,10 +136,7 @@ class ResponsesStream:
             return frame.raw
         kind = frame.event
         if kind in _TEXT_DELTAS or (kind is None and '"type":"response.output_text.delta"' in data):
-            obj = _load(data)
-            delta = obj.get("delta") if obj else None
-            if isinstance(delta, str):
-                self._texts.append(delta)
+            self._pending.append(data)
             return frame.raw
         if kind == "response.created" or (self.answer_id is None and kind is None):
             obj = _load(data)
@@ -171,6 +170,13 @@ class ResponsesStream:
         return frame.raw
 
     def output_text(self) -> str:
+        if self._pending:
+            for data in self._pending:
+                obj = _load(data)
+                delta = obj.get("delta") if obj else None
+                if isinstance(delta, str):
+                    self._texts.append(delta)
+            self._pending = []
         return "".join(self._texts)
 
 

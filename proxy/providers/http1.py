@@ -443,12 +443,21 @@ class Answer:
         return True
 
     def _dechunk(self, data: bytes) -> None:
-        """Chunked transfer coding: the chunks' data, in order, without their framing."""
+        """Chunked transfer coding: the chunks' data, in order, without their framing.
+
+        The data of every chunk in one read is passed on as one piece: a fast provider's
+        read often holds dozens of chunks (one per SSE event)."""
+        pieces: list[bytes] = []
+        self._dechunk_into(data, pieces)
+        if pieces:
+            self._push(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    def _dechunk_into(self, data: bytes, pieces: list[bytes]) -> None:
         if self._line:  # a size or trailer line began in the previous read
             data = bytes(self._line) + data
             self._line.clear()
         i, n = 0, len(data)
-        push = self._push
+        push = pieces.append
         while i < n:
             state = self._chunk_state
             if state == _DATA:
