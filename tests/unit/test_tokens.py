@@ -214,3 +214,37 @@ def test_completions_count_the_suffix_too():
 ])
 def test_bad_bodies_and_unknown_endpoints_count_zero(endpoint, body):
     assert count_prompt(endpoint, body, "gpt-4o") == 0
+
+
+def test_a_text_seen_lately_is_counted_from_memory_with_the_same_result(monkeypatch):
+    from metering.usage import tokens
+
+    counts = tokens._Counts()
+    monkeypatch.setattr(tokens, "_COUNTS", counts)
+    prompt = "You are a concise assistant. " * 40
+    first = count_text(prompt, "gpt-4o")
+    assert first == len(tiktoken.get_encoding("o200k_base").encode_ordinary(prompt))
+    assert counts[("o200k_base", prompt)] == first
+    # the same text again (another request's string object), and for another encoding
+    assert count_text("".join(list(prompt)), "gpt-4o") == first
+    assert count_text(prompt, "gpt-4") == len(tiktoken.get_encoding("cl100k_base").encode_ordinary(prompt))
+    assert len(counts) == 2
+
+
+def test_the_counts_kept_are_bounded_in_texts_and_characters(monkeypatch):
+    from metering.usage import tokens
+
+    counts = tokens._Counts()
+    monkeypatch.setattr(tokens, "_COUNTS", counts)
+    monkeypatch.setattr(tokens._Counts, "MAX_TEXTS", 10)
+    monkeypatch.setattr(tokens._Counts, "MAX_CHARS", 1000)
+    monkeypatch.setattr(tokens._Counts, "MAX_TEXT", 50)
+    for i in range(30):
+        assert count_text(f"text number {i}", "gpt-4o") > 0
+    assert len(counts) == 10 and ("o200k_base", "text number 29") in counts  # the oldest went first
+    count_text("x" * 60, "gpt-4o")  # longer than MAX_TEXT: counted, not kept
+    assert ("o200k_base", "x" * 60) not in counts
+    monkeypatch.setattr(tokens._Counts, "MAX_CHARS", 100)
+    for i in range(3):
+        count_text(str(i) * 45, "gpt-4o")
+    assert sum(len(text) for _, text in counts) <= 100 and ("o200k_base", "2" * 45) in counts
