@@ -19,9 +19,12 @@ running. `Reservations` wraps a store with that knowledge:
   is never re-applied once that old: a spend the store missed for half of it (a long outage)
   and a customer who gets a cap again (its uncapped calls were never spent here) rebuild the
   period instead, as after a loss: dropped, merged again from the ledger, every proxy putting
-  back its part (`cap_applies`: a period the store never knew is only seeded). The other
-  proxies that learn of a customer's own cap merge only their events of the last half window,
-  whose ids are still remembered (`merge_recent`).
+  back its part (`cap_applies`: a period the store never knew is only seeded). A shared
+  store's rebuild keeps the period's events of the last `recent_for` seconds as this proxy's
+  recent spends: another proxy's rebuild at the same moment, whose ledger read came before
+  this proxy flushed, is completed by this proxy's put-back. The other proxies that learn of
+  a customer's own cap merge only their events of the last half window, whose ids are still
+  remembered (`merge_recent`).
 - **Recent spends** are kept for `recent_for` seconds for those put-backs: on a shared store
   always, on one only this proxy uses (which loses nothing but to a rebuild) while one runs.
 """
@@ -157,6 +160,8 @@ class Reservations:
         try:
             async with self._seeding.setdefault(key, asyncio.Lock()):
                 events = await self.source(customer, period)  # NOTE: before the drop, to keep it short
+                if self.shared:
+                    await self._keep_recent(customer, period)
                 ready_in = self.window if self.shared else 0.0
                 await self.store.forget(customer=customer, period=period)
                 await self.store.seed(customer=customer, period=period, events=events,
@@ -165,6 +170,16 @@ class Reservations:
         finally:
             self._rebuilding -= 1
         log.warning("budget of %s for %s rebuilt from %d events", customer, period, len(events))
+
+    async def _keep_recent(self, customer: str, period: str) -> None:
+        """Keep the period's events of the last `recent_for` seconds as this proxy's recent
+        spends. Proxies that rebuild a period at once (a reload giving a cap reaches them all)
+        each read the ledger after flushing their own queue, not the others': one whose read
+        came before this proxy's flush and whose drop came after this proxy's merge would leave
+        out this proxy's calls. Its new generation makes this proxy put them back (by id)."""
+        since = datetime.now(timezone.utc) - timedelta(seconds=self.recent_for)
+        for spend in await self.source(customer, period, since=since):
+            self._remember(customer, period, spend)
 
     async def cap_applies(self, customer: str, period: str) -> None:
         """A customer that had no cap gets one: none of its calls since were spent here. A period

@@ -230,3 +230,49 @@ async def test_a_first_cap_counts_the_period_again_from_the_ledger(clock):
 def test_a_store_window_too_short_for_the_recent_spends_is_refused():
     with pytest.raises(ValueError, match="applied ids"):
         Reservations(store=MemoryBudget(applied_for=60), source=Ledger(), shared=False, recent_for=30)
+
+
+async def test_two_proxies_rebuilding_at_once_leave_out_neither_ones_unflushed_calls(clock):
+    """A reload gives a customer a cap again on every proxy at once: each rebuilds the period
+    from the ledger after flushing its own queue, not the others'. B read before C flushed an
+    uncapped call and dropped the period after C merged it: C puts it back on seeing B's
+    generation (its recent events were kept when it rebuilt)."""
+    import asyncio
+
+    ledger = Ledger()
+    ledger.spends = [Spend("old", 10, ("customer",))]
+    c_queue = [Spend("c-uncapped", 20, ("customer",))]  # ended on C without a cap, not yet flushed
+    read, go = asyncio.Event(), asyncio.Event()
+
+    class PausedBeforeDrop:
+        """The shared store, as B sees it: B's reads are done when it drops the period."""
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        async def forget(self, **kwargs):
+            read.set()
+            await go.wait()
+            await store.forget(**kwargs)
+
+    async def c_source(customer, period, since=None):
+        ledger.spends += c_queue  # the flush first, as customer_events does
+        c_queue.clear()
+        return await ledger(customer, period, since)
+
+    store = MemoryBudget(clock=clock)
+    b = Reservations(store=PausedBeforeDrop(), source=ledger, shared=True, ttl=60, window=3.0, clock=clock)
+    c = Reservations(store=store, source=c_source, shared=True, ttl=60, window=3.0, clock=clock)
+    await store.seed(customer="acme", period=PERIOD, events=[], generation="earlier-cap")
+    rebuilding_b = asyncio.create_task(b.rebuild("acme", PERIOD))
+    await read.wait()
+    await c.rebuild("acme", PERIOD)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (30, 0)
+    go.set()
+    await rebuilding_b
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (10, 0)  # B's drop
+    await c.renew_once()  # C sees B's generation
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (30, 0)
+    await b.renew_once()
+    await c.renew_once()  # and nothing counts twice
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (30, 0)
