@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from multidict import CIMultiDictProxy
 
-from metering.store.bounds import TEXT_COLUMNS, clean_text
-from metering.store.owned import PROVIDER_ID, STORED
+from metering.store.bounds import PAYWARE_META, TEXT_COLUMNS, clean_text
 
 _META_PREFIX = "x-payware-meta-"
 _MAX_VALUE = 512  # metadata is evidence, not storage: long values are cut
 _MAX_NAME = 64
 _MAX_ENTRIES = 16  # per source: X-Payware-Meta-* headers, the body's `metadata`
-# Names only Payware writes in an event's meta: a header of one of them is dropped, so no client
-# can claim a provider object (`metering.store.owned`) or pass for Payware's own evidence.
-PROXY_NAMES = frozenset({PROVIDER_ID, STORED, "position_unknown"})
 
 
 def request_metadata(headers: CIMultiDictProxy[str], body: dict) -> tuple[str | None, str | None, dict]:
@@ -30,7 +26,9 @@ def request_metadata(headers: CIMultiDictProxy[str], body: dict) -> tuple[str | 
     for name, value in headers.items():
         if name.lower().startswith(_META_PREFIX) and len(name) > len(_META_PREFIX) and taken < _MAX_ENTRIES:
             key = clean_text(name[len(_META_PREFIX):].lower(), _MAX_NAME)
-            if key not in PROXY_NAMES:
+            # NOTE: names only Payware writes are dropped: no client can claim a provider object
+            # (`metering.store.owned`) or pass for Payware's own evidence
+            if key not in PAYWARE_META:
                 meta[key] = _clip(value)
             taken += 1
     user = body.get("user")

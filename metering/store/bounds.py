@@ -29,6 +29,9 @@ TEXT_COLUMNS = {"id": 128, "customer": 128, "key_id": 64, "metric": 128, "model"
                 "period": 40}
 # `pricing` and `usage_source` are written by the rating code from the config, not from input.
 JSON_BYTES = {"meta": 16_384, "raw_usage": 16_384}
+# Meta entries Payware writes itself (the provider's answer id, `stored: false`, a flag): a client's
+# metadata too large for the budget is replaced by a note, and these are kept beside it.
+PAYWARE_META = frozenset({"provider_id", "stored", "position_unknown"})
 INT_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                "output_tokens", "reasoning_tokens", "latency_ms")
 MAX_COUNT = 2**53  # tokens of one call: far beyond any context window, exact in a double
@@ -124,10 +127,12 @@ def bounded(event):
             continue
         # Fast path: the usual small dict of plain strings and numbers needs no copy.
         if _plain_room(value, budget) < 0:
-            value = _budgeted(value, budget)
-            if name != "raw_usage" and not isinstance(value, dict):
-                value = {"value": value}
-            setattr(event, name, value)
+            cleaned = _budgeted(value, budget)
+            if name != "raw_usage" and not isinstance(cleaned, dict):
+                cleaned = {"value": cleaned}
+            if name == "meta" and "payware_truncated" in cleaned and isinstance(value, dict):
+                cleaned.update(_payware_entries(value))
+            setattr(event, name, cleaned)
     clamped = [name for name in INT_COLUMNS
                if not (type(count := getattr(event, name, 0)) is int and 0 <= count < MAX_COUNT)]
     for name in clamped:  # only a hostile or broken provider reports such counts
@@ -136,6 +141,13 @@ def bounded(event):
     if clamped:
         event.meta = {**event.meta, "payware_clamped": clamped}
     return event
+
+
+def _payware_entries(meta: dict) -> dict:
+    """The PAYWARE_META entries of `meta` that are short, clean text or plain flags."""
+    return {name: meta[name] for name in PAYWARE_META
+            if name in meta and (type(meta[name]) is bool or (type(meta[name]) is str and len(meta[name]) <= 256
+                                                              and is_clean(meta[name])))}
 
 
 def _plain_room(value: object, room: int, depth: int = 0) -> int:

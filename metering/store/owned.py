@@ -20,6 +20,7 @@ from typing import NamedTuple
 from metering.store.bounds import is_clean
 from metering.store.events import UsageEvent
 
+# Two of bounds.PAYWARE_META: kept when a client's metadata is cut, never taken from a client
 PROVIDER_ID = "provider_id"  # meta: the provider's own id of the answer (evidence, and the owned object)
 STORED = "stored"  # meta: False when the caller asked the provider not to keep the answer
 OWNING_ENDPOINTS = {"responses": "response"}  # event endpoint -> the kind of object a call of it creates

@@ -34,3 +34,15 @@ def test_a_value_is_kept_as_cleaning_would_keep_it(raw_usage):
 def test_a_providers_usage_needs_no_copy():
     """The fast path: Gemini's usage (lists of per-modality dicts) is kept as it came, not rebuilt."""
     assert bounded(event(0, "0.01", raw_usage=GEMINI_USAGE)).raw_usage is GEMINI_USAGE
+
+
+def test_paywares_own_meta_stays_when_a_clients_metadata_is_cut():
+    """A client's metadata over the budget becomes a note; the provider's answer id Payware wrote
+    beside it stays (it makes the caller the owner of a Responses response: metering.store.owned)."""
+    meta = {"provider_id": "resp_1", "stored": False, "metadata": {f"k{i}": "€" * 512 for i in range(16)},
+            "position_unknown": True}
+    kept = bounded(event(0, "0.01", meta=meta)).meta
+    assert kept["payware_truncated"] is True and "metadata" not in kept
+    assert (kept["provider_id"], kept["stored"], kept["position_unknown"]) == ("resp_1", False, True)
+    huge = bounded(event(0, "0.01", meta={**meta, "provider_id": "r" * 10_000})).meta
+    assert "provider_id" not in huge  # not a way around the budget

@@ -55,3 +55,10 @@ async def test_the_recorder_answers_for_an_owned_response_until_its_batch_is_wri
     finally:
         await recorder.close()
         ledger.close()
+
+
+def test_a_response_stays_owned_when_its_calls_metadata_is_cut_to_the_budget():
+    from metering.store.bounds import bounded
+
+    made = responses_event(0, "resp_1", metadata={f"k{i}": "€" * 512 for i in range(16)})
+    assert owned_by(bounded(made)).id == "resp_1"
