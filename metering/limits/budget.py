@@ -141,6 +141,8 @@ class BudgetStore(Protocol):
 
     async def forget(self, *, customer: str, period: str) -> None: ...
 
+    async def seeded_for(self, *, customer: str, period: str) -> float | None: ...
+
     async def close(self) -> None: ...
 
     applied_for: float
@@ -378,6 +380,11 @@ class MemoryBudget:
         """Drop everything the period holds, as a store that lost its data would (to rebuild it)."""
         self._periods.pop((customer, period), None)
 
+    async def seeded_for(self, *, customer: str, period: str) -> float | None:
+        """Seconds since the period's seed was ready (less than 0 within its window); None if unknown."""
+        state = self._periods.get((customer, period))
+        return None if state is None or not state.generation else self._clock() - state.ready_at
+
     async def close(self) -> None:
         """Nothing to close: the state lives and dies with the process."""
 
@@ -410,6 +417,7 @@ class RedisBudget:
         self._renew = script(redis_scripts.BUDGET_RENEW)
         self._seed = script(redis_scripts.BUDGET_SEED)
         self._forget = script(redis_scripts.BUDGET_FORGET)
+        self._seeded_for = script(redis_scripts.BUDGET_SEEDED_FOR)
 
     def _keys(self, customer: str, period: str) -> list[str]:
         base = f"{self._prefix}:{{{customer}}}:budget:{period}"
@@ -491,6 +499,12 @@ class RedisBudget:
     async def forget(self, *, customer: str, period: str) -> None:
         """Drop everything the period holds, as a Redis that lost its data would (to rebuild it)."""
         await self._forget(keys=self._keys(customer, period), args=[self._key_ttl])
+
+    async def seeded_for(self, *, customer: str, period: str) -> float | None:
+        """Seconds since the period's seed was ready (less than 0 within its window), by the
+        server's clock; None if unknown."""
+        known, ms = await self._seeded_for(keys=self._keys(customer, period), args=[self._key_ttl])
+        return int(ms) / 1000 if int(known) else None
 
     async def close(self) -> None:
         """Nothing to close: the Redis client belongs to the caller."""

@@ -227,6 +227,17 @@ return 1
 """
 
 
+# How long ago the period's seed was ready. ARGV: key_ttl. Returns {1, ms since (negative within
+# the recovery window)}, or {0, 0} while the period is not seeded.
+BUDGET_SEEDED_FOR = _BUDGET_PRELUDE + """
+local now = now_ms()
+local raw = redis.call('GET', SEEDED)
+if not raw then return {0, 0} end
+local bar = string.find(raw, '|', 1, true)
+return {1, now - tonumber(string.sub(raw, bar + 1))}
+"""
+
+
 def budget_script(script: str, applied_ms: int) -> str:
     """A budget script's text with its applied-id window (ms) written in."""
     return script.replace("$APPLIED_MS", str(int(applied_ms)))

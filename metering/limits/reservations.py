@@ -183,12 +183,22 @@ class Reservations:
 
     async def cap_applies(self, customer: str, period: str) -> None:
         """A customer that had no cap gets one: none of its calls since were spent here. A period
-        the store does not know is seeded (every event once, as its first reserve would do); one
-        it knows holds an earlier cap's spends, whose ids are long forgotten: it is rebuilt."""
-        if await self.store.renew(customer=customer, period=period, holds=[], ttl=self.ttl):
-            await self.rebuild(customer, period)
-        else:
+        the store does not know is seeded (every event once, as its first reserve would do). One
+        seeded lately (another proxy's merge for the same cap, most often) is merged by id: every
+        id its seed or a spend since applied is remembered, and the events older than the merge
+        reads were in the ledger at that seed. One known for longer holds an earlier cap's spends,
+        whose ids may be forgotten: it is rebuilt (dropped, merged again, a recovery window)."""
+        since = await self.store.seeded_for(customer=customer, period=period)
+        if since is None:
             await self.seed(customer, period)
+            how = "seeded"
+        elif since + self.window < self.store.applied_for / 2 - self.recent_for:
+            await self.merge_recent(customer, period)
+            how = "merged by event id"
+        else:
+            await self.rebuild(customer, period)
+            how = "rebuilt"
+        log.info("budget of %s for %s applies a new cap: %s from the ledger", customer, period, how)
 
     async def merge_recent(self, customer: str, period: str) -> None:
         """Merge the period's events of the last half of the store's window, by id: those some

@@ -291,8 +291,8 @@ def test_a_cap_a_reload_gives_back_counts_the_calls_made_while_it_was_away(proxy
     proxy.config_path.write_text(capped_config.replace('"1.00"', f'"{_cap_just_above_spent(proxy)}"'))
     assert http(proxy, "POST", "/v1/admin/reload", {}, key=ADMIN_KEY)[0] == 200
     deadline = time.monotonic() + 10
-    while "rebuilt from" not in proxy.log_path.read_text():  # the rebuild runs after the swap
-        assert time.monotonic() < deadline, "the period was never rebuilt"
+    while "applies a new cap" not in proxy.log_path.read_text():  # the merge runs after the swap
+        assert time.monotonic() < deadline, "the period was never merged again"
         time.sleep(0.05)
     with pytest.raises(openai.RateLimitError) as info:  # served only if the budget missed the 3 calls
         sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)

@@ -205,6 +205,15 @@ class BudgetContract:
         await advance(0.35)
         assert (await reserve(budget, "r1", 1, [customer(100)])).allowed
 
+    async def test_a_store_says_how_long_ago_a_period_was_seeded(self, budget: BudgetStore, advance: Advance):
+        assert await budget.seeded_for(customer="acme", period=PERIOD) is None
+        await budget.seed(customer="acme", period=PERIOD, events=[], generation="g1", ready_in=0.3)
+        assert -0.31 <= await budget.seeded_for(customer="acme", period=PERIOD) < 0  # within its window
+        await advance(0.4)
+        assert 0.05 <= await budget.seeded_for(customer="acme", period=PERIOD) < 5
+        await budget.forget(customer="acme", period=PERIOD)
+        assert await budget.seeded_for(customer="acme", period=PERIOD) is None
+
     async def test_renewing_keeps_a_hold_past_its_ttl_and_puts_back_a_lost_one(self, budget: BudgetStore,
                                                                               advance: Advance):
         hold = (await reserve(budget, "long-call", 60, [customer(100)], ttl=0.3)).hold

@@ -276,3 +276,36 @@ async def test_two_proxies_rebuilding_at_once_leave_out_neither_ones_unflushed_c
     await b.renew_once()
     await c.renew_once()  # and nothing counts twice
     assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (30, 0)
+
+
+async def test_a_cap_given_again_soon_after_a_seed_is_merged_by_id_without_closing_the_period(clock):
+    """Another proxy seeded the period for the same cap moments ago (or the cap went and came
+    back within a minute): every id applied since is remembered, so merging by id is exact, and
+    no rebuild closes the period for a recovery window."""
+    ledger = Ledger()
+    store = MemoryBudget(clock=clock)
+    first, second = (reservations(store, ledger, shared=True, clock=clock) for _ in range(2))
+    ledger.spends = [Spend("before", 20, ("customer",))]
+    await first.cap_applies("acme", PERIOD)  # the store never knew the period: a seed
+    await first.settle((await reserve(first, "capped", 10)).hold, 10)
+    ledger.spends += [Spend("capped", 10, ("customer",)), Spend("uncapped-elsewhere", 5, ("customer",))]
+    clock.now += 20
+    await second.cap_applies("acme", PERIOD)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (35, 0)
+    assert (await reserve(second, "next", 1)).allowed  # no recovery window
+    assert await store.renew(customer="acme", period=PERIOD, holds=[], ttl=60) == first._generations[("acme", PERIOD)]
+
+
+async def test_a_cap_given_again_long_after_the_seed_rebuilds_the_period(clock):
+    ledger = Ledger()
+    store = MemoryBudget(clock=clock)
+    r = reservations(store, ledger, shared=True, clock=clock)
+    ledger.spends = [Spend("old", 20, ("customer",))]
+    await r.cap_applies("acme", PERIOD)
+    generation = await store.renew(customer="acme", period=PERIOD, holds=[], ttl=60)
+    clock.now += 3600  # the seed's ids are forgotten: merging by id would count "old" again
+    await store.add_spent(customer="acme", period=PERIOD, scopes=("customer",), units=0, event_id="tick")
+    ledger.spends.append(Spend("uncapped", 5, ("customer",)))
+    await r.cap_applies("acme", PERIOD)
+    assert await store.usage(customer="acme", period=PERIOD, scope="customer") == (25, 0)
+    assert await store.renew(customer="acme", period=PERIOD, holds=[], ttl=60) != generation  # rebuilt
