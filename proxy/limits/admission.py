@@ -37,6 +37,7 @@ log = logging.getLogger("payware.admission")
 STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 DEFAULT_MAX_OUTPUT = 4096  # worst case for a model whose max output nobody knows
+MERGE_WAIT = 5.0  # seconds a capped call waits for its customer's new cap to be merged
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class Gate:
         self.customer_caps: dict[str, Decimal] = {}  # customers' own, lower caps (kept in the ledger)
         self.customers: dict[str, CustomerConfig] = {}  # the customers in force (set by the app)
         self.capping: dict[str, int] = {}  # customers whose first cap is being applied (see `first_cap`)
+        self._capped: dict[str, asyncio.Event] = {}  # set when that is done (what their reserves wait for)
         self.caps_version = 0  # bumped by each change made here
         self.store_down = False
         self._preloading: asyncio.Future | None = None
@@ -157,18 +159,34 @@ class Gate:
         """While customers' first caps are applied (their periods merged from the ledger), the
         calls they made before the cap and that end meanwhile already count against it: by event
         id, so the merge and the settle never count one twice. A call whose settle missed that
-        would be billed and never counted against the cap."""
+        would be billed and never counted against the cap. A capped call of theirs (the cap a
+        reload gave is in force already) waits for the merge before it reserves."""
         ids = set(customer_ids)
         for customer_id in ids:  # counted: two first caps of one customer may overlap
             self.capping[customer_id] = self.capping.get(customer_id, 0) + 1
+            self._capped.setdefault(customer_id, asyncio.Event())
         try:
             yield
         finally:
             for customer_id in ids:
                 if self.capping[customer_id] == 1:
                     del self.capping[customer_id]
+                    self._capped.pop(customer_id).set()
                 else:
                     self.capping[customer_id] -= 1
+
+    async def _merged(self, customer: CustomerConfig) -> None:
+        """Wait (up to MERGE_WAIT s) while a cap a reload gave is being merged: a reserve before
+        the merge would see the period without the calls made while the customer had no cap."""
+        merged = self._capped.get(customer.id)
+        if merged is None:
+            return
+        try:
+            async with asyncio.timeout(MERGE_WAIT):
+                await merged.wait()
+        except TimeoutError:
+            raise ServiceUnavailable("This customer's spend is being merged for its new cap; the request was not "
+                                     "forwarded. Retry shortly.", headers={"Retry-After": "1"}) from None
 
     def _counts_late(self, customer: CustomerConfig) -> bool:
         """Whether a call admitted without a cap counts against one set since it started."""
@@ -256,6 +274,8 @@ class Gate:
                 lambda _budget, limiter: self._rate(limiter, customer, key_id, tokens))
             return Admitted(customer.id, key_id, period, ("customer",), None, prompt, rate, local=local,
                             capped=False, rate_tokens=tokens if rate is not None else 0)
+        if self.capping:
+            await self._merged(customer)
         scopes = self.scopes(customer, key_id)
         worst = _units(_amount(model, plan, prompt, max_out, now))  # past the store's range: never fits
         why.units = worst

@@ -87,14 +87,15 @@ async def rebuild_for_new_cap(app: web.Application, customer, *, attempts: int =
     period's last cap (or ever) were not spent against the budget, so the period is merged from
     the ledger, or rebuilt if the store knew it (`Reservations.cap_applies`). Every proxy that
     sees the change does it (a file reload has no one proxy it happens on); each is idempotent
-    by event id. Retried while the store is unreachable: until it is done, the cap counts only
-    the calls since it applied."""
+    by event id. Its capped calls wait for the merge (`Gate.first_cap`). Retried while the store
+    is unreachable: until it is done, the cap counts only the calls since it applied."""
     gate, delay = app[GATE], 0.5
     for _ in range(attempts):
         if not gate.capped(gate.customers.get(customer.id, customer)):
             return  # the cap went away again meanwhile
         try:
-            await gate.budget.cap_applies(customer.id, app[METER].period(customer, utcnow()).key)
+            with gate.first_cap([customer.id]):  # NOTE: its reserves wait for the merge, its settles count by id
+                await gate.budget.cap_applies(customer.id, app[METER].period(customer, utcnow()).key)
             return
         except STORE_DOWN as exc:
             log.warning("could not rebuild %s's spend for its new cap (%s): retrying in %.1f s",
