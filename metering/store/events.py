@@ -105,3 +105,12 @@ def money_str(value: Decimal) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(ts: datetime) -> int:
+    """Microseconds since the epoch, exactly (no float on the way): how the ledger keeps time."""
+    delta = ts - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

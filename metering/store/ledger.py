@@ -30,7 +30,7 @@ from metering.store import directory as _directory  # noqa: F401 - its tables ar
 from metering.store import credits as _credits  # noqa: F401 - likewise
 from metering.store import instances as _instances  # noqa: F401 - likewise
 from metering.store.bounds import clean_text, is_clean
-from metering.store.events import UsageEvent, decimal_str
+from metering.store.events import EPOCH, UsageEvent, decimal_str, to_us
 from metering.store.owned import Owned, owned_by
 
 log = logging.getLogger("payware.ledger")
@@ -162,7 +162,7 @@ APPEND_ROWS = 64 if sqlite3.sqlite_version_info >= (3, 32) else 32
 def to_row(event: UsageEvent) -> dict:
     """The ledger row of an event, as a plain dict for a bulk insert."""
     row = {name: getattr(event, name) for name in _COLUMNS if name != "ts_us"}
-    row["ts_us"] = _to_us(event.ts)
+    row["ts_us"] = to_us(event.ts)
     return row
 
 
@@ -178,7 +178,7 @@ _MONEY_AT = tuple(i for i, name in enumerate(_COLUMNS) if name in _MONEY_COLUMNS
 def _driver_row(event: UsageEvent, postgres: bool) -> tuple:
     """An event as the DB driver takes it, in `_COLUMNS` order (what the column types would bind)."""
     values = list(_FIELDS_IN_ORDER(event))  # one C call for the ~30 plain fields (the writer's hot loop)
-    values[_TS] = _to_us(values[_TS])
+    values[_TS] = to_us(values[_TS])
     for i in _JSON_AT:
         if values[i] is not None:
             values[i] = _json_dumps(values[i])
@@ -190,11 +190,8 @@ def _driver_row(event: UsageEvent, postgres: bool) -> tuple:
 
 def from_row(row: Any) -> UsageEvent:
     data = {name: getattr(row, name) for name in _COLUMNS if name != "ts_us"}
-    data["ts"] = _EPOCH + timedelta(microseconds=row.ts_us)
+    data["ts"] = EPOCH + timedelta(microseconds=row.ts_us)
     return UsageEvent(**data)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _owned_rows(events: Iterable[UsageEvent]) -> list[Owned]:
@@ -205,11 +202,6 @@ def _owned_rows(events: Iterable[UsageEvent]) -> list[Owned]:
         if owned is not None:
             rows.setdefault(owned.id, owned)
     return list(rows.values())
-
-
-def _to_us(ts: datetime) -> int:
-    delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def normalize_url(url: str) -> str:
@@ -292,7 +284,7 @@ class Ledger:
                 raise
             billed = False
             log.error("event %s could not be billed in the ledger even without its metadata", event.id)
-        row = {"id": event.id[:128], "customer": clean_text(event.customer, 128), "ts_us": _to_us(event.ts),
+        row = {"id": event.id[:128], "customer": clean_text(event.customer, 128), "ts_us": to_us(event.ts),
                "reason": reason, "billed": billed, "event": _ascii_line(event)}
         table = DeadLetterRow.__table__
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -361,9 +353,9 @@ class Ledger:
         if customer is not None:
             query = query.where(EventRow.customer == customer)
         if start is not None:
-            query = query.where(EventRow.ts_us >= _to_us(start))
+            query = query.where(EventRow.ts_us >= to_us(start))
         if end is not None:
-            query = query.where(EventRow.ts_us < _to_us(end))
+            query = query.where(EventRow.ts_us < to_us(end))
         filters = ((EventRow.session, session), (EventRow.period, period), (EventRow.model, model),
                    (EventRow.feature, feature))
         if any(value is not None and not is_clean(value) for _, value in filters):
@@ -379,7 +371,7 @@ class Ledger:
     def latest_period(self, customer: str, *, since: datetime) -> str | None:
         """The newest period key among a customer's events since `since` (keys sort as time)."""
         query = select(func.max(EventRow.period)).where(EventRow.customer == customer,
-                                                         EventRow.ts_us >= _to_us(since))
+                                                         EventRow.ts_us >= to_us(since))
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
 
@@ -400,7 +392,7 @@ class Ledger:
         table = StatementRow.__table__
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["customer", "period"])
-        row = {"customer": customer, "period": period, "closed_us": _to_us(datetime.now(timezone.utc)),
+        row = {"customer": customer, "period": period, "closed_us": to_us(datetime.now(timezone.utc)),
                "total": total, "body": body}
         with self.engine.begin() as conn:
             return conn.execute(statement.returning(table.c.period), [row]).first() is not None
@@ -419,7 +411,7 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(table.delete().where(table.c.customer == customer))
             if amount is not None:
-                now = _to_us(datetime.now(timezone.utc))
+                now = to_us(datetime.now(timezone.utc))
                 conn.execute(table.insert().values(customer=customer, amount=amount, updated_us=now))
 
     def owned(self, id: str) -> Owned | None:

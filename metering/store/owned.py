@@ -14,19 +14,16 @@ answer (`provider_id`) and, for a response the caller asked the provider not to 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from metering.store.bounds import is_clean
-from metering.store.events import UsageEvent
+from metering.store.events import UsageEvent, to_us
 
 # Two of bounds.PAYWARE_META: kept when a client's metadata is cut, never taken from a client
 PROVIDER_ID = "provider_id"  # meta: the provider's own id of the answer (evidence, and the owned object)
 STORED = "stored"  # meta: False when the caller asked the provider not to keep the answer
 OWNING_ENDPOINTS = {"responses": "response"}  # event endpoint -> the kind of object a call of it creates
 _WIDTH = 128  # the owned_objects text columns' width (`OwnedRow`)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class Owned(NamedTuple):
@@ -58,4 +55,4 @@ def owned_by(event: UsageEvent) -> Owned | None:
     if not all(isinstance(name, str) and len(name) <= _WIDTH and is_clean(name) for name in names):
         return None
     return Owned(object_id, kind, event.customer, event.provider, event.model,
-                 event.input_tokens + event.output_tokens, (event.ts - _EPOCH) // _MICROSECOND)
+                 event.input_tokens + event.output_tokens, to_us(event.ts))
