@@ -452,17 +452,40 @@ async def together(remote: bool, *calls: Awaitable) -> list:
     """Each call's result, or the Exception it raised, in order.
 
     With a remote store (Redis) the calls run at once, so their scripts go out in one round trip
-    (`metering.limits.redis_batch`); in-process stores never wait, and tasks would only cost.
+    (`metering.limits.redis_batch`): the first in this task, the others as tasks started before
+    it (no `asyncio.gather`: its outer future and callbacks cost more than the tasks, ~4 % of a
+    capped call on Redis). In-process stores never wait, and tasks would only cost.
     """
-    if remote:
-        return await asyncio.gather(*calls, return_exceptions=True)
-    results = []
-    for call in calls:
+    if not remote or len(calls) < 2:
+        results = []
+        for call in calls:
+            try:
+                results.append(await call)
+            except Exception as exc:
+                results.append(exc)
+        return results
+    loop = asyncio.get_running_loop()
+    others = [loop.create_task(_outcome(call)) for call in calls[1:]]
+    try:
         try:
-            results.append(await call)
+            results = [await calls[0]]
         except Exception as exc:
-            results.append(exc)
+            results = [exc]
+        for task in others:
+            results.append(await task)
+    except BaseException:  # cancelled: so are the calls still running, as gather would do
+        for task in others:
+            task.cancel()
+        raise
     return results
+
+
+async def _outcome(call: Awaitable):
+    """The call's result, or the Exception it raised (a BaseException, e.g. a cancel, passes)."""
+    try:
+        return await call
+    except Exception as exc:
+        return exc
 
 
 _LIMITS: dict[tuple[int, str | None], tuple[CustomerConfig, list[Limit]]] = {}
