@@ -137,10 +137,11 @@ class _Items(list):
         self.append(item)
         self.total += amount
 
-    def add_priced(self, metric: str, quantity: Decimal, unit_price: str, amount: Decimal) -> None:
+    def add_priced(self, metric: str, quantity: int | Decimal, unit_price: str, amount: Decimal) -> None:
         """`add` with the unit price already a decimal string (from a `_Sheet`)."""
-        self.append({"metric": metric, "tier": None, "quantity": _s(quantity), "unit_price": unit_price,
-                     "amount": _s(amount)})
+        self.append({"metric": metric, "tier": None,
+                     "quantity": str(quantity) if type(quantity) is int else _s(quantity),
+                     "unit_price": unit_price, "amount": _s(amount)})
         self.total += amount
 
 
@@ -299,32 +300,36 @@ def _token_unit_prices(plan: PlanConfig, provider: ModelPrice, model: ModelConfi
 
 
 def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime, position: int) -> Rated:
-    """Cost and marginal amount of one model call at `position` tokens into the period."""
+    """Cost and marginal amount of one model call at `position` tokens into the period.
+
+    NOTE: runs on every call: the counts stay ints, and classes with no tokens (most calls use
+    no cache) add neither cost nor items; every amount is still an exact Decimal.
+    """
     with localcontext(EXACT):
         position = _number(position, "position")
         in_force = model.price_at(ts)
-        provider = in_force.for_prompt(usage.input_tokens)
-        cached = min(usage.cached_input_tokens, usage.input_tokens)
-        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        prompt = usage.input_tokens
+        provider = in_force.for_prompt(prompt)
+        cached = min(usage.cached_input_tokens, prompt)
+        written = min(usage.cache_write_tokens, prompt - cached)
         written_1h = min(usage.cache_write_1h_tokens, written)
-        counts = {"cached_input": Decimal(cached), "cache_write": Decimal(written - written_1h),
-                  "cache_write_1h": Decimal(written_1h), "input": Decimal(usage.input_tokens - cached - written),
-                  "output": Decimal(usage.output_tokens)}
-        if any(count < 0 for count in counts.values()):
+        counts = (("cached_input", cached), ("cache_write", written - written_1h), ("cache_write_1h", written_1h),
+                  ("input", prompt - cached - written), ("output", usage.output_tokens))  # in TOKEN_ORDER
+        if min(cached, written_1h, written - written_1h, prompt - cached - written, usage.output_tokens) < 0:
             raise ValueError("token counts must not be negative")
         sheet = _sheet(plan, provider, model, bool(written))
         unit_costs = sheet.unit_costs
-        cost = sum(counts[kind] * unit_costs[kind] for kind in TOKEN_ORDER) / MILLION
-        n = sum(counts.values())
+        cost = sum((unit_costs[kind] * count for kind, count in counts if count), ZERO) / MILLION
+        n = Decimal(prompt + usage.output_tokens)
         pricing: dict = {"plan": plan.name, "cost_per_million": dict(sheet.cost_per_million),
                          "cost_source": provider.source, "position": _s(position)}
         if provider is not in_force:
             pricing["long_prompt"] = True  # the prices above a prompt-size threshold applied
         items = _Items()
-        quota = Decimal(plan.included.get(TOKENS, 0))
-        free = _free(quota, position, n)
+        quota = plan.included.get(TOKENS, 0)
+        free = _free(Decimal(quota), position, n) if quota else ZERO
         if quota:
-            pricing["included"] = {"metric": TOKENS, "quota": _s(quota), "used": _s(free)}
+            pricing["included"] = {"metric": TOKENS, "quota": _s(Decimal(quota)), "used": _s(free)}
         if free:
             items.add(TOKENS, free, ZERO, ZERO, tier=INCLUDED)
         tiers = plan.tiers if plan.tiers is not None and plan.tiers.metric == TOKENS else None
@@ -338,19 +343,26 @@ def rate_tokens(plan: PlanConfig, model: ModelConfig, usage: Usage, ts: datetime
                 pricing[name] = dict(value) if isinstance(value, dict) else value
             unit_prices, unit_price_strs = sheet.unit_prices, sheet.unit_price_strs
             left = free
-            for kind in TOKEN_ORDER:  # the quota covers the cached input, then the input, then the output
-                covered = min(left, counts[kind])
-                left -= covered
-                billable = counts[kind] - covered
-                if billable:
-                    items.add_priced(f"{TOKENS}.{kind}", billable, unit_price_strs[kind],
-                                     billable * unit_prices[kind])
+            for kind, count in counts:  # the quota covers the cached input, then the input, then the output
+                if not count:
+                    continue
+                billable = count
+                if left:
+                    covered = min(left, count)
+                    left -= covered
+                    billable = count - covered
+                    if not billable:
+                        continue
+                items.add_priced(_TOKEN_METRICS[kind], billable, unit_price_strs[kind], billable * unit_prices[kind])
         if plan.request_fee:
             pricing["request_fee"] = _s(plan.request_fee)
             items.add(REQUESTS, ONE, plan.request_fee, plan.request_fee)
         amount = items.total
         pricing["items"] = list(items)
         return Rated(cost=cost, amount=amount, pricing=pricing, included_used=free)
+
+
+_TOKEN_METRICS = {kind: f"{TOKENS}.{kind}" for kind in TOKEN_ORDER}  # an item's metric, by token class
 
 
 @dataclass(frozen=True, slots=True)
