@@ -107,18 +107,12 @@ def split_units(value: Decimal, what: str = "value") -> tuple[int, int]:
             raise TypeError(f"{what} must be a Decimal, not {type(value).__name__}")
     if not value.is_finite():
         raise ValueError(f"{what} must be finite, not {value}")
-    sign, digits, exponent = value.as_tuple()
-    coefficient = int("".join(map(str, digits)) or "0")
-    exponent += PLACES
-    if exponent >= 0:
-        units = coefficient * 10**exponent
-    else:
-        scale = 10**-exponent
-        units, rest = divmod(coefficient, scale)
-        if rest:
-            raise ValueError(f"{what} {value} has more than {PLACES} decimal places: the counters "
-                             f"(and the ledger's NUMERIC(38, {PLACES})) cannot hold it exactly")
-    return divmod(-units if sign else units, NANO)  # floor division: atto is never negative
+    numerator, denominator = value.as_integer_ratio()  # in lowest terms: exact, in C
+    units, rest = divmod(numerator * ATTO, denominator)
+    if rest:
+        raise ValueError(f"{what} {value} has more than {PLACES} decimal places: the counters "
+                         f"(and the ledger's NUMERIC(38, {PLACES})) cannot hold it exactly")
+    return divmod(units, NANO)  # floor division: atto is never negative
 
 
 def join_units(nano: int, atto: int) -> Decimal:
