@@ -21,12 +21,14 @@ import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from config.schema import WebhookConfig
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("payware.webhooks")
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from config.loader import ConfigError
 from config.schema import Config
 from metering.limits.counters import MemoryCounters
+from metering.limits.outages import store_down
 from metering.store.events import utcnow
 from metering.store.journal import Journal
 from metering.store.directory import DirectoryStore
@@ -24,7 +25,6 @@ from metering.store.recorder import Recorder
 from metering.limits.redis_counters import RedisCounters
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
-from proxy.limits.admission import STORE_DOWN
 from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.live import Live
 from proxy.routes.billing import get_cap, put_cap
@@ -150,7 +150,7 @@ async def _follow_thresholds(app: web.Application) -> None:
         for customer in customers:
             try:
                 opened = await shared.open_period(customer=customer.id, month=meter.month_key(customer, now))
-            except STORE_DOWN:
+            except store_down():
                 break
             if opened is not None:
                 meter.adopt(customer, datetime.fromisoformat(opened))

@@ -25,7 +25,7 @@ from metering.billing.meter import CallFacts
 from metering.billing.plans import uses_position
 from metering.store.events import money_str, utcnow
 from metering.store.owned import PROVIDER_ID
-from metering.store.recorder import COUNTERS_DOWN
+from metering.limits.outages import counters_down
 from metering.usage.fallback import final_usage
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
@@ -92,7 +92,7 @@ class Call:
             try:
                 position = int(await app[RECORDER].counters.claim(self.caller.customer.id, self.admitted.period,
                                                                   "tokens", tokens))
-            except COUNTERS_DOWN:
+            except counters_down():
                 # NOTE: never lose the event: bill it past the included quota, flagged in its meta
                 position = plan.included.get("tokens", 0)
                 facts.meta = {**facts.meta, "position_unknown": True}

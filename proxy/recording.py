@@ -8,7 +8,7 @@ from aiohttp import web
 
 from config.schema import CustomerConfig
 from metering.store.events import UsageEvent, utcnow
-from metering.store.recorder import COUNTERS_DOWN
+from metering.limits.outages import counters_down
 from proxy.appkeys import LIVE, METER, RECORDER, THRESHOLDS
 
 
@@ -26,7 +26,7 @@ async def count_event(app: web.Application, event: UsageEvent, customer: Custome
     if plan.interval == "threshold":
         try:
             totals = await recorder.counters.totals(customer.id, event.period)
-        except COUNTERS_DOWN:
+        except counters_down():
             return  # the next event checks again; the event itself is recorded
         meter, now = app[METER], utcnow()
         # NOTE: the usage amount, without the base fee (which every period carries)
@@ -39,6 +39,6 @@ async def count_event(app: web.Application, event: UsageEvent, customer: Custome
         try:
             opened = await shared.close(customer=customer.id, month=meter.month_key(customer, now),
                                         seen_open=event.period, next_start=now.isoformat())
-        except COUNTERS_DOWN:
+        except counters_down():
             return  # the next event tries again
         meter.adopt(customer, datetime.fromisoformat(opened))

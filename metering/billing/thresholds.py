@@ -9,7 +9,10 @@ the old period just before that stays in it: every event is still in exactly one
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 REFRESH = 1.0  # seconds between two polls of the open period
 KEY_TTL = 40 * 24 * 3600  # longer than any month the key lives in

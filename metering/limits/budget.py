@@ -39,11 +39,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
-from typing import Protocol
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Protocol
 
 from metering.limits import redis_scripts
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 NANO = 10**9
 MAX_UNITS = 2**53 - 1  # Lua numbers are doubles: beyond this, sums stop being exact

@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Protocol
 
 from metering.limits import redis_scripts
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 WINDOW_MS = 60_000
 MAX_RATE = 10**9  # per minute; with 10 windows of debt a level stays < 2^53 (exact in Lua)

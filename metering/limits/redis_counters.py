@@ -33,11 +33,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from operator import index
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from metering.limits.counters import POSITION_SCALE, PeriodTotals, Totals, positions_of
 from metering.store.events import UsageEvent
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 KEY_TTL = 40 * 86400.0  # as the budget's: longer than any billing period
 NANO = 10**9  # nano-units per unit: the `*_nano` fields

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from redis.exceptions import RedisError
 
+from metering.limits.outages import counters_down
 from metering.limits.counters import Counters
 from metering.store.bounds import bounded
 from metering.store.events import UsageEvent, utcnow
@@ -31,7 +31,6 @@ from metering.store.owned import Owned, owned_by
 
 log = logging.getLogger("payware.recorder")
 
-COUNTERS_DOWN = (ConnectionError, TimeoutError, OSError, RedisError)
 ROTATE_BYTES = 16 * 1024 * 1024  # empty the journal once the ledger holds it all and it is this big
 BEHIND = 5.0  # seconds: an event waiting longer than this for the ledger is worth a warning
 OWNED_FLUSH = 0.01  # seconds: at most this long between an owned object's event and its batch
@@ -117,7 +116,7 @@ class Recorder:
         """Make a kept `event` visible in the real-time totals (the ledger has it whatever happens)."""
         try:
             await self.counters.record(event)
-        except COUNTERS_DOWN as exc:  # the ledger still gets it; the counters are resynced from it
+        except counters_down() as exc:  # the ledger still gets it; the counters are resynced from it
             log.warning("counters unreachable (%s): event %s is in the ledger, counters resync later",
                         type(exc).__name__, event.id)
             self.counters_stale = True

@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from config.schema import MAX_OUTPUT_TOKENS, CustomerConfig, ModelConfig, PlanConfig
 from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
 from metering.usage.tokens import encoding_for
@@ -27,6 +24,7 @@ from metering.limits.reservations import Recovering, Reservations, Source
 from metering.store.events import decimal_str, money_str
 from metering.billing.plans import max_tokens_amount
 from metering.limits.ratelimit import MAX_TOKENS as RATE_MAX_TOKENS
+from metering.limits.outages import store_down
 from metering.limits.ratelimit import Limit, MemoryRateLimiter, RateDecision, RateLimiter
 from metering.usage.normalized import Usage
 from metering.webhooks import Notifier
@@ -34,7 +32,6 @@ from proxy.limits.credits import CREDITS
 from proxy.errors import CreditsExhausted, RateLimited, ServiceUnavailable, SpendCapReached
 
 log = logging.getLogger("payware.admission")
-STORE_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError)
 
 DEFAULT_MAX_OUTPUT = 4096  # worst case for a model whose max output nobody knows
 MERGE_WAIT = 5.0  # seconds a capped call waits for its customer's new cap to be merged
@@ -110,7 +107,7 @@ class Gate:
         if not local:
             try:
                 result = await op(*self.shared)
-            except STORE_DOWN as exc:
+            except store_down() as exc:
                 if not self.store_down:
                     log.error("counter store unreachable (%s): %s", type(exc).__name__,
                               "serving on in-process counters" if self.fallback else "refusing requests")
@@ -291,7 +288,7 @@ class Gate:
                 if isinstance(decision, Decision) and decision.hold is not None:
                     try:
                         await budget.release(decision.hold)
-                    except STORE_DOWN:
+                    except store_down():
                         budget.forget(decision.hold)  # not renewed any more: it expires on its own
                 raise rate
             if isinstance(decision, Recovering):

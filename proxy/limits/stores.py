@@ -21,7 +21,8 @@ from metering.store.credits import CreditStore
 from metering.store.events import UsageEvent, utcnow
 from metering.usage.tokens import encoding_for
 from metering.webhooks import MemoryDedupe, Notifier, RedisDedupe
-from proxy.limits.admission import STORE_DOWN, Gate
+from metering.limits.outages import store_down
+from proxy.limits.admission import Gate
 from proxy.appkeys import GATE, HTTP, LIVE, METER, RECORDER, REDIS
 from proxy.limits.credits import CREDITS, CreditBook
 from proxy.errors import ServiceUnavailable
@@ -97,7 +98,7 @@ async def rebuild_for_new_cap(app: web.Application, customer, *, attempts: int =
             with gate.first_cap([customer.id]):  # NOTE: its reserves wait for the merge, its settles count by id
                 await gate.budget.cap_applies(customer.id, app[METER].period(customer, utcnow()).key)
             return
-        except STORE_DOWN as exc:
+        except store_down() as exc:
             log.warning("could not rebuild %s's spend for its new cap (%s): retrying in %.1f s",
                         customer.id, type(exc).__name__, delay)
         except Exception:

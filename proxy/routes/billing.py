@@ -11,7 +11,7 @@ from config.schema import MAX_CAP
 from metering.limits.budget import NANO
 from metering.store.events import decimal_str, money_str, utcnow
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
-from proxy.limits.admission import STORE_DOWN
+from metering.limits.outages import store_down
 from proxy.errors import InvalidRequest, counters_unavailable
 from proxy.jsonbody import parse_json, read_body
 
@@ -63,7 +63,7 @@ async def _seed_spent(app: web.Application, customer) -> None:
     period = app[METER].period(customer, utcnow()).key
     try:
         await app[GATE].budget.cap_applies(customer.id, period)
-    except STORE_DOWN:
+    except store_down():
         raise counters_unavailable() from None
 
 
@@ -96,7 +96,7 @@ async def _cap_view(app: web.Application, customer) -> dict:
         held = 0
         if gate.capped(customer):
             _, held = await gate.budget.usage(customer=customer.id, period=period.key, scope="customer")
-    except STORE_DOWN:
+    except store_down():
         raise counters_unavailable() from None
     spent = max(totals.all.amount, Decimal(0))
     effective = gate.cap_amount(customer)

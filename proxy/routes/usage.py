@@ -18,7 +18,7 @@ from metering.limits.counters import Totals
 from metering.store.events import decimal_str, money_str, utcnow
 from metering.billing.statements import round_money
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
-from proxy.limits.admission import STORE_DOWN
+from metering.limits.outages import store_down
 from proxy.errors import InvalidRequest, counters_unavailable
 
 _CSV_COLUMNS = ("id", "ts", "customer", "key_id", "metric", "quantity", "model", "upstream_model", "provider",
@@ -47,7 +47,7 @@ async def summary_of(app: web.Application, customer, *, at=None) -> dict:
     period = app[METER].period(customer, at or utcnow())
     try:
         totals = await app[RECORDER].counters.totals(customer.id, period.key)
-    except STORE_DOWN:
+    except store_down():
         raise counters_unavailable() from None
     due = plan.base_fee + totals.all.amount
     cap = None
