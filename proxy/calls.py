@@ -220,6 +220,7 @@ async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
     response.headers.setdefault("Cache-Control", "no-cache")
     framer = SSEFramer()
     watcher = call.fmt.watcher(strip_usage)
+    skim = getattr(watcher, "skim", None)  # frames a watcher need not read go on unframed
     recorded = False
 
     async def finish(status: str) -> None:
@@ -236,8 +237,12 @@ async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
     try:
         await response.prepare(request)
         async for chunk in upstream.content.iter_any():
-            out = bytearray()
-            for frame in framer.feed(chunk):
+            passed = skim(chunk, framer) if skim is not None else 0
+            if passed and passed == len(chunk):
+                await response.write(chunk)
+                continue
+            out = bytearray(chunk[:passed])
+            for frame in framer.feed(chunk[passed:] if passed else chunk):
                 data = watcher.process(frame)
                 if watcher.terminal and not recorded:
                     if out:

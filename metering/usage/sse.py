@@ -42,12 +42,14 @@ class SSEFramer:
 
     __slots__ = ("_buffer", "_cr", "_lines", "_pos", "_skip")
 
-    def __init__(self) -> None:
+    def __init__(self, *, mid_stream: bool = False) -> None:
         self._buffer = b""  # bytes of the pending (incomplete) frame
         self._cr = False  # whether _buffer holds a CR (then the line splitter is needed)
         self._lines: list[bytes] = []  # complete lines of the pending frame (line splitter only)
         self._pos = 0  # where the line splitter stopped in _buffer (0: start over)
-        self._skip = -1  # BOM length at the stream's start; -1 until 3 bytes decide it
+        # BOM length at the stream's start; -1 until 3 bytes decide it (0: bytes from a frame
+        # boundary later in a stream, where those bytes would be data)
+        self._skip = 0 if mid_stream else -1
 
     def feed(self, chunk: bytes) -> list[Frame]:
         """The frames completed by `chunk`, in order; the rest stays buffered."""
@@ -64,6 +66,24 @@ class SSEFramer:
         if self._cr or b"\r" in chunk:
             return self._feed_lines(buffer)
         return self._feed_lf(buffer, old)
+
+    def whole(self, chunk: bytes, limit: int) -> int:
+        """How many leading bytes of `chunk`, `limit` at most, are whole frames: bytes a caller
+        may pass on without framing them (and then `feed` the rest). 0 unless nothing is pending,
+        no BOM starts the stream, and those bytes end their lines with LF only.
+
+        NOTE: from a frame's start, in LF-only bytes, every blank line ends a frame: the end
+        of the last `\n\n` before `limit` is a frame boundary.
+        """
+        if self._buffer or self._cr or self._skip > 0:
+            return 0
+        if self._skip < 0 and (len(chunk) < 3 or chunk.startswith(_BOM)):
+            return 0  # the stream's first bytes: a BOM is not data (`feed` takes it off)
+        end = chunk.rfind(b"\n\n", 0, limit)
+        if end < 0 or chunk.find(b"\r", 0, end) >= 0:
+            return 0
+        self._skip = 0  # the stream's start is behind
+        return end + 2
 
     def close(self) -> Frame | None:
         """At end of stream: the bytes left, if any, as one frame with the data of its complete lines.
@@ -203,3 +223,14 @@ def _fields(lines: list[bytes]) -> tuple[str | None, str | None]:
         return None, event
     # Decoding after the split is safe: LF and CR never occur inside a UTF-8 sequence.
     return b"\n".join(data).decode("utf-8", "replace"), event
+
+
+def frames_of(raw: bytes) -> list[Frame]:
+    """Every frame of `raw`, a stream's bytes from a frame boundary (a tail without its blank
+    line included): what a watcher passed over unread, framed when it is needed after all."""
+    framer = SSEFramer(mid_stream=True)
+    frames = framer.feed(raw)
+    tail = framer.close()
+    if tail is not None:
+        frames.append(tail)
+    return frames

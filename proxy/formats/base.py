@@ -66,6 +66,12 @@ class Watcher(Protocol):
     def output_text(self) -> str:
         """The text generated so far (for a tiktoken estimate when usage is missing)."""
 
+    # Optional: `skim(chunk, framer) -> int`, how many leading bytes of a network read go to
+    # the client without being framed: whole frames (`SSEFramer.whole`) before the first this
+    # watcher must read, which it keeps for `output_text`. Most of a stream is text the
+    # watcher reads only when an estimate needs it; a read of many such frames then costs a
+    # few searches, not a frame each.
+
 
 class WireFormat(Protocol):
     """One API's wire format (see the module docstring)."""

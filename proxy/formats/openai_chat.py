@@ -16,7 +16,7 @@ from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, usage_from_json
-from metering.usage.sse import Frame
+from metering.usage.sse import Frame, SSEFramer, frames_of
 from metering.usage.tokens import count_prompt
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -121,6 +121,9 @@ COMPLETIONS = OpenAIFormat("completions", "/completions", ("completion", "chat")
 EMBEDDINGS = OpenAIFormat("embeddings", "/embeddings", ("embedding",))
 
 
+_SET_USAGE = re.compile(rb'"usage"(?!: ?null)')  # `_may_carry_usage` on a read's bytes (a literal prefix: fast)
+
+
 def _may_carry_usage(data: str) -> bool:
     """Whether a chunk's JSON text may hold a non-null `usage` (false positives are harmless)."""
     at = data.find('"usage"')
@@ -138,10 +141,10 @@ class StreamAccumulator:
     It keeps the latest usage, a mid-stream error and whether `[DONE]` came (the terminal
     frame), and decides the bytes the client gets. Text chunks are not parsed as they pass:
     their JSON is kept and parsed only if `output_text()` is asked for (usage missing, or the
-    stream was cut).
+    stream was cut). Whole frames before the first one it must read pass unframed (`skim`).
     """
 
-    __slots__ = ("strip_usage", "done", "terminal", "usage", "error", "_pending", "_texts", "_chunks")
+    __slots__ = ("strip_usage", "done", "terminal", "usage", "error", "_pending", "_texts")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage  # the client did not ask for usage: the proxy forced it
@@ -149,9 +152,26 @@ class StreamAccumulator:
         self.terminal = False
         self.usage: Usage | None = None
         self.error: dict | None = None  # the value of a mid-stream `{"error": ...}`
-        self._pending: list[str | dict] = []  # chunks not yet read for text (JSON text or parsed)
+        # chunks not yet read for text: a frame's JSON text or parsed JSON, or skimmed bytes
+        self._pending: list[str | dict | bytes] = []
         self._texts: list[str] = []  # text already read out of chunks
-        self._chunks = 0
+
+    def skim(self, chunk: bytes, framer: SSEFramer) -> int:
+        """How many leading bytes of `chunk` go to the client unread: the whole frames before
+        the first that may hold `[DONE]`, an error, an event name or a usage that is not null
+        (a false alarm only means more frames are read one by one). They are kept as bytes."""
+        look = len(chunk)
+        for marker in (b"[DONE]", b'"error"', b"event:"):
+            at = chunk.find(marker, 0, look)
+            if at >= 0:
+                look = at
+        usage = _SET_USAGE.search(chunk, 0, look)  # one not null (most chunks carry `"usage":null`)
+        if usage is not None:
+            look = usage.start()
+        passed = framer.whole(chunk, look)
+        if passed:
+            self._pending.append(chunk[:passed] if passed < len(chunk) else chunk)
+        return passed
 
     def process(self, frame: Frame) -> bytes:
         """The bytes to forward to the client for `frame` (b"" to drop it)."""
@@ -161,7 +181,6 @@ class StreamAccumulator:
         if data == _DONE:
             self.done = self.terminal = True
             return frame.raw
-        self._chunks += 1
         if not (_may_carry_usage(data) or '"error"' in data or frame.event == "error"):
             self._pending.append(data)
             return frame.raw
@@ -198,18 +217,23 @@ class StreamAccumulator:
         if self._pending:
             texts = self._texts
             for item in self._pending:
+                if isinstance(item, bytes):  # skimmed frames: text chunks only (see `skim`)
+                    for frame in frames_of(item):
+                        if frame.data is not None:
+                            _collect_text(_json_or_none(frame.data), texts)
+                    continue
                 if isinstance(item, str):
-                    try:
-                        item = load_json(item)
-                    except (ValueError, RecursionError):
-                        continue
+                    item = _json_or_none(item)
                 _collect_text(item, texts)
             self._pending = []
         return "".join(self._texts)
 
-    def chunks_seen(self) -> int:
-        """How many data frames other than `[DONE]` passed."""
-        return self._chunks
+
+def _json_or_none(data: str) -> object:
+    try:
+        return load_json(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def generated_text(obj: object) -> str:

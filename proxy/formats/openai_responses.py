@@ -20,7 +20,7 @@ from aiohttp import web
 
 from config.schema import ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, usage_from_json
-from metering.usage.sse import Frame
+from metering.usage.sse import Frame, SSEFramer, frames_of
 from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_text
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -28,6 +28,11 @@ from proxy.formats.openai_chat import check_max_tokens
 from proxy.jsonbody import dump_json, load_json
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# What `skim` stops at: the name of a frame that ends the answer, reports an error or starts a
+# response (`process` reads each of them)
+_LOOK_AT = tuple(f"event:{space}{kind}".encode() for kind in (*sorted(TERMINAL), "error", "response.created")
+                 for space in ("", " "))
+_CREATED = (b"event: response.created\n", b"event:response.created\n")  # the first frame, LF-ended
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta",
                           "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
                           "response.refusal.delta", "response.custom_tool_call_input.delta"})
@@ -115,7 +120,8 @@ class ResponsesStream:
 
     Only the first frame and the terminal event are parsed; a delta (told by its event name)
     is kept as its JSON text and read only if `output_text()` is asked for (no usage: the
-    stream was cut), as the chat watcher does. Every frame is forwarded as it came.
+    stream was cut), as the chat watcher does. Every frame is forwarded as it came; once the
+    id is known, whole frames before the first that may end the answer pass unframed (`skim`).
     """
 
     __slots__ = ("usage", "error", "done", "terminal", "answer_id", "status", "_pending", "_texts")
@@ -127,15 +133,47 @@ class ResponsesStream:
         self.terminal = False
         self.answer_id: str | None = None  # from response.created
         self.status: str | None = None  # the terminal event's response status
-        self._pending: list[str] = []  # deltas' JSON, not yet read for text
+        self._pending: list[str | bytes] = []  # deltas' JSON, or skimmed frames, not yet read for text
         self._texts: list[str] = []  # text already read out of deltas
+
+    def skim(self, chunk: bytes, framer: SSEFramer) -> int:
+        """How many leading bytes of `chunk` go to the client as they came without the relay
+        framing them: the whole frames before the first that may be terminal, an error or a
+        new response (a false alarm only means more frames are read one by one), provided each
+        is named (an unnamed frame's type is in its data). They are kept as bytes.
+
+        The first frame, `response.created`, is read here (its bytes go on as they came), so a
+        read that holds most of a stream is skimmed past it too.
+        """
+        start = 0
+        if self.answer_id is None:
+            if not chunk.startswith(_CREATED):
+                return 0
+            start = chunk.find(b"\n\n") + 2
+            if start < 2 or framer.whole(chunk, start) != start:
+                return 0
+            for frame in frames_of(chunk[:start]):
+                self.process(frame)
+        look = len(chunk)
+        for marker in _LOOK_AT:
+            at = chunk.find(marker, start, look)
+            if at >= 0:
+                look = at
+        passed = framer.whole(chunk, look) if look > start else 0
+        # NOTE: every blank line but the last is followed by the next frame: all are named when
+        # the first is and as many blank lines as frames after it come before an `event:`
+        if passed <= start or not chunk.startswith(b"event:", start) \
+                or chunk.count(b"\n\n", start, passed) != chunk.count(b"\n\nevent:", start, passed) + 1:
+            return start
+        self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
+        return passed
 
     def process(self, frame: Frame) -> bytes:
         data = frame.data
         if data is None:
             return frame.raw
         kind = frame.event
-        if kind in _TEXT_DELTAS or (kind is None and '"type":"response.output_text.delta"' in data):
+        if _is_delta(kind, data):
             self._pending.append(data)
             return frame.raw
         if kind == "response.created" or (self.answer_id is None and kind is None):
@@ -171,13 +209,26 @@ class ResponsesStream:
 
     def output_text(self) -> str:
         if self._pending:
-            for data in self._pending:
-                obj = _load(data)
-                delta = obj.get("delta") if obj else None
-                if isinstance(delta, str):
-                    self._texts.append(delta)
+            for item in self._pending:
+                if isinstance(item, bytes):  # skimmed frames: deltas among others (see `skim`)
+                    for frame in frames_of(item):
+                        if frame.data is not None and _is_delta(frame.event, frame.data):
+                            self._add_delta(frame.data)
+                else:
+                    self._add_delta(item)
             self._pending = []
         return "".join(self._texts)
+
+    def _add_delta(self, data: str) -> None:
+        obj = _load(data)
+        delta = obj.get("delta") if obj else None
+        if isinstance(delta, str):
+            self._texts.append(delta)
+
+
+def _is_delta(kind: str | None, data: str) -> bool:
+    """Whether a frame is a text delta (named, or unnamed with its type in the data)."""
+    return kind in _TEXT_DELTAS or (kind is None and '"type":"response.output_text.delta"' in data)
 
 
 def _load(data: str) -> dict | None:

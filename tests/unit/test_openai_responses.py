@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.usage.sse import SSEFramer
+from metering.usage.sse import SSEFramer, frames_of
 from proxy.errors import InvalidRequest
 from proxy.formats.openai_responses import RESPONSES, ResponsesStream, count_input
 from tests.fakes import responses_wire as fake
@@ -24,14 +24,18 @@ RECORDED = {
 }
 
 
-def watch(data: bytes, size: int | None = None) -> tuple[ResponsesStream, bytes, int]:
-    """Run `data` through a framer and a watcher in reads of `size` bytes; (watcher, bytes out,
-    index of the frame that was terminal)."""
+def watch(data: bytes, size: int | None = None, *, skim: bool = True) -> tuple[ResponsesStream, bytes, int]:
+    """Run `data` through a framer and a watcher in reads of `size` bytes, as the relay does
+    (whole frames the watcher need not read skimmed); (watcher, bytes out, index of the frame
+    that was terminal)."""
     framer, watcher = SSEFramer(), ResponsesStream()
     out, frames, terminal_at = bytearray(), 0, -1
     pieces = [data] if size is None else [data[i:i + size] for i in range(0, len(data), size)]
     for piece in pieces:
-        for frame in framer.feed(piece):
+        passed = watcher.skim(piece, framer) if skim else 0
+        out += piece[:passed]
+        frames += len(frames_of(piece[:passed]))
+        for frame in framer.feed(piece[passed:]):
             out += watcher.process(frame)
             frames += 1
             if watcher.terminal and terminal_at < 0:
@@ -40,6 +44,11 @@ def watch(data: bytes, size: int | None = None) -> tuple[ResponsesStream, bytes,
     if tail is not None:
         out += watcher.process(tail)
     return watcher, bytes(out), terminal_at
+
+
+def outcome(watcher: ResponsesStream) -> tuple:
+    return (watcher.usage, watcher.error, watcher.done, watcher.terminal, watcher.answer_id, watcher.status,
+            watcher.output_text())
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
@@ -71,6 +80,44 @@ def test_crlf_line_ends_and_pings_change_nothing():
     crlf = data.replace(b"\n", b"\r\n").replace(b"event: response.in_progress", b": ping\r\n\r\nevent: response.in_progress")
     watcher, out, _ = watch(crlf, 5)
     assert out == crlf and watcher.usage.output_tokens == fake.OUTPUT_TOKENS
+
+
+ODD_STREAMS = {
+    # frames without an event name (the type is in the data): read one by one, never skimmed past
+    "unnamed": lambda data: data.replace(b"event: response.output_text.delta\n", b"", 3)
+    .replace(b"event: response.completed\n", b""),
+    # a second response.created (its id wins, as when every frame is read)
+    "created twice": lambda data: data.replace(b"event: response.output_text.done", b"event: response.created\n"
+                                               b'data: {"type":"response.created","response":{"id":"resp_2"}}\n\n'
+                                               b"event: response.output_text.done", 1),
+    "pings": lambda data: data.replace(b"event: response.output_text.delta", b": ping\n\nevent: response.output_text.delta"),
+    "crlf": lambda data: data.replace(b"\n", b"\r\n"),
+    "error event": lambda data: data.replace(b"event: response.completed", b"event: error\n"
+                                             b'data: {"type":"error","message":"overloaded"}\n\nevent: response.completed'),
+}
+
+
+@pytest.mark.parametrize("name", [*sorted(RECORDED), "fake"])
+@pytest.mark.parametrize("odd", [None, *ODD_STREAMS])
+@pytest.mark.parametrize("size", [None, 1, 9, 100, 1000])
+def test_skimming_changes_nothing_the_client_or_the_meter_sees(name, odd, size):
+    data = (STREAMS / name).read_bytes() if name != "fake" else b"".join(fake.stream_bytes("responses-fake-ok", "m"))
+    if odd is not None:
+        data = ODD_STREAMS[odd](data)
+    skimmed, out, terminal_at = watch(data, size)
+    framed, reference, reference_at = watch(data, size, skim=False)
+    assert out == reference == data
+    assert outcome(skimmed) == outcome(framed) and terminal_at == reference_at
+
+
+def test_skim_reads_the_first_frame_and_passes_the_deltas_up_to_the_terminal_event():
+    data = b"".join(fake.stream_bytes("responses-fake-ok", "m", rid="resp_x1"))
+    watcher = ResponsesStream()
+    assert watcher.skim(data.replace(b"\n", b"\r\n"), SSEFramer()) == 0  # CR line ends: framed
+    assert watcher.skim(data[data.index(b"\n\n") + 2:], SSEFramer()) == 0  # no id yet: the next frame is read
+    assert watcher.answer_id is None
+    assert watcher.skim(data, SSEFramer()) == data.index(b"event: response.completed")
+    assert watcher.answer_id == "resp_x1"
 
 
 @pytest.mark.parametrize("body, param", [

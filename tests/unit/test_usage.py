@@ -82,12 +82,18 @@ def test_usage_equality_ignores_the_raw_evidence():
 # --- streams ---------------------------------------------------------------------------------
 
 def relay(stream: bytes, *, strip_usage: bool, read_size: int | None = None,
-          acc: StreamAccumulator | None = None) -> tuple[bytes, StreamAccumulator]:
-    """What the client receives for `stream` read in pieces of `read_size`, and the accumulator."""
+          acc: StreamAccumulator | None = None, skim: bool = True) -> tuple[bytes, StreamAccumulator]:
+    """What the client receives for `stream` read in pieces of `read_size`, and the accumulator:
+    the relay's loop (proxy.calls), whole frames the accumulator need not read skimmed."""
     acc = acc or StreamAccumulator(strip_usage=strip_usage)
     framer = SSEFramer()
     size = read_size or len(stream) or 1
-    out = [acc.process(frame) for i in range(0, len(stream), size) for frame in framer.feed(stream[i:i + size])]
+    out = []
+    for i in range(0, len(stream), size):
+        chunk = stream[i:i + size]
+        passed = acc.skim(chunk, framer) if skim else 0
+        out.append(chunk[:passed])
+        out.extend(acc.process(frame) for frame in framer.feed(chunk[passed:]))
     tail = framer.close()
     if tail is not None:
         out.append(acc.process(tail))
@@ -292,15 +298,52 @@ def test_comment_and_data_less_frames_are_forwarded_and_not_counted():
     acc = StreamAccumulator(strip_usage=True)
     for raw in (b": ping\n\n", b"\n", b"event: ping\n\n", b"id: 3\n\n"):
         assert acc.process(Frame(raw=raw, data=None)) == raw
-    assert acc.chunks_seen() == 0
+    assert acc.output_text() == "" and acc.usage is None and not acc.done
 
 
-def test_chunks_seen_counts_data_frames_but_not_done():
-    _, acc = relay(load("chat_include_usage.sse"), strip_usage=True)
-    assert acc.chunks_seen() == load("chat_include_usage.sse").count(b"data: {")
+# Streams a skim must stop inside of: usage set with odd spacing, a usage of the wrong type, an
+# error event, [DONE] before the end, a comment and a multi-line data frame
+ODD_CHAT = {
+    "spaced usage": b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n'
+                    b'data: {"choices":[],"usage" : {"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n',
+    "usage not a dict": b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {"choices":[],"usage":"x"}\n\n'
+                        b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n',
+    "error event": b'data: {"choices":[{"delta":{"content":"a"}}]}\n\nevent: error\ndata: overloaded\n\n',
+    "done early": b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n'
+                  b'data: {"choices":[{"delta":{"content":"late"}}]}\n\n',
+    "comment and multi-line": b': ping\n\ndata: {"choices":[{"delta":\ndata: {"content":"a"}}]}\n\n\n'
+                              b'data: {"choices":[{"delta":{"content":"b"}}],"usage":{"prompt_tokens":2,"completion_tokens":2}}\n\n',
+}
 
 
-def test_text_chunks_are_parsed_only_when_output_text_is_asked(monkeypatch):
+@pytest.mark.parametrize("name", [p.name for p in sorted(STREAMS.glob("chat_*.sse"))] + sorted(ODD_CHAT))
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("read_size", [None, 1, 5, 64, 333], ids=["whole", "bytes", "5", "64", "333"])
+@pytest.mark.parametrize("strip_usage", [False, True], ids=["kept", "stripped"])
+def test_skimming_changes_nothing_the_client_or_the_meter_sees(name, line_end, read_size, strip_usage):
+    stream = (ODD_CHAT[name] if name in ODD_CHAT else load(name)).replace(b"\n", line_end)
+    skimmed, acc = relay(stream, strip_usage=strip_usage, read_size=read_size)
+    framed, reference = relay(stream, strip_usage=strip_usage, read_size=read_size, skim=False)
+    assert skimmed == framed
+    assert (acc.usage, acc.error, acc.done, acc.terminal) == \
+        (reference.usage, reference.error, reference.done, reference.terminal)
+    assert acc.output_text() == reference.output_text()
+
+
+def test_skim_passes_every_whole_frame_before_the_first_it_must_read():
+    stream = load("chat_include_usage.sse")
+    must_read = min(stream.index(b'"usage":{'), stream.index(b"[DONE]"))
+    acc, framer = StreamAccumulator(strip_usage=True), SSEFramer()
+    assert acc.skim(b"\xef\xbb\xbf" + stream, framer) == 0  # a BOM starting the stream is framed (taken off)
+    assert acc.skim(stream.replace(b"\n", b"\r\n"), framer) == 0  # CR line ends: framed (they pair across reads)
+    passed = acc.skim(stream, framer)
+    assert passed == stream.rindex(b"\n\n", 0, must_read) + 2
+    rest = framer.feed(stream[passed:])
+    assert [frame.raw for frame in rest] == stream[passed:].replace(b"\n\n", b"\n\n|").split(b"|")[:-1]
+
+
+@pytest.mark.parametrize("skim", [True, False], ids=["skimmed", "framed"])
+def test_text_chunks_are_parsed_only_when_output_text_is_asked(monkeypatch, skim):
     calls = []
     loads = proxy.formats.openai_chat.load_json
 
@@ -309,7 +352,7 @@ def test_text_chunks_are_parsed_only_when_output_text_is_asked(monkeypatch):
         return loads(text)
 
     monkeypatch.setattr(proxy.formats.openai_chat, "load_json", counting_loads)
-    _, acc = relay(load("chat_include_usage.sse"), strip_usage=True)
+    _, acc = relay(load("chat_include_usage.sse"), strip_usage=True, read_size=200, skim=skim)
     assert len(calls) == 1  # the usage chunk only
     assert acc.output_text() == "Hello! How can I assist you today?"
     parsed = len(calls)
