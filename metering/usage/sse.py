@@ -225,6 +225,27 @@ def _fields(lines: list[bytes]) -> tuple[str | None, str | None]:
     return b"\n".join(data).decode("utf-8", "replace"), event
 
 
+def first_of(chunk: bytes, markers: tuple[bytes, ...], start: int = 0) -> int:
+    """Where the first of `markers` begins in `chunk` from `start`, or its length."""
+    end = len(chunk)
+    for marker in markers:
+        at = chunk.find(marker, start, end)
+        if at >= 0:
+            end = at
+    return end
+
+
+def all_named(chunk: bytes, start: int, end: int) -> bool:
+    """Whether every frame of `chunk[start:end]` (whole LF-ended frames, see `SSEFramer.whole`)
+    opens with an `event:` line.
+
+    NOTE: each blank line there but the last is followed by the next frame, so they all are
+    when the first one is and as many blank lines as frames after it come before an `event:`.
+    """
+    return chunk.startswith(b"event:", start) and \
+        chunk.count(b"\n\n", start, end) == chunk.count(b"\n\nevent:", start, end) + 1
+
+
 def frames_of(raw: bytes) -> list[Frame]:
     """Every frame of `raw`, a stream's bytes from a frame boundary (a tail without its blank
     line included): what a watcher passed over unread, framed when it is needed after all."""

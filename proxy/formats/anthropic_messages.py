@@ -28,7 +28,7 @@ from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, anthropic_usage
-from metering.usage.sse import Frame
+from metering.usage.sse import Frame, SSEFramer, all_named, first_of, frames_of
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -354,6 +354,18 @@ def merge_usage(into: dict, usage: dict) -> None:
             into[key] = value
 
 
+_STARTED = (b"event: message_start\n", b"event:message_start\n")  # a stream's first frame, LF-ended
+# What `skim` stops at: the events `process` reads (message_start, message_delta, message_stop, error)
+_LOOK_AT = (b"event: message_", b"event:message_", b"event: error", b"event:error")
+
+
+def _json_or_none(data: str) -> object:
+    try:
+        return load_json(data)
+    except (ValueError, RecursionError):
+        return None
+
+
 class MessagesWatcher:
     """Watches an Anthropic Messages stream frame by frame, for metering; forwards every byte.
 
@@ -373,7 +385,7 @@ class MessagesWatcher:
         self._raw_usage: dict = {}  # the provider's usage fields, merged (last value wins)
         self._final = False  # a message_delta reported the cumulative output
         self._started_output = 0  # message_start's output_tokens: a floor, not a total
-        self._pending: list[str | dict] = []  # content events not yet read for text
+        self._pending: list[str | dict | bytes] = []  # content events (or skimmed frames) not yet read for text
         self._texts: list[str] = []
         self._usage: Usage | None | bool = False  # cached `usage`; False: to compute
 
@@ -399,6 +411,33 @@ class MessagesWatcher:
         return Usage(input_tokens=reported.input_tokens, cached_input_tokens=reported.cached_input_tokens,
                      output_tokens=output, source="estimated", cache_write_tokens=reported.cache_write_tokens,
                      cache_write_1h_tokens=reported.cache_write_1h_tokens, raw=reported.raw)
+
+    def skim(self, chunk: bytes, framer: SSEFramer) -> int:
+        """How many leading bytes of `chunk` go to the client as they came without the relay
+        framing them: the whole frames before the first `message_*` or error event (content
+        events, pings: a false alarm only means more frames are read one by one), provided
+        each is named (an unnamed frame's type is in its data). They are kept as bytes.
+
+        The first frame, `message_start`, is read here (its bytes go on as they came), so a
+        read that holds most of a stream is skimmed past it too.
+        """
+        start = 0
+        if self.answer_id is None and not self._raw_usage:
+            if not chunk.startswith(_STARTED):
+                return 0
+            start = chunk.find(b"\n\n") + 2
+            if start < 2 or framer.whole(chunk, start) != start:
+                return 0
+            for frame in frames_of(chunk[:start]):
+                self.process(frame)
+        look = first_of(chunk, _LOOK_AT, start)
+        passed = framer.whole(chunk, look) if look > start else 0
+        if passed <= start or not all_named(chunk, start, passed):
+            return start
+        self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
+        if not self._final:
+            self._usage = False  # the output estimate counts the text
+        return passed
 
     def process(self, frame: Frame) -> bytes:
         """Read `frame`; the client always gets its exact bytes."""
@@ -453,6 +492,13 @@ class MessagesWatcher:
         """Every piece of generated text seen so far: text, thinking and tool-input JSON."""
         if self._pending:
             for item in self._pending:
+                if isinstance(item, bytes):  # skimmed frames: content events among others (see `skim`)
+                    for frame in frames_of(item):
+                        if frame.event in ("content_block_delta", "content_block_start") and frame.data is not None:
+                            item = _json_or_none(frame.data)
+                            if item is not None:
+                                _delta_output(item, self._texts)
+                    continue
                 if isinstance(item, str):
                     try:
                         item = load_json(item)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, usage_from_json
-from metering.usage.sse import Frame, SSEFramer, frames_of
+from metering.usage.sse import Frame, SSEFramer, first_of, frames_of
 from metering.usage.tokens import count_prompt
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -160,11 +160,7 @@ class StreamAccumulator:
         """How many leading bytes of `chunk` go to the client unread: the whole frames before
         the first that may hold `[DONE]`, an error, an event name or a usage that is not null
         (a false alarm only means more frames are read one by one). They are kept as bytes."""
-        look = len(chunk)
-        for marker in (b"[DONE]", b'"error"', b"event:"):
-            at = chunk.find(marker, 0, look)
-            if at >= 0:
-                look = at
+        look = first_of(chunk, (b"[DONE]", b'"error"', b"event:"))
         usage = _SET_USAGE.search(chunk, 0, look)  # one not null (most chunks carry `"usage":null`)
         if usage is not None:
             look = usage.start()

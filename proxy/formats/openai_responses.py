@@ -20,7 +20,7 @@ from aiohttp import web
 
 from config.schema import ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, usage_from_json
-from metering.usage.sse import Frame, SSEFramer, frames_of
+from metering.usage.sse import Frame, SSEFramer, all_named, first_of, frames_of
 from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_text
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -154,16 +154,9 @@ class ResponsesStream:
                 return 0
             for frame in frames_of(chunk[:start]):
                 self.process(frame)
-        look = len(chunk)
-        for marker in _LOOK_AT:
-            at = chunk.find(marker, start, look)
-            if at >= 0:
-                look = at
+        look = first_of(chunk, _LOOK_AT, start)
         passed = framer.whole(chunk, look) if look > start else 0
-        # NOTE: every blank line but the last is followed by the next frame: all are named when
-        # the first is and as many blank lines as frames after it come before an `event:`
-        if passed <= start or not chunk.startswith(b"event:", start) \
-                or chunk.count(b"\n\n", start, passed) != chunk.count(b"\n\nevent:", start, passed) + 1:
+        if passed <= start or not all_named(chunk, start, passed):
             return start
         self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
         return passed

@@ -31,11 +31,16 @@ def counts(usage: Usage | None) -> tuple | None:
             usage.cache_write_1h_tokens, usage.output_tokens, usage.reasoning_tokens)
 
 
-def relay(pieces: list[bytes]) -> tuple[bytes, MessagesWatcher]:
-    """What the client receives when the proxy reads `pieces` one network read each."""
+def relay(pieces: list[bytes], *, skim: bool = True) -> tuple[bytes, MessagesWatcher]:
+    """What the client receives when the proxy reads `pieces` one network read each (whole
+    frames the watcher need not read skimmed, as the relay does)."""
     watcher = MESSAGES.watcher(False)
     framer = SSEFramer()
-    out = [watcher.process(frame) for piece in pieces for frame in framer.feed(piece)]
+    out = []
+    for piece in pieces:
+        passed = watcher.skim(piece, framer) if skim else 0
+        out.append(piece[:passed])
+        out.extend(watcher.process(frame) for frame in framer.feed(piece[passed:]))
     tail = framer.close()
     if tail is not None:
         out.append(watcher.process(tail))
@@ -76,6 +81,40 @@ def test_recorded_streams_give_the_provider_usage_text_and_end(name, usage, sour
     assert watcher.output_text() == text
     assert watcher.done is done and watcher.terminal is done
     assert (watcher.error is not None) is (not done)
+
+
+# Streams a skim must stop inside of, or must not skim at all
+ODD = {
+    "unnamed": lambda data: data.replace(b"event: content_block_delta\n", b"", 2),
+    "error event": lambda data: data.replace(b"event: content_block_stop", b'event: error\ndata: {"type":"error",'
+                                             b'"error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+                                             b"event: content_block_stop", 1),
+    "pings": lambda data: data.replace(b"event: content_block_delta", b": ping\n\nevent: content_block_delta"),
+    "no start": lambda data: data[data.index(b"\n\n") + 2:],
+}
+
+
+@pytest.mark.parametrize("name", [param.values[0] for param in RECORDED])
+@pytest.mark.parametrize("odd", [None, *ODD])
+@pytest.mark.parametrize("read_size", [None, 1, 9, 100, 1000], ids=["whole", "bytes", "9", "100", "1000"])
+def test_skimming_changes_nothing_the_client_or_the_meter_sees(name, odd, read_size):
+    stream = (STREAMS / name).read_bytes()
+    if odd is not None:
+        stream = ODD[odd](stream)
+    received, watcher = relay(in_reads(stream, read_size))
+    framed, reference = relay(in_reads(stream, read_size), skim=False)
+    assert received == framed == stream
+    assert (watcher.usage, watcher.error, watcher.done, watcher.terminal, watcher.answer_id, watcher.output_text()) == \
+        (reference.usage, reference.error, reference.done, reference.terminal, reference.answer_id,
+         reference.output_text())
+
+
+def test_skim_reads_message_start_and_passes_content_up_to_message_delta():
+    stream = (STREAMS / "anthropic_text.sse").read_bytes()
+    watcher = MESSAGES.watcher(False)
+    assert watcher.skim(stream.replace(b"\n", b"\r\n"), SSEFramer()) == 0  # CR line ends: framed
+    assert watcher.skim(stream, SSEFramer()) == stream.index(b"event: message_delta")
+    assert watcher.answer_id is not None and watcher.usage is not None  # message_start was read
 
 
 def test_a_recorded_error_mid_stream_keeps_the_provider_error_object():
