@@ -223,6 +223,7 @@ class _Connection(asyncio.Protocol):
 _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
 # chunked decoder states
 _SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
+_CR, _LF = 0x0D, 0x0A
 
 
 class Answer:
@@ -460,6 +461,25 @@ class Answer:
         push = pieces.append
         while i < n:
             state = self._chunk_state
+            if state == _SIZE:
+                # The common case inlined: whole chunks back to back (size, CRLF, data, CRLF). What
+                # it does not take (a last chunk, an extension, a bare LF, a chunk cut by the
+                # read) the state machine below does, from where it stopped.
+                while True:
+                    end = data.find(b"\r\n", i)
+                    if end < 0:
+                        break
+                    try:
+                        size = int(data[i:end], 16)
+                    except ValueError:
+                        break
+                    stop = end + 2 + size
+                    if size <= 0 or stop + 2 > n or data[stop] != _CR or data[stop + 1] != _LF:
+                        break
+                    push(data[end + 2:stop])
+                    i = stop + 2
+                if i >= n:
+                    return
             if state == _DATA:
                 left = self._left
                 if left >= n - i:  # the rest of this read is data (a stream's usual case)

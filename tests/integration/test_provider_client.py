@@ -106,11 +106,21 @@ async def test_an_answer_read_whole_or_streamed_is_freed_without_the_garbage_col
         await http.close()
 
 
-async def test_a_chunked_stream_split_anywhere_is_decoded_exactly():
-    events = [b"data: {\"n\":%d}\r\n\r\n" % i for i in range(5)] + [b"data: [DONE]\n\n"]
-    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\nX-Trailer: 1\r\n\r\n"
+# How each chunk is framed on the wire: with an extension, plainly (the inlined common case), or
+# a mix of those, an upper-case size and bare LF line ends after the size or after the data
+FRAMINGS = {
+    "extensions": lambda i, e: b"%x;ext=1\r\n%s\r\n" % (len(e), e),
+    "plain": lambda i, e: b"%x\r\n%s\r\n" % (len(e), e),
+    "mixed": lambda i, e: [b"%x\r\n%s\r\n", b"%X;a=b\r\n%s\r\n", b"%x\n%s\r\n", b"%x\r\n%s\n"][i % 4] % (len(e), e),
+}
+
+
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+async def test_a_chunked_stream_split_anywhere_is_decoded_exactly(framing):
+    events = [b"data: {\"n\":%d}\r\n\r\n" % i for i in range(5)] + [b"\r\n" * 9, b"data: [DONE]\n\n"]
+    wire = b"".join(FRAMINGS[framing](i, e) for i, e in enumerate(events)) + b"0\r\nX-Trailer: 1\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    for step in (1, 3, 7, len(wire)):
+    for step in (1, 7, 41, len(wire)):
         pieces = [head] + [wire[i:i + step] for i in range(0, len(wire), step)]
         async with Scripted([pieces]) as url:
             http = client()
