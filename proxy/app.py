@@ -178,8 +178,9 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     journal = Journal(storage.journal)
     client = app[REDIS]
     counters = MemoryCounters() if client is None else RedisCounters(client)
-    recorder = Recorder(journal=journal, counters=counters, ledger=ledger,
-                        flush_interval=storage.flush_interval, flush_batch=storage.flush_batch)
+    # NOTE: proxies on shared counters share their ledger (one on in-process counters is alone: see above)
+    recorder = Recorder(journal=journal, counters=counters, ledger=ledger, flush_interval=storage.flush_interval,
+                        flush_batch=storage.flush_batch, shared_ledger=client is not None)
     meter = app[METER]
 
     def open_periods() -> tuple[dict[str, str], datetime]:

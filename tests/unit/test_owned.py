@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from metering.limits.counters import MemoryCounters
@@ -36,10 +37,13 @@ def test_a_client_cannot_write_paywares_own_meta_names():
     assert meta == {"team": "blue"}
 
 
-async def test_the_recorder_answers_for_an_owned_response_until_its_batch_is_written_soon(tmp_path):
+@pytest.mark.parametrize("shared_ledger", [True, False], ids=["shared-ledger", "alone"])
+async def test_the_recorder_answers_for_an_owned_response_until_its_batch_is_written(tmp_path, shared_ledger):
+    """Soon when other proxies look the response up in the ledger; with the next batch when the
+    proxy is alone (it answers for it meanwhile)."""
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
     recorder = Recorder(journal=Journal(str(tmp_path / "journal.jsonl")), counters=MemoryCounters(), ledger=ledger,
-                        flush_interval=30)  # a plain event would wait 30 s for its batch
+                        flush_interval=30 if shared_ledger else 3, shared_ledger=shared_ledger)
     await recorder.start(lambda: ({}, event(0, "0").ts))
     try:
         recorder.keep(event(0, "0.01"))
@@ -47,7 +51,10 @@ async def test_the_recorder_answers_for_an_owned_response_until_its_batch_is_wri
         assert ledger.count() == 0
         recorder.keep(responses_event(1, "resp_1"))
         assert recorder.owner("resp_1").customer == "acme"  # before any write
-        for _ in range(100):  # an owned response's batch is due within OWNED_FLUSH (0.01 s), not 30 s
+        if not shared_ledger:
+            await asyncio.sleep(0.5)
+            assert recorder.owner("resp_1").customer == "acme" and ledger.count() == 0  # no batch of its own
+        for _ in range(100):  # shared: its batch is due within OWNED_FLUSH (0.01 s), not 30 s
             if recorder.owner("resp_1") is None:  # forgotten here once its batch is written
                 break
             await asyncio.sleep(0.05)
