@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
 from typing import TYPE_CHECKING, Protocol
@@ -123,7 +123,7 @@ class Spend:
 class BudgetStore(Protocol):
     """Caps per customer, scope and period; the memory and the Redis store behave the same."""
 
-    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: Sequence[Scope],
                       ttl: float = 900.0) -> Decision: ...
 
     async def settle(self, hold: Hold, actual_units: int) -> bool: ...
@@ -155,13 +155,15 @@ def _check_units(units: int, what: str, *, signed: bool = False) -> None:
         raise ValueError(f"{what} must be an int in [{'-2**53' if signed else '0'}, 2**53), not {units!r}")
 
 
-def _check_scopes(scopes: Iterable[Scope | str]) -> None:
+def _check_scopes(scopes: Sequence[Scope | str]) -> None:
+    if len(scopes) < 2:  # one scope is always distinct
+        return
     names = [s.name if isinstance(s, Scope) else s for s in scopes]
     if len(set(names)) != len(names):
         raise ValueError(f"scopes must be distinct, got {names}")  # a duplicate would be held twice
 
 
-def _report_index(scopes: list[Scope]) -> int:
+def _report_index(scopes: Sequence[Scope]) -> int:
     """Which scope a granted Decision describes: "customer" if present, else the first."""
     for i, scope in enumerate(scopes):
         if scope.name == "customer":
@@ -292,7 +294,7 @@ class MemoryBudget:
             state.forget_applied(now)
         return state
 
-    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: Sequence[Scope],
                       ttl: float = 900.0) -> Decision:
         """Hold `units` on every scope, or on none; see the module docstring for the modes."""
         _check_units(units, "units")
@@ -300,7 +302,8 @@ class MemoryBudget:
         state = self._period(customer, period, write=True)
         if not state.generation:
             return Decision(False, None, None, 0, 0, None, unseeded=True)
-        wait = state.ready_at - self._clock()
+        now = self._clock()
+        wait = state.ready_at - now
         if wait > 0:
             return Decision(False, None, None, 0, 0, None, wait=wait)
         names = tuple(s.name for s in scopes)
@@ -313,7 +316,7 @@ class MemoryBudget:
                 ok = spent + held + units <= scope.limit if scope.mode == "hard" else spent < scope.limit
                 if not ok:
                     return Decision(False, None, scope.name, spent, held, scope.limit, generation=state.generation)
-            state.hold(hold_id, units, names, self._clock() + ttl)
+            state.hold(hold_id, units, names, now + ttl)
             existing = state.holds[hold_id]
         # else: a retried reserve of a live hold: grant it again, hold nothing more
         hold = Hold(hold_id, customer, period, names, existing.units)
@@ -425,7 +428,7 @@ class RedisBudget:
         # NOTE: `applied_until`, not the `applied` set of versions before the window: another type
         return [f"{base}:{part}" for part in ("spent", "held", "holds", "expiry", "applied_until", "seeded")]
 
-    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: list[Scope],
+    async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: Sequence[Scope],
                       ttl: float = 900.0) -> Decision:
         """Hold `units` on every scope, or on none; see the module docstring for the modes."""
         _check_units(units, "units")

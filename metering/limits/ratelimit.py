@@ -119,6 +119,8 @@ def _decision(limits: Sequence[Limit], tokens: int, levels: Sequence[Levels], al
 def _check(limits: Sequence[Limit], amount: int, what: str, low: int) -> None:
     if isinstance(amount, bool) or not isinstance(amount, int) or not low <= amount <= MAX_TOKENS:
         raise ValueError(f"{what} must be an int in [{low}, {MAX_TOKENS}], not {amount!r}")
+    if len(limits) < 2:
+        return
     names = [limit.name for limit in limits]
     if len(set(names)) != len(names):
         raise ValueError(f"limits must have distinct names, got {names}")  # one bucket would be charged twice

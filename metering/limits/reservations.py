@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 from metering.limits.budget import BudgetStore, Decision, Hold, Scope, Spend
@@ -91,7 +91,7 @@ class Reservations:
     # -- the call path ---------------------------------------------------------------------
 
     async def reserve(self, *, customer: str, period: str, hold_id: str, units: int,
-                      scopes: list[Scope]) -> Decision:
+                      scopes: Sequence[Scope]) -> Decision:
         """Reserve, seeding the period first if the store does not know it; Recovering if it is
         in a recovery window longer than `max_wait`."""
         waited = 0.0

@@ -132,13 +132,23 @@ class Gate:
             return admin
         return own if admin is None else min(own, admin)
 
-    def scopes(self, customer: CustomerConfig, key_id: str | None) -> list[Scope]:
+    def scopes(self, customer: CustomerConfig, key_id: str | None) -> tuple[Scope, ...]:
+        """The caps a call counts against: its customer's, and its key's if the key has one.
+        Built once per customer config (a reloaded or edited customer is a new object), key
+        and own cap, as each capped call needs them."""
+        own = self.customer_caps.get(customer.id)
+        cached = _SCOPES.get((id(customer), key_id))
+        if cached is not None and cached[0] is customer and cached[1] == own:
+            return cached[2]
         amount = self.cap_amount(customer)
         mode = customer.cap.mode if customer.cap is not None else "hard"
         scopes = [Scope(name="customer", limit=_units(amount) if amount is not None else None, mode=mode)]
         if key_id is not None and key_id in customer.key_caps:
             scopes.append(Scope(name=f"key:{key_id}", limit=_units(customer.key_caps[key_id]), mode=mode))
-        return scopes
+        if len(_SCOPES) >= 65536:
+            _SCOPES.clear()
+        _SCOPES[(id(customer), key_id)] = (customer, own, tuple(scopes))
+        return tuple(scopes)
 
     def capped(self, customer: CustomerConfig) -> bool:
         """Whether any cap applies to the customer (the admin's, its own, or a key's)."""
@@ -486,6 +496,7 @@ async def _outcome(call: Awaitable):
 
 
 _LIMITS: dict[tuple[int, str | None], tuple[CustomerConfig, list[Limit]]] = {}
+_SCOPES: dict[tuple[int, str | None], tuple[CustomerConfig, Decimal | None, tuple[Scope, ...]]] = {}
 
 
 def _limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -53,3 +55,19 @@ async def test_a_capped_call_during_the_merge_of_a_cap_a_reload_gave_waits_for_i
     except SpendCapReached:
         pass
     assert await gate.budget.store.usage(customer="acme", period=PERIOD, scope="customer") == (25_000, 0)
+
+
+def test_the_scopes_a_call_counts_against_follow_the_customers_own_cap_and_config(tmp_path: Path):
+    """Built once per customer config, key and own cap: a customer lowering its own cap, or an
+    edited customer (a new object), is seen by the next call."""
+    customers = f'  acme: {{plan: payg, keys: ["{key_hash(KEYS["acme"])}"], cap: {{amount: "10"}}}}\n'
+    config = parse_config(proxy_config("http://127.0.0.1:9/v1", tmp_path, customers=customers), env={})
+    acme = replace(config.customers["acme"], key_caps={"kid": Decimal("4")})
+    gate = Gate(budget=MemoryBudget(), limiter=MemoryRateLimiter(), source=None)
+    assert [(s.name, s.limit) for s in gate.scopes(acme, None)] == [("customer", 10 * 10**9)]
+    assert [(s.name, s.limit) for s in gate.scopes(acme, "kid")] == [("customer", 10 * 10**9), ("key:kid", 4 * 10**9)]
+    gate.customer_caps["acme"] = Decimal("2.5")  # its own, lower cap
+    assert [(s.name, s.limit) for s in gate.scopes(acme, "kid")] == [("customer", 2_500_000_000), ("key:kid", 4 * 10**9)]
+    del gate.customer_caps["acme"]
+    edited = replace(acme, cap=replace(acme.cap, amount=Decimal("7")))
+    assert gate.scopes(edited, None)[0].limit == 7 * 10**9 and gate.scopes(acme, None)[0].limit == 10 * 10**9
