@@ -9,7 +9,7 @@ An event that makes its customer the owner of a provider object (a Responses cal
 `metering.store.owned`) is answered for here until its batch is written (`owner`). When other
 proxies share the ledger (`shared_ledger`), its batch goes out within `OWNED_FLUSH` rather than
 the flush interval, so they find it there that soon; a proxy alone waits for the next batch
-(a commit and an `fsync` every 10 ms cost a Responses call ~5 % more CPU).
+(a commit and an `fsync` every 10 ms cost a Responses call ~10 % more CPU).
 """
 
 from __future__ import annotations
