@@ -51,6 +51,32 @@ def python_env() -> dict[str, str]:
     return env
 
 
+# Builds and starts the app as `payware serve` does (every start-up context runs), then counts a
+# package's modules; it leaves at once (nothing to clean up in a throw-away folder).
+_MODULES_PROBE = """
+import asyncio, os, sys
+from aiohttp import web
+from config.loader import load_config
+from proxy.app import make_app
+
+async def main():
+    await web.AppRunner(make_app(load_config(sys.argv[1]))).setup()
+    package = sys.argv[2]
+    print(sum(1 for name in sys.modules if name == package or name.startswith(package + ".")), flush=True)
+    os._exit(0)
+
+asyncio.run(main())
+"""
+
+
+def modules_at_start_up(config_path: Path, package: str, env: dict[str, str] | None = None) -> int:
+    """How many of `package`'s modules a proxy on `config_path` has imported once it started."""
+    done = subprocess.run([sys.executable, "-c", _MODULES_PROBE, str(config_path), package], cwd=ROOT,
+                          env=env if env is not None else python_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
 @dataclass
 class FakeUpstream:
     """The fake provider as a separate server process (tests/fakes/upstream.py)."""

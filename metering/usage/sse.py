@@ -12,6 +12,7 @@ frame of its own (with no data: the spec dispatches nothing for it).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _BOM = b"\xef\xbb\xbf"
@@ -244,6 +245,32 @@ def all_named(chunk: bytes, start: int, end: int) -> bool:
     """
     return chunk.startswith(b"event:", start) and \
         chunk.count(b"\n\n", start, end) == chunk.count(b"\n\nevent:", start, end) + 1
+
+
+def skim_named(chunk: bytes, framer: SSEFramer, stops: tuple[bytes, ...], opening: tuple[bytes, ...] | None,
+               read: Callable[[Frame], object]) -> tuple[int, int]:
+    """Where the skim of a stream of named events (Responses', Anthropic's) ends: `(start,
+    passed)`, the bytes of `chunk` up to `passed` going to the client as they came.
+
+    With `opening` (the watcher has not read the stream's first event yet) the chunk must start
+    with one of those event lines: that frame is read here, with `read`, and ends at `start`.
+    After it, the whole frames before the first of `stops` are skimmed (up to `passed`),
+    provided each is named (an unnamed frame's type is in its data: its watcher reads it).
+    """
+    start = 0
+    if opening is not None:
+        if not chunk.startswith(opening):
+            return 0, 0
+        start = chunk.find(b"\n\n") + 2
+        if start < 2 or framer.whole(chunk, start) != start:
+            return 0, 0
+        for frame in frames_of(chunk[:start]):
+            read(frame)
+    look = first_of(chunk, stops, start)
+    passed = framer.whole(chunk, look) if look > start else 0
+    if passed <= start or not all_named(chunk, start, passed):
+        return start, start
+    return start, passed
 
 
 def frames_of(raw: bytes) -> list[Frame]:

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, anthropic_usage
-from metering.usage.sse import Frame, SSEFramer, all_named, first_of, frames_of
+from metering.usage.sse import Frame, SSEFramer, frames_of, skim_named
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -421,22 +421,12 @@ class MessagesWatcher:
         The first frame, `message_start`, is read here (its bytes go on as they came), so a
         read that holds most of a stream is skimmed past it too.
         """
-        start = 0
-        if self.answer_id is None and not self._raw_usage:
-            if not chunk.startswith(_STARTED):
-                return 0
-            start = chunk.find(b"\n\n") + 2
-            if start < 2 or framer.whole(chunk, start) != start:
-                return 0
-            for frame in frames_of(chunk[:start]):
-                self.process(frame)
-        look = first_of(chunk, _LOOK_AT, start)
-        passed = framer.whole(chunk, look) if look > start else 0
-        if passed <= start or not all_named(chunk, start, passed):
-            return start
-        self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
-        if not self._final:
-            self._usage = False  # the output estimate counts the text
+        opening = _STARTED if self.answer_id is None and not self._raw_usage else None
+        start, passed = skim_named(chunk, framer, _LOOK_AT, opening, self.process)
+        if passed > start:
+            self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
+            if not self._final:
+                self._usage = False  # the output estimate counts the text
         return passed
 
     def process(self, frame: Frame) -> bytes:

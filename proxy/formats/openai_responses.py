@@ -20,7 +20,7 @@ from aiohttp import web
 
 from config.schema import ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, usage_from_json
-from metering.usage.sse import Frame, SSEFramer, all_named, first_of, frames_of
+from metering.usage.sse import Frame, SSEFramer, frames_of, skim_named
 from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_text
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -145,20 +145,10 @@ class ResponsesStream:
         The first frame, `response.created`, is read here (its bytes go on as they came), so a
         read that holds most of a stream is skimmed past it too.
         """
-        start = 0
-        if self.answer_id is None:
-            if not chunk.startswith(_CREATED):
-                return 0
-            start = chunk.find(b"\n\n") + 2
-            if start < 2 or framer.whole(chunk, start) != start:
-                return 0
-            for frame in frames_of(chunk[:start]):
-                self.process(frame)
-        look = first_of(chunk, _LOOK_AT, start)
-        passed = framer.whole(chunk, look) if look > start else 0
-        if passed <= start or not all_named(chunk, start, passed):
-            return start
-        self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
+        start, passed = skim_named(chunk, framer, _LOOK_AT, _CREATED if self.answer_id is None else None,
+                                   self.process)
+        if passed > start:
+            self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
         return passed
 
     def process(self, frame: Frame) -> bytes:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -27,7 +25,7 @@ import openai
 import pytest
 
 from metering.usage.normalized import anthropic_usage, usage_from_json
-from tests.conftest import KEYS, ROOT, ProxyProcess, free_port, proxy_config, python_env
+from tests.conftest import KEYS, ProxyProcess, free_port, modules_at_start_up, proxy_config, python_env
 from tests.fakes import anthropic_wire as claude
 from tests.fakes import upstream as fake
 
@@ -341,32 +339,12 @@ def test_litellms_usage_for_an_anthropic_answer_has_the_native_routes_token_clas
 
 # --- start-up -----------------------------------------------------------------------------------
 
-# Builds and starts the app as `payware serve` does (every start-up context runs), then counts
-# litellm's modules; it leaves at once (nothing to clean up in a throw-away folder).
-PROBE = """
-import asyncio, os, sys
-from aiohttp import web
-from config.loader import load_config
-from proxy.app import make_app
-
-async def main():
-    await web.AppRunner(make_app(load_config(sys.argv[1]))).setup()
-    print(sum(1 for name in sys.modules if name == "litellm" or name.startswith("litellm.")), flush=True)
-    os._exit(0)
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.parametrize("with_litellm", [False, True], ids=["no-litellm-provider", "a-litellm-provider"])
 def test_litellm_is_imported_at_start_up_only_when_a_provider_needs_it(tmp_path, fake_upstream, with_litellm):
     providers, extra = models(fake_upstream.url) if with_litellm else ("", "")
     path = tmp_path / "payware.yaml"
     path.write_text(proxy_config(fake_upstream.url, tmp_path, extra_providers=providers, extra_models=extra))
     env = {k: v for k, v in python_env().items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
-    done = subprocess.run([sys.executable, "-c", PROBE, str(path)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    loaded = int(done.stdout.split()[-1])
+    loaded = modules_at_start_up(path, "litellm", env)
     assert (loaded > 0) is with_litellm, f"{loaded} litellm modules in a proxy whose config has " \
                                          f"{'a' if with_litellm else 'no'} litellm provider"

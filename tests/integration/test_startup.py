@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import KEYS, ROOT, free_port, proxy_config, python_env
+from tests.conftest import KEYS, ROOT, free_port, modules_at_start_up, proxy_config, python_env
 
 
 def serve(config_path, port: int, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -116,23 +116,6 @@ def test_one_access_line_per_request_with_who_what_and_cost(proxy_factory, fmt):
     assert KEYS["acme"] not in proxy.log() and "pw-not-a-key" not in proxy.log()
 
 
-# Builds and starts the app as `payware serve` does (every start-up context runs), then lists
-# redis-py's modules; it leaves at once (nothing to clean up in a throw-away folder).
-REDIS_PROBE = """
-import asyncio, os, sys
-from aiohttp import web
-from config.loader import load_config
-from proxy.app import make_app
-
-async def main():
-    await web.AppRunner(make_app(load_config(sys.argv[1]))).setup()
-    print(sum(1 for name in sys.modules if name == "redis" or name.startswith("redis.")), flush=True)
-    os._exit(0)
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.parametrize("on_redis", [False, True], ids=["memory-counters", "redis-counters"])
 def test_redis_py_is_imported_only_by_a_proxy_on_redis_counters(tmp_path, fake_upstream, request, on_redis):
     """The embedded default never loads redis-py (~7 MiB, ~50 ms of start-up): what an outage
@@ -140,8 +123,5 @@ def test_redis_py_is_imported_only_by_a_proxy_on_redis_counters(tmp_path, fake_u
     storage = f"  counters: {request.getfixturevalue('redis_url')}" if on_redis else ""
     path = tmp_path / "payware.yaml"
     path.write_text(proxy_config(fake_upstream.url, tmp_path, storage=storage))
-    done = subprocess.run([sys.executable, "-c", REDIS_PROBE, str(path)], cwd=ROOT, env=python_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    loaded = int(done.stdout.split()[-1])
+    loaded = modules_at_start_up(path, "redis")
     assert (loaded > 0) is on_redis, f"{loaded} redis-py modules in a proxy on {'Redis' if on_redis else 'in-process'} counters"
