@@ -247,10 +247,11 @@ class GeminiStream:
     Every chunk carries usageMetadata, so each is parsed; its text is read as it passes.
     """
 
-    __slots__ = ("usage", "error", "done", "terminal", "answer_id", "_texts", "_open", "_finished")
+    __slots__ = ("_meta", "_usage", "error", "done", "terminal", "answer_id", "_texts", "_open", "_finished")
 
     def __init__(self) -> None:
-        self.usage: Usage | None = None
+        self._meta: dict | None = None  # the last usageMetadata object (cumulative: the last one wins)
+        self._usage: Usage | None | bool = False  # `usage` of _meta; False: to compute
         self.error: dict | None = None
         self.done = False
         self.terminal = False
@@ -258,6 +259,13 @@ class GeminiStream:
         self._texts: list[str] = []
         self._open: set[int] = set()  # candidates seen without their finishReason yet
         self._finished: set[int] = set()
+
+    @property
+    def usage(self) -> Usage | None:
+        """The last usageMetadata seen, in Payware's classes (None before any)."""
+        if self._usage is False:
+            self._usage = gemini_usage(self._meta)
+        return self._usage
 
     def process(self, frame: Frame) -> bytes:
         """Always the frame's own bytes: Gemini reports usage unasked, nothing is hidden."""
@@ -274,9 +282,9 @@ class GeminiStream:
         if chunk.get("error") is not None:
             error = chunk["error"]
             self.error = error if isinstance(error, dict) else {"message": str(error)}
-        usage = gemini_usage(chunk.get("usageMetadata"))
-        if usage is not None:
-            self.usage = usage  # cumulative: the last one wins
+        meta = chunk.get("usageMetadata")
+        if isinstance(meta, dict):  # read when asked: every chunk carries one, only the last counts
+            self._meta, self._usage = meta, False
         if isinstance(chunk.get("responseId"), str):
             self.answer_id = chunk["responseId"]
         ends = False
