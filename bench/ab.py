@@ -21,11 +21,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from loadgen import Client, fire, median
-from procs import ROOT, Variant, cpu_ns, first_answer, pin, process_tree, spawn_payware, start_upstream
+from loadgen import median
+from procs import ROOT, Variant, first_answer, spawn_payware, start_upstream
+from rounds import alternated_rounds
 from scenarios import SCENARIOS
 
 
@@ -58,30 +58,8 @@ def main(argv=None) -> int:
             child = spawn_payware(tmp / name, variant, upstream.url, root=root, extra_args="")
             first_answer(child, child.url + scenario.path, scenario.body, scenario.request_headers(variant.key))
             children[name] = (child, variant.key)
-        os.sched_setaffinity(0, {0})
-        pin(process_tree(upstream.pid), {0})
-        loop = asyncio.new_event_loop()
-
-        def load(name: str, count: int) -> None:
-            child, key = children[name]
-            client = Client(child.url, args.concurrency)
-            loop.run_until_complete(fire(client, scenario.path, scenario.request_headers(key), scenario, count,
-                                         args.concurrency, time.monotonic() + 3600, name))
-            client.close()
-
-        for name in children:  # warm-up: tokenizer, pools, caches
-            load(name, min(1500, args.requests))
-        per_round: dict[str, list[float]] = {name: [] for name in children}
-        for number in range(args.rounds):
-            for name in ("A", "B") if number % 2 == 0 else ("B", "A"):
-                pids = process_tree(children[name][0].pid)
-                pin(pids, {1})
-                before = cpu_ns(pids)
-                load(name, args.requests)
-                per_round[name].append((cpu_ns(pids) - before) / 1000 / args.requests)
-                pin(pids, {0, 1})
-            print(f"round {number + 1}/{args.rounds}: A {per_round['A'][-1]:.0f}, B {per_round['B'][-1]:.0f}",
-                  file=sys.stderr)
+        per_round = alternated_rounds(children, upstream, scenario, concurrency=args.concurrency,
+                                      requests=args.requests, rounds=args.rounds, warmup=1500)
         a, b = median(per_round["A"]), median(per_round["B"])
         print(f"\nCPU per request, {scenario.name}, c={args.concurrency}, "
               f"{'hard cap + RPM/TPM' if args.limits else 'no cap'}, {args.counters} counters; "

@@ -22,16 +22,14 @@ tokens: with --limits).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from loadgen import Client, fire, median
-from procs import (ROOT, Variant, cpu_ns, first_answer, free_port, payware_config, pin, process_tree, python, spawn,
-                   start_upstream)
+from loadgen import median
+from procs import ROOT, Variant, first_answer, free_port, payware_config, python, spawn, start_upstream
+from rounds import alternated_rounds
 from scenarios import SCENARIOS
 
 BENCH = Path(__file__).resolve().parent
@@ -90,31 +88,8 @@ def main(argv=None) -> int:
             children[part] = start(part, tmp, upstream.url, args.limits)
         for part, (child, key) in children.items():
             first_answer(child, child.url + scenario.path, scenario.body, scenario.request_headers(key))
-        os.sched_setaffinity(0, {0})
-        pin(process_tree(upstream.pid), {0})
-        loop = asyncio.new_event_loop()
-
-        def load(part: str, count: int) -> None:
-            child, key = children[part]
-            client = Client(child.url, args.concurrency)
-            loop.run_until_complete(fire(client, scenario.path, scenario.request_headers(key), scenario, count,
-                                         args.concurrency, time.monotonic() + 3600, part))
-            client.close()
-
-        for part in args.parts:  # warm-up: tokenizer, pools, caches
-            load(part, min(2000, args.requests))
-        per_round: dict[str, list[float]] = {part: [] for part in args.parts}
-        for number in range(args.rounds):
-            order = args.parts if number % 2 == 0 else list(reversed(args.parts))
-            for part in order:
-                pids = process_tree(children[part][0].pid)
-                pin(pids, {1})
-                before = cpu_ns(pids)
-                load(part, args.requests)
-                per_round[part].append((cpu_ns(pids) - before) / 1000 / args.requests)
-                pin(pids, {0, 1})
-            print(f"round {number + 1}/{args.rounds}: " + ", ".join(
-                f"{part} {per_round[part][-1]:.0f}" for part in args.parts), file=sys.stderr)
+        per_round = alternated_rounds(children, upstream, scenario, concurrency=args.concurrency,
+                                      requests=args.requests, rounds=args.rounds, warmup=2000)
         base = median(per_round["none"])
         print(f"\nCPU per request, {scenario.name}, c={args.concurrency}, "
               f"{'hard cap + RPM/TPM' if args.limits else 'no cap'}, memory counters; "
