@@ -277,8 +277,9 @@ class MemoryBudget:
         self._periods: dict[tuple[str, str], _Period] = {}
         self._swept = clock()
 
-    def _period(self, customer: str, period: str, *, write: bool) -> _Period:
-        now = self._clock()
+    def _period(self, customer: str, period: str, *, write: bool, now: float | None = None) -> _Period:
+        if now is None:
+            now = self._clock()
         if now - self._swept >= 60.0:  # mirror Redis key TTLs: forget periods idle for key_ttl
             self._swept = now
             for key in [k for k, p in self._periods.items() if p.touched + self._key_ttl <= now]:
@@ -297,12 +298,27 @@ class MemoryBudget:
     async def reserve(self, *, customer: str, period: str, hold_id: str, units: int, scopes: Sequence[Scope],
                       ttl: float = 900.0) -> Decision:
         """Hold `units` on every scope, or on none; see the module docstring for the modes."""
+        return self.reserve_now(customer, period, hold_id, units, scopes, ttl)
+
+    async def settle(self, hold: Hold, actual_units: int) -> bool:
+        """Spend `actual_units` on the hold's scopes and drop it; only the first call counts."""
+        return self.settle_now(hold, actual_units)
+
+    async def release(self, hold: Hold) -> bool:
+        """Drop a live hold, spending nothing; False if it was settled, released or expired."""
+        return self.release_now(hold)
+
+    # The work itself, synchronous: in-process admission calls these without awaiting.
+
+    def reserve_now(self, customer: str, period: str, hold_id: str, units: int, scopes: Sequence[Scope],
+                    ttl: float = 900.0) -> Decision:
+        """`reserve`, without a coroutine."""
         _check_units(units, "units")
         _check_scopes(scopes)
-        state = self._period(customer, period, write=True)
+        now = self._clock()
+        state = self._period(customer, period, write=True, now=now)
         if not state.generation:
             return Decision(False, None, None, 0, 0, None, unseeded=True)
-        now = self._clock()
         wait = state.ready_at - now
         if wait > 0:
             return Decision(False, None, None, 0, 0, None, wait=wait)
@@ -326,17 +342,18 @@ class MemoryBudget:
         return Decision(True, hold, None, state.floored(report.name), state.held.get(report.name, 0),
                         report.limit, generation=state.generation)
 
-    async def settle(self, hold: Hold, actual_units: int) -> bool:
-        """Spend `actual_units` on the hold's scopes and drop it; only the first call counts."""
+    def settle_now(self, hold: Hold, actual_units: int) -> bool:
+        """`settle`, without a coroutine."""
         _check_units(actual_units, "actual_units", signed=True)
-        state = self._period(hold.customer, hold.period, write=True)
+        now = self._clock()
+        state = self._period(hold.customer, hold.period, write=True, now=now)
         # NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
-        first = state.spend(hold.id, actual_units, hold.scopes, self._clock() + self.applied_for)
+        first = state.spend(hold.id, actual_units, hold.scopes, now + self.applied_for)
         state.drop(hold.id)
         return first
 
-    async def release(self, hold: Hold) -> bool:
-        """Drop a live hold, spending nothing; False if it was settled, released or expired."""
+    def release_now(self, hold: Hold) -> bool:
+        """`release`, without a coroutine."""
         state = self._period(hold.customer, hold.period, write=False)
         return state.drop(hold.id)
 

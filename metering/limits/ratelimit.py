@@ -82,21 +82,6 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _tightest(buckets: Sequence[tuple[int | None, int]]) -> tuple[int | None, int | None, float]:
-    """(limit, remaining, reset seconds) of the bucket with the fewest units left."""
-    best: tuple[int, int, float] | None = None  # (remaining, rate, reset): sorts tightest first
-    for rate, level in buckets:
-        if rate is None:
-            continue
-        remaining = max(0, (rate * WINDOW_MS - level) // WINDOW_MS)
-        candidate = (remaining, rate, _ceil_div(level, rate) / 1000)
-        if best is None or candidate[:2] < best[:2]:
-            best = candidate
-    if best is None:
-        return None, None, 0.0
-    return best[1], best[0], best[2]
-
-
 def _decision(limits: Sequence[Limit], tokens: int, levels: Sequence[Levels], allowed: bool) -> RateDecision:
     """`levels` are after the grant when allowed, else as they stand (nothing was taken)."""
     retry_ms = 0
@@ -111,9 +96,26 @@ def _decision(limits: Sequence[Limit], tokens: int, levels: Sequence[Levels], al
                 else:
                     wait = _ceil_div(level + cost * WINDOW_MS - rate * WINDOW_MS, rate)
                 retry_ms = max(retry_ms, wait)
-    limit_r, remaining_r, reset_r = _tightest([(limit.rpm, r) for limit, (r, _) in zip(limits, levels)])
-    limit_t, remaining_t, reset_t = _tightest([(limit.tpm, t) for limit, (_, t) in zip(limits, levels)])
-    return RateDecision(allowed, retry_ms / 1000, limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t)
+    # The tightest bucket of each dimension: the fewest units left, then the lowest rate; the
+    # first of equals. Inline, not a helper per dimension: every call's headers need this.
+    limit_r = remaining_r = limit_t = remaining_t = None
+    level_r = level_t = 0
+    for limit, (r, t) in zip(limits, levels):
+        rate = limit.rpm
+        if rate is not None:
+            left = (rate * WINDOW_MS - r) // WINDOW_MS
+            left = left if left > 0 else 0
+            if limit_r is None or left < remaining_r or (left == remaining_r and rate < limit_r):
+                limit_r, remaining_r, level_r = rate, left, r
+        rate = limit.tpm
+        if rate is not None:
+            left = (rate * WINDOW_MS - t) // WINDOW_MS
+            left = left if left > 0 else 0
+            if limit_t is None or left < remaining_t or (left == remaining_t and rate < limit_t):
+                limit_t, remaining_t, level_t = rate, left, t
+    return RateDecision(allowed, retry_ms / 1000, limit_r, remaining_r,
+                        -(-level_r // limit_r) / 1000 if limit_r is not None else 0.0,
+                        limit_t, remaining_t, -(-level_t // limit_t) / 1000 if limit_t is not None else 0.0)
 
 
 def _check(limits: Sequence[Limit], amount: int, what: str, low: int) -> None:
@@ -162,21 +164,35 @@ class MemoryRateLimiter:
 
     async def acquire(self, *, customer: str, limits: list[Limit], tokens: int) -> RateDecision:
         """Take 1 request and `tokens` from every limit, or nothing if any would go over."""
-        _check(limits, tokens, "tokens", 0)
-        now = self._now()
-        levels = [self._drained(customer, limit, now) for limit in limits]
-        allowed = all(_fits(r, 1, limit.rpm) and _fits(t, tokens, limit.tpm)
-                      for limit, (r, t) in zip(limits, levels))
-        if allowed:
-            levels = [(r + WINDOW_MS if limit.rpm is not None else r,
-                       t + tokens * WINDOW_MS if limit.tpm is not None else t)
-                      for limit, (r, t) in zip(limits, levels)]
-            for limit, (r, t) in zip(limits, levels):
-                self._store(customer, limit, now, r, t)
-        return _decision(limits, tokens, levels, allowed)
+        return self.take(customer, limits, tokens)
 
     async def adjust(self, *, customer: str, limits: list[Limit], delta_tokens: int) -> None:
         """Correct the token buckets by actual - estimated tokens (negative gives tokens back)."""
+        self.correct(customer, limits, delta_tokens)
+
+    # The work itself, synchronous: in-process admission calls these without awaiting.
+
+    def take(self, customer: str, limits: list[Limit], tokens: int) -> RateDecision:
+        """`acquire`, without a coroutine."""
+        _check(limits, tokens, "tokens", 0)
+        now = self._now()
+        levels = [self._drained(customer, limit, now) for limit in limits]
+        cost = tokens * WINDOW_MS
+        for limit, (r, t) in zip(limits, levels):
+            if not (_fits(r, 1, limit.rpm) and _fits(t, tokens, limit.tpm)):
+                return _decision(limits, tokens, levels, False)
+        granted = []
+        for limit, (r, t) in zip(limits, levels):
+            if limit.rpm is not None:
+                r += WINDOW_MS
+            if limit.tpm is not None:
+                t += cost
+            self._store(customer, limit, now, r, t)
+            granted.append((r, t))
+        return _decision(limits, tokens, granted, True)
+
+    def correct(self, customer: str, limits: list[Limit], delta_tokens: int) -> None:
+        """`adjust`, without a coroutine."""
         _check(limits, delta_tokens, "delta_tokens", -MAX_TOKENS)
         if delta_tokens == 0:
             return

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
-from metering.limits.budget import BudgetStore, Decision, Hold, Scope, Spend
+from metering.limits.budget import BudgetStore, Decision, Hold, MemoryBudget, Scope, Spend
 
 log = logging.getLogger("payware.reservations")
 
@@ -107,36 +107,63 @@ class Reservations:
                 waited += decision.wait
                 await asyncio.sleep(decision.wait)
                 continue
-            if decision.hold is not None:
-                self.live[decision.hold.id] = decision.hold
-            if decision.generation:
-                self._generations.setdefault((customer, period), decision.generation)
-            return decision
+            return self._answered(customer, period, decision)
         raise Recovering(1.0)
+
+    def reserve_now(self, customer: str, period: str, hold_id: str, units: int,
+                    scopes: Sequence[Scope]) -> Decision | None:
+        """`reserve` on an in-process store (`inline`), without awaiting; None when the period
+        must be seeded or waited for first (then `reserve` does it; nothing was held)."""
+        decision = self.store.reserve_now(customer, period, hold_id, units, scopes, self.ttl)
+        if decision.unseeded or decision.wait > 0:
+            return None
+        return self._answered(customer, period, decision)
+
+    def _answered(self, customer: str, period: str, decision: Decision) -> Decision:
+        if decision.hold is not None:
+            self.live[decision.hold.id] = decision.hold
+        if decision.generation:
+            self._generations.setdefault((customer, period), decision.generation)
+        return decision
 
     async def settle(self, hold: Hold, units: int) -> bool:
         self.live.pop(hold.id, None)
-        spend = Spend(hold.id, units, hold.scopes)
-        self._remember(hold.customer, hold.period, spend)
+        self._remember(hold.customer, hold.period, hold.id, units, hold.scopes)
         try:
             return await self.store.settle(hold, units)
-        except Exception:
-            self._pending.append((hold, spend, self._clock()))  # settled when the store answers
+        except Exception:  # settled when the store answers
+            self._pending.append((hold, Spend(hold.id, units, hold.scopes), self._clock()))
             raise
+
+    def settle_now(self, hold: Hold, units: int) -> bool:
+        """`settle` on an in-process store (`inline`), without awaiting."""
+        self.live.pop(hold.id, None)
+        self._remember(hold.customer, hold.period, hold.id, units, hold.scopes)
+        return self.store.settle_now(hold, units)
 
     async def release(self, hold: Hold) -> bool:
         self.live.pop(hold.id, None)
         return await self.store.release(hold)
 
+    def release_now(self, hold: Hold) -> bool:
+        """`release` on an in-process store (`inline`), without awaiting."""
+        self.live.pop(hold.id, None)
+        return self.store.release_now(hold)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the store is this process's own, whose operations need no await (`*_now`)."""
+        return isinstance(self.store, MemoryBudget)
+
     async def add_spent(self, *, customer: str, period: str, scopes: tuple[str, ...], units: int,
                         event_id: str) -> bool:
-        spend = Spend(event_id, units, scopes)
-        self._remember(customer, period, spend)
+        self._remember(customer, period, event_id, units, scopes)
         try:
             return await self.store.add_spent(customer=customer, period=period, scopes=scopes, units=units,
                                               event_id=event_id)
         except Exception:
-            self._pending.append((Hold(event_id, customer, period, scopes, 0), spend, self._clock()))
+            self._pending.append((Hold(event_id, customer, period, scopes, 0), Spend(event_id, units, scopes),
+                                  self._clock()))
             raise
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
@@ -179,7 +206,7 @@ class Reservations:
         out this proxy's calls. Its new generation makes this proxy put them back (by id)."""
         since = datetime.now(timezone.utc) - timedelta(seconds=self.recent_for)
         for spend in await self.source(customer, period, since=since):
-            self._remember(customer, period, spend)
+            self._remember(customer, period, spend.id, spend.units, spend.scopes)
 
     async def cap_applies(self, customer: str, period: str) -> None:
         """A customer that had no cap gets one: none of its calls since were spent here. A period
@@ -216,14 +243,14 @@ class Reservations:
         """Stop renewing a hold without touching the store (its call ended on another path)."""
         self.live.pop(hold.id, None)
 
-    def _remember(self, customer: str, period: str, spend: Spend) -> None:
+    def _remember(self, customer: str, period: str, event_id: str, units: int, scopes: tuple[str, ...]) -> None:
         if not (self.shared or self._rebuilding):
             # NOTE: a store only this proxy uses loses nothing of what this proxy spent, but to a
             # rebuild (which the spends made while it runs are kept for)
             return
         now = self._clock()
         recent = self._recent
-        recent.append((now, customer, period, spend.id, spend.units, spend.scopes))
+        recent.append((now, customer, period, event_id, units, scopes))
         self._recent_periods[(customer, period)] = now
         horizon = now - self.recent_for
         while recent[0][0] < horizon:  # never the one just added

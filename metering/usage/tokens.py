@@ -73,7 +73,7 @@ def _encoding_name(model: str) -> str:
 
 def loaded(model: str) -> bool:
     """Whether `model`'s tokenizer is in memory already (loading one takes ~0.5 s of CPU)."""
-    return _encoding.cache_info().currsize > 0 and _encoding_name(model) in _LOADED
+    return _encoding_name(model) in _LOADED
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:

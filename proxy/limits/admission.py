@@ -77,6 +77,9 @@ class Gate:
                  on_recovery: Callable[[], Awaitable[None]] | None = None):
         self.shared = (Reservations(store=budget, source=source, shared=shared, ttl=reservation_ttl), limiter)
         self.remote = shared  # the store is a server: what can go to it together should (`together`)
+        # Both stores are this process's own: admission and settlement run without awaiting them
+        # (one step, no coroutine per layer; they never fail over, so `_use` has nothing to do).
+        self.inline = self.shared[0].inline and isinstance(limiter, MemoryRateLimiter)
         self.fallback = (Reservations(store=MemoryBudget(), source=source, shared=False, ttl=reservation_ttl),
                          MemoryRateLimiter()) if fail_open else None
         self.notifier = notifier
@@ -277,8 +280,12 @@ class Gate:
     async def _admit(self, request_id, customer, key_id, plan, model, endpoint, period, now, capped, prompt,
                      max_out, tokens, why: Worst) -> Admitted:
         if not capped:  # pay-as-you-go without a cap: nothing to reserve (saves two store calls)
-            rate, local = await self._use(
-                lambda _budget, limiter: self._rate(limiter, customer, key_id, tokens))
+            if self.inline:
+                limits = _limits(customer, key_id)
+                rate, local = (_granted(self.shared[1].take(customer.id, limits, tokens)) if limits else None), False
+            else:
+                rate, local = await self._use(
+                    lambda _budget, limiter: self._rate(limiter, customer, key_id, tokens))
             return Admitted(customer.id, key_id, period, ("customer",), None, prompt, rate, local=local,
                             capped=False, rate_tokens=tokens if rate is not None else 0)
         if self.capping:
@@ -286,6 +293,20 @@ class Gate:
         scopes = self.scopes(customer, key_id)
         worst = _units(_amount(model, plan, prompt, max_out, now))  # past the store's range: never fits
         why.units = worst
+        if self.inline:
+            decision = self.budget.reserve_now(customer.id, period, request_id, worst, scopes)
+            if decision is not None:  # else the period is to be seeded first: the path below
+                limits = _limits(customer, key_id)
+                try:
+                    rate = _granted(self.shared[1].take(customer.id, limits, tokens)) if limits else None
+                except RateLimited:
+                    if decision.hold is not None:
+                        self.budget.release_now(decision.hold)
+                    raise
+                admitted = await self._decide(request_id, customer, key_id, plan, model, endpoint, prompt, period,
+                                              scopes, rate, decision, False, now, why)
+                admitted.rate_tokens = tokens if rate is not None else 0
+                return admitted
 
         async def reserve(budget: Reservations, limiter: RateLimiter):
             # The rate limit and the reservation at once (one round trip on Redis); a call the
@@ -318,9 +339,10 @@ class Gate:
     async def _decide(self, request_id, customer, key_id, plan, model, endpoint, prompt, period, scopes, rate,
                       decision: Decision, local: bool, now: datetime, why: Worst) -> Admitted:
         """What to do with the reservation's answer: go, clamp, serve past the cap, or refuse."""
+        if decision.allowed:  # the hold names the scopes
+            return Admitted(customer.id, key_id, period, decision.hold.scopes, decision.hold, prompt, rate,
+                            local=local)
         names = tuple(s.name for s in scopes)
-        if decision.allowed:
-            return Admitted(customer.id, key_id, period, names, decision.hold, prompt, rate, local=local)
         cap = customer.cap
         if cap is not None and cap.clamp and model.mode != "embedding":
             clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now,
@@ -362,6 +384,13 @@ class Gate:
         tokens = min(tokens, RATE_MAX_TOKENS)
         limit = self.cap_amount(live)
         notify = self.notifier is not None and limit is not None and capped
+        if self.inline and not notify and admitted.credit_hold is None and (
+                not capped or admitted.capped and admitted.hold is not None):  # the common call, in one step
+            if admitted.rate_tokens and tokens != admitted.rate_tokens:
+                self.shared[1].correct(customer.id, _limits(customer, admitted.key_id), tokens - admitted.rate_tokens)
+            if capped:
+                self.budget.settle_now(admitted.hold, units)
+            return
 
         async def settle(budget: Reservations, limiter: RateLimiter):
             writes = []  # independent of each other: at once, so one round trip on Redis
@@ -416,6 +445,9 @@ class Gate:
         for hold in (admitted.hold, admitted.credit_hold):
             if hold is None:
                 continue
+            if self.inline:
+                self.budget.release_now(hold)
+                continue
             try:
                 await self._use(lambda budget, _limiter, hold=hold: budget.release(hold), local=admitted.local)
             except ServiceUnavailable:
@@ -426,12 +458,7 @@ class Gate:
         limits = _limits(customer, key_id)
         if not limits:
             return None
-        decision = await limiter.acquire(customer=customer.id, limits=limits, tokens=tokens)
-        if not decision.allowed:
-            raise RateLimited("Rate limit reached for requests" if decision.remaining_requests == 0
-                              else "Rate limit reached for tokens",
-                              headers={"Retry-After": _seconds(decision.retry_after), **rate_headers(decision)})
-        return decision
+        return _granted(await limiter.acquire(customer=customer.id, limits=limits, tokens=tokens))
 
     async def _clamp(self, request_id, customer, plan, model, prompt, period, scopes, decision: Decision, now,
                      local: bool):
@@ -524,6 +551,15 @@ def _build_limits(customer: CustomerConfig, key_id: str | None) -> list[Limit]:
         if own is not None and (own.rpm is not None or own.tpm is not None):
             limits.append(Limit(name=f"key:{key_id}", rpm=own.rpm, tpm=own.tpm))
     return limits
+
+
+def _granted(decision: RateDecision) -> RateDecision:
+    """The rate limits' answer, if it lets the call go; else the 429 that explains it."""
+    if not decision.allowed:
+        raise RateLimited("Rate limit reached for requests" if decision.remaining_requests == 0
+                          else "Rate limit reached for tokens",
+                          headers={"Retry-After": _seconds(decision.retry_after), **rate_headers(decision)})
+    return decision
 
 
 def rate_headers(decision: RateDecision | None) -> dict[str, str]:
