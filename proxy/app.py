@@ -23,6 +23,7 @@ from metering.store.ledger import Ledger
 from metering.billing.meter import Meter
 from metering.store.recorder import Recorder
 from metering.limits.redis_counters import RedisCounters
+from metering.store.owned_redis import AnnouncedOwners
 from metering.billing.thresholds import REFRESH as THRESHOLD_REFRESH
 from metering.billing.thresholds import RedisThresholds
 from proxy.appkeys import BRIDGES, HTTP, LIVE, METER, RECORDER, REDIS, THRESHOLDS, UPSTREAM_CLIENT, UPSTREAMS
@@ -180,7 +181,8 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     counters = MemoryCounters() if client is None else RedisCounters(client)
     # NOTE: proxies on shared counters share their ledger (one on in-process counters is alone: see above)
     recorder = Recorder(journal=journal, counters=counters, ledger=ledger, flush_interval=storage.flush_interval,
-                        flush_batch=storage.flush_batch, shared_ledger=client is not None)
+                        flush_batch=storage.flush_batch, shared_ledger=client is not None,
+                        owners=None if client is None else AnnouncedOwners(client))
     meter = app[METER]
 
     def open_periods() -> tuple[dict[str, str], datetime]:

@@ -23,7 +23,7 @@ from metering.store.events import UsageEvent, to_us
 PROVIDER_ID = "provider_id"  # meta: the provider's own id of the answer (evidence, and the owned object)
 STORED = "stored"  # meta: False when the caller asked the provider not to keep the answer
 OWNING_ENDPOINTS = {"responses": "response"}  # event endpoint -> the kind of object a call of it creates
-_WIDTH = 128  # the owned_objects text columns' width (`OwnedRow`)
+WIDTH = 128  # the owned_objects text columns' width (`OwnedRow`)
 
 
 class Owned(NamedTuple):
@@ -52,7 +52,7 @@ def owned_by(event: UsageEvent) -> Owned | None:
     if not isinstance(object_id, str) or not object_id or meta.get(STORED) is False:
         return None
     names = (object_id, event.customer, event.provider, event.model)
-    if not all(isinstance(name, str) and len(name) <= _WIDTH and is_clean(name) for name in names):
+    if not all(isinstance(name, str) and len(name) <= WIDTH and is_clean(name) for name in names):
         return None
     return Owned(object_id, kind, event.customer, event.provider, event.model,
                  event.input_tokens + event.output_tokens, to_us(event.ts))

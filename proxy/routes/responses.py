@@ -13,8 +13,11 @@ no conversation can belong to a customer yet.
 A response's owner is read off its call's usage event (`metering.store.owned`): written with
 the event's ledger batch, answered for by the recorder until then, so creating one waits for
 no database. Proxies that share their counters (Redis) share a ledger: an id this proxy has
-not seen may be another's, written within `OWNED_FLUSH`; it is looked for again for up to
-~0.8 s before the 404. A proxy on in-process counters is alone and answers at once.
+not seen may be another's, which that proxy announced in Redis before its answer was sent
+(`metering.store.owned_redis`), so one look there and one in the ledger answer at once. Only
+while Redis does not answer is the ledger asked again for up to ~0.8 s before the 404 (the
+other proxy then writes its batch within `OWNED_FLUSH`). A proxy on in-process counters is
+alone and answers at once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 
 from aiohttp import web
 
+from metering.limits.outages import counters_down
 from metering.store.owned import STORED, Owned
 from proxy.appkeys import GATE, LIVE, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
@@ -61,24 +65,40 @@ def _stored(body: dict) -> dict:
     return {STORED: False} if body.get("store") is False else {}
 
 
-# Pauses between looks for an id another proxy may be writing (~0.8 s in all: its batch is
-# due within OWNED_FLUSH, then takes a write; a busy ledger takes longer).
+# Pauses between looks for an id another proxy may be writing, when Redis cannot say (~0.8 s in
+# all: its batch is then due within OWNED_FLUSH, and takes a write; a busy ledger takes longer).
 _MISS_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4)
 
 
 async def _owned(app: web.Application, response_id: str, caller: Caller,
                  param: str | None = "previous_response_id") -> Owned:
-    owned = await _owner(app, response_id)
+    owned = await _owner(app, response_id, caller.customer.id)
     if owned is None or owned.kind != "response" or owned.customer != caller.customer.id:
         # NOTE: the same answer whether the id exists for another customer or not at all
         raise NotFound(f"Response with id '{response_id}' not found.", param=param, code="response_not_found")
     return owned
 
 
-async def _owner(app: web.Application, object_id: str) -> Owned | None:
-    """Who owns `object_id`: this proxy's recorder, else the ledger (again, if other proxies write it)."""
+async def _owner(app: web.Application, object_id: str, customer: str) -> Owned | None:
+    """Who owns `object_id` (if `customer`, else whoever): this proxy's recorder, else what other
+    proxies announced and their ledger has not yet (`metering.store.owned_redis`), else the
+    ledger; with no answer from Redis, the ledger again for a while (another proxy's batch,
+    written at once then, may be on its way)."""
     recorder, loop = app[RECORDER], asyncio.get_running_loop()
-    for pause in (0.0, *(_MISS_PAUSES if app[GATE].remote else ())):
+    owned = recorder.owner(object_id)
+    if owned is not None:
+        return owned
+    pauses = _MISS_PAUSES if app[GATE].remote else ()
+    if recorder.owners is not None:
+        try:
+            owned = await recorder.owners.lookup(customer, object_id)
+        except counters_down():
+            pass
+        else:
+            if owned is not None:
+                return owned
+            pauses = ()  # every proxy's object is announced before its answer is sent, or in the ledger
+    for pause in (0.0, *pauses):
         if pause:
             await asyncio.sleep(pause)
         owned = recorder.owner(object_id) or await loop.run_in_executor(None, recorder.ledger.owned, object_id)
@@ -107,17 +127,22 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
                                  headers=outgoing_headers(provider), provider=provider.name, fmt=RESPONSES,
                                  params=params, body=body)
         if on_success is not None and response.status < 300:
-            await on_success(app, response_id)
+            await on_success(app, owned)
         return response
 
     return handler
 
 
-async def _disown(app: web.Application, response_id: str) -> None:
+async def _disown(app: web.Application, owned: Owned) -> None:
     recorder = app[RECORDER]
-    if recorder.owner(response_id) is not None:
+    if recorder.owner(owned.id) is not None:
         await recorder.flush()  # NOTE: first, or its batch would write the row again after the DELETE
-    await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.disown, response_id)
+    await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.disown, owned.id)
+    if recorder.owners is not None:  # announced by another proxy whose batch is not written yet
+        try:
+            await recorder.owners.withdraw([owned])
+        except counters_down():
+            pass  # it expires (owned_redis.TTL); the provider has deleted the response meanwhile
 
 
 def add_routes(app: web.Application) -> None:
