@@ -55,12 +55,17 @@ class BatchingRedis(aioredis.Redis):
         return _Script(self, script)
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+        return await self.issue(sha, numkeys, *keys_and_args)
+
+    def issue(self, sha: str, numkeys: int, *keys_and_args: Any) -> asyncio.Future:
+        """`evalsha` without a coroutine: the script goes out with this turn's batch; await the
+        answer. How one coroutine sends several scripts in one round trip without a task each."""
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         self._waiting.append((answer, ("EVALSHA", sha, numkeys, *keys_and_args)))
         if len(self._waiting) == 1:
             loop.call_soon(loop.call_soon, self._send)  # NOTE: two turns, see `_send`
-        return await answer
+        return answer
 
     def _send(self) -> None:
         """Send what was issued during the last two turns of the loop: the tasks ready in the
@@ -156,6 +161,11 @@ class _Script:
         except NoScriptError:  # a restarted or flushed Redis: load it, run it once
             self.sha = await self.client.script_load(self.script)
             return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def soon(self, keys=(), args=()) -> asyncio.Future:
+        """The script issued now (`BatchingRedis.issue`), its answer awaited later. NOSCRIPT is
+        that answer: the caller calls the script again (`__call__` loads it)."""
+        return self.client.issue(self.sha, len(keys), *keys, *args)
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:

@@ -17,8 +17,9 @@ journal puts the event in the ledger when it starts again).
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
+
+import orjson
 from typing import TYPE_CHECKING
 
 from metering.store.bounds import is_clean
@@ -48,15 +49,29 @@ class AnnouncedOwners:
         self._announce = client.register_script(_ANNOUNCE)
         self._lookup = client.register_script(_LOOKUP)
         self._withdraw = client.register_script(_WITHDRAW)
+        from redis.exceptions import NoScriptError  # NOTE: here: redis-py is loaded with a Redis client only
+        self._no_script = NoScriptError
 
     def key(self, customer: str, object_id: str) -> str:
         if "{" in customer or "}" in customer:
             raise ValueError(f"customer {customer!r} must not contain braces: it is the hash tag")
         return f"{self._prefix}:{{{customer}}}:owned:{object_id}"
 
-    async def announce(self, owned: Owned) -> None:
-        await self._announce(keys=[self.key(owned.customer, owned.id)],
-                             args=[json.dumps(list(owned), separators=(",", ":")), str(TTL)])
+    def announce(self, owned: Owned) -> Awaitable:
+        """Set `owned` now, in this turn's batch (one coroutine can issue it beside its own
+        scripts without a task); await the result. On a client that does not batch: a task."""
+        keys, args = [self.key(owned.customer, owned.id)], [orjson.dumps(list(owned)), TTL]
+        soon = getattr(self._announce, "soon", None)
+        if soon is None:
+            return asyncio.ensure_future(self._announce(keys=keys, args=args))
+        return soon(keys, args)
+
+    async def announced(self, announcing: Awaitable, owned: Owned) -> None:
+        """Wait for an `announce`; one whose script Redis lost (restarted) is made again."""
+        try:
+            await announcing
+        except self._no_script:
+            await self._announce(keys=[self.key(owned.customer, owned.id)], args=[orjson.dumps(list(owned)), TTL])
 
     async def lookup(self, customer: str, object_id: str) -> Owned | None:
         """`customer`'s object `object_id`, if announced and not yet in the ledger (else None:
@@ -67,8 +82,8 @@ class AnnouncedOwners:
         if raw is None:
             return None
         try:
-            owned = Owned(*json.loads(raw))
-        except (ValueError, TypeError):  # not a value this module wrote: the ledger decides
+            owned = Owned(*orjson.loads(raw))
+        except (orjson.JSONDecodeError, TypeError):  # not a value this module wrote: the ledger decides
             return None
         return owned if owned.customer == customer and owned.id == object_id else None
 

@@ -66,7 +66,7 @@ class Recorder:
         self.shared_ledger = shared_ledger  # other proxies look owned objects up in the ledger
         self._owned_flush: asyncio.TimerHandle | None = None
         self.owners = owners  # where the other proxies sharing the ledger learn of owned objects at once
-        self._announcing: dict[str, asyncio.Task] = {}  # event id -> its object's announcement (`count` waits)
+        self._announcing: dict[str, Owned] = {}  # event id -> the object it owns, announced by `count`
         self._withdrawing: set[asyncio.Task] = set()  # NOTE: the loop keeps only weak references to tasks
 
     async def start(self, open_periods: Callable[[], tuple[dict[str, str], datetime]]) -> list[UsageEvent]:
@@ -114,18 +114,10 @@ class Recorder:
         if owned is not None:
             self._owning.setdefault(owned.id, owned)  # NOTE: the first owner stands, as in the ledger
             if self.shared_ledger:
-                if self.owners is not None:  # in the round trip of the call's counters and settlement
-                    self._announcing[event.id] = asyncio.ensure_future(self._announce(owned))
+                if self.owners is not None:
+                    self._announcing[event.id] = owned
                 else:
                     self._flush_owned_soon()
-
-    async def _announce(self, owned: Owned) -> None:
-        try:
-            await self.owners.announce(owned)
-        except counters_down() as exc:  # the ledger then, as soon as it can be written
-            log.warning("owned %s %s not announced (%s): its batch goes out now", owned.kind, owned.id,
-                        type(exc).__name__)
-            self._flush_owned_soon()
 
     def _flush_owned_soon(self) -> None:
         """Have the next batch written within OWNED_FLUSH (other proxies look the object up there)."""
@@ -139,12 +131,25 @@ class Recorder:
     async def count(self, event: UsageEvent) -> None:
         """Make a kept `event` visible in the real-time totals (the ledger has it whatever happens),
         and the object it owns to every proxy."""
-        announcing = self._announcing.pop(event.id, None)
+        owned = self._announcing.pop(event.id, None)
+        if owned is None:
+            await self._count(event)
+            return
+        # NOTE: announced before the answer's last byte, so no proxy can miss it; in the round
+        # trip of the call's counters and settlement (issued first, awaited after them)
+        announced = self.owners.announce(owned)
         try:
             await self._count(event)
         finally:
-            if announcing is not None:  # NOTE: done before the answer's last byte: no proxy can miss it
-                await announcing
+            await self._announced(announced, owned)
+
+    async def _announced(self, announced: Awaitable, owned: Owned) -> None:
+        try:
+            await self.owners.announced(announced, owned)
+        except counters_down() as exc:  # the ledger then, as soon as it can be written
+            log.warning("owned %s %s not announced (%s): its batch goes out now", owned.kind, owned.id,
+                        type(exc).__name__)
+            self._flush_owned_soon()
 
     async def _count(self, event: UsageEvent) -> None:
         try:

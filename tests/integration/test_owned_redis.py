@@ -51,6 +51,21 @@ async def test_an_owned_response_is_announced_before_its_call_ends_and_withdrawn
         ledger.close()
 
 
+async def test_a_redis_that_lost_its_scripts_still_gets_the_announcement(tmp_path, client, prefix):
+    owners = AnnouncedOwners(client, prefix=prefix)
+    recorder, ledger = _recorder(tmp_path, owners)
+    await recorder.start(lambda: ({}, event(0, "0").ts))
+    try:
+        await recorder.record(responses_event(1, "resp_1"))
+        await client.script_flush()  # as a restarted Redis: NOSCRIPT for the next call
+        await recorder.record(responses_event(2, "resp_2"))
+        assert (await owners.lookup("acme", "resp_2")).id == "resp_2"
+        assert ledger.count() == 0  # announced, so no batch was forced out
+    finally:
+        await recorder.close()
+        ledger.close()
+
+
 async def test_a_value_that_is_not_an_announcement_is_not_an_owner(client, prefix):
     owners = AnnouncedOwners(client, prefix=prefix)
     for junk in ("not json", "[1, 2]", '{"id": "resp_1"}', '["resp_1", "response", "globex", "p", "m", 1, 2]'):
