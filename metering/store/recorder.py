@@ -63,6 +63,7 @@ class Recorder:
         self.dead_letters: dict[str, int] = {}  # customer -> events the ledger kept aside (evidence)
         self._warned_behind = float("-inf")  # monotonic time of the last "ledger behind" warning
         self._owning: dict[str, Owned] = {}  # objects owned by queued events, until their batch is written
+        self._owned_events: dict[str, Owned] = {}  # queued event id -> the object it owns (the same, by event)
         self.shared_ledger = shared_ledger  # other proxies look owned objects up in the ledger
         self._owned_flush: asyncio.TimerHandle | None = None
         self.owners = owners  # where the other proxies sharing the ledger learn of owned objects at once
@@ -113,6 +114,7 @@ class Recorder:
         owned = owned_by(event)
         if owned is not None:
             self._owning.setdefault(owned.id, owned)  # NOTE: the first owner stands, as in the ledger
+            self._owned_events[event.id] = owned
             if self.shared_ledger:
                 if self.owners is not None:
                     self._announcing[event.id] = owned
@@ -196,7 +198,7 @@ class Recorder:
             backoff = self.flush_interval
             del self._queue[: len(batch)]
             self._written += len(batch)
-            if self._owning:
+            if self._owned_events:
                 self._forget_owned(batch)
             self.warn_if_behind()
             if len(self._queue) >= self.flush_batch:
@@ -212,7 +214,7 @@ class Recorder:
         """The ledger holds the objects `written` made owned: it answers for them now."""
         announced = []
         for event in written:
-            owned = owned_by(event)
+            owned = self._owned_events.pop(event.id, None)
             if owned is not None and self._owning.get(owned.id) == owned:
                 del self._owning[owned.id]
                 announced.append(owned)
