@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING
 
 import orjson
-from typing import TYPE_CHECKING
 
 from metering.store.bounds import is_clean
 from metering.store.owned import WIDTH, Owned
@@ -60,7 +60,7 @@ class AnnouncedOwners:
     def announce(self, owned: Owned) -> Awaitable:
         """Set `owned` now, in this turn's batch (one coroutine can issue it beside its own
         scripts without a task); await the result. On a client that does not batch: a task."""
-        keys, args = [self.key(owned.customer, owned.id)], [orjson.dumps(list(owned)), TTL]
+        keys, args = self._set(owned)
         soon = getattr(self._announce, "soon", None)
         if soon is None:
             return asyncio.ensure_future(self._announce(keys=keys, args=args))
@@ -71,7 +71,11 @@ class AnnouncedOwners:
         try:
             await announcing
         except self._no_script:
-            await self._announce(keys=[self.key(owned.customer, owned.id)], args=[orjson.dumps(list(owned)), TTL])
+            keys, args = self._set(owned)
+            await self._announce(keys=keys, args=args)
+
+    def _set(self, owned: Owned) -> tuple[list, list]:
+        return [self.key(owned.customer, owned.id)], [orjson.dumps(list(owned)), TTL]
 
     async def lookup(self, customer: str, object_id: str) -> Owned | None:
         """`customer`'s object `object_id`, if announced and not yet in the ledger (else None:

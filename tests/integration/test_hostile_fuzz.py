@@ -1,4 +1,5 @@
-"""Thousands of hostile requests over every route against a real proxy on PostgreSQL (issue 7).
+"""Thousands of hostile requests over every route against a real proxy on PostgreSQL, once on
+in-process counters and once on Redis counters (issue 7).
 
 The cases come from `tests/fuzz` (seeded: `PAYWARE_FUZZ_SEED`, `PAYWARE_FUZZ_CASES`), over every
 API Payware speaks (OpenAI's chat, completions, embeddings and Responses with its stored
@@ -83,8 +84,9 @@ def fuzz_ledger(postgres_url: str) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def fuzz_config(upstream_url: str, folder: Path, ledger: str) -> str:
-    """acme: a hard cap and rate limits; globex: neither. Bodies up to 1 MiB reach the parser."""
+def fuzz_config(upstream_url: str, folder: Path, ledger: str, counters: str | None = None) -> str:
+    """acme: a hard cap and rate limits; globex: neither. Bodies up to 1 MiB reach the parser.
+    `counters`: a Redis URL (the budget, rate limits, totals and announced responses there)."""
     customers = f"""
   acme:
     plan: payg
@@ -95,7 +97,7 @@ def fuzz_config(upstream_url: str, folder: Path, ledger: str) -> str:
 """
     plans = '  payg: {interval: monthly, price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n'
     text = proxy_config(upstream_url, folder, customers=customers, plans=plans, ledger=ledger,
-                        extra_models=FUZZ_MODELS)
+                        extra_models=FUZZ_MODELS, storage=f"  counters: {counters}" if counters else "")
     # NOTE: JSON 100,000 deep is 200 KB: past the shared config's 64 KB it would only ever meet the 413
     return text.replace("max_body_bytes: 65536", f"max_body_bytes: {1024 * 1024}")
 
@@ -342,12 +344,24 @@ def leaks(results: list[tuple[Case, Answer]], stats: dict) -> tuple[list[J.Failu
     return failures, secrets
 
 
+@pytest.fixture(params=["memory", "redis"])
+def fuzz_counters(request) -> str | None:
+    """In-process counters, or a Redis database of this test alone (emptied first)."""
+    if request.param == "memory":
+        return None
+    import redis
+
+    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 async def test_thousands_of_hostile_requests_get_no_500_no_leaked_key_and_every_served_call_billed_once(
-        proxy_factory, fake_upstream, fuzz_ledger, tmp_path):
+        proxy_factory, fake_upstream, fuzz_ledger, fuzz_counters, tmp_path):
     started = time.monotonic()
     folder = tmp_path / "fuzz"
     folder.mkdir()
-    proxy = proxy_factory(fuzz_config(fake_upstream.url, folder, fuzz_ledger), name="fuzz")
+    proxy = proxy_factory(fuzz_config(fake_upstream.url, folder, fuzz_ledger, fuzz_counters), name="fuzz")
     fake_upstream.reset()
     try:
         ctx, setup_served = await open_context(proxy.port)
