@@ -27,8 +27,10 @@ would otherwise grow by every capped call of a month. Until the period is seeded
 (the seed may still merge any of them from the ledger). Nothing re-applies a spend older than
 that: a renewal's put-back and a recovery's re-applied spends are seconds old, and a spend
 the store missed for longer is not re-applied but the period rebuilt (`forget`, then a seed:
-`Reservations.rebuild`). Period state expires `key_ttl` after its last write (Redis key TTL;
-the memory store mirrors it).
+`Reservations.rebuild`). Period state expires `key_ttl` after its last write: in Redis each key
+after the last script that wrote it (key TTLs; a period's spend, its applied ids and its seed
+marker always together, so a period that lost them is merged from the ledger again, never
+twice); the memory store forgets a whole period `key_ttl` after its last write.
 """
 
 from __future__ import annotations

@@ -62,6 +62,20 @@ local function touch()
   for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 end
 
+-- The keys a script wrote live key_ttl more; the rest keep theirs. NOTE: spent, the applied ids
+-- and the seed marker always together: a marker that expired before the spend it vouches for
+-- would have the next reserve merge the ledger into that spend again (every event twice).
+local function touch_holds()
+  redis.call('EXPIRE', HELD, ARGV[1])
+  redis.call('EXPIRE', HOLDS, ARGV[1])
+  redis.call('EXPIRE', EXPIRY, ARGV[1])
+end
+local function touch_spent()
+  redis.call('EXPIRE', SPENT, ARGV[1])
+  redis.call('EXPIRE', APPLIED, ARGV[1])
+  redis.call('EXPIRE', SEEDED, ARGV[1])
+end
+
 -- Spent as a cap sees it: a volume tier's negative marginal amount is a credit, never below 0.
 local function usage(scope)
   local spent = tonumber(redis.call('HGET', SPENT, scope) or '0')
@@ -111,42 +125,45 @@ for i = 6, #ARGV, 3 do
   limits[#limits + 1] = ARGV[i + 1]
   modes[#modes + 1] = ARGV[i + 2]
 end
-local function answer(status, i, held_units)
+local seen = {}  -- scope index -> {spent, held} as the check read them
+local function answer(status, i, held_units, added)
   if i == 0 then return {status, 0, 0, 0, -1, held_units, generation, 0} end
-  local spent, held = usage(scopes[i])
+  local spent, held
+  if seen[i] then spent, held = seen[i][1], seen[i][2] + added else spent, held = usage(scopes[i]) end
   local limit = limits[i] == '' and -1 or tonumber(limits[i])
   return {status, i, spent, held, limit, held_units, generation, 0}
 end
 
 local existing = redis.call('HGET', HOLDS, id)
-if existing then return answer(2, report, tonumber(cjson.decode(existing).u)) end
+if existing then return answer(2, report, tonumber(cjson.decode(existing).u), 0) end
 
 -- NOTE: check every scope before writing any: a refusal must hold nothing anywhere.
 for i, scope in ipairs(scopes) do
   if limits[i] ~= '' then
     local limit = tonumber(limits[i])
     local spent, held = usage(scope)
+    seen[i] = {spent, held}
     local ok
     if modes[i] == 'hard' then ok = spent + held + units <= limit else ok = spent < limit end
-    if not ok then return answer(0, i, 0) end
+    if not ok then return answer(0, i, 0, 0) end
   end
 end
 for _, scope in ipairs(scopes) do redis.call('HINCRBY', HELD, scope, units_s) end
 redis.call('HSET', HOLDS, id, cjson.encode({u = units_s, s = scopes}))
 redis.call('ZADD', EXPIRY, fmt(now + ttl_ms), id)
-touch()
-return answer(1, report, units)
+touch_holds()
+return answer(1, report, units, units)
 """
 
 # ARGV: key_ttl, hold_id, actual_units (signed), then the hold's scope names. Returns 1, or 0 if
 # settled before. It counts on an unseeded period too: seeding merges by id, so nothing doubles.
 BUDGET_SETTLE = _BUDGET_PRELUDE + """
 local now = now_ms()
-prune(now)
--- NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired.
+-- NOTE: the applied set, not the hold, makes settle idempotent: the hold may have expired. No
+-- prune: nothing here reads `held` (reserves and usage prune first); drop frees this hold either way.
 local first = spend(ARGV[2], ARGV[3], 4, #ARGV, fmt(now + APPLIED_MS))
 drop(ARGV[2])
-touch()
+touch_spent()
 return first
 """
 

@@ -69,6 +69,31 @@ async def test_keys_carry_the_customer_hash_tag_and_expire(client: aioredis.Redi
         assert 0 < await client.ttl(key) <= KEY_TTL
 
 
+async def test_a_script_renews_the_keys_it_writes_and_the_seed_marker_lives_as_long_as_the_spend(
+        client: aioredis.Redis, prefix: str):
+    """A reserve renews the holds' keys, a settle the spend's, the applied ids' and the seed
+    marker's: 6 EXPIREs a call, not 12. The marker must never expire before the spend it vouches
+    for (the next reserve would merge the ledger into that spend again)."""
+    budget = RedisBudget(client, prefix=prefix, key_ttl=1000)
+    base = f"{prefix}:{{acme}}:budget:{PERIOD}"
+    holds = [f"{base}:{part}" for part in ("held", "holds", "expiry")]
+    spent = [f"{base}:{part}" for part in ("spent", "applied_until", "seeded")]
+    await budget.settle((await reserve(budget, "r1", 10, [customer(100)])).hold, 5)
+    await reserve(budget, "r0", 10, [customer(100)])  # a hold that stays: its keys stay too
+
+    async def ttls(keys):
+        return [await client.ttl(key) for key in keys]
+
+    for key in holds + spent:
+        await client.expire(key, 50)
+    await reserve(budget, "r2", 10, [customer(100)])
+    assert min(await ttls(holds)) > 900 and max(await ttls(spent)) <= 50
+    await budget.settle((await reserve(budget, "r3", 10, [customer(100)])).hold, 5)
+    assert min(await ttls(spent)) > 900
+    marker, spend, applied = await ttls([spent[2], spent[0], spent[1]])
+    assert marker >= spend and marker >= applied
+
+
 async def test_scripts_still_run_after_the_script_cache_is_flushed(client: aioredis.Redis, prefix: str):
     budget = RedisBudget(client, prefix=prefix)
     hold = (await reserve(budget, "r1", 10, [customer(100)])).hold
