@@ -198,7 +198,7 @@ class Recorder:
             backoff = self.flush_interval
             del self._queue[: len(batch)]
             self._written += len(batch)
-            if self._owned_events:
+            if self._owned_events:  # (every announced event is among them)
                 self._forget_owned(batch)
             self.warn_if_behind()
             if len(self._queue) >= self.flush_batch:
@@ -214,6 +214,7 @@ class Recorder:
         """The ledger holds the objects `written` made owned: it answers for them now."""
         announced = []
         for event in written:
+            self._announcing.pop(event.id, None)  # a call cancelled between keep and count
             owned = self._owned_events.pop(event.id, None)
             if owned is not None and self._owning.get(owned.id) == owned:
                 del self._owning[owned.id]

@@ -80,8 +80,8 @@ async def _owned(app: web.Application, response_id: str, caller: Caller,
 
 
 async def _owner(app: web.Application, object_id: str, customer: str) -> Owned | None:
-    """Who owns `object_id` (if `customer`, else whoever): this proxy's recorder, else what other
-    proxies announced and their ledger has not yet (`metering.store.owned_redis`), else the
+    """Who owns `object_id`: this proxy's recorder, else what the other proxies announced for
+    `customer` and their ledger batches do not hold yet (`metering.store.owned_redis`), else the
     ledger; with no answer from Redis, the ledger again for a while (another proxy's batch,
     written at once then, may be on its way)."""
     recorder, loop = app[RECORDER], asyncio.get_running_loop()
