@@ -35,7 +35,7 @@ from proxy.appkeys import BRIDGES, GATE, LIVE, METER, RECORDER, UPSTREAM_CLIENT,
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
 from proxy.formats.base import WireFormat
-from proxy.jsonbody import load_json, parse_json, read_body
+from proxy.jsonbody import load_json_or_none, parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
 from proxy.recording import count_event
@@ -203,10 +203,7 @@ async def _relay_json(upstream: Answer, call: Call) -> web.Response:
         raise UpstreamError(f"provider {call.model.provider!r} broke off its answer") from None
     finally:
         upstream.release()
-    try:
-        parsed = load_json(payload)
-    except (ValueError, RecursionError):  # whatever the provider sent, the call is still metered
-        parsed = None
+    parsed = load_json_or_none(payload)  # whatever the provider sent, the call is still metered
     fmt = call.fmt
     answer_id = getattr(fmt, "answer_id", None)
     call.answer_id = answer_id(parsed) if answer_id is not None else None

@@ -73,6 +73,15 @@ def load_json(raw: bytes | str) -> object:
         return json.loads(raw)
 
 
+def load_json_or_none(raw: bytes | str) -> object:
+    """`load_json`, for what a provider sent: None for what is not JSON or nests too deeply
+    (deep nesting raises RecursionError, not ValueError); whatever came, the call is metered."""
+    try:
+        return load_json(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _too_deep(value: object) -> bool:
     """Whether `value` nests more than MAX_DEPTH containers (iterative: no recursion limit)."""
     if not isinstance(value, (dict, list)):

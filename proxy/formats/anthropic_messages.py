@@ -32,7 +32,7 @@ from metering.usage.sse import Frame, SSEFramer, frames_of, skim_named
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing, body_model, body_stream
-from proxy.jsonbody import dump_json, load_json
+from proxy.jsonbody import dump_json, load_json_or_none
 
 DEFAULT_VERSION = "2023-06-01"  # what Anthropic's API requires when the client sent none
 _RELAYED_HEADERS = ("anthropic-beta",)
@@ -359,13 +359,6 @@ _STARTED = (b"event: message_start\n", b"event:message_start\n")  # a stream's f
 _LOOK_AT = (b"event: message_", b"event:message_", b"event: error", b"event:error")
 
 
-def _json_or_none(data: str) -> object:
-    try:
-        return load_json(data)
-    except (ValueError, RecursionError):
-        return None
-
-
 class MessagesWatcher:
     """Watches an Anthropic Messages stream frame by frame, for metering; forwards every byte.
 
@@ -442,10 +435,7 @@ class MessagesWatcher:
             return frame.raw
         if name in ("ping", "content_block_stop"):
             return frame.raw
-        try:
-            obj = load_json(data)
-        except (ValueError, RecursionError):
-            obj = None
+        obj = load_json_or_none(data)
         if name is None and isinstance(obj, dict) and isinstance(obj.get("type"), str):
             name = obj["type"]  # a relay that dropped the `event:` lines: the data says it too
         if name == "error":
@@ -485,14 +475,13 @@ class MessagesWatcher:
                 if isinstance(item, bytes):  # skimmed frames: content events among others (see `skim`)
                     for frame in frames_of(item):
                         if frame.event in ("content_block_delta", "content_block_start") and frame.data is not None:
-                            item = _json_or_none(frame.data)
+                            item = load_json_or_none(frame.data)
                             if item is not None:
                                 _delta_output(item, self._texts)
                     continue
                 if isinstance(item, str):
-                    try:
-                        item = load_json(item)
-                    except (ValueError, RecursionError):
+                    item = load_json_or_none(item)
+                    if item is None:
                         continue
                 _delta_output(item, self._texts)
             self._pending = []

@@ -34,7 +34,7 @@ from metering.usage.sse import Frame
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing
-from proxy.jsonbody import dump_json, load_json
+from proxy.jsonbody import dump_json, load_json_or_none
 
 GENERATE_METHODS = ("generateContent", "streamGenerateContent")
 # Gemini bills an image of up to 384 px (and each 768 px tile of a larger one) 258 tokens.
@@ -273,10 +273,7 @@ class GeminiStream:
         data = frame.data
         if data is None:
             return frame.raw
-        try:
-            chunk = load_json(data)
-        except (ValueError, RecursionError):
-            return frame.raw
+        chunk = load_json_or_none(data)
         if not isinstance(chunk, dict):
             return frame.raw
         if chunk.get("error") is not None:

@@ -20,7 +20,7 @@ from metering.usage.sse import Frame, SSEFramer, first_of, frames_of
 from metering.usage.tokens import count_prompt
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
-from proxy.jsonbody import dump_json, load_json
+from proxy.jsonbody import dump_json, load_json_or_none
 
 _DONE = "[DONE]"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -180,10 +180,7 @@ class StreamAccumulator:
         if not (_may_carry_usage(data) or '"error"' in data or frame.event == "error"):
             self._pending.append(data)
             return frame.raw
-        try:
-            obj = load_json(data)
-        except (ValueError, RecursionError):  # deep nesting raises RecursionError, not ValueError
-            obj = None
+        obj = load_json_or_none(data)
         if not isinstance(obj, dict):
             if frame.event == "error":
                 self.error = {"message": data}
@@ -216,20 +213,13 @@ class StreamAccumulator:
                 if isinstance(item, bytes):  # skimmed frames: text chunks only (see `skim`)
                     for frame in frames_of(item):
                         if frame.data is not None:
-                            _collect_text(_json_or_none(frame.data), texts)
+                            _collect_text(load_json_or_none(frame.data), texts)
                     continue
                 if isinstance(item, str):
-                    item = _json_or_none(item)
+                    item = load_json_or_none(item)
                 _collect_text(item, texts)
             self._pending = []
         return "".join(self._texts)
-
-
-def _json_or_none(data: str) -> object:
-    try:
-        return load_json(data)
-    except (ValueError, RecursionError):
-        return None
 
 
 def generated_text(obj: object) -> str:

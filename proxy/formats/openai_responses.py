@@ -25,7 +25,7 @@ from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
 from proxy.formats.openai_chat import check_max_tokens
-from proxy.jsonbody import dump_json, load_json
+from proxy.jsonbody import dump_json, load_json_or_none
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # What `skim` stops at: the name of a frame that ends the answer, reports an error or starts a
@@ -215,10 +215,7 @@ def _is_delta(kind: str | None, data: str) -> bool:
 
 
 def _load(data: str) -> dict | None:
-    try:
-        obj = load_json(data)
-    except (ValueError, RecursionError):
-        return None
+    obj = load_json_or_none(data)
     return obj if isinstance(obj, dict) else None
 
 

@@ -345,13 +345,13 @@ def test_skim_passes_every_whole_frame_before_the_first_it_must_read():
 @pytest.mark.parametrize("skim", [True, False], ids=["skimmed", "framed"])
 def test_text_chunks_are_parsed_only_when_output_text_is_asked(monkeypatch, skim):
     calls = []
-    loads = proxy.formats.openai_chat.load_json
+    loads = proxy.formats.openai_chat.load_json_or_none
 
     def counting_loads(text):
         calls.append(text)
         return loads(text)
 
-    monkeypatch.setattr(proxy.formats.openai_chat, "load_json", counting_loads)
+    monkeypatch.setattr(proxy.formats.openai_chat, "load_json_or_none", counting_loads)
     _, acc = relay(load("chat_include_usage.sse"), strip_usage=True, read_size=200, skim=skim)
     assert len(calls) == 1  # the usage chunk only
     assert acc.output_text() == "Hello! How can I assist you today?"
