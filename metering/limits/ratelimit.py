@@ -96,26 +96,28 @@ def _decision(limits: Sequence[Limit], tokens: int, levels: Sequence[Levels], al
                 else:
                     wait = _ceil_div(level + cost * WINDOW_MS - rate * WINDOW_MS, rate)
                 retry_ms = max(retry_ms, wait)
-    # The tightest bucket of each dimension: the fewest units left, then the lowest rate; the
-    # first of equals. Inline, not a helper per dimension: every call's headers need this.
-    limit_r = remaining_r = limit_t = remaining_t = None
-    level_r = level_t = 0
-    for limit, (r, t) in zip(limits, levels):
-        rate = limit.rpm
-        if rate is not None:
-            left = (rate * WINDOW_MS - r) // WINDOW_MS
-            left = left if left > 0 else 0
-            if limit_r is None or left < remaining_r or (left == remaining_r and rate < limit_r):
-                limit_r, remaining_r, level_r = rate, left, r
-        rate = limit.tpm
-        if rate is not None:
-            left = (rate * WINDOW_MS - t) // WINDOW_MS
-            left = left if left > 0 else 0
-            if limit_t is None or left < remaining_t or (left == remaining_t and rate < limit_t):
-                limit_t, remaining_t, level_t = rate, left, t
-    return RateDecision(allowed, retry_ms / 1000, limit_r, remaining_r,
-                        -(-level_r // limit_r) / 1000 if limit_r is not None else 0.0,
-                        limit_t, remaining_t, -(-level_t // limit_t) / 1000 if limit_t is not None else 0.0)
+    limit_r, remaining_r, reset_r = _tightest(limits, levels, 0)
+    limit_t, remaining_t, reset_t = _tightest(limits, levels, 1)
+    return RateDecision(allowed, retry_ms / 1000, limit_r, remaining_r, reset_r, limit_t, remaining_t, reset_t)
+
+
+def _tightest(limits: Sequence[Limit], levels: Sequence[Levels], dim: int) -> tuple[int | None, int | None, float]:
+    """(limit, remaining, reset seconds) of the bucket of dimension `dim` (0: requests, 1:
+    tokens) with the fewest units left, then the lowest rate; the first of equals."""
+    best_rate = best_left = None
+    best_level = 0
+    for limit, pair in zip(limits, levels):
+        rate = limit.tpm if dim else limit.rpm
+        if rate is None:
+            continue
+        level = pair[dim]
+        left = (rate * WINDOW_MS - level) // WINDOW_MS
+        left = left if left > 0 else 0
+        if best_rate is None or left < best_left or (left == best_left and rate < best_rate):
+            best_rate, best_left, best_level = rate, left, level
+    if best_rate is None:
+        return None, None, 0.0
+    return best_rate, best_left, -(-best_level // best_rate) / 1000
 
 
 def _check(limits: Sequence[Limit], amount: int, what: str, low: int) -> None:
