@@ -13,6 +13,7 @@ from config.schema import CapConfig, RateLimitConfig
 from metering.limits.budget import MemoryBudget
 from metering.limits.ratelimit import MemoryRateLimiter
 from metering.store.events import utcnow
+from metering.usage.tokens import encoding_for
 from proxy.errors import ApiError
 from proxy.formats.openai_chat import CHAT
 from proxy.limits.admission import Admitted, Gate
@@ -58,6 +59,7 @@ async def _outcome(call) -> tuple[tuple, Admitted | None]:
 
 async def test_inline_admission_answers_and_counts_as_the_awaited_path(tmp_path: Path):
     customers, plan, model = _customers(tmp_path)
+    encoding_for(model.upstream)  # NOTE: loaded now, not by a thread mid-run (a bound then, a count after)
     now = [1000.0]
     inline, awaited = _gate(lambda: now[0]), _gate(lambda: now[0])
     awaited.inline = False
