@@ -25,7 +25,7 @@ from pathlib import Path
 
 from loadgen import median
 from procs import ROOT, Variant, first_answer, spawn_payware, start_upstream
-from rounds import alternated_rounds
+from rounds import alternated_rounds, spread
 from scenarios import SCENARIOS
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         print("|---|---:|")
         for name, label in (("A", args.base), ("B", "this tree")):
             values = per_round[name]
-            print(f"| {name}: {label} | {median(values):.0f} [{min(values):.0f}–{max(values):.0f}] |")
+            print(f"| {name}: {label} | {spread(values)} |")
         print(f"\nB/A {b / a:.3f}")
         return 0
     finally:

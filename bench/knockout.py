@@ -29,7 +29,7 @@ from pathlib import Path
 
 from loadgen import median
 from procs import ROOT, Variant, first_answer, free_port, payware_config, python, spawn, start_upstream
-from rounds import alternated_rounds
+from rounds import alternated_rounds, spread
 from scenarios import SCENARIOS
 
 BENCH = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         for part in args.parts:
             values = per_round[part]
             cost = "" if part == "none" else f"{base - median(values):+.0f} µs".replace("+", "")
-            print(f"| {part} | {median(values):.0f} [{min(values):.0f}–{max(values):.0f}] | {cost} |")
+            print(f"| {part} | {spread(values)} | {cost} |")
         return 0
     finally:
         for child, _ in children.values():

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from loadgen import Client, fire
+from loadgen import Client, fire, median
 from procs import Child, cpu_ns, pin, process_tree
 from scenarios import Scenario
 
@@ -50,3 +50,8 @@ def alternated_rounds(servers: dict[str, tuple[Child, str]], upstream: Child, sc
         return per_round
     finally:
         loop.close()
+
+
+def spread(values: list[float]) -> str:
+    """A server's rounds in a report cell: `median [lowest–highest]` µs per request."""
+    return f"{median(values):.0f} [{min(values):.0f}–{max(values):.0f}]"
