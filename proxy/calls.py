@@ -211,10 +211,18 @@ async def _relay_json(upstream: Answer, call: Call) -> web.Response:
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
 
 
+class _RelayedStream(web.StreamResponse):
+    """A streamed answer whose headers wait for its first bytes, so that they go in one `write(2)`
+    (aiohttp's own `Response` does so; a stream sends them alone by default)."""
+
+    _send_headers_immediately = False
+
+
 async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
                         strip_usage: bool) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream, call))
+    response = _RelayedStream(status=upstream.status, headers=_response_headers(upstream, call))
     response.headers.setdefault("Cache-Control", "no-cache")
+    content = upstream.content
     framer = SSEFramer()
     watcher = call.fmt.watcher(strip_usage)
     skim = getattr(watcher, "skim", None)  # frames a watcher need not read go on unframed
@@ -231,11 +239,14 @@ async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
         call.answer_id = getattr(watcher, "answer_id", None)
         await call.record(watcher.usage, "partial" if failed else "ok", watcher.output_text)
 
+    last = b""  # the provider's last bytes: sent with the stream's end, in one write
     try:
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
+        if not content.ready():  # nothing of the body came with the provider's headers: ours go now
+            await response.write(b"")
+        async for chunk in content.iter_any():
             passed = skim(chunk, framer) if skim is not None else 0
-            if passed and passed == len(chunk):
+            if passed and passed == len(chunk) and not content.at_eof():
                 await response.write(chunk)
                 continue
             out = bytearray(chunk[:passed])
@@ -247,14 +258,14 @@ async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
                         out.clear()
                     await finish("ok")  # NOTE: the event is journaled before the terminal frame is sent
                 out += data
-            if out:
+            if content.at_eof():  # the loop ends without waiting for the provider
+                last = bytes(out)
+            elif out:
                 await response.write(bytes(out))
         tail = framer.close()
         tail_bytes = watcher.process(tail) if tail is not None else b""
         await finish("ok" if watcher.done else "partial")
-        if tail_bytes:
-            await response.write(tail_bytes)
-        await response.write_eof()
+        await response.write_eof(last + tail_bytes)
     except (asyncio.CancelledError, ConnectionResetError):
         # The client went away: stop the provider at once, bill what it generated so far.
         upstream.close()

@@ -275,6 +275,14 @@ class Answer:
         self._chunks.clear()
         return data
 
+    def ready(self) -> bool:
+        """Whether `iter_any`'s next step has something (or the end) at hand, without waiting."""
+        return bool(self._chunks) or self._complete
+
+    def at_eof(self) -> bool:
+        """Whether every byte of the body has been handed over (as aiohttp's `StreamReader.at_eof`)."""
+        return self._complete and not self._chunks
+
     async def iter_any(self):
         """The body's bytes as they arrive (everything buffered so far, each step)."""
         while True:

@@ -227,6 +227,14 @@ class BridgedStream:
     def iter_any(self) -> AsyncIterator[bytes]:
         return self._chunks()
 
+    def ready(self) -> bool:
+        """Whether the next chunk is at hand: the first one is, before the relay starts."""
+        return self._first is not None
+
+    def at_eof(self) -> bool:
+        """Whether the last bytes (`[DONE]`, or the error event) have been handed over."""
+        return self._finished
+
     async def _chunks(self) -> AsyncIterator[bytes]:
         chunk = self._first
         self._first = None

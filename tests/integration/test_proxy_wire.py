@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import urllib.request
@@ -124,3 +125,52 @@ async def test_each_response_names_its_request_id_which_is_the_event_id(proxy):
     _, _, headers = await post(proxy, {"model": "fake-ok", "messages": [{"role": "user", "content": "x"}]})
     event, = events(proxy)
     assert headers["X-Payware-Request-Id"] == event["id"]
+
+
+class _HeldStream(asyncio.Protocol):
+    """A provider that answers a stream's headers at once and its whole body (events and the
+    chunked terminator) in one write once `release` is set, as a slow first token then a burst."""
+
+    def __init__(self, release: asyncio.Event, body: bytes):
+        self.release, self.body, self.seen = release, body, bytearray()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.seen += data
+        head, _, rest = bytes(self.seen).partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        if len(rest) >= length:
+            self.seen.clear()
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            asyncio.ensure_future(self._body())
+
+    async def _body(self):
+        await self.release.wait()
+        self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(self.body), self.body))
+
+
+async def test_stream_headers_reach_the_client_before_the_first_event_and_a_burst_arrives_whole(proxy_factory):
+    # Payware's stream headers wait for the first bytes of the body only when those are at hand:
+    # a provider slow to its first event must not hold the client's headers back.
+    release = asyncio.Event()
+    sent = fake.stream_events("fake-ok", True, "held")
+    server = await asyncio.get_running_loop().create_server(lambda: _HeldStream(release, b"".join(sent)), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = proxy_factory(extra_providers=f'  held: {{kind: openai, base_url: "http://127.0.0.1:{port}/v1", api_key: "sk-x"}}\n',
+                          extra_models='  held: {provider: held, cost: {input: "0.15", output: "0.60"}}\n')
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + "/v1/chat/completions", headers=AUTH,
+                                    json={"model": "held", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                assert resp.status == 200 and not release.is_set()  # the headers came; no event has been sent
+                assert resp.headers["Content-Type"] == "text/event-stream"
+                release.set()
+                body = await resp.read()
+    finally:
+        server.close()
+    assert body == without_usage_chunk(sent)  # every event, the usage chunk hidden, in one burst
+    event, = events(proxy)
+    assert (event["model"], event["status"], event["input_tokens"], event["output_tokens"]) == ("held", "ok", 13, 7)
