@@ -8,8 +8,11 @@ side in C, so that it takes a small share of the same cores.
 upstream, which spend ~70 µs of CPU per chat request between them on the same two cores: with
 Payware at ~370 µs a request, two workers can reach at most 2 × 370 / (370 + 70) ≈ 1.7x one,
 whatever Payware does. Here the load is `wrk` (one thread, 64 connections) and the upstream
-`nginx` (one process), both C: they answer with the same bytes the bench upstream sends
-(captured from it at the start), nginx in one write per answer, a stream included.
+`nginx` (one process), both C: nginx answers with the bytes the bench upstream sends (captured
+from it at the start), in one write per answer, a stream included. Even so the kernel's
+loopback TCP makes wrk, nginx and Redis ~60 µs a request together: the table shows where each
+core went, and Payware's own CPU per request with one worker and with two (equal: two workers
+do twice the work of one on twice the CPU; the throughput ratio is what the machine leaves them).
 
 Each Payware runs on Redis counters (in-process counters cannot be shared by workers; `serve`
 refuses them with more than one), its own customer, pay-as-you-go, no cap; the two settings
