@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 
 import orjson
@@ -117,8 +118,33 @@ async def read_fields(request: web.Request, allowed: tuple[str, ...]) -> dict:
 
 
 def dump_json(value: object) -> bytes:
-    """Compact UTF-8 JSON; strings that UTF-8 cannot hold (lone surrogates) go as \\u escapes."""
+    """Compact UTF-8 JSON; strings that UTF-8 cannot hold (lone surrogates) go as \\u escapes.
+
+    orjson's when it writes what the standard library would (~5x faster: a stream's body is
+    written again on most calls, to ask for its usage): it refuses lone surrogates and integers
+    past 64 bits, and would write NaN and Infinity (which `load_json` accepts) as null."""
+    try:
+        dumped = orjson.dumps(value)
+        if b"null" not in dumped or not _non_finite(value):
+            return dumped
+    except TypeError:
+        pass
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     except UnicodeEncodeError:
         return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def _non_finite(value: object) -> bool:
+    """Whether `value` holds a NaN or an infinite float anywhere (iterative, as `_too_deep`)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if type(item) is float:
+            if item != item or item in (math.inf, -math.inf):
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
