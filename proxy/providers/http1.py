@@ -235,7 +235,7 @@ class Answer:
     # NOTE: one per model call: slots make it smaller and its ~20 fields quicker to set and read
     __slots__ = ("_client", "_conn", "_method", "_loop", "status", "reason", "headers", "content_length", "_head",
                  "_head_done", "_framing", "_left", "_chunk_state", "_line", "_chunks", "_buffered", "_paused",
-                 "_whole", "_complete", "_error", "_keep_alive", "_waiter", "_released")
+                 "_whole", "_complete", "_error", "_keep_alive", "_waiter", "_released", "__weakref__")
 
     def __init__(self, client: Client, conn: _Connection, method: str) -> None:
         self._client = client
