@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from proxy.errors import ApiError, error_response
+from proxy.serving.lane import Lane
 
 log = logging.getLogger("payware.http")
 
@@ -87,6 +88,7 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
     return sockets
 
 
+SHUTDOWN_TIMEOUT = 60.0  # seconds requests in flight have to finish at shutdown (aiohttp's default)
 YOUNG_COLLECTION_EVERY = 10_000  # tracked allocations (Python's default: 700)
 
 
@@ -122,18 +124,27 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
     # lingering_time: after an answer sent before its body was read (a 401, a 408 for a slow
     # body), aiohttp reads the rest for keep-alive's sake; a slow client gets 1 s, not 10.
     runner = _Runner(app, handle_signals=True, access_log=None, handler_cancellation=True,
-                     keepalive_timeout=idle_timeout, lingering_time=1.0)
+                     keepalive_timeout=idle_timeout, lingering_time=1.0, shutdown_timeout=SHUTDOWN_TIMEOUT)
 
     async def main() -> None:
+        listening: list[asyncio.AbstractServer] = []
+        lane: Lane | None = None
         try:
             await runner.setup()  # NOTE: inside: a start that fails midway closes what it opened
+            # Every connection starts in the model calls' lane, which hands aiohttp's handler
+            # (runner.server makes one) any connection whose request it does not take.
+            lane = Lane(app, runner.server, idle_timeout=idle_timeout, max_body=app._client_max_size)
             for sock in sockets:
-                await web.SockSite(runner, sock).start()
+                listening.append(await asyncio.get_running_loop().create_server(lane, sock=sock))
             _tune_garbage_collector()
             if on_ready is not None:
                 on_ready()
             await asyncio.Event().wait()
         finally:
+            for server in listening:
+                server.close()
+            if lane is not None:
+                await lane.shutdown(SHUTDOWN_TIMEOUT)
             await runner.cleanup()
 
     asyncio.set_event_loop(loop)

@@ -1,0 +1,289 @@
+"""The model calls' lane: their requests read on a bare asyncio protocol, not aiohttp's server.
+
+A model call is the proxy's hot path, and aiohttp's server layers (its request handler, the
+request object, the application's routing and middleware chain) cost ~15 % of a capped call's
+CPU (bench/ab.py). Each connection starts here. A request this lane can read with certainty
+goes to the same route handler through the same middleware (`edge_middleware`), and its answer
+is written by aiohttp's own response objects and writer, so the bytes on the wire are the ones
+aiohttp would send. Anything else hands the connection, with every byte read so far, to
+aiohttp's request handler for the rest of its life: another route, another method, a query
+string, HTTP/1.0, a chunked or compressed body, `Expect`, a head over 8 KiB or with anything
+but plain ASCII tokens and values, a second Content-Length, a body over the size limit... so
+malformed or unusual HTTP is always aiohttp's to refuse, in our envelope (`server.py`).
+
+What aiohttp's server does for a request, this lane does too: keep-alive with the idle timeout
+(which is also the header timeout), requests pipelined on one connection answered in order,
+the handler cancelled when the client goes away (how an abandoned stream stops the provider
+and gets billed as partial), a body read with its deadline (`read_body`), the connection
+closed after an answer that asked for it or that left a body unread, in-flight requests
+finished at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpVersion11
+from aiohttp.http_writer import StreamWriter
+from aiohttp.tcp_helpers import tcp_keepalive
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+from proxy.serving.accesslog import edge_middleware
+
+log = logging.getLogger("payware.http")
+
+MAX_HEAD = 8190  # bytes of request line and headers (aiohttp's limit for a line); more: aiohttp's
+MAX_HEADERS = 100
+# The model routes this lane serves: exact paths, POST only (the others are aiohttp's).
+LANE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
+# RFC 9110: a header name is a token; a value is visible ASCII, spaces and tabs (no obs-text here).
+_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*")
+_NO_QUERY = MultiDictProxy(MultiDict())
+_HANDED_OVER = ("transfer-encoding", "expect", "content-encoding", "upgrade")
+
+
+class _Body:
+    """`request.content`, as much of aiohttp's StreamReader as `read_body` asks of it."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self, waiter: asyncio.Future | None):
+        self.waiter = waiter  # None: the whole body came with the head
+
+    def is_eof(self) -> bool:
+        return self.waiter is None or self.waiter.done()
+
+
+class _MatchInfo:
+    """`request.match_info` of a lane route: what the middleware and /metrics read of it."""
+
+    __slots__ = ("route", "http_exception")
+
+    def __init__(self, route: web.AbstractRoute):
+        self.route = route
+        self.http_exception = None
+
+
+class LaneRequest(dict):
+    """What the model routes read of a request (`web.Request`'s names), and its own storage."""
+
+    __slots__ = ("app", "method", "path", "headers", "match_info", "query", "content", "version", "keep_alive",
+                 "transport", "_payload_writer", "_body")
+
+    def __init__(self, app: web.Application, path: str, headers: CIMultiDictProxy, match_info: _MatchInfo,
+                 body: bytes | asyncio.Future, protocol: LaneProtocol):
+        super().__init__()
+        self.app, self.method, self.path, self.headers, self.match_info = app, "POST", path, headers, match_info
+        self.query = _NO_QUERY
+        self.version = HttpVersion11
+        self.keep_alive = True
+        self.transport = protocol.transport
+        self._payload_writer = StreamWriter(protocol, protocol._loop)
+        self._body = body
+        self.content = _Body(body if isinstance(body, asyncio.Future) else None)
+
+    async def read(self) -> bytes:
+        body = self._body
+        return body if isinstance(body, bytes) else await asyncio.shield(body)
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        await self.app.on_response_prepare.send(self, response)  # as aiohttp does for its requests
+
+
+class Lane:
+    """The listening side: one per app; makes a `LaneProtocol` per connection."""
+
+    def __init__(self, app: web.Application, handover: Callable[[], asyncio.Protocol], *, idle_timeout: float,
+                 max_body: int):
+        self.app, self.handover, self.idle_timeout, self.max_body = app, handover, idle_timeout, max_body
+        self.routes: dict[bytes, tuple[Callable, _MatchInfo]] = {}
+        for resource in app.router.resources():
+            if resource.canonical in LANE_PATHS:
+                for route in resource:
+                    if route.method == "POST":
+                        self.routes[resource.canonical.encode()] = (route.handler, _MatchInfo(route))
+        self.connections: set[LaneProtocol] = set()
+
+    def __call__(self) -> LaneProtocol:
+        return LaneProtocol(self)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections; let requests in flight finish for `timeout` s, then cancel them."""
+        for conn in list(self.connections):
+            if conn.task is None:
+                conn.close()
+        busy = [conn.task for conn in self.connections if conn.task is not None]
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for conn in list(self.connections):
+            conn.close()
+
+
+class LaneProtocol(BaseProtocol):
+    """One client connection while its requests are the lane's."""
+
+    def __init__(self, lane: Lane):
+        super().__init__(asyncio.get_running_loop())
+        self.lane = lane
+        self.buffer = b""
+        self.task: asyncio.Task | None = None
+        self.body_waiter: asyncio.Future | None = None  # the body of the request being served, still arriving
+        self.body_left = 0
+        self.idle: asyncio.TimerHandle | None = None
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # TCP_NODELAY, as aiohttp's connections
+        tcp_keepalive(transport)  # SO_KEEPALIVE, as aiohttp's (its handler's default)
+        self.lane.connections.add(self)
+        self._wait_idle()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.lane.connections.discard(self)
+        self._stop_idle()
+        if self.task is not None:
+            self.task.cancel()  # the client left: its handler stops (an abandoned stream is billed as partial)
+        if self.body_waiter is not None and not self.body_waiter.done():
+            self.body_waiter.set_exception(ConnectionResetError("the client went away"))
+            self.body_waiter.exception()  # retrieved: nobody may be waiting for it
+
+    def data_received(self, data: bytes) -> None:
+        if self.body_waiter is not None:  # the body of the request being served
+            take = data[:self.body_left]
+            self.buffer += take
+            self.body_left -= len(take)
+            data = data[len(take):]
+            if not self.body_left:
+                body, self.buffer = self.buffer, b""
+                self.body_waiter.set_result(body)
+                self.body_waiter = None
+            if not data:
+                return
+        self.buffer = self.buffer + data if self.buffer else data
+        if self.task is None:
+            self._next()
+        elif len(self.buffer) > MAX_HEAD + self.lane.max_body:
+            self.transport.pause_reading()  # pipelined far ahead: wait until this answer is sent
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self._stop_idle()
+            if self.transport is not None:
+                self.transport.close()
+
+    # ---- reading a request
+
+    def _next(self) -> None:
+        """Serve the next request in the buffer, wait for more of it, or hand the connection over."""
+        buffer = self.buffer
+        if not buffer:
+            self._wait_idle()
+            return
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+        if end < 0:
+            if len(buffer) > MAX_HEAD or not buffer.startswith(b"POST /"[:len(buffer)]):
+                self._hand_over()
+            return  # the head is still arriving (the idle timer bounds it, as aiohttp's does)
+        parsed = self._parse(buffer, end)
+        if parsed is None:
+            self._hand_over()
+            return
+        path, headers, length = parsed
+        handler, match_info = self.lane.routes[path]
+        start = end + 4
+        body: bytes | asyncio.Future
+        if len(buffer) - start >= length:
+            body, self.buffer = buffer[start:start + length], buffer[start + length:]
+        else:  # the rest of the body follows: the handler reads it with its deadline
+            self.buffer, self.body_left = buffer[start:], length - (len(buffer) - start)
+            body = self.body_waiter = self._loop.create_future()
+        self._stop_idle()
+        request = LaneRequest(self.lane.app, path.decode(), headers, match_info, body, self)
+        self.task = self._loop.create_task(self._serve(request, handler))
+
+    def _parse(self, buffer: bytes, end: int) -> tuple[bytes, CIMultiDictProxy, int] | None:
+        """The lane's route, headers and body length of a request it reads with certainty; None
+        for anything else (aiohttp's then)."""
+        line_end = buffer.find(b"\r\n", 0, end + 2)
+        method, _, rest = buffer[:line_end].partition(b" ")
+        path, _, version = rest.partition(b" ")
+        if method != b"POST" or version != b"HTTP/1.1" or path not in self.lane.routes:
+            return None
+        lines = buffer[line_end + 2:end].split(b"\r\n") if end > line_end else []
+        if len(lines) > MAX_HEADERS:
+            return None
+        headers: CIMultiDict[str] = CIMultiDict()
+        length = None
+        for line in lines:
+            match = _HEADER.fullmatch(line)
+            if match is None:
+                return None  # obs-fold, a bare CR or LF, a NUL, a space before the colon, non-ASCII...
+            name, value = match.group(1).decode(), (match.group(2) or b"").decode()
+            lowered = name.lower()
+            if lowered == "content-length":
+                if length is not None or not value.isdigit() or len(value) > 18:
+                    return None
+                length = int(value)
+            elif lowered in _HANDED_OVER or (lowered == "connection" and value.lower() != "keep-alive"):
+                return None
+            headers.add(name, value)
+        if length is None or length > self.lane.max_body:
+            return None  # no length (a POST must say it here) or too large: aiohttp's 413
+        return path, CIMultiDictProxy(headers), length
+
+    def _hand_over(self) -> None:
+        """aiohttp's request handler takes this connection, and every byte read so far."""
+        self.lane.connections.discard(self)
+        self._stop_idle()
+        handler = self.lane.handover()
+        transport, buffer = self.transport, self.buffer
+        self.buffer = b""
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if buffer:
+            handler.data_received(buffer)
+        self.transport = None
+
+    # ---- answering it
+
+    async def _serve(self, request: LaneRequest, handler: Callable) -> None:
+        keep = False
+        try:
+            response = await edge_middleware(request, handler)
+            await response.prepare(request)  # as aiohttp's own handler finishes a response
+            await response.write_eof()
+            keep = response.keep_alive is not False and self.body_waiter is None
+        except asyncio.CancelledError:
+            pass  # the client left (or shutdown): nothing more to send
+        except (ConnectionError, RuntimeError) as exc:  # the client left while the answer was written
+            log.debug("answer not sent: %s", type(exc).__name__)
+        except Exception:
+            log.exception("unhandled error while answering %s", request.get("request_id", "-"))
+        finally:
+            self.task = None
+        if not keep or self.transport is None:  # NOTE: an unread body leaves no frame to read the next request by
+            self.close()
+            return
+        self.transport.resume_reading()
+        self._next()
+
+    # ---- keep-alive
+
+    def _wait_idle(self) -> None:
+        if self.idle is None and not self.closing:
+            self.idle = self._loop.call_later(self.lane.idle_timeout, self.close)
+
+    def _stop_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
