@@ -117,7 +117,8 @@ def _serve_one(config: Config, *, host: str, port: int, reuse_port: bool, ready)
     try:
         sockets = listen(host, port, reuse_port=reuse_port)  # NOTE: first: a port in use starts nothing
         app = make_app(config)
-        run(app, sockets=sockets, idle_timeout=config.server.idle_timeout, loop=_event_loop(), on_ready=ready)
+        run(app, sockets=sockets, idle_timeout=config.server.idle_timeout, max_body=config.server.max_body_bytes,
+            loop=_event_loop(), on_ready=ready)
     except Exception as exc:  # NOTE: a start-up failure is one clear line and an exit code, no traceback
         reason, code = _startup_failure(exc, host, port)
         print(f"payware: cannot start: {reason}", file=sys.stderr, flush=True)

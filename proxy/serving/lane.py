@@ -185,6 +185,8 @@ class LaneProtocol(BaseProtocol):
 
     def _next(self) -> None:
         """Serve the next request in the buffer, wait for more of it, or hand the connection over."""
+        if self.closing or self.transport is None:
+            return
         buffer = self.buffer
         if not buffer:
             self._wait_idle()

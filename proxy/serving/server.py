@@ -1,4 +1,5 @@
-"""Running the app: aiohttp's server, with malformed HTTP answered in our envelope.
+"""Running the app: the model calls' lane in front (`lane.py`), aiohttp's server behind it for
+everything else, with malformed HTTP answered in our envelope.
 
 aiohttp's HTTP parser refuses malformed requests (a NUL in a header, an over-long or
 unparsable line, bad chunking, Transfer-Encoding with Content-Length…) before any middleware
@@ -111,7 +112,7 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
 
 
-def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: float,
+def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: float, max_body: int,
         loop: asyncio.AbstractEventLoop, on_ready: Callable[[], None] | None = None) -> None:
     """Serve `app` on `sockets` (see `listen`) until SIGINT or SIGTERM, then shut down cleanly
     (as `web.run_app` does).
@@ -133,7 +134,7 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
             await runner.setup()  # NOTE: inside: a start that fails midway closes what it opened
             # Every connection starts in the model calls' lane, which hands aiohttp's handler
             # (runner.server makes one) any connection whose request it does not take.
-            lane = Lane(app, runner.server, idle_timeout=idle_timeout, max_body=app._client_max_size)
+            lane = Lane(app, runner.server, idle_timeout=idle_timeout, max_body=max_body)
             for sock in sockets:
                 listening.append(await asyncio.get_running_loop().create_server(lane, sock=sock))
             _tune_garbage_collector()
