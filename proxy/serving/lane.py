@@ -133,9 +133,12 @@ class LaneProtocol(BaseProtocol):
     def __init__(self, lane: Lane):
         super().__init__(asyncio.get_running_loop())
         self.lane = lane
-        self.buffer = b""
+        self.buffer = b""  # bytes not yet read as a request (a head, a pipelined request)
+        self.later: list[bytes] = []  # bytes that came while a request was served: read after it
+        self.later_size = 0
         self.task: asyncio.Task | None = None
         self.body_waiter: asyncio.Future | None = None  # the body of the request being served, still arriving
+        self.body: list[bytes] = []  # its pieces so far (joined once: a body may be megabytes in many reads)
         self.body_left = 0
         self.idle: asyncio.TimerHandle | None = None
         self.closing = False
@@ -158,20 +161,22 @@ class LaneProtocol(BaseProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.body_waiter is not None:  # the body of the request being served
-            take = data[:self.body_left]
-            self.buffer += take
+            take = data[:self.body_left] if len(data) > self.body_left else data
+            self.body.append(take)
             self.body_left -= len(take)
-            data = data[len(take):]
             if not self.body_left:
-                body, self.buffer = self.buffer, b""
-                self.body_waiter.set_result(body)
-                self.body_waiter = None
+                self.body_waiter.set_result(b"".join(self.body))
+                self.body_waiter, self.body = None, []
+            data = data[len(take):]
             if not data:
                 return
-        self.buffer = self.buffer + data if self.buffer else data
         if self.task is None:
+            self.buffer = self.buffer + data if self.buffer else data  # NOTE: a head: at most MAX_HEAD
             self._next()
-        elif len(self.buffer) > MAX_HEAD + self.lane.max_body:
+            return
+        self.later.append(data)
+        self.later_size += len(data)
+        if self.later_size > MAX_HEAD + self.lane.max_body:
             self.transport.pause_reading()  # pipelined far ahead: wait until this answer is sent
 
     def close(self) -> None:
@@ -187,6 +192,9 @@ class LaneProtocol(BaseProtocol):
         """Serve the next request in the buffer, wait for more of it, or hand the connection over."""
         if self.closing or self.transport is None:
             return
+        if self.later:
+            self.buffer += b"".join(self.later)
+            self.later, self.later_size = [], 0
         buffer = self.buffer
         if not buffer:
             self._wait_idle()
@@ -207,7 +215,8 @@ class LaneProtocol(BaseProtocol):
         if len(buffer) - start >= length:
             body, self.buffer = buffer[start:start + length], buffer[start + length:]
         else:  # the rest of the body follows: the handler reads it with its deadline
-            self.buffer, self.body_left = buffer[start:], length - (len(buffer) - start)
+            self.body, self.buffer = [buffer[start:]], b""
+            self.body_left = length - (len(buffer) - start)
             body = self.body_waiter = self._loop.create_future()
         self._stop_idle()
         request = LaneRequest(self.lane.app, path.decode(), headers, match_info, body, self)
@@ -248,8 +257,8 @@ class LaneProtocol(BaseProtocol):
         self.lane.connections.discard(self)
         self._stop_idle()
         handler = self.lane.handover()
-        transport, buffer = self.transport, self.buffer
-        self.buffer = b""
+        transport, buffer = self.transport, self.buffer + b"".join(self.later)
+        self.buffer, self.later = b"", []
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if buffer:

@@ -179,3 +179,18 @@ def test_a_stream_in_flight_at_sigint_is_finished_and_billed_before_the_proxy_ex
     with sqlite3.connect(proxy.config_path.parent / "ledger.db") as db:
         assert db.execute("SELECT model, status FROM usage_events").fetchall() == [("fake-slow", "ok")]
     sock.close()
+
+
+def test_a_body_in_many_reads_arrives_whole_and_pipelined_bytes_wait_their_turn(proxy):
+    sock, reader = connect(proxy)
+    filler = "x" * 40_000  # ~40 KB of prompt, sent in 1 KB pieces after the head
+    body = json.dumps({"model": "fake-ok", "messages": [{"role": "user", "content": filler}]}).encode()
+    sock.sendall(head(body))
+    for i in range(0, len(body), 1024):
+        sock.sendall(body[i:i + 1024])
+        time.sleep(0.002)
+    sock.sendall(head() + BODY)  # the next request, while the first may still be served
+    answers = [read_response(reader) for _ in range(2)]
+    assert [status for status, _, _ in answers] == [200, 200]  # a byte lost or doubled: not JSON, a 400
+    assert len(events(proxy)) == 2
+    sock.close()
