@@ -276,7 +276,7 @@ class LaneProtocol(BaseProtocol):
             keep = response.keep_alive is not False and self.body_waiter is None
         except asyncio.CancelledError:
             pass  # the client left (or shutdown): nothing more to send
-        except (ConnectionError, RuntimeError) as exc:  # the client left while the answer was written
+        except ConnectionError as exc:  # the client left while the answer was written
             log.debug("answer not sent: %s", type(exc).__name__)
         except Exception:
             log.exception("unhandled error while answering %s", request.get("request_id", "-"))
