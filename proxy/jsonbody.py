@@ -120,9 +120,10 @@ async def read_fields(request: web.Request, allowed: tuple[str, ...]) -> dict:
 def dump_json(value: object) -> bytes:
     """Compact UTF-8 JSON; strings that UTF-8 cannot hold (lone surrogates) go as \\u escapes.
 
-    orjson's when it writes what the standard library would (~5x faster: a stream's body is
-    written again on most calls, to ask for its usage): it refuses lone surrogates and integers
-    past 64 bits, and would write NaN and Infinity (which `load_json` accepts) as null."""
+    orjson's when it writes the values the standard library would (~5x faster: a stream's body
+    is written again on most calls, to ask for its usage; a float may be spelled otherwise,
+    `1e-7` for `1e-07`, the same number): it refuses lone surrogates and integers past 64 bits,
+    and would write NaN and Infinity (which `load_json` accepts) as null."""
     try:
         dumped = orjson.dumps(value)
         if b"null" not in dumped or not _non_finite(value):
