@@ -141,13 +141,12 @@ def wrk_script(tmp: Path, name: str, key: str) -> Path:
 
 def run_wrk(url: str, script: Path, seconds: int, concurrency: int) -> dict:
     """One wrk run; its result, with the CPU seconds wrk itself used (`cpu`)."""
-    started = time.monotonic()
     proc = subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script),
                              url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     text, err = proc.stdout.read(), proc.stderr.read()
-    if proc.returncode != 0 or "Requests/sec" not in text or time.monotonic() - started > seconds + 60:
+    if proc.returncode != 0 or "Requests/sec" not in text:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {text}\n{err}")
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors = re.search(r"Socket errors: (.*)", text)
