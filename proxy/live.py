@@ -63,6 +63,11 @@ class Live:
         if not force and await loop.run_in_executor(None, self.store.version) == self.version:
             return False
         snapshot = await loop.run_in_executor(None, self.store.load)
+        if snapshot.version < self.version:
+            # NOTE: two reads raced and this one, older, ended last (the poll's, under an admin
+            # write's forced read): swapping it in would undo the newer one for a poll's time
+            # (a customer just created unknown, a key just revoked working again).
+            return False
         try:
             self.load(snapshot)
         except ConfigError as exc:
