@@ -71,6 +71,9 @@ class _Runner(web.AppRunner):
         return server
 
 
+BACKLOG = 128  # connections waiting to be accepted (aiohttp's sites' default)
+
+
 def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """The listening sockets of `host:port` (every address it resolves to), bound now.
 
@@ -81,7 +84,7 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.soc
     sockets: list[socket.socket] = []
     try:
         for family, *_, address in dict.fromkeys(found):  # a resolver may list an address twice
-            sockets.append(socket.create_server(address, family=family, backlog=128, reuse_port=reuse_port))
+            sockets.append(socket.create_server(address, family=family, backlog=BACKLOG, reuse_port=reuse_port))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -136,7 +139,8 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
             # (runner.server makes one) any connection whose request it does not take.
             lane = Lane(app, runner.server, idle_timeout=idle_timeout, max_body=max_body)
             for sock in sockets:
-                listening.append(await asyncio.get_running_loop().create_server(lane, sock=sock))
+                # NOTE: the backlog again: create_server listens anew (asyncio's default is 100)
+                listening.append(await asyncio.get_running_loop().create_server(lane, sock=sock, backlog=BACKLOG))
             _tune_garbage_collector()
             if on_ready is not None:
                 on_ready()
