@@ -171,7 +171,7 @@ class LaneProtocol(BaseProtocol):
             if not data:
                 return
         if self.task is None:
-            self.buffer = self.buffer + data if self.buffer else data  # NOTE: a head: at most MAX_HEAD
+            self.buffer = self.buffer + data if self.buffer else data  # NOTE: grows only while a head is incomplete (MAX_HEAD)
             self._next()
             return
         self.later.append(data)
