@@ -196,8 +196,8 @@ def main(argv=None) -> int:
             paywares = {}
             for workers in (1, 2):
                 key = f"pw-cores-{name}-{workers}-{os.getpid()}-0123456789abcdef"
-                variant = Variant(counters=args.counters, limits=False, customer=f"cores-{name}-{workers}-{os.getpid()}",
-                                  key=key)
+                customer = f"cores-{name}-{workers}-{os.getpid()}"
+                variant = Variant(counters=args.counters, limits=False, customer=customer, key=key)
                 child = spawn_payware(_home(tmp, name, workers), variant, urls[name], root=ROOT,
                                       extra_args=f"--workers {workers}")
                 children.append(child)
@@ -205,7 +205,8 @@ def main(argv=None) -> int:
                 paywares[workers] = (child, key, wrk_script(tmp, name, key))
             completed = {1: 1, 2: 1}  # first_answer's request
             for workers, (child, key, script) in paywares.items():
-                completed[workers] += run_wrk(child.url + scenario.path, script, args.warmup, args.concurrency)["requests"]
+                warmup = run_wrk(child.url + scenario.path, script, args.warmup, args.concurrency)
+                completed[workers] += warmup["requests"]
             rounds = {1: [], 2: []}
             cpu = {1: [], 2: []}
             for _ in range(args.rounds):

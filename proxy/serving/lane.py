@@ -171,7 +171,8 @@ class LaneProtocol(BaseProtocol):
             if not data:
                 return
         if self.task is None:
-            self.buffer = self.buffer + data if self.buffer else data  # NOTE: grows only while a head is incomplete (MAX_HEAD)
+            # NOTE: grows only while a head is incomplete, so by MAX_HEAD at most
+            self.buffer = self.buffer + data if self.buffer else data
             self._next()
             return
         self.later.append(data)
