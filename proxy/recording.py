@@ -1,4 +1,4 @@
-"""Recording an event from a request: the recorder, then the period bookkeeping it drives."""
+"""Counting a kept event from a request: the recorder's totals, then the period bookkeeping they drive."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from config.schema import CustomerConfig
 from metering.store.events import UsageEvent, utcnow
 from metering.limits.outages import counters_down
 from proxy.appkeys import LIVE, METER, RECORDER, THRESHOLDS
-
-
-async def record_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:
-    """Journal, count and queue `event`; close a threshold period that it filled."""
-    app[RECORDER].keep(event)
-    await count_event(app, event, customer)
 
 
 async def count_event(app: web.Application, event: UsageEvent, customer: CustomerConfig) -> None:

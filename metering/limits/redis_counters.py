@@ -95,6 +95,15 @@ if #ARGV >= 3 then redis.call('EXPIRE', key, ARGV[1]) end
 return 1
 """
 
+# KEYS[1] = a (customer, period) positions hash; ARGV = metric, units (an integer string), TTL.
+# Returns the metric's units after the claim as Redis's string: a Lua number is a double, which
+# would round positions past 2**53.
+_CLAIM = """
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
 
 def split_units(value: Decimal, what: str = "value") -> tuple[int, int]:
     """`value` as (nano, atto): nano = floor(value * 10**9), atto in [0, 10**9). Exact.
@@ -201,6 +210,7 @@ class RedisCounters:
         self._prefix = prefix
         self._key_ttl = str(max(1, int(key_ttl)))
         self._write = client.register_script(_WRITE)
+        self._claim = client.register_script(_CLAIM)
 
     def key(self, customer: str, period: str) -> str:
         if "{" in customer or "}" in customer:
@@ -290,13 +300,11 @@ class RedisCounters:
         return self.key(customer, period).replace(":totals:", ":positions:", 1)
 
     async def claim(self, customer: str, period: str, metric: str, quantity: Decimal) -> Decimal:
-        """One HINCRBY: the units after this claim, less this claim, is where it started."""
+        """One script: the units after this claim, less this claim, is where it started. Claims
+        issued together go out in one round trip and take their positions in the order issued."""
         units = int(quantity * POSITION_SCALE)
-        key = self.position_key(customer, period)
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, metric, units)
-            pipe.expire(key, int(self._key_ttl))
-            after, _ = await pipe.execute()
+        after = await self._claim(keys=[self.position_key(customer, period)],
+                                  args=[metric, units, self._key_ttl])
         return Decimal(int(after) - units) / POSITION_SCALE
 
     async def set_positions(self, events: Iterable[UsageEvent], *, overwrite: bool) -> None:

@@ -397,9 +397,14 @@ class Ledger:
         with self.engine.begin() as conn:
             return conn.execute(statement.returning(table.c.period), [row]).first() is not None
 
-    def has_event(self, event_id: str) -> bool:
+    def known_events(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of `event_ids` the ledger holds (a query per 500: old SQLites bind at most 999)."""
+        ids, known = list(dict.fromkeys(event_ids)), set()
         with self.engine.connect() as conn:
-            return conn.execute(select(EventRow.id).where(EventRow.id == event_id)).first() is not None
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                known.update(conn.execute(select(EventRow.id).where(EventRow.id.in_(chunk))).scalars())
+        return known
 
     def customer_caps(self) -> dict[str, Decimal]:
         with self.engine.connect() as conn:

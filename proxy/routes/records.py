@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from aiohttp import web
@@ -25,7 +27,7 @@ from proxy.auth import Caller
 from metering.store.bounds import TEXT_COLUMNS, is_clean, is_clean_json
 from proxy.errors import Forbidden, InvalidRequest
 from proxy.jsonbody import parse_json, read_body
-from proxy.recording import record_event
+from proxy.recording import count_event
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _FIELDS = {"metric", "quantity", "unit_price", "meta", "idempotency_key", "customer", "session", "feature"}
@@ -54,8 +56,10 @@ async def post_records(request: web.Request) -> web.Response:
     plan = app[LIVE].config.plans[customer.plan]
     records = [_record(item, f"records[{i}]." if batch else "", plan) for i, item in enumerate(items)]
     priced = [_price(plan, record, f"records[{i}]." if batch else "") for i, record in enumerate(records)]
-    # NOTE: every record is checked and priced above, before the first one is kept
-    results = [await _keep(app, caller, customer, plan, record, rated) for record, rated in zip(records, priced)]
+    # NOTE: every record is checked and priced above, before the first one is kept; once keeping
+    # starts it finishes even if the client leaves (a spend applied without its event would make
+    # a replay a "duplicate" that nothing bills)
+    results = await asyncio.shield(_keep_all(app, caller, customer, plan, records, priced))
     return web.json_response({"object": "list", "data": results} if batch else results[0])
 
 
@@ -178,43 +182,89 @@ def _price(plan: PlanConfig, record: _Record, where: str) -> Rated:
     return rated
 
 
-async def _keep(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
-                record: _Record, priced: Rated) -> dict:
+async def _keep_all(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
+                    records: list[_Record], priced: list[Rated]) -> list[dict]:
+    """Keep a call's records, in order, in a few round trips however many there are.
+
+    A threshold plan's period may close on any record, and the next one then belongs to the
+    new period: its records go one at a time.
+    """
+    step = 1 if plan.interval == "threshold" else len(records)
+    views: list[dict] = []
+    for start in range(0, len(records), step):
+        views += await _keep_run(app, caller, customer, plan, records[start:start + step],
+                                 priced[start:start + step])
+    return views
+
+
+async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
+                    records: list[_Record], priced: list[Rated]) -> list[dict]:
+    """Keep `records`, all in the period open now: the ledger asked once, the spends issued
+    together, then the positions, then the counters (on Redis, a round trip each)."""
+    recorder, budget = app[RECORDER], app[GATE].budget
     now = utcnow()
-    if record.idempotency_key is not None:
-        # NOTE: a self-reporting customer's keys live apart from the merchant's: a customer who
-        # guesses the merchant's next key cannot make the merchant's record a "replay".
-        space = "" if caller.admin else "\0self"
-        digest = hashlib.sha256(f"{customer.id}{space}\0{record.idempotency_key}".encode()).hexdigest()
-        event_id = "rec_" + digest[:32]
-    else:
-        event_id = new_event_id("rec_")
     period = app[METER].period(customer, now).key
     scopes = ("customer",) + ((f"key:{caller.key_id}",) if caller.key_id in customer.key_caps else ())
-    gate = app[GATE]
+    ids = [_event_id(caller, customer, record) for record in records]
     # NOTE: the budget store's per-period "applied" set makes the first writer of an id win,
-    # atomically across proxies; the ledger check covers replays after a restart.
-    recorder = app[RECORDER]
-    if record.idempotency_key is not None and await asyncio.get_running_loop().run_in_executor(
-            None, recorder.ledger.has_event, event_id):
-        return _view(event_id, record, priced, duplicate=True)
-    first = await gate.budget.add_spent(customer=customer.id, period=period, scopes=scopes,
-                                        units=to_units(priced.amount), event_id=event_id)
-    if not first:
-        return _view(event_id, record, priced, duplicate=True)
-    if record.unit_price is None and uses_position(plan, record.metric):  # quota or tiers on this metric
-        position = await recorder.counters.claim(customer.id, period, record.metric, record.quantity)
-        priced = rate_metric(plan, record.metric, record.quantity, position, None)
-    event = UsageEvent(
+    # atomically across proxies (and within this batch: scripts issued together run in order);
+    # the ledger check covers replays after a restart.
+    keyed = [event_id for event_id, record in zip(ids, records) if record.idempotency_key is not None]
+    known = (await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.known_events, keyed)
+             if keyed else set())
+    fresh = [i for i, event_id in enumerate(ids) if event_id not in known]
+    applied, error = await _together(
+        budget.add_spent(customer=customer.id, period=period, scopes=scopes, units=to_units(priced[i].amount),
+                         event_id=ids[i]) for i in fresh)
+    first = [i for i, outcome in zip(fresh, applied) if outcome is True]
+    rated = list(priced)
+    placed = [i for i in first if records[i].unit_price is None and uses_position(plan, records[i].metric)]
+    positions, claim_error = await _together(  # quota or tiers on the metric: priced where each one lands
+        recorder.counters.claim(customer.id, period, records[i].metric, records[i].quantity) for i in placed)
+    unplaced = set()
+    for i, position in zip(placed, positions):
+        if isinstance(position, BaseException):
+            unplaced.add(i)  # NOTE: not kept, as a record whose claim fails always was; the error is raised
+        else:
+            rated[i] = rate_metric(plan, records[i].metric, records[i].quantity, position, None)
+    kept = [i for i in first if i not in unplaced]
+    events = [_event(caller, customer, plan, records[i], rated[i], ids[i], period, now) for i in kept]
+    for event in events:
+        recorder.keep(event)
+    await asyncio.gather(*(count_event(app, event, customer) for event in events))
+    if error is not None or claim_error is not None:
+        raise error or claim_error  # NOTE: after keeping every record whose spend was applied
+    kept_ids = set(kept)
+    return [_view(ids[i], records[i], rated[i], duplicate=i not in kept_ids) for i in range(len(records))]
+
+
+async def _together(calls: Iterable[Awaitable]) -> tuple[list, BaseException | None]:
+    """Every call's outcome (a value or its error), issued at once: on Redis their scripts share
+    a round trip. Also the first error, raised by the caller once what succeeded is kept."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    return outcomes, next((o for o in outcomes if isinstance(o, BaseException)), None)
+
+
+def _event_id(caller: Caller, customer: CustomerConfig, record: _Record) -> str:
+    if record.idempotency_key is None:
+        return new_event_id("rec_")
+    # NOTE: a self-reporting customer's keys live apart from the merchant's: a customer who
+    # guesses the merchant's next key cannot make the merchant's record a "replay".
+    space = "" if caller.admin else "\0self"
+    digest = hashlib.sha256(f"{customer.id}{space}\0{record.idempotency_key}".encode()).hexdigest()
+    return "rec_" + digest[:32]
+
+
+def _event(caller: Caller, customer: CustomerConfig, plan: PlanConfig, record: _Record, rated: Rated,
+           event_id: str, period: str, now: datetime) -> UsageEvent:
+    return UsageEvent(
         id=event_id, ts=now, customer=customer.id, key_id=None if caller.admin else caller.key_id,
         metric=record.metric, quantity=record.quantity, period=period, endpoint="records",
-        cost=Decimal(0), amount=priced.amount, currency=plan.currency, session=record.session,
+        cost=Decimal(0), amount=rated.amount, currency=plan.currency, session=record.session,
         feature=record.feature, meta={**record.meta, **({"idempotency_key": record.idempotency_key}
                                                          if record.idempotency_key else {})},
-        pricing=priced.pricing,
+        pricing=rated.pricing,
         usage_source={"quantity": "api", "priced_by": "record" if record.unit_price is not None else "plan"})
-    await record_event(app, event, customer)
-    return _view(event_id, record, priced, duplicate=False)
 
 
 def _view(event_id: str, record: _Record, priced: Rated, *, duplicate: bool) -> dict:
