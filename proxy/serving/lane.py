@@ -26,10 +26,11 @@ import logging
 import re
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import HttpVersion11
-from aiohttp.http_writer import StreamWriter
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_writer import StreamWriter, _serialize_headers
 from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
@@ -73,7 +74,7 @@ class LaneRequest(dict):
     """What the model routes read of a request (`web.Request`'s names), and its own storage."""
 
     __slots__ = ("app", "method", "path", "headers", "match_info", "query", "content", "version", "keep_alive",
-                 "transport", "_payload_writer", "_body")
+                 "transport", "_protocol", "_writer", "_body")
 
     def __init__(self, app: web.Application, path: str, headers: CIMultiDictProxy, match_info: _MatchInfo,
                  body: bytes | asyncio.Future, protocol: LaneProtocol):
@@ -83,9 +84,16 @@ class LaneRequest(dict):
         self.version = HttpVersion11
         self.keep_alive = True
         self.transport = protocol.transport
-        self._payload_writer = StreamWriter(protocol, protocol._loop)
+        self._protocol, self._writer = protocol, None
         self._body = body
         self.content = _Body(body if isinstance(body, asyncio.Future) else None)
+
+    @property
+    def _payload_writer(self) -> StreamWriter:
+        """aiohttp's writer, for the answers it writes (`LaneProtocol._write_whole` writes the rest)."""
+        if self._writer is None:
+            self._writer = StreamWriter(self._protocol, self._protocol._loop)
+        return self._writer
 
     async def read(self) -> bytes:
         body = self._body
@@ -93,6 +101,16 @@ class LaneRequest(dict):
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         await self.app.on_response_prepare.send(self, response)  # as aiohttp does for its requests
+
+
+def _whole(response: web.StreamResponse) -> bool:
+    """An answer `_write_whole` writes exactly as aiohttp would: a `Response` of bytes, not yet
+    started, with none of what takes aiohttp's other branches (a length of its own, chunking,
+    compression, cookies, a status without a body)."""
+    return (type(response) is web.Response and response._payload_writer is None and not response._eof_sent
+            and isinstance(response._body, bytes) and not response._chunked and not response._compression
+            and not response._cookies and hdrs.CONTENT_LENGTH not in response._headers
+            and 200 <= response._status and response._status not in (204, 304))
 
 
 class Lane:
@@ -272,8 +290,11 @@ class LaneProtocol(BaseProtocol):
         keep = False
         try:
             response = await edge_middleware(request, handler)
-            await response.prepare(request)  # as aiohttp's own handler finishes a response
-            await response.write_eof()
+            if _whole(response):
+                await self._write_whole(request, response)
+            else:
+                await response.prepare(request)  # as aiohttp's own handler finishes a response
+                await response.write_eof()
             keep = response.keep_alive is not False and self.body_waiter is None
         except asyncio.CancelledError:
             pass  # the client left (or shutdown): nothing more to send
@@ -288,6 +309,37 @@ class LaneProtocol(BaseProtocol):
             return
         self.transport.resume_reading()
         self._next()
+
+    async def _write_whole(self, request: LaneRequest, response: web.Response) -> None:
+        """Write an answer whose body is all here, as aiohttp's `Response.prepare` and `write_eof`
+        would (the same headers in the same order, the same signal, one write), without building
+        its writer: ~5 % of a call's CPU (bench/ab.py). `_whole` says which answers qualify."""
+        headers = response._headers
+        headers[hdrs.CONTENT_LENGTH] = str(len(response._body))
+        if response._body:
+            headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = rfc822_formatted_time()
+        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+        keep_alive = response._keep_alive
+        if keep_alive is None:
+            keep_alive = response._keep_alive = request.keep_alive
+        if not keep_alive and hdrs.CONNECTION not in headers:
+            headers[hdrs.CONNECTION] = "close"
+        response._req = request
+        await request._prepare_hook(response)
+        response._eof_sent = True  # NOTE: before the write, as aiohttp's: a later prepare() is a no-op
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        head = _serialize_headers(f"HTTP/1.1 {response._status} {response._reason}", headers)
+        body = response._body
+        if len(body) < 16384:  # as aiohttp's writer: one copy is cheaper than a vectored write
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+        if self._paused:  # as aiohttp's write_eof: the next answer waits until the client reads
+            await self._drain_helper()
 
     # ---- keep-alive
 
