@@ -111,6 +111,8 @@ class Recorder:
         self._queued += 1
         if len(self._queue) >= self.flush_batch:
             self._wake.set()
+        elif len(self._queue) == 1 and self._task is not None:  # NOTE: the flusher sleeps while nothing is
+            self._task.get_loop().call_later(self.flush_interval, self._wake.set)  # queued: wake it in time
         owned = owned_by(event)
         if owned is not None:
             self._owning.setdefault(owned.id, owned)  # NOTE: the first owner stands, as in the ledger
@@ -178,7 +180,9 @@ class Recorder:
         backoff = self.flush_interval
         while not self._closing:
             try:
-                async with asyncio.timeout(backoff):
+                # NOTE: nothing queued, no retry due: no timer (an idle proxy wakes for nothing);
+                # `keep` wakes it a flush interval after a batch's first event
+                async with asyncio.timeout(backoff if self._queue else None):
                     await self._wake.wait()
             except asyncio.TimeoutError:
                 pass
