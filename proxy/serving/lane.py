@@ -6,10 +6,13 @@ CPU (bench/ab.py). Each connection starts here. A request this lane can read wit
 goes to the same route handler through the same middleware (`edge_middleware`), and its answer
 is written by aiohttp's own response objects and writer, so the bytes on the wire are the ones
 aiohttp would send. Anything else hands the connection, with every byte read so far, to
-aiohttp's request handler for the rest of its life: another route, another method, a query
-string, HTTP/1.0, a chunked or compressed body, `Expect`, a head over 8 KiB or with anything
-but plain ASCII tokens and values, a second Content-Length, a body over the size limit... so
-malformed or unusual HTTP is always aiohttp's to refuse, in our envelope (`server.py`).
+aiohttp's request handler for the rest of its life: another route, another method, a path or
+query that decoding could change (a '%', a '+', a dot segment: Gemini's routes carry the model
+in the path and `alt=sse` or the key in the query, and the lane takes them only in the plain
+characters that read the same either way), HTTP/1.0, a chunked or compressed body, `Expect`, a
+head over 8 KiB or with anything but plain ASCII tokens and values, a second Content-Length, a
+body over the size limit... so malformed or unusual HTTP is always aiohttp's to refuse, in our
+envelope (`server.py`).
 
 What aiohttp's server does for a request, this lane does too: keep-alive with the idle timeout
 (which is also the header timeout), requests pipelined on one connection answered in order,
@@ -40,8 +43,14 @@ log = logging.getLogger("payware.http")
 
 MAX_HEAD = 8190  # bytes of request line and headers (aiohttp's limit for a line); more: aiohttp's
 MAX_HEADERS = 100
-# The model routes this lane serves: exact paths, POST only (the others are aiohttp's).
+# The model routes this lane serves, POST only (the others are aiohttp's): exact paths, and
+# Gemini's, whose last segment names the model and the method.
 LANE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
+LANE_TARGETS = ("/v1beta/models/{target}", "/v1/models/{target}")
+# A target and a query the lane reads as yarl would: characters that no decoding changes (no
+# '%', '+' or ';'), a target that is never a dot segment ('model:method'). Anything else: aiohttp's.
+_TARGET = re.compile(rb"[A-Za-z0-9._-]+:[A-Za-z0-9._-]+")
+_QUERY = re.compile(rb"[A-Za-z0-9._~-]+=[A-Za-z0-9._~-]*(?:&[A-Za-z0-9._~-]+=[A-Za-z0-9._~-]*)*")
 # RFC 9110: a header name is a token; a value is visible ASCII, spaces and tabs (no obs-text here).
 _HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*")
 _NO_QUERY = MultiDictProxy(MultiDict())
@@ -60,12 +69,14 @@ class _Body:
         return self.waiter is None or self.waiter.done()
 
 
-class _MatchInfo:
-    """`request.match_info` of a lane route: what the middleware and /metrics read of it."""
+class _MatchInfo(dict):
+    """`request.match_info` of a lane route: its variables (Gemini's `target`), and what the
+    middleware and /metrics read of it."""
 
     __slots__ = ("route", "http_exception")
 
-    def __init__(self, route: web.AbstractRoute):
+    def __init__(self, route: web.AbstractRoute, variables: dict[str, str] | None = None):
+        super().__init__(variables or ())
         self.route = route
         self.http_exception = None
 
@@ -77,10 +88,10 @@ class LaneRequest(dict):
                  "transport", "_protocol", "_writer", "_body")
 
     def __init__(self, app: web.Application, path: str, headers: CIMultiDictProxy, match_info: _MatchInfo,
-                 body: bytes | asyncio.Future, protocol: LaneProtocol):
+                 body: bytes | asyncio.Future, protocol: LaneProtocol, query: MultiDictProxy = _NO_QUERY):
         super().__init__()
         self.app, self.method, self.path, self.headers, self.match_info = app, "POST", path, headers, match_info
-        self.query = _NO_QUERY
+        self.query = query
         self.version = HttpVersion11
         self.keep_alive = True
         self.transport = protocol.transport
@@ -103,6 +114,11 @@ class LaneRequest(dict):
         await self.app.on_response_prepare.send(self, response)  # as aiohttp does for its requests
 
 
+def _query(query: bytes) -> MultiDictProxy:
+    """`name=value&...` of `_QUERY`'s characters, in order, repeated names kept (as yarl reads it)."""
+    return MultiDictProxy(MultiDict(pair.decode().split("=", 1) for pair in query.split(b"&")))
+
+
 def _whole(response: web.StreamResponse) -> bool:
     """An answer `_write_whole` writes exactly as aiohttp would: a `Response` of bytes, not yet
     started, with none of what takes aiohttp's other branches (a length of its own, chunking,
@@ -120,15 +136,34 @@ class Lane:
                  max_body: int):
         self.app, self.handover, self.idle_timeout, self.max_body = app, handover, idle_timeout, max_body
         self.routes: dict[bytes, tuple[Callable, _MatchInfo]] = {}
+        self.targets: list[tuple[bytes, Callable, web.AbstractRoute]] = []  # (path up to the target, ...)
         for resource in app.router.resources():
-            if resource.canonical in LANE_PATHS:
-                for route in resource:
-                    if route.method == "POST":
-                        self.routes[resource.canonical.encode()] = (route.handler, _MatchInfo(route))
+            for route in resource:
+                if route.method != "POST":
+                    continue
+                if resource.canonical in LANE_PATHS:
+                    self.routes[resource.canonical.encode()] = (route.handler, _MatchInfo(route))
+                elif resource.canonical in LANE_TARGETS:
+                    self.targets.append((resource.canonical.removesuffix("{target}").encode(), route.handler, route))
         self.connections: set[LaneProtocol] = set()
 
     def __call__(self) -> LaneProtocol:
         return LaneProtocol(self)
+
+    def route(self, target: bytes) -> tuple[str, Callable, _MatchInfo, MultiDictProxy] | None:
+        """The path, handler, match info and query of a request-target the lane serves, each as
+        aiohttp would read it; None for the others."""
+        found = self.routes.get(target)
+        if found is not None:
+            return target.decode(), *found, _NO_QUERY
+        path, mark, query = target.partition(b"?")
+        if mark and not _QUERY.fullmatch(query):
+            return None
+        for prefix, handler, route in self.targets:
+            if path.startswith(prefix) and _TARGET.fullmatch(path, len(prefix)):
+                variables = {"target": path[len(prefix):].decode()}
+                return path.decode(), handler, _MatchInfo(route, variables), _query(query) if mark else _NO_QUERY
+        return None
 
     async def shutdown(self, timeout: float) -> None:
         """Close idle connections; let requests in flight finish for `timeout` s, then cancel them."""
@@ -227,8 +262,7 @@ class LaneProtocol(BaseProtocol):
         if parsed is None:
             self._hand_over()
             return
-        path, headers, length = parsed
-        handler, match_info = self.lane.routes[path]
+        path, handler, match_info, query, headers, length = parsed
         start = end + 4
         body: bytes | asyncio.Future
         if len(buffer) - start >= length:
@@ -238,16 +272,19 @@ class LaneProtocol(BaseProtocol):
             self.body_left = length - (len(buffer) - start)
             body = self.body_waiter = self._loop.create_future()
         self._stop_idle()
-        request = LaneRequest(self.lane.app, path.decode(), headers, match_info, body, self)
+        request = LaneRequest(self.lane.app, path, headers, match_info, body, self, query)
         self.task = self._loop.create_task(self._serve(request, handler))
 
-    def _parse(self, buffer: bytes, end: int) -> tuple[bytes, CIMultiDictProxy, int] | None:
-        """The lane's route, headers and body length of a request it reads with certainty; None
-        for anything else (aiohttp's then)."""
+    def _parse(self, buffer: bytes, end: int) -> tuple | None:
+        """The lane's route (path, handler, match info, query), headers and body length of a
+        request it reads with certainty; None for anything else (aiohttp's then)."""
         line_end = buffer.find(b"\r\n", 0, end + 2)
         method, _, rest = buffer[:line_end].partition(b" ")
-        path, _, version = rest.partition(b" ")
-        if method != b"POST" or version != b"HTTP/1.1" or path not in self.lane.routes:
+        target, _, version = rest.partition(b" ")
+        if method != b"POST" or version != b"HTTP/1.1":
+            return None
+        route = self.lane.route(target)
+        if route is None:
             return None
         lines = buffer[line_end + 2:end].split(b"\r\n") if end > line_end else []
         if len(lines) > MAX_HEADERS:
@@ -269,7 +306,7 @@ class LaneProtocol(BaseProtocol):
             headers.add(name, value)
         if length is None or length > self.lane.max_body:
             return None  # no length (a POST must say it here) or too large: aiohttp's 413
-        return path, CIMultiDictProxy(headers), length
+        return *route, CIMultiDictProxy(headers), length
 
     def _hand_over(self) -> None:
         """aiohttp's request handler takes this connection, and every byte read so far."""

@@ -97,6 +97,32 @@ def test_a_connection_that_starts_elsewhere_is_aiohttps_and_still_serves_model_c
     sock.close()
 
 
+def test_gemini_calls_with_their_query_are_served_pipelined_and_billed(proxy_factory):
+    """The model in the path, `alt=sse` and the Payware key in the query; the last request, its
+    colon percent-encoded, is aiohttp's (the lane hands the connection over at its start)."""
+    proxy = proxy_factory(extra_models='  gemini-fake-ok: {provider: fake-gemini, cost: {input: "1", output: "2"}}\n')
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+
+    def gemini(target: str) -> bytes:
+        return (f"POST /v1beta/models/{target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    sock, reader = connect(proxy)
+    key = KEYS["acme"]
+    sock.sendall(gemini(f"gemini-fake-ok:generateContent?key={key}")
+                 + gemini(f"gemini-fake-ok:streamGenerateContent?alt=sse&key={key}")
+                 + gemini(f"gemini-fake-ok%3AgenerateContent?key={key}"))
+    answers = [read_response(reader) for _ in range(3)]
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert answers[1][1]["content-type"].startswith("text/event-stream") and answers[1][2].startswith(b"data: ")
+    assert json.loads(answers[0][2])["usageMetadata"] == json.loads(answers[2][2])["usageMetadata"]
+    ids = {headers["x-payware-request-id"] for _, headers, _ in answers}
+    billed = {event["id"]: event for event in events(proxy)}
+    assert set(billed) == ids and {event["model"] for event in billed.values()} == {"gemini-fake-ok"}
+    assert [billed[headers["x-payware-request-id"]]["stream"] for _, headers, _ in answers] == [False, True, False]
+    sock.close()
+
+
 def test_a_chunked_body_is_read_by_aiohttp_and_billed(proxy):
     sock, reader = connect(proxy)
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
