@@ -1,8 +1,8 @@
 """`/metrics` for Prometheus: what this proxy served, refused and still owes the ledger.
 
 Counted where each request ends: the access-log middleware hands every finished request to
-`Metrics.observe` (one call: dict increments, two histogram observations; ~3 µs for a
-served call, against the ~650-1300 µs of CPU Payware spends on it). The relay leaves on the request what only it knows: the provider and when it was
+`Metrics.observe` (one call: dict increments and two histogram observations, all plain
+Python numbers turned into samples at scrape time). The relay leaves on the request what only it knows: the provider and when it was
 asked (`UPSTREAM`), when the answer was complete (`UPSTREAM_DONE`) and the event it recorded
 (`EVENT`). What is a state rather than an event (journal backlog, flush lag, the counter
 store's health) is read at scrape time by a collector, so the hot path never touches it.
@@ -26,13 +26,15 @@ import logging
 import os
 import socket
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from config.loader import ConfigError
 from config.schema import Config
@@ -76,22 +78,61 @@ COUNTERS = {
 }
 
 
+class Buckets:
+    """One labelled histogram's observations: a count per bucket (the last one: above every
+    bound) and their sum, shown as Prometheus' cumulative buckets at scrape time."""
+
+    __slots__ = ("counts", "sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+
+class Histogram:
+    """A latency histogram with one label: prometheus_client's takes a lock and validates on
+    every observation; here it is a bisect and two additions (the event loop is the only writer)."""
+
+    def __init__(self, name: str, help_text: str, label: str, bounds: tuple[float, ...]):
+        self.name, self.help_text, self.label, self.bounds = name, help_text, label, bounds
+        self.children: dict[str, Buckets] = {}
+
+    def observe(self, label: str, value: float) -> None:
+        child = self.children.get(label)
+        if child is None:
+            child = self.children[label] = Buckets(self.bounds)
+        child.counts[bisect_left(self.bounds, value)] += 1  # NOTE: bucket i holds bounds[i-1] < v <= bounds[i]
+        child.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.help_text, labels=[self.label])
+        for label, child in sorted(self.children.items()):
+            running, buckets = 0, []
+            for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), child.counts):
+                running += count
+                buckets.append((bound, running))
+            family.add_metric([label], buckets, child.sum)
+        for label, child in sorted(self.children.items()):  # as prometheus_client's own histograms
+            family.add_sample(self.name + "_created", {self.label: label}, child.created)
+        return family
+
+
 class Metrics:
     """One app's registry: counts kept on the request path, state read at scrape time.
 
-    Counters are plain dicts of ints (a dict increment, no lock: everything here runs on the
-    app's event loop, scrapes included) turned into samples by the collector; the two
-    latency histograms are prometheus_client's own, with their labelled children cached.
+    Counters are plain dicts of ints and the latency histograms plain lists (an increment, no
+    lock: everything here runs on the app's event loop, scrapes included), turned into samples
+    by the collector.
     """
 
     def __init__(self, app: web.Application):
         self.registry = CollectorRegistry()  # this app's own: prometheus_client's global one is never used
         self.proxy_added = Histogram("payware_proxy_added_seconds", "Latency Payware added to a call that went "
-                                     "to a provider: its total time minus the provider's.", ["route"],
-                                     buckets=PROXY_BUCKETS, registry=self.registry)
+                                     "to a provider: its total time minus the provider's.", "route",
+                                     PROXY_BUCKETS)
         self.upstream = Histogram("payware_upstream_seconds", "From asking the provider to its answer's last "
-                                  "byte (a stream's, as it was relayed).", ["provider"],
-                                  buckets=UPSTREAM_BUCKETS, registry=self.registry)
+                                  "byte (a stream's, as it was relayed).", "provider", UPSTREAM_BUCKETS)
         self.counts: dict[str, dict[tuple, int]] = {name: {} for name in COUNTERS}
         for reason in REFUSALS:  # present at 0, so an alert on increase() sees the first one
             self.counts["refusals"][(reason,)] = 0
@@ -101,7 +142,6 @@ class Metrics:
         # amounts live in the ledger; a float here is an approximation for dashboards.
         self.amounts: dict[tuple[str, str], Decimal] = {}
         self.credits: dict[tuple[str, str], Decimal] = {}
-        self._children: dict[tuple, object] = {}
         self._failed = False
         self.registry.register(_StateCollector(self, app))
 
@@ -125,8 +165,8 @@ class Metrics:
             done = request.get(UPSTREAM_DONE)
             # Until metering started; else (a failure, nothing billed) until the end.
             provider_s = (done if done is not None else time.perf_counter()) - asked
-            self._child(self.upstream, provider).observe(provider_s)
-            self._child(self.proxy_added, route).observe(max(seconds - provider_s, 0.0))
+            self.upstream.observe(provider, provider_s)
+            self.proxy_added.observe(route, max(seconds - provider_s, 0.0))
         event: UsageEvent | None = request.get(EVENT)
         if event is not None:
             self._count_event(event)
@@ -158,14 +198,6 @@ class Metrics:
             if gate is not None and gate.store_down:  # refused because the counter store did not answer
                 _add(self.counts["store_errors"], ("admission",))
 
-    def _child(self, metric: Histogram, label: str):
-        """`metric.labels(label)`, cached: labels() validates and locks on every call."""
-        key = (metric, label)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(label)
-        return child
-
     def exposition(self) -> web.Response:
         """The registry in Prometheus' text format."""
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -195,6 +227,8 @@ class _StateCollector:
     def collect(self) -> Iterator:
         metrics, app = self._metrics, self._app
         recorder, gate = app.get(RECORDER), app.get(GATE)
+        yield metrics.proxy_added.family()
+        yield metrics.upstream.family()
         counts = {name: dict(values) for name, values in metrics.counts.items()}
         counts["store_errors"][("record",)] = recorder.counter_errors if recorder is not None else 0
         for key, (name, help_text, labels) in COUNTERS.items():
