@@ -253,10 +253,9 @@ async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
             for frame in framer.feed(chunk[passed:] if passed else chunk):
                 data = watcher.process(frame)
                 if watcher.terminal and not recorded:
-                    if out:
-                        await response.write(bytes(out))
-                        out.clear()
-                    await finish("ok")  # NOTE: the event is journaled before the terminal frame is sent
+                    # NOTE: the event is journaled before the terminal frame is sent; what came
+                    # before the frame in this read goes with it, one write (often the stream's last)
+                    await finish("ok")
                 out += data
             if content.at_eof():  # the loop ends without waiting for the provider
                 last = bytes(out)
