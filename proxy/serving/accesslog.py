@@ -20,7 +20,7 @@ import asyncio
 import atexit
 import logging
 import time
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from aiohttp import web
 
@@ -73,9 +73,32 @@ async def edge_middleware(request: web.Request, handler) -> web.StreamResponse:
             observer(request, status, time.perf_counter() - started)
         lines = _lines
         if lines.enabled():
-            lines.add({"request_id": request["request_id"], "method": request.method, "path": request.path,
-                       "status": status, **request.get(NOTES, {}), "error": request.get("payware.error"),
-                       "latency_ms": round((time.perf_counter() - started) * 1000, 1)})
+            lines.add(_Line(request["request_id"], request.method, request.path, status, request.get(NOTES),
+                            request.get("payware.error"), round((time.perf_counter() - started) * 1000, 1)))
+
+
+class _Line(NamedTuple):
+    """One request's access line, in parts: the text format is written from them directly."""
+
+    request_id: str
+    method: str
+    path: str
+    status: int
+    notes: dict | None
+    error: str | None
+    latency_ms: float
+
+    def fields(self) -> dict:
+        return {"request_id": self.request_id, "method": self.method, "path": self.path, "status": self.status,
+                **(self.notes or {}), "error": self.error, "latency_ms": self.latency_ms}
+
+    def text(self) -> str:
+        """`req_… POST /v1/chat/completions 200 customer=acme …` (the text format's message)."""
+        rest = [f"{k}={v}" for k, v in self.notes.items() if v is not None] if self.notes else []
+        if self.error is not None:
+            rest.append(f"error={self.error}")
+        rest.append(f"latency_ms={self.latency_ms}")
+        return f"{self.request_id} {self.method} {self.path} {self.status} {' '.join(rest)}"
 
 
 class _ThroughLogging:
@@ -84,11 +107,11 @@ class _ThroughLogging:
     def enabled(self) -> bool:
         return log.isEnabledFor(logging.INFO)
 
-    def add(self, fields: dict) -> None:
+    def add(self, line: _Line) -> None:
         # NOTE: makeRecord + handle, not log.info: the line's source location is always this
         # one, and finding it again walks the stack on every request
-        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _text(fields), (), None,
-                                  extra={"fields": fields}))
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line.text(), (), None,
+                                  extra={"fields": line.fields()}))
 
 
 class _Direct:
@@ -103,7 +126,7 @@ class _Direct:
     def enabled(self) -> bool:
         return self.on
 
-    def add(self, fields: dict) -> None:
+    def add(self, line: _Line) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # the stamp's text changes once a second
@@ -112,12 +135,12 @@ class _Direct:
                            else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
         millis = int((now - second) * 1000)
         if self.json_format:
-            line = json_line(f"{self._stamp}.{millis:03d}Z", "info", log.name, fields)
+            text = json_line(f"{self._stamp}.{millis:03d}Z", "info", log.name, line.fields())
         else:  # as RedactingFormatter's "%(asctime)s %(levelname)s %(name)s %(message)s"
-            line = f"{self._stamp},{millis:03d} INFO {log.name} {_text(fields)}"
+            text = f"{self._stamp},{millis:03d} INFO {log.name} {line.text()}"
         if not self.pending:
             asyncio.get_running_loop().call_soon(self.flush)
-        self.pending.append(line + "\n")
+        self.pending.append(text + "\n")
 
     def flush(self) -> None:
         if not self.pending:
@@ -139,11 +162,3 @@ def write_directly(stream: TextIO, *, json_format: bool) -> None:
     up logging: the `payware.access` logger's level at this moment decides whether they are on)."""
     global _lines
     _lines = _Direct(stream, json_format, log.isEnabledFor(logging.INFO))
-
-
-def _text(fields: dict) -> str:
-    """`req_… POST /v1/chat/completions 200 customer=acme …` (the text format's message)."""
-    head = f"{fields['request_id']} {fields['method']} {fields['path']} {fields['status']}"
-    rest = " ".join(f"{k}={v}" for k, v in fields.items()
-                    if k not in ("request_id", "method", "path", "status") and v is not None)
-    return f"{head} {rest}"

@@ -10,8 +10,8 @@ import re
 
 from proxy.serving import accesslog
 
-FIELDS = {"request_id": "req_" + "ab" * 16, "method": "POST", "path": "/v1/chat/completions", "status": 200,
-          "customer": "acme", "model": None, "amount": "0.01", "latency_ms": 1.5}
+LINE = accesslog._Line(request_id="req_" + "ab" * 16, method="POST", path="/v1/chat/completions", status=200,
+                       notes={"customer": "acme", "model": None, "amount": "0.01"}, error=None, latency_ms=1.5)
 
 
 class CountingStream(io.StringIO):
@@ -30,7 +30,7 @@ def test_the_lines_of_one_loop_turn_go_out_in_one_write():
 
     async def turn():
         for n in range(3):
-            lines.add({**FIELDS, "status": 200 + n})
+            lines.add(LINE._replace(status=200 + n))
         assert stream.writes == 0  # not yet: at the end of this turn
         await asyncio.sleep(0)
         await asyncio.sleep(0)
@@ -50,13 +50,22 @@ def test_json_lines_hold_time_level_logger_and_every_field():
     lines = accesslog._Direct(stream, json_format=True, on=True)
 
     async def turn():
-        lines.add(FIELDS)
+        lines.add(LINE)
 
     asyncio.run(turn())
     lines.flush()
     entry = json.loads(stream.getvalue())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry.pop("ts"))
-    assert entry == {"level": "info", "logger": "payware.access", **FIELDS}
+    assert entry == {"level": "info", "logger": "payware.access", "request_id": "req_" + "ab" * 16,
+                     "method": "POST", "path": "/v1/chat/completions", "status": 200, "customer": "acme",
+                     "model": None, "amount": "0.01", "error": None, "latency_ms": 1.5}
+
+
+def test_a_line_names_its_error_after_the_notes_and_before_the_latency():
+    line = LINE._replace(status=429, notes={"customer": "acme", "key_id": None}, error="rate_limit_exceeded")
+    assert line.text() == ("req_" + "ab" * 16 + " POST /v1/chat/completions 429 customer=acme "
+                           "error=rate_limit_exceeded latency_ms=1.5")
+    assert LINE._replace(notes=None).text().endswith(" 200 latency_ms=1.5")
 
 
 def test_a_broken_stream_fails_no_request():
@@ -67,7 +76,7 @@ def test_a_broken_stream_fails_no_request():
     lines = accesslog._Direct(Broken(), json_format=False, on=True)
 
     async def turn():
-        lines.add(FIELDS)
+        lines.add(LINE)
         await asyncio.sleep(0)
 
     asyncio.run(turn())  # the flush ran and swallowed the error
