@@ -57,12 +57,13 @@ class BatchingRedis(aioredis.Redis):
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
         return await self.issue(sha, numkeys, *keys_and_args)
 
-    def issue(self, sha: str, numkeys: int, *keys_and_args: Any) -> asyncio.Future:
+    def issue(self, sha: str, numkeys: int, *keys_and_args: Any, command: str = "EVALSHA") -> asyncio.Future:
         """`evalsha` without a coroutine: the script goes out with this turn's batch; await the
-        answer. How one coroutine sends several scripts in one round trip without a task each."""
+        answer. How one coroutine sends several scripts in one round trip without a task each.
+        (`command="EVAL"` with the script's text for `sha`: the script itself.)"""
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
-        self._waiting.append((answer, ("EVALSHA", sha, numkeys, *keys_and_args)))
+        self._waiting.append((answer, (command, sha, numkeys, *keys_and_args)))
         if len(self._waiting) == 1:
             loop.call_soon(loop.call_soon, self._send)  # NOTE: two turns, see `_send`
         return answer
@@ -158,9 +159,11 @@ class _Script:
         args = tuple(args) if args else ()
         try:
             return await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted or flushed Redis: load it, run it once
-            self.sha = await self.client.script_load(self.script)
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or flushed Redis: the script itself, which Redis then keeps
+            # NOTE: issued at once, not after a SCRIPT LOAD's round trip: the NOSCRIPTs of scripts
+            # issued together come back in their order, and so go their retries (a batch's quota
+            # positions are claimed in the order of its records)
+            return await self.client.issue(self.script, len(keys), *keys, *args, command="EVAL")
 
     def soon(self, keys=(), args=()) -> asyncio.Future:
         """The script issued now (`BatchingRedis.issue`), its answer awaited later. NOSCRIPT is

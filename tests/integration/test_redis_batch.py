@@ -53,6 +53,23 @@ async def test_a_flushed_script_cache_costs_a_reload_not_an_answer(client: Batch
     assert answers == [[b"k", b"1"], 3]  # each reloaded and ran once: 1 + 2, not counted twice
 
 
+async def test_scripts_issued_together_keep_their_order_when_redis_lost_them(client: BatchingRedis, prefix: str):
+    """A NOSCRIPT is answered by the script itself (EVAL), issued at once: scripts issued
+    together run in the order issued even then (a batch's quota positions depend on it), and
+    Redis keeps the script for the next EVALSHA."""
+    push = client.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+    await push(keys=[f"{prefix}:warm"], args=["x"])
+    for attempt in range(5):  # the retries' order once depended on which SCRIPT LOAD came back first
+        await client.script_flush()
+        key = f"{prefix}:order{attempt}"
+        answers = await asyncio.gather(*(push(keys=[key], args=[str(i)]) for i in range(20)))
+        assert answers == list(range(1, 21))
+        assert await client.lrange(key, 0, -1) == [str(i).encode() for i in range(20)]
+    before = client.round_trips
+    assert await push(keys=[f"{prefix}:after"], args=["y"]) == 1
+    assert client.round_trips == before + 1  # kept by Redis: no NOSCRIPT this time
+
+
 async def test_a_connection_error_is_every_scripts_answer(redis_url: str):
     pool = aioredis.BlockingConnectionPool.from_url("redis://127.0.0.1:1/0", max_connections=4, timeout=1,
                                                     socket_connect_timeout=1)
