@@ -4,15 +4,16 @@ A model call is the proxy's hot path, and aiohttp's server layers (its request h
 request object, the application's routing and middleware chain) cost ~15 % of a capped call's
 CPU (bench/ab.py). Each connection starts here. A request this lane can read with certainty
 goes to the same route handler through the same middleware (`edge_middleware`), and its answer
-is written by aiohttp's own response objects and writer, so the bytes on the wire are the ones
-aiohttp would send. Anything else hands the connection, with every byte read so far, to
-aiohttp's request handler for the rest of its life: another route, another method, a path or
-query that decoding could change (a '%', a '+', a dot segment: Gemini's routes carry the model
-in the path and `alt=sse` or the key in the query, and the lane takes them only in the plain
-characters that read the same either way), HTTP/1.0, a chunked or compressed body, `Expect`, a
-head over 8 KiB or with anything but plain ASCII tokens and values, a second Content-Length, a
-body over the size limit... so malformed or unusual HTTP is always aiohttp's to refuse, in our
-envelope (`server.py`).
+is written by aiohttp's own response objects and writer (a stream), or by the lane exactly as
+those would write it (a whole answer): the bytes on the wire are the ones aiohttp would send.
+Anything else hands the connection, with every byte read so far, to aiohttp's request handler
+for the rest of its life: another route, another method, a path or query that decoding could
+change (a '%', a '+', a dot segment: Gemini's routes carry the model in the path and `alt=sse`
+or the key in the query, and the lane takes them only in the plain characters that read the
+same either way), HTTP/1.0, a chunked or compressed body, `Expect`, a head over 8 KiB or with
+anything but plain ASCII tokens and values, a second Content-Length, a body over the size
+limit... so malformed or unusual HTTP is always aiohttp's to refuse, in our envelope
+(`server.py`).
 
 What aiohttp's server does for a request, this lane does too: keep-alive with the idle timeout
 (which is also the header timeout), requests pipelined on one connection answered in order,
@@ -365,7 +366,6 @@ class LaneProtocol(BaseProtocol):
             headers[hdrs.CONNECTION] = "close"
         response._req = request
         await request._prepare_hook(response)
-        response._eof_sent = True  # NOTE: before the write, as aiohttp's: a later prepare() is a no-op
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
@@ -375,6 +375,7 @@ class LaneProtocol(BaseProtocol):
             transport.write(head + body)
         else:
             transport.writelines((head, body))
+        response._eof_sent = True  # as aiohttp's write_eof: a later prepare() is a no-op
         if self._paused:  # as aiohttp's write_eof: the next answer waits until the client reads
             await self._drain_helper()
 

@@ -230,7 +230,8 @@ async def test_a_batch_of_1000_records_on_redis_is_a_few_round_trips(proxy_facto
 
 
 async def test_a_threshold_plan_batch_moves_to_the_next_period_on_the_record_that_fills_it(proxy_factory):
-    plans = '  payg: {interval: threshold, threshold: "0.01", price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n'
+    plans = ('  payg: {interval: threshold, threshold: "0.01", '
+             'price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n')
     proxy = proxy_factory(plans=plans)
     batch = {"records": [{"metric": "agent_actions", "quantity": 3} for _ in range(3)]}  # 0.006 each
     async with aiohttp.ClientSession() as session:
