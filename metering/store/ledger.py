@@ -217,7 +217,10 @@ class Ledger:
     def __init__(self, url: str):
         self.url = normalize_url(url)
         self._insert_sqls: dict[tuple[str, int], str] = {}
-        self.engine: Engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json_dumps)
+        # NOTE: a server's connections can drop (pre-ping them); a SQLite file's cannot, and a
+        # ping is one more statement for every ledger batch and directory poll
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"),
+                                            json_serializer=_json_dumps)
         if self.engine.dialect.name == "sqlite":
             sa_event.listen(self.engine, "connect", _sqlite_pragmas)
         migrate(self.engine)
