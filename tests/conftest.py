@@ -231,6 +231,18 @@ def redis_url() -> str:
     return _service_url("REDIS")
 
 
+@pytest.fixture(params=["memory", "redis"])
+def counters_storage(request) -> str:
+    """The storage lines of a proxy on memory counters, or on database 5 of the test Redis (emptied)."""
+    if request.param == "memory":
+        return ""
+    import redis
+
+    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/5"
+    redis.Redis.from_url(url).flushdb()
+    return f"  counters: {url}"
+
+
 @pytest.fixture
 def postgres_url() -> str:
     return _service_url("POSTGRES")

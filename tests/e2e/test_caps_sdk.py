@@ -250,22 +250,10 @@ def _cap_just_above_spent(proxy) -> str:
     return str((spent + Decimal("0.000005")).quantize(Decimal("1e-9"), rounding="ROUND_DOWN"))
 
 
-@pytest.fixture(params=["memory", "redis"])
-def counters(request) -> str:
-    """The storage lines of a proxy on memory counters, or on a Redis of its own (emptied)."""
-    if request.param == "memory":
-        return ""
-    import redis
-
-    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/5"
-    redis.Redis.from_url(url).flushdb()
-    return f"  counters: {url}"
-
-
-def test_a_call_in_flight_when_the_customer_sets_a_first_cap_counts_against_it(proxy_factory, counters):
+def test_a_call_in_flight_when_the_customer_sets_a_first_cap_counts_against_it(proxy_factory, counters_storage):
     # No cap: the slow call is admitted without a reservation. (The TPM limit only makes the proxy
     # load its tokenizer at start-up, so the refused call's worst case is the exact ~$0.0000092.)
-    proxy = proxy_factory(storage=counters, customers=customers_without_cap(", rate_limit: {tpm: 1000000}"))
+    proxy = proxy_factory(storage=counters_storage, customers=customers_without_cap(", rate_limit: {tpm: 1000000}"))
     stream = sdk(proxy).chat.completions.create(model="fake-slow", messages=MESSAGES, stream=True)
     next(iter(stream))  # the call is in flight
     assert http(proxy, "PUT", "/v1/billing/cap", {"amount": "1.00"})[0] == 200
@@ -278,8 +266,8 @@ def test_a_call_in_flight_when_the_customer_sets_a_first_cap_counts_against_it(p
     assert info.value.body["code"] == "spend_cap_reached"
 
 
-def test_a_cap_a_reload_gives_back_counts_the_calls_made_while_it_was_away(proxy_factory, counters):
-    proxy = proxy_factory(customers=customers('amount: "1.00", action: block'), storage=counters)
+def test_a_cap_a_reload_gives_back_counts_the_calls_made_while_it_was_away(proxy_factory, counters_storage):
+    proxy = proxy_factory(customers=customers('amount: "1.00", action: block'), storage=counters_storage)
     for _ in range(2):
         sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=10)
     capped_config = proxy.config_path.read_text()

@@ -170,20 +170,8 @@ async def test_record_fields_the_ledger_cannot_hold_are_refused_by_name(proxy, f
 QUOTA = '  payg: {interval: monthly, included: {acts: 10}, price: {markup: "1.25", metrics: {acts: "0.002"}}}\n'
 
 
-@pytest.fixture(params=["memory", "redis"])
-def counters(request) -> str:
-    """The proxy's counters: in-process, or database 2 of the test Redis, emptied."""
-    if request.param == "memory":
-        return ""
-    import redis
-
-    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/2"
-    redis.Redis.from_url(url).flushdb()
-    return f"  counters: {url}"
-
-
-async def test_a_batch_takes_quota_positions_in_order_and_an_id_twice_is_kept_once(proxy_factory, counters):
-    proxy = proxy_factory(plans=QUOTA, storage=counters)
+async def test_a_batch_takes_quota_positions_in_order_and_an_id_twice_is_kept_once(proxy_factory, counters_storage):
+    proxy = proxy_factory(plans=QUOTA, storage=counters_storage)
     batch = {"records": [{"metric": "acts", "quantity": 4} for _ in range(4)]
              + [{"metric": "acts", "quantity": 4, "idempotency_key": "k"}] * 2}
     async with aiohttp.ClientSession() as session:
