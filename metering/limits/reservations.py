@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 
 from metering.limits.budget import BudgetStore, Decision, Hold, MemoryBudget, Scope, Spend
@@ -165,6 +165,13 @@ class Reservations:
             self._pending.append((Hold(event_id, customer, period, scopes, 0), Spend(event_id, units, scopes),
                                   self._clock()))
             raise
+
+    def owed(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of `event_ids` whose spend failed and waits to be applied (by id) when the
+        store answers: counted, as far as idempotency goes, though the store does not know them yet."""
+        if not self._pending:
+            return set()
+        return set(event_ids) & {hold.id for hold, _spend, _at in self._pending}
 
     async def usage(self, *, customer: str, period: str, scope: str) -> tuple[int, int]:
         """(spent, held) of a scope; a period the store does not know is seeded first."""

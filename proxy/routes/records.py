@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from metering.limits.budget import MAX_UNITS, NANO, to_units
 from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.auth import Caller
-from metering.store.bounds import TEXT_COLUMNS, is_clean, is_clean_json
+from metering.store.bounds import PAYWARE_META, TEXT_COLUMNS, is_clean, is_clean_json
 from proxy.errors import Forbidden, InvalidRequest
 from proxy.jsonbody import parse_json, read_body
 from proxy.recording import count_event
+
+log = logging.getLogger(__name__)
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
 _FIELDS = {"metric", "quantity", "unit_price", "meta", "idempotency_key", "customer", "session", "feature"}
@@ -129,6 +132,9 @@ def _record(item: dict, where: str, plan: PlanConfig) -> _Record:
     if not is_clean_json(meta):
         raise InvalidRequest("meta must hold valid UTF-8 text without NUL, at most 16 levels deep",
                              param=where + "meta")
+    ours = sorted(PAYWARE_META.intersection(meta) | ({"idempotency_key"} & meta.keys()))
+    if ours:  # NOTE: evidence Payware writes itself (a record's key, a lost quota position): never a client's
+        raise InvalidRequest(f"meta.{ours[0]} is a name Payware writes itself", param=where + "meta." + ours[0])
     key = item.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255 or not is_clean(key)):
         raise InvalidRequest("idempotency_key must be a string of 1 to 255 characters (UTF-8, no NUL)",
@@ -208,39 +214,50 @@ async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConf
     ids = [_event_id(caller, customer, record) for record in records]
     # NOTE: the budget store's per-period "applied" set makes the first writer of an id win,
     # atomically across proxies (and within this batch: scripts issued together run in order);
-    # the ledger check covers replays after a restart.
+    # the ledger check covers replays after a restart, and the budget's own list those whose
+    # spend it has yet to apply (kept while the store did not answer).
     keyed = [event_id for event_id, record in zip(ids, records) if record.idempotency_key is not None]
     known = (await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.known_events, keyed)
-             if keyed else set())
+             | budget.owed(keyed) if keyed else set())
     fresh = [i for i, event_id in enumerate(ids) if event_id not in known]
-    applied, error = await _together(
+    applied, spend_error = await _together(
         budget.add_spent(customer=customer.id, period=period, scopes=scopes, units=to_units(priced[i].amount),
                          event_id=ids[i]) for i in fresh)
-    first = [i for i, outcome in zip(fresh, applied) if outcome is True]
+    # NOTE: a spend whose answer did not come may have been applied all the same (the answer
+    # lost on the way), and the budget applies it by id once the store answers anyway: its
+    # record is kept, as a model call's event is kept before its settlement, so a replay can
+    # never find the spend applied and no event to bill. Only the store's "applied before" is
+    # a duplicate.
+    kept = [i for i, outcome in zip(fresh, applied) if outcome is not False]
+    if spend_error is not None:
+        log.error("the spend of %d usage record(s) of %s did not reach the budget store (%s): kept, and "
+                  "counted against caps once the store answers", sum(isinstance(o, BaseException) for o in applied),
+                  customer.id, type(spend_error).__name__)
     rated = list(priced)
-    placed = [i for i in first if records[i].unit_price is None and uses_position(plan, records[i].metric)]
+    placed = [i for i in kept if records[i].unit_price is None and uses_position(plan, records[i].metric)]
     positions, claim_error = await _together(  # quota or tiers on the metric: priced where each one lands
         recorder.counters.claim(customer.id, period, records[i].metric, records[i].quantity) for i in placed)
-    unplaced = set()
+    unknown = set()
     for i, position in zip(placed, positions):
-        if isinstance(position, BaseException):
-            unplaced.add(i)  # NOTE: not kept, as a record whose claim fails always was; the error is raised
-        else:
-            rated[i] = rate_metric(plan, records[i].metric, records[i].quantity, position, None)
-    kept = [i for i in first if i not in unplaced]
-    events = [_event(caller, customer, plan, records[i], rated[i], ids[i], period, now) for i in kept]
+        if isinstance(position, BaseException):  # NOTE: never lose the record: billed past the quota, flagged
+            position = Decimal(plan.included.get(records[i].metric, 0))
+            unknown.add(i)
+        rated[i] = rate_metric(plan, records[i].metric, records[i].quantity, position, None)
+    if claim_error is not None:
+        log.error("the quota position of %d usage record(s) of %s is unknown (%s): billed past the included "
+                  "quota", len(unknown), customer.id, type(claim_error).__name__)
+    events = [_event(caller, customer, plan, records[i], rated[i], ids[i], period, now, i in unknown)
+              for i in kept]
     for event in events:
         recorder.keep(event)
     await asyncio.gather(*(count_event(app, event, customer) for event in events))
-    if error is not None or claim_error is not None:
-        raise error or claim_error  # NOTE: after keeping every record whose spend was applied
     kept_ids = set(kept)
     return [_view(ids[i], records[i], rated[i], duplicate=i not in kept_ids) for i in range(len(records))]
 
 
 async def _together(calls: Iterable[Awaitable]) -> tuple[list, BaseException | None]:
     """Every call's outcome (a value or its error), issued at once: on Redis their scripts share
-    a round trip. Also the first error, raised by the caller once what succeeded is kept."""
+    a round trip. Also the first error, for the caller's log."""
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     return outcomes, next((o for o in outcomes if isinstance(o, BaseException)), None)
 
@@ -256,14 +273,17 @@ def _event_id(caller: Caller, customer: CustomerConfig, record: _Record) -> str:
 
 
 def _event(caller: Caller, customer: CustomerConfig, plan: PlanConfig, record: _Record, rated: Rated,
-           event_id: str, period: str, now: datetime) -> UsageEvent:
+           event_id: str, period: str, now: datetime, position_unknown: bool) -> UsageEvent:
+    meta = dict(record.meta)
+    if record.idempotency_key is not None:
+        meta["idempotency_key"] = record.idempotency_key
+    if position_unknown:
+        meta["position_unknown"] = True
     return UsageEvent(
         id=event_id, ts=now, customer=customer.id, key_id=None if caller.admin else caller.key_id,
         metric=record.metric, quantity=record.quantity, period=period, endpoint="records",
         cost=Decimal(0), amount=rated.amount, currency=plan.currency, session=record.session,
-        feature=record.feature, meta={**record.meta, **({"idempotency_key": record.idempotency_key}
-                                                         if record.idempotency_key else {})},
-        pricing=rated.pricing,
+        feature=record.feature, meta=meta, pricing=rated.pricing,
         usage_source={"quantity": "api", "priced_by": "record" if record.unit_price is not None else "plan"})
 
 

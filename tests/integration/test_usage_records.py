@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 
 import aiohttp
 import pytest
 
+from metering.limits.budget import to_units
 from tests.conftest import ADMIN_KEY, KEYS
 
 PLANS = '  payg: {interval: monthly, price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n'
@@ -99,6 +101,9 @@ async def test_a_batch_is_recorded_whole(proxy):
     ({"metric": "tokens", "quantity": 1}, "metric"),
     ({"metric": "agent_actions", "quantity": 1, "unit_price": "-0.1"}, "unit_price"),
     ({"metric": "agent_actions", "quantity": 1, "meta": "x"}, "meta"),
+    ({"metric": "agent_actions", "quantity": 1, "meta": {"position_unknown": True}}, "meta.position_unknown"),
+    ({"metric": "agent_actions", "quantity": 1, "meta": {"idempotency_key": "k"}}, "meta.idempotency_key"),
+    ({"metric": "agent_actions", "quantity": 1, "meta": {"provider_id": "resp_1"}}, "meta.provider_id"),
     ({"metric": "agent_actions", "quantity": 1, "colour": "red"}, "colour"),
 ])
 async def test_bad_records_get_a_clear_400_and_a_batch_with_one_changes_nothing(proxy, record, param):
@@ -226,3 +231,123 @@ async def test_a_threshold_plan_batch_moves_to_the_next_period_on_the_record_tha
         assert (await post(session, proxy, batch))[0] == 200
         periods = [e["period"] for e in sorted(await events(session, proxy), key=lambda e: e["ts"])]
     assert periods[0] == periods[1] != periods[2]  # the second record reached 0.01: the third opens a period
+
+
+class LossyRelay:
+    """A TCP relay in front of Redis that can lose one exchange: the request forwarded and its
+    answer dropped (Redis applied it; the proxy never hears), or the request itself dropped.
+    Either way the proxy's connection is closed, as a network failure would close it."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.marker: bytes | None = None
+        self.forward = True
+        self.lost = 0
+        self.connections: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> LossyRelay:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for task in self.connections:
+            task.cancel()
+        await asyncio.gather(*self.connections, return_exceptions=True)
+
+    def lose(self, marker: bytes, *, forward: bool) -> None:
+        """Lose the next exchange whose request holds `marker` (`forward`: Redis still gets it)."""
+        self.marker, self.forward = marker, forward
+
+    async def _serve(self, client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*self.target)
+        losing = asyncio.Event()
+
+        async def upstream():
+            while data := await client_reader.read(65536):
+                if self.marker is not None and self.marker in data:
+                    self.marker = None
+                    self.lost += 1
+                    if not self.forward:
+                        client_writer.close()
+                        return
+                    losing.set()
+                server_writer.write(data)
+                await server_writer.drain()
+
+        async def downstream():
+            while data := await server_reader.read(65536):
+                if losing.is_set():
+                    client_writer.close()
+                    return
+                client_writer.write(data)
+                await client_writer.drain()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        self.connections.add(asyncio.current_task())
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the test is over
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            client_writer.close()
+            server_writer.close()
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["answer-lost", "request-lost"])
+async def test_a_record_whose_spend_went_unanswered_is_billed_once_and_its_replay_is_a_duplicate(
+        proxy_factory, redis_url, applied):
+    """The spend's answer lost on the way back (or its request on the way there): the budget
+    applies it by id once Redis answers, so the record is kept; before, it was refused, and its
+    replay then found the spend applied and answered "duplicate" with nothing billed."""
+    import hashlib
+
+    from tests.integration.test_caps_redis import spent_in_redis
+
+    import redis
+
+    host, port = redis_url.split("//", 1)[1].split("/", 1)[0].split(":")
+    redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3").flushdb()
+    record = {"metric": "acts", "quantity": 12, "idempotency_key": "lost-1"}
+    event_id = "rec_" + hashlib.sha256(b"acme\0lost-1").hexdigest()[:32]
+    async with LossyRelay(host, int(port)) as relay:
+        url = f"redis://127.0.0.1:{relay.port}/3"
+        proxy = proxy_factory(plans=QUOTA, storage=f"  counters: {url}")
+        async with aiohttp.ClientSession() as session:
+            assert (await post(session, proxy, {"metric": "acts", "quantity": 0}))[0] == 200  # period seeded
+            relay.lose(event_id.encode(), forward=applied)
+            status, body = await post(session, proxy, record)
+            assert relay.lost == 1
+            assert status == 200 and body["duplicate"] is False and body["amount"] == "0.004"  # 2 past the 10
+            status, again = await post(session, proxy, record)
+            assert status == 200 and again["duplicate"] is True and again["id"] == event_id
+            billed = [e for e in await events(session, proxy) if e["metric"] == "acts" and e["quantity"] != "0"]
+            assert [(e["id"], e["amount"]) for e in billed] == [(event_id, "0.004")]
+            deadline = time.monotonic() + 10  # the budget applies what it did not hear about within ~1 s
+            while await spent_in_redis(url, billed[0]["period"]) != to_units(Decimal("0.004")):
+                assert time.monotonic() < deadline, "the spend never reached the budget"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.5)  # a second renewal must not apply it again
+            assert await spent_in_redis(url, billed[0]["period"]) == to_units(Decimal("0.004"))
+
+
+async def test_a_record_whose_quota_position_is_lost_is_billed_past_the_quota_and_flagged(proxy_factory, redis_url):
+    """As a model call whose position cannot be claimed: never lost, billed as if the quota were used."""
+    import redis
+
+    host, port = redis_url.split("//", 1)[1].split("/", 1)[0].split(":")
+    redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3").flushdb()
+    async with LossyRelay(host, int(port)) as relay:
+        proxy = proxy_factory(plans=QUOTA, storage=f"  counters: redis://127.0.0.1:{relay.port}/3")
+        async with aiohttp.ClientSession() as session:
+            assert (await post(session, proxy, {"metric": "acts", "quantity": 0}))[0] == 200
+            relay.lose(b"acts", forward=False)  # the claim is the first script that names the metric
+            status, body = await post(session, proxy, {"metric": "acts", "quantity": 3})
+            assert relay.lost == 1
+            assert status == 200 and body["amount"] == "0.006"  # 3 x 0.002: none of the 10 included
+            billed = [e for e in await events(session, proxy) if e["quantity"] == "3"]
+            assert [(e["amount"], e["meta"]) for e in billed] == [("0.006", {"position_unknown": True})]
