@@ -34,7 +34,7 @@ from proxy.limits.admission import Admitted, rate_headers, together
 from proxy.appkeys import BRIDGES, GATE, LIVE, METER, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
 from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
-from proxy.formats.base import WireFormat
+from proxy.formats.base import Outgoing, WireFormat
 from proxy.jsonbody import load_json_or_none, parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
@@ -183,7 +183,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, evid
             response.headers.update(rate_headers(admitted.rate))
             return response
         if stream:
-            return await _relay_stream(request, upstream, call, outgoing.strip_usage)
+            return await _relay_stream(request, upstream, call, outgoing)
         return await _relay_json(upstream, call)
     finally:
         if not call.settled:
@@ -219,12 +219,12 @@ class _RelayedStream(web.StreamResponse):
 
 
 async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
-                        strip_usage: bool) -> web.StreamResponse:
+                        outgoing: Outgoing) -> web.StreamResponse:
     response = _RelayedStream(status=upstream.status, headers=_response_headers(upstream, call))
     response.headers.setdefault("Cache-Control", "no-cache")
     content = upstream.content
     framer = SSEFramer()
-    watcher = call.fmt.watcher(strip_usage)
+    watcher = call.fmt.watcher(outgoing)
     skim = getattr(watcher, "skim", None)  # frames a watcher need not read go on unframed
     recorded = False
 

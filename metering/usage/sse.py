@@ -71,20 +71,29 @@ class SSEFramer:
     def whole(self, chunk: bytes, limit: int) -> int:
         """How many leading bytes of `chunk`, `limit` at most, are whole frames: bytes a caller
         may pass on without framing them (and then `feed` the rest). 0 unless nothing is pending,
-        no BOM starts the stream, and those bytes end their lines with LF only.
+        no BOM starts the stream, and those bytes end all their lines with LF, or all with CRLF
+        (Google's streams).
 
-        NOTE: from a frame's start, in LF-only bytes, every blank line ends a frame: the end
-        of the last `\n\n` before `limit` is a frame boundary.
+        NOTE: from a frame's start, where every line ends alike, every blank line ends a frame:
+        the end of the last `\n\n` (or `\r\n\r\n`) before `limit` is a frame boundary.
         """
         if self._buffer or self._cr or self._skip > 0:
             return 0
         if self._skip < 0 and (len(chunk) < 3 or chunk.startswith(_BOM)):
             return 0  # the stream's first bytes: a BOM is not data (`feed` takes it off)
         end = chunk.rfind(b"\n\n", 0, limit)
-        if end < 0 or chunk.find(b"\r", 0, end) >= 0:
-            return 0
+        if end >= 0 and chunk.find(b"\r", 0, end) < 0:
+            end += 2
+        else:
+            end = chunk.rfind(b"\r\n\r\n", 0, limit)
+            if end < 0:
+                return 0
+            end += 4
+            pairs = chunk.count(b"\r\n", 0, end)  # every CR and every LF in a CRLF pair: no other line end
+            if chunk.count(b"\r", 0, end) != pairs or chunk.count(b"\n", 0, end) != pairs:
+                return 0
         self._skip = 0  # the stream's start is behind
-        return end + 2
+        return end
 
     def close(self) -> Frame | None:
         """At end of stream: the bytes left, if any, as one frame with the data of its complete lines.

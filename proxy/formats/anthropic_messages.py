@@ -113,7 +113,7 @@ class AnthropicMessagesFormat:
             return Outgoing(path, raw, headers)
         return Outgoing(path, dump_json({**body, "model": model.upstream}), headers)
 
-    def watcher(self, strip_usage: bool) -> MessagesWatcher:
+    def watcher(self, outgoing: Outgoing) -> MessagesWatcher:
         return MessagesWatcher()
 
     def usage(self, parsed: object) -> Usage | None:

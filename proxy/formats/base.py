@@ -50,6 +50,7 @@ class Outgoing:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     strip_usage: bool = False  # usage was forced on: hide it from the client, who did not ask for it
+    answers: int = 1  # answers generated side by side in one stream (Gemini's candidateCount)
 
 
 class Watcher(Protocol):
@@ -106,8 +107,8 @@ class WireFormat(Protocol):
                  request: web.Request) -> Outgoing:
         """What to send upstream: the client's own bytes when nothing had to change."""
 
-    def watcher(self, strip_usage: bool) -> Watcher:
-        """A fresh watcher for one stream."""
+    def watcher(self, outgoing: Outgoing) -> Watcher:
+        """A fresh watcher for the stream that answers `outgoing`."""
 
     def usage(self, parsed: object) -> Usage | None:
         """The usage a whole (non-streamed) answer reports, or None."""

@@ -24,13 +24,14 @@ for the provider's quota.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, bounded_usage
-from metering.usage.sse import Frame
+from metering.usage.sse import Frame, SSEFramer, first_of, frames_of
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
 from proxy.formats.base import Outgoing
@@ -138,10 +139,12 @@ class GeminiFormat:
         """The client's bytes to the same method and API version; only `alt=sse` of its query
         goes along (never its `?key=`, which is a Payware key)."""
         _, method = split_target(request.match_info.get("target", ""))
-        return Outgoing(upstream_path(model, provider, request, method, sse=stream), raw or dump_json(body))
+        config = body.get("generationConfig")
+        return Outgoing(upstream_path(model, provider, request, method, sse=stream), raw or dump_json(body),
+                        answers=_candidates(config) if isinstance(config, dict) else 1)
 
-    def watcher(self, strip_usage: bool) -> GeminiStream:
-        return GeminiStream()
+    def watcher(self, outgoing: Outgoing) -> GeminiStream:
+        return GeminiStream(answers=outgoing.answers)
 
     def usage(self, parsed: object) -> Usage | None:
         """A whole answer's usageMetadata; of a JSON-array stream, the last element's."""
@@ -241,31 +244,79 @@ def _collect_text(candidate: dict, out: list[str]) -> None:
             out.append(part["executableCode"]["code"])
 
 
-class GeminiStream:
-    """Watches a Gemini SSE stream frame by frame: the last usageMetadata, the end, a mid-stream error.
+# What `skim` stops at: the frames the watcher reads as they pass (an answer's end, an error, a
+# blocked prompt, a candidate other than the first). A key is found only where it is a key: in
+# a JSON string its quotes would be escaped. (A false alarm only means more frames are framed.)
+_LOOK_AT = (b'"finishReason"', b'"error"', b'"blockReason"')
+_OTHER_INDEX = re.compile(rb'"index"\s*:\s*-?[1-9]')
 
-    Every chunk carries usageMetadata, so each is parsed; its text is read as it passes.
+
+class GeminiStream:
+    """Watches a Gemini SSE stream: the last usageMetadata, the end, a mid-stream error.
+
+    Every chunk carries usageMetadata, with counts so far: only the last one counts. So the
+    frames before the first that ends the answer or reports an error pass unread (`skim`),
+    their bytes kept: the last usageMetadata among them is read only when the usage is asked
+    for and no frame read after them had one, their text only for an estimate.
     """
 
-    __slots__ = ("_meta", "_usage", "error", "done", "terminal", "answer_id", "_texts", "_open", "_finished")
+    __slots__ = ("_meta", "_usage", "error", "done", "terminal", "_answer_id", "_texts", "_open", "_finished",
+                 "_several", "_meta_unread", "_id_unread")
 
-    def __init__(self) -> None:
+    def __init__(self, *, answers: int = 1) -> None:
         self._meta: dict | None = None  # the last usageMetadata object (cumulative: the last one wins)
         self._usage: Usage | None | bool = False  # `usage` of _meta; False: to compute
         self.error: dict | None = None
         self.done = False
         self.terminal = False
-        self.answer_id: str | None = None
-        self._texts: list[str] = []
+        self._answer_id: str | None = None
+        self._texts: list[str | bytes] = []  # text read from frames, and skimmed frames not read yet
         self._open: set[int] = set()  # candidates seen without their finishReason yet
         self._finished: set[int] = set()
+        self._several = answers > 1  # candidates side by side: every frame is read (see `process`)
+        # skimmed bytes after the last frame read that had a usageMetadata (a responseId)
+        self._meta_unread: list[bytes] = []
+        self._id_unread: list[bytes] = []
 
     @property
     def usage(self) -> Usage | None:
         """The last usageMetadata seen, in Payware's classes (None before any)."""
+        if self._meta_unread:
+            meta = _last_in(self._meta_unread, "usageMetadata", dict)
+            self._meta_unread = []
+            if meta is not None:
+                self._meta, self._usage = meta, False
         if self._usage is False:
             self._usage = gemini_usage(self._meta)
         return self._usage
+
+    @property
+    def answer_id(self) -> str | None:
+        """The last responseId seen: the provider's own id of the answer."""
+        if self._id_unread:
+            answer_id = _last_in(self._id_unread, "responseId", str)
+            self._id_unread = []
+            if answer_id is not None:
+                self._answer_id = answer_id
+        return self._answer_id
+
+    def skim(self, chunk: bytes, framer: SSEFramer) -> int:
+        """How many leading bytes of `chunk` go to the client unread: the whole frames before the
+        first that `_LOOK_AT` or another candidate's index may be in. Kept as bytes."""
+        if self._several:
+            return 0
+        look = first_of(chunk, _LOOK_AT)
+        other = _OTHER_INDEX.search(chunk, 0, look)
+        passed = framer.whole(chunk, other.start() if other is not None else look)
+        if passed:
+            block = chunk[:passed] if passed < len(chunk) else chunk
+            self._texts.append(block)
+            self._meta_unread.append(block)
+            self._id_unread.append(block)
+            self.terminal = False
+            if 0 not in self._finished and b'"candidates"' in block:
+                self._open.add(0)  # the first candidate, unfinished (see `process`)
+        return passed
 
     def process(self, frame: Frame) -> bytes:
         """Always the frame's own bytes: Gemini reports usage unasked, nothing is hidden."""
@@ -281,9 +332,9 @@ class GeminiStream:
             self.error = error if isinstance(error, dict) else {"message": str(error)}
         meta = chunk.get("usageMetadata")
         if isinstance(meta, dict):  # read when asked: every chunk carries one, only the last counts
-            self._meta, self._usage = meta, False
+            self._meta, self._usage, self._meta_unread = meta, False, []
         if isinstance(chunk.get("responseId"), str):
-            self.answer_id = chunk["responseId"]
+            self._answer_id, self._id_unread = chunk["responseId"], []
         ends = False
         for candidate in _candidates_of(chunk):
             index = candidate.get("index") if type(candidate.get("index")) is int else 0
@@ -302,7 +353,29 @@ class GeminiStream:
         return frame.raw
 
     def output_text(self) -> str:
+        if any(isinstance(item, bytes) for item in self._texts):
+            texts: list[str] = []
+            for item in self._texts:
+                if isinstance(item, str):
+                    texts.append(item)
+                    continue
+                for frame in frames_of(item):  # skimmed frames, read now
+                    chunk = load_json_or_none(frame.data) if frame.data is not None else None
+                    for candidate in _candidates_of(chunk) if isinstance(chunk, dict) else ():
+                        _collect_text(candidate, texts)
+            self._texts = texts
         return "".join(self._texts)
+
+
+def _last_in(blocks: list[bytes], key: str, kind: type) -> object | None:
+    """The value of `key`, if a `kind`, in the last frame of `blocks` (skimmed bytes, in stream
+    order) whose chunk has one."""
+    for block in reversed(blocks):
+        for frame in reversed(frames_of(block)):
+            chunk = load_json_or_none(frame.data) if frame.data is not None else None
+            if isinstance(chunk, dict) and isinstance(chunk.get(key), kind):
+                return chunk[key]
+    return None
 
 
 def count_prompt(body: dict, model: str) -> int:

@@ -88,8 +88,8 @@ class OpenAIFormat:
             outgoing["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return Outgoing(self.path, dump_json(outgoing), strip_usage=strip_usage)
 
-    def watcher(self, strip_usage: bool) -> StreamAccumulator:
-        return StreamAccumulator(strip_usage=strip_usage)
+    def watcher(self, outgoing: Outgoing) -> StreamAccumulator:
+        return StreamAccumulator(strip_usage=outgoing.strip_usage)
 
     def usage(self, parsed: object) -> Usage | None:
         return usage_from_json(parsed)

@@ -87,7 +87,7 @@ class ResponsesFormat:
             return Outgoing(self.path, raw)
         return Outgoing(self.path, dump_json({**body, "model": model.upstream}))
 
-    def watcher(self, strip_usage: bool) -> ResponsesStream:
+    def watcher(self, outgoing: Outgoing) -> ResponsesStream:
         return ResponsesStream()
 
     def usage(self, parsed: object) -> Usage | None:

@@ -16,6 +16,7 @@ from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
 from proxy.errors import (BodyTooLarge, Forbidden, InvalidApiKey, InvalidRequest, ModelNotFound, RateLimited,
                           ServiceUnavailable, SpendCapReached, UpstreamError, UpstreamTimeout)
+from proxy.formats.base import Outgoing
 from proxy.formats.anthropic_messages import (IMAGE_TOKENS, MESSAGES, TEXT_MARGIN, TOOLS_SYSTEM_PROMPT,
                                               MessagesWatcher, count_messages_prompt)
 from tests.fakes import anthropic_wire as claude
@@ -34,7 +35,7 @@ def counts(usage: Usage | None) -> tuple | None:
 def relay(pieces: list[bytes], *, skim: bool = True) -> tuple[bytes, MessagesWatcher]:
     """What the client receives when the proxy reads `pieces` one network read each (whole
     frames the watcher need not read skimmed, as the relay does)."""
-    watcher = MESSAGES.watcher(False)
+    watcher = MESSAGES.watcher(Outgoing("", b""))
     framer = SSEFramer()
     out = []
     for piece in pieces:
@@ -111,7 +112,7 @@ def test_skimming_changes_nothing_the_client_or_the_meter_sees(name, odd, read_s
 
 def test_skim_reads_message_start_and_passes_content_up_to_message_delta():
     stream = (STREAMS / "anthropic_text.sse").read_bytes()
-    watcher = MESSAGES.watcher(False)
+    watcher = MESSAGES.watcher(Outgoing("", b""))
     assert watcher.skim(stream.replace(b"\n", b"\r\n"), SSEFramer()) == 0  # CR line ends: framed
     assert watcher.skim(stream, SSEFramer()) == stream.index(b"event: message_delta")
     assert watcher.answer_id is not None and watcher.usage is not None  # message_start was read

@@ -14,6 +14,7 @@ from google.genai import types as genai_types
 from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
 from proxy.echo.app import start_echo_server
+from proxy.formats.base import Outgoing
 from proxy.formats.gemini import GENERATE, count_prompt
 
 SAID = "Hello there, echo! Ça va?"
@@ -79,7 +80,7 @@ async def test_the_payware_watcher_reads_the_echo_stream_as_google_s(echo_root):
         async with session.post(f"{echo_root}/v1/models/echo:streamGenerateContent?alt=sse", json=body) as resp:
             raw = await resp.read()
     assert raw.endswith(b"}\r\n\r\n") and b'{"candidates": [' in raw  # Gemini's framing and spacing
-    watcher = GENERATE.watcher(False)
+    watcher = GENERATE.watcher(Outgoing("", b""))
     for frame in SSEFramer().feed(raw):
         watcher.process(frame)
     assert watcher.done and watcher.usage.input_tokens == count_prompt(body, "gemini-2.5-pro")

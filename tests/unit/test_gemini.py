@@ -14,6 +14,7 @@ from config.schema import ModelConfig, ModelPrice, ProviderConfig
 from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
 from proxy import errors
+from proxy.formats.base import Outgoing
 from proxy.formats.gemini import GENERATE, INLINE_PART, GeminiStream, count_prompt, split_target
 from tests.fakes import gemini_wire as fake
 
@@ -51,7 +52,7 @@ def counts(usage) -> tuple[int, int, int, int] | None:
 
 def watch(reads: list[bytes]) -> tuple[GeminiStream, bytes, list[int]]:
     """Relay `reads` as the proxy does: the watcher, the bytes forwarded, the frames that were terminal."""
-    framer, watcher = SSEFramer(), GENERATE.watcher(False)
+    framer, watcher = SSEFramer(), GENERATE.watcher(Outgoing("", b""))
     out, terminal, n = b"", [], 0
     for read in reads:
         for frame in framer.feed(read):
@@ -137,7 +138,7 @@ def test_the_fake_stream_in_its_network_writes_and_byte_by_byte_is_the_same():
 
 def test_the_last_usage_wins_never_a_sum():
     body = (STREAMS / "gemini_text.sse").read_bytes().replace(b"\n", b"\r\n")
-    framer, watcher = SSEFramer(), GENERATE.watcher(False)
+    framer, watcher = SSEFramer(), GENERATE.watcher(Outgoing("", b""))
     seen = []
     for frame in framer.feed(body):
         watcher.process(frame)
@@ -209,6 +210,96 @@ def test_hostile_chunks_never_raise_and_are_forwarded_as_they_came(chunk):
     watcher, out, _ = watch([chunk])
     assert out == chunk
     assert watcher.usage is None or counts(watcher.usage) == (0, 0, 0, 0)
+
+
+def relay(pieces: list[bytes], *, skim: bool = True, answers: int = 1):
+    """What the client receives when the proxy reads `pieces` one network read each, frames the
+    watcher need not read skimmed (as the relay does): the bytes, the watcher, and where the
+    answer ended with the usage billed there (the relay records at that frame)."""
+    framer, watcher = SSEFramer(), GENERATE.watcher(Outgoing("", b"", answers=answers))
+    out, ends = b"", []
+    for piece in pieces:
+        passed = watcher.skim(piece, framer) if skim else 0
+        out += piece[:passed]
+        for frame in framer.feed(piece[passed:]):
+            out += watcher.process(frame)
+            if watcher.terminal:
+                ends.append((len(out), counts(watcher.usage)))
+    tail = framer.close()
+    if tail is not None:
+        out += watcher.process(tail)
+        if watcher.terminal:
+            ends.append((len(out), counts(watcher.usage)))
+    return out, watcher, ends
+
+
+def in_reads(data: bytes, size: int | None) -> list[bytes]:
+    size = size or len(data)
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def several(*, finish_second: bool = True) -> bytes:
+    """Two candidates side by side, the second one still going after the first has finished."""
+    usage = {"promptTokenCount": 3, "candidatesTokenCount": 4}
+    return b"".join(sse({"candidates": [candidate(0, "a"), candidate(1, "b")], "usageMetadata": usage},
+                        {"candidates": [candidate(0, "c", "STOP")], "usageMetadata": usage},
+                        {"candidates": [candidate(1, "d")], "usageMetadata": {**usage, "candidatesTokenCount": 6}},
+                        {"candidates": [candidate(1, "e", "STOP" if finish_second else None)],
+                         "usageMetadata": {**usage, "candidatesTokenCount": 7}})).replace(b"\r\n", b"\n")
+
+
+# Streams (LF-ended here) a skim must stop inside of, or must not skim at all
+ODD = {
+    "pings": lambda data: data.replace(b"\n\ndata:", b"\n\n: keep-alive\n\ndata:"),
+    "no usage at the end": lambda data: data.replace(b'"usageMetadata"', b'"usageMetadatum"', 1)
+    if data.count(b'"usageMetadata"') == 1 else data.rsplit(b'"usageMetadata"', 1)[0] + b'"x"' +
+    data.rsplit(b'"usageMetadata"', 1)[1],
+    "error mid-stream": lambda data: data.replace(
+        b"\n\ndata:", b'\n\ndata: {"error": {"code": 503, "message": "overloaded"}}\n\ndata:', 1),
+    "a text that names the keys": lambda data: data.replace(
+        b'"text": "', b'"text": "\\"finishReason\\": \\"STOP\\", \\"index\\": 1, ', 1),
+}
+
+
+def first_alone() -> bytes:
+    """The first candidate alone for a while, then a second that finishes while the first never does."""
+    return b"".join(sse({"candidates": [candidate(0, "a")]}, {"candidates": [candidate(0, "b")]},
+                        {"candidates": [candidate(1, "x", "STOP")],
+                         "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 3}})).replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("name", [*sorted(RECORDED), "several", "several unfinished", "first alone"])
+@pytest.mark.parametrize("odd", [None, *ODD])
+@pytest.mark.parametrize("end", [b"\r\n", b"\n", b"\r"], ids=["crlf", "lf", "cr"])
+@pytest.mark.parametrize("read_size", [None, 1, 9, 100, 1000], ids=["whole", "bytes", "9", "100", "1000"])
+def test_skimming_changes_nothing_the_client_or_the_meter_sees(name, odd, end, read_size):
+    if name.startswith("several"):
+        stream = several(finish_second=name == "several")
+    elif name == "first alone":
+        stream = first_alone()
+    else:
+        stream = (STREAMS / name).read_bytes()
+    if odd is not None:
+        stream = ODD[odd](stream)
+    stream = stream.replace(b"\n", end)
+    for answers in (1, 2):
+        received, watcher, ends = relay(in_reads(stream, read_size), answers=answers)
+        framed, reference, reference_ends = relay(in_reads(stream, read_size), skim=False)
+        assert received == framed == stream
+        assert ends == reference_ends
+        assert (counts(watcher.usage), watcher.usage and watcher.usage.raw, watcher.error, watcher.done,
+                watcher.terminal, watcher.answer_id, watcher.output_text()) == \
+            (counts(reference.usage), reference.usage and reference.usage.raw, reference.error, reference.done,
+             reference.terminal, reference.answer_id, reference.output_text())
+
+
+def test_a_gemini_stream_is_skimmed_up_to_the_chunk_that_ends_it():
+    stream = (STREAMS / "gemini_text.sse").read_bytes().replace(b"\n", b"\r\n")
+    last = stream.rindex(b"data:", 0, stream.index(b'"finishReason"'))
+    watcher = GENERATE.watcher(Outgoing("", b""))
+    assert watcher.skim(stream, SSEFramer()) == last > 0
+    assert counts(watcher.usage) == (12, 0, 18, 0) and watcher.answer_id is not None  # read from the skimmed
+    assert GENERATE.watcher(Outgoing("", b"", answers=2)).skim(stream, SSEFramer()) == 0  # candidates side by side
 
 
 # --- whole answers --------------------------------------------------------------------------------

@@ -219,3 +219,29 @@ def test_random_streams_match_a_byte_by_byte_reading_of_the_spec(seed):
         got = frames_of(chunks)
         assert [(f.raw, f.data, f.event) for f in got] == expected, (stream, chunks)
         assert all(f.complete for f in got[:-1])
+
+
+def test_whole_frames_end_where_the_framer_ends_a_frame_or_nowhere(recorded):
+    """Wherever `whole` cuts a read, it is between two frames of a plain reading, and feeding
+    the rest gives the frames after it; it cuts LF and CRLF streams, never a CR-only one."""
+    reference = [frame.raw for frame in frames_of([recorded])]
+    cut_any = False
+    for limit in range(0, len(recorded) + 1, 7):
+        framer = SSEFramer()
+        passed = framer.whole(recorded, limit)
+        assert passed <= limit
+        cut_any |= passed > 0
+        rest = framer.feed(recorded[passed:])
+        tail = framer.close()
+        assert [frame.raw for frame in frames_of([recorded[:passed]]) + rest + ([tail] if tail else [])] == reference
+    assert cut_any is (recorded.count(b"\r") == recorded.count(b"\r\n") and len(reference) > 1)
+
+
+@pytest.mark.parametrize("chunk", [b"data: a\r\n\r\ndata: b\n\n", b"data: a\n\ndata: b\r\n\r\n",
+                                   b"data: a\r\r\n\r\n", b"data: a\n\r\n\r\n"])
+def test_whole_refuses_bytes_whose_line_ends_are_mixed_before_its_cut(chunk):
+    framer = SSEFramer()
+    passed = framer.whole(chunk, len(chunk))
+    reference = [frame.raw for frame in frames_of([chunk])]
+    assert passed in {sum(map(len, reference[:i])) for i in range(len(reference) + 1)}
+    assert passed < len(chunk)
