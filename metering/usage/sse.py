@@ -68,6 +68,11 @@ class SSEFramer:
             return self._feed_lines(buffer)
         return self._feed_lf(buffer, old)
 
+    @property
+    def between_frames(self) -> bool:
+        """Whether the next read starts a frame (no part of one is pending): what `whole` needs."""
+        return not (self._buffer or self._cr or self._skip > 0)
+
     def whole(self, chunk: bytes, limit: int) -> int:
         """How many leading bytes of `chunk`, `limit` at most, are whole frames: bytes a caller
         may pass on without framing them (and then `feed` the rest). 0 unless nothing is pending,

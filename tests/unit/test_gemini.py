@@ -219,7 +219,7 @@ def relay(pieces: list[bytes], *, skim: bool = True, answers: int = 1):
     framer, watcher = SSEFramer(), GENERATE.watcher(Outgoing("", b"", answers=answers))
     out, ends = b"", []
     for piece in pieces:
-        passed = watcher.skim(piece, framer) if skim else 0
+        passed = watcher.skim(piece, framer) if skim and framer.between_frames else 0
         out += piece[:passed]
         for frame in framer.feed(piece[passed:]):
             out += watcher.process(frame)

@@ -335,7 +335,11 @@ def test_skim_passes_every_whole_frame_before_the_first_it_must_read():
     must_read = min(stream.index(b'"usage":{'), stream.index(b"[DONE]"))
     acc, framer = StreamAccumulator(strip_usage=True), SSEFramer()
     assert acc.skim(b"\xef\xbb\xbf" + stream, framer) == 0  # a BOM starting the stream is framed (taken off)
-    assert acc.skim(stream.replace(b"\n", b"\r\n"), framer) == 0  # CR line ends: framed (they pair across reads)
+    assert acc.skim(stream.replace(b"\n", b"\r"), framer) == 0  # CR line ends: framed (they pair across reads)
+    crlf = stream.replace(b"\n", b"\r\n")  # CRLF ones are cut as LF ones are
+    must_read_crlf = min(crlf.index(b'"usage":{'), crlf.index(b"[DONE]"))
+    assert StreamAccumulator(strip_usage=True).skim(crlf, SSEFramer()) == crlf.rindex(b"\r\n\r\n", 0,
+                                                                                      must_read_crlf) + 4
     passed = acc.skim(stream, framer)
     assert passed == stream.rindex(b"\n\n", 0, must_read) + 2
     rest = framer.feed(stream[passed:])
