@@ -203,6 +203,7 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
         await loop.run_in_executor(None, instances.leave)
     except Exception:
         pass  # the row goes stale on its own
+    live.store.close()
     ledger.close()
 
 

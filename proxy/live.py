@@ -60,7 +60,9 @@ class Live:
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload the directory if its version moved; True if something was swapped in."""
         loop = asyncio.get_running_loop()
-        if not force and await loop.run_in_executor(None, self.store.version) == self.version:
+        # NOTE: data_version first, then the version: a commit between them is seen by the next poll
+        if not force and (not self.store.maybe_changed()
+                          or await loop.run_in_executor(None, self.store.version) == self.version):
             return False
         snapshot = await loop.run_in_executor(None, self.store.load)
         if snapshot.version < self.version:

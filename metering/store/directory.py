@@ -11,9 +11,11 @@ something changed by reading one integer (`version`), and then reloads everythin
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import JSON, BigInteger, Column, Engine, select, text
 from sqlalchemy.exc import IntegrityError
@@ -75,6 +77,38 @@ class DirectoryStore:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._watch: sqlite3.Connection | None = None  # see `maybe_changed`
+        self._data_version: int | None = None
+
+    def maybe_changed(self) -> bool:
+        """False only when nothing was committed to a SQLite ledger since the last call: then
+        the directory's version cannot have moved. Cheap enough for the event loop (no thread,
+        no pool): an idle proxy's polls cost ~0.8 ms of CPU each through `version`.
+
+        SQLite's `PRAGMA data_version` changes when another connection commits (any process's;
+        this one only reads). Other databases: always True (ask `version`).
+        """
+        if self.engine.dialect.name != "sqlite":
+            return True
+        try:
+            if self._watch is None:
+                path = self.engine.url.database
+                if not path or path == ":memory:" or path.startswith("file:"):
+                    return True
+                # NOTE: read-only and autocommit: never creates the file, never holds a read open
+                self._watch = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, isolation_level=None,
+                                              check_same_thread=False)
+            seen = self._watch.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self.close()
+            return True
+        changed, self._data_version = seen != self._data_version, seen
+        return changed
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch, self._data_version = None, None
 
     def version(self) -> int:
         """The directory's version. NOTE: every proxy reads it twice a second, busy or idle: the
