@@ -19,8 +19,9 @@ What aiohttp's server does for a request, this lane does too: keep-alive with th
 (which is also the header timeout), requests pipelined on one connection answered in order,
 the handler cancelled when the client goes away (how an abandoned stream stops the provider
 and gets billed as partial), a body read with its deadline (`read_body`), the connection
-closed after an answer that asked for it or that left a body unread, in-flight requests
-finished at shutdown.
+closed after an answer that asked for it, the rest of a body the answer came before (a 401
+for a bad key) read and dropped for up to `LINGER` seconds before the next request is read,
+in-flight requests finished at shutdown.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ log = logging.getLogger("payware.http")
 
 MAX_HEAD = 8190  # bytes of request line and headers (aiohttp's limit for a line); more: aiohttp's
 MAX_HEADERS = 100
+LINGER = 10.0  # seconds the rest of an unwanted body may take (aiohttp's lingering time)
 # The model routes this lane serves, POST only (the others are aiohttp's): exact paths, and
 # Gemini's, whose last segment names the model and the method.
 LANE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
@@ -194,6 +196,7 @@ class LaneProtocol(BaseProtocol):
         self.body_waiter: asyncio.Future | None = None  # the body of the request being served, still arriving
         self.body: list[bytes] = []  # its pieces so far (joined once: a body may be megabytes in many reads)
         self.body_left = 0
+        self.dropping = False  # the body still arriving is not wanted any more (answered before it came)
         self.idle: asyncio.TimerHandle | None = None
         self.closing = False
 
@@ -216,14 +219,20 @@ class LaneProtocol(BaseProtocol):
     def data_received(self, data: bytes) -> None:
         if self.body_waiter is not None:  # the body of the request being served
             take = data[:self.body_left] if len(data) > self.body_left else data
-            self.body.append(take)
+            if not self.dropping:
+                self.body.append(take)
             self.body_left -= len(take)
-            if not self.body_left:
+            data = data[len(take):]
+            if self.body_left:
+                return
+            if self.dropping:  # the answered request's body is over: the next request may follow
+                self.body_waiter, self.dropping = None, False
+                self._stop_idle()
+            else:
                 self.body_waiter.set_result(b"".join(self.body))
                 self.body_waiter, self.body = None, []
-            data = data[len(take):]
-            if not data:
-                return
+                if not data:
+                    return
         if self.task is None:
             # NOTE: grows only while a head is incomplete, so by MAX_HEAD at most
             self.buffer = self.buffer + data if self.buffer else data
@@ -333,7 +342,7 @@ class LaneProtocol(BaseProtocol):
             else:
                 await response.prepare(request)  # as aiohttp's own handler finishes a response
                 await response.write_eof()
-            keep = response.keep_alive is not False and self.body_waiter is None
+            keep = response.keep_alive is not False
         except asyncio.CancelledError:
             pass  # the client left (or shutdown): nothing more to send
         except ConnectionError as exc:  # the client left while the answer was written
@@ -342,11 +351,24 @@ class LaneProtocol(BaseProtocol):
             log.exception("unhandled error while answering %s", request.get("request_id", "-"))
         finally:
             self.task = None
-        if not keep or self.transport is None:  # NOTE: an unread body leaves no frame to read the next request by
+        if not keep or self.transport is None:
             self.close()
             return
         self.transport.resume_reading()
+        if self.body_waiter is not None:
+            self._drop_body()
+            return
         self._next()
+
+    def _drop_body(self) -> None:
+        """Read the rest of a body the answer came before, and drop it; then the next request.
+
+        NOTE: as aiohttp lingers: closing with the client still sending would have the kernel
+        reset the connection, and a reset can destroy the answer before the client reads it.
+        """
+        self.body_waiter.cancel()  # nobody reads it now
+        self.body, self.dropping = [], True
+        self.idle = self._loop.call_later(LINGER, self.close)  # a body slower than that is not waited for
 
     async def _write_whole(self, request: LaneRequest, response: web.Response) -> None:
         """Write an answer whose body is all here, as aiohttp's `Response.prepare` and `write_eof`
