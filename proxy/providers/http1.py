@@ -28,6 +28,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 _MAX_HEAD = 64 * 1024  # bytes of status line + headers (aiohttp's default limits are 8 KiB a line)
 _HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the provider pauses
+# A chunk up to this size cut by a read is handed over whole, once its end arrives: a provider
+# writes each SSE event as a chunk, so a stream's pieces then start where an event does, and
+# the relay's skim (whole frames passed unread) works whatever the network's reads look like.
+_WHOLE_CHUNK = 64 * 1024
 # What may stand unescaped in a request target (RFC 3986: unreserved, sub-delims, ":@/?%").
 _PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 
@@ -235,6 +239,7 @@ class Answer:
     # NOTE: one per model call: slots make it smaller and its ~20 fields quicker to set and read
     __slots__ = ("_client", "_conn", "_method", "_loop", "status", "reason", "headers", "content_length", "_head",
                  "_head_done", "_framing", "_left", "_chunk_state", "_line", "_chunks", "_buffered", "_paused",
+                 "_held", "_hold",
                  "_whole", "_complete", "_error", "_keep_alive", "_waiter", "_released", "__weakref__")
 
     def __init__(self, client: Client, conn: _Connection, method: str) -> None:
@@ -253,6 +258,8 @@ class Answer:
         self._chunk_state = _SIZE
         self._line = bytearray()  # a chunk-size or trailer line split across reads
         self._chunks: deque[bytes] = deque()
+        self._held: list[bytes] = []  # the start of a chunk cut by a read, held until its end (_WHOLE_CHUNK)
+        self._hold = False  # whether the current chunk is held so
         self._buffered = 0
         self._paused = False
         self._whole = False
@@ -340,8 +347,8 @@ class Answer:
         finally:
             timer.cancel()
             self._waiter = None
-        if self._error is not None and not (self._complete and self._head_done):
-            raise self._error
+        if self._error is not None and not self._chunks and not (self._complete and self._head_done):
+            raise self._error  # (bytes handed over with the error go first: the next wait raises it)
 
     def _timed_out(self, waiter: asyncio.Future) -> None:
         if not waiter.done():
@@ -355,6 +362,9 @@ class Answer:
             waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
+        if self._held:  # what arrived of a chunk cut short is handed over before the error
+            self._push(b"".join(self._held))
+            self._held.clear()
         if self._error is None:
             self._error = error
         self._conn.lost = True
@@ -498,13 +508,19 @@ class Answer:
                     return
             if state == _DATA:
                 left = self._left
-                if left >= n - i:  # the rest of this read is data (a stream's usual case)
-                    push(data[i:] if i else data)
+                if left > n - i:  # the chunk goes on in the next read
+                    if self._hold:
+                        self._held.append(data[i:] if i else data)
+                    else:
+                        push(data[i:] if i else data)
                     self._left = left - (n - i)
-                    if not self._left:
-                        self._chunk_state = _DATA_END
                     return
-                push(data[i:i + left])
+                if self._held:
+                    self._held.append(data[i:i + left])
+                    push(b"".join(self._held))
+                    self._held.clear()
+                else:
+                    push(data[i:i + left])
                 i += left
                 self._left = 0
                 self._chunk_state = state = _DATA_END
@@ -532,7 +548,7 @@ class Answer:
                     self._fail(AnswerCut("the provider sent a malformed chunk size"))
                     return
                 if size:
-                    self._left, self._chunk_state = size, _DATA
+                    self._left, self._chunk_state, self._hold = size, _DATA, size <= _WHOLE_CHUNK
                 else:
                     self._chunk_state = _TRAILER
             elif state == _DATA_END:

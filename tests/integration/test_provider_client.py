@@ -120,15 +120,44 @@ async def test_a_chunked_stream_split_anywhere_is_decoded_exactly(framing):
     events = [b"data: {\"n\":%d}\r\n\r\n" % i for i in range(5)] + [b"\r\n" * 9, b"data: [DONE]\n\n"]
     wire = b"".join(FRAMINGS[framing](i, e) for i, e in enumerate(events)) + b"0\r\nX-Trailer: 1\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    starts = {sum(map(len, events[:i])) for i in range(len(events) + 1)}
     for step in (1, 7, 41, len(wire)):
         pieces = [head] + [wire[i:i + step] for i in range(0, len(wire), step)]
         async with Scripted([pieces]) as url:
             http = client()
             answer = await http.post(url + "/s", body=b"{}", headers={})
-            assert await body_of(answer) == b"".join(events)
+            handed, at = [], 0
+            async for data in answer.content.iter_any():
+                handed.append(data)
+                at += len(data)
+                assert at in starts  # a chunk cut by a read is handed over whole: pieces end where events do
+            assert b"".join(handed) == b"".join(events)
             answer.release()
             assert http._idle  # a whole chunked body: the connection is reusable
             await http.close()
+
+
+async def test_a_chunk_larger_than_64_kib_is_handed_over_as_it_arrives_and_a_cut_one_before_the_error():
+    big = b"x" * (64 * 1024 + 1)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = b"%x\r\n%s\r\n" % (len(big), big) + b"5\r\nhello\r\n"
+    async with Scripted([[head, wire[:30000], wire[30000:], b"0\r\n\r\n"]]) as url:
+        http = client()
+        answer = await http.post(url, body=b"{}", headers={})
+        handed = [data async for data in answer.content.iter_any()]
+        assert b"".join(handed) == big + b"hello" and len(handed) >= 2  # not held whole
+        answer.release()
+        await http.close()
+    async with Scripted([[head, b"a\r\ndata: ", None]]) as url:  # a small chunk, cut short
+        http = client()
+        answer = await http.post(url, body=b"{}", headers={})
+        received = b""
+        with pytest.raises(AnswerCut):
+            async for data in answer.content.iter_any():
+                received += data
+        assert received == b"data: "  # what arrived of it, before the error
+        answer.release()
+        await http.close()
 
 
 async def test_interim_answers_are_skipped_and_a_body_without_length_ends_with_the_connection():
