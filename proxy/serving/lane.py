@@ -45,7 +45,7 @@ log = logging.getLogger("payware.http")
 
 MAX_HEAD = 8190  # bytes of request line and headers (aiohttp's limit for a line); more: aiohttp's
 MAX_HEADERS = 100
-LINGER = 10.0  # seconds the rest of an unwanted body may take (aiohttp's lingering time)
+LINGER = 1.0  # seconds the rest of an unwanted body may take (aiohttp's `lingering_time`, server.py)
 # The model routes this lane serves, POST only (the others are aiohttp's): exact paths, and
 # Gemini's, whose last segment names the model and the method.
 LANE_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from proxy.errors import ApiError, error_response
-from proxy.serving.lane import Lane
+from proxy.serving.lane import LINGER, Lane
 
 log = logging.getLogger("payware.http")
 
@@ -126,9 +126,10 @@ def run(app: web.Application, *, sockets: list[socket.socket], idle_timeout: flo
     `idle_timeout` is the header timeout too.
     """
     # lingering_time: after an answer sent before its body was read (a 401, a 408 for a slow
-    # body), aiohttp reads the rest for keep-alive's sake; a slow client gets 1 s, not 10.
+    # body), aiohttp reads the rest for keep-alive's sake; a slow client gets 1 s, not 10 (the
+    # lane's the same).
     runner = _Runner(app, handle_signals=True, access_log=None, handler_cancellation=True,
-                     keepalive_timeout=idle_timeout, lingering_time=1.0, shutdown_timeout=SHUTDOWN_TIMEOUT)
+                     keepalive_timeout=idle_timeout, lingering_time=LINGER, shutdown_timeout=SHUTDOWN_TIMEOUT)
 
     async def main() -> None:
         listening: list[asyncio.AbstractServer] = []
