@@ -9,7 +9,9 @@ the admin API or the CLI). `Live` holds their merge, as one immutable `Config`, 
   changes nothing and every problem is reported with its field path;
 - the directory, when its version moves: polled every `POLL` seconds, and at once on a
   Redis pub/sub message when Redis is configured (so every proxy sharing the database
-  applies a change within about a second).
+  applies a change within about a second), or on a PostgreSQL notification (a PostgreSQL
+  ledger tells every change in its transaction: then the poll is only a backstop, every
+  `BACKSTOP` seconds, while the listening connection is up).
 
 A request reads `live.config` once, at its start, and keeps that object: calls in flight
 finish on the config they started with; later events price at the new prices.
@@ -31,6 +33,7 @@ from proxy.auth import KeyRing
 log = logging.getLogger("payware.live")
 
 POLL = 0.5  # seconds between two reads of the directory's version
+BACKSTOP = 10.0  # the same while the database tells of every change (PostgreSQL LISTEN)
 CHANNEL = "payware:directory"  # Redis pub/sub: "something changed, read the version"
 
 
@@ -139,13 +142,19 @@ def runtime_customer(row: dict, keys: list[dict], config: Config) -> CustomerCon
 
 
 async def follow(live: Live, redis=None) -> None:
-    """Keep `live` current: poll the directory's version, and wake at once on a pub/sub message."""
+    """Keep `live` current: poll the directory's version, and wake at once on a pub/sub message
+    or a database notification."""
     wake = asyncio.Event()
-    listener = asyncio.create_task(_listen(redis, wake)) if redis is not None else None
+    told = _Told()
+    listeners = []
+    if redis is not None:
+        listeners.append(asyncio.create_task(_listen(redis, wake)))
+    if getattr(live.store, "notifies", False):
+        listeners.append(asyncio.create_task(_listen_database(live.store, wake, told)))
     try:
         while True:
             try:
-                async with asyncio.timeout(POLL):
+                async with asyncio.timeout(BACKSTOP if told.up else POLL):
                     await wake.wait()
             except asyncio.TimeoutError:
                 pass
@@ -156,8 +165,53 @@ async def follow(live: Live, redis=None) -> None:
             except Exception as exc:  # the database may be briefly unreachable: keep what is in force
                 log.warning("could not read the runtime directory: %s", type(exc).__name__)
     finally:
-        if listener is not None:
+        for listener in listeners:
             listener.cancel()
+
+
+class _Told:
+    up = False  # a database listener is connected: every change will be told
+
+
+async def _listen_database(store: DirectoryStore, wake: asyncio.Event, told: _Told) -> None:
+    """Set `wake` on every notification of a change; reconnect after an outage (meanwhile the
+    poll runs every POLL seconds)."""
+    warned = False
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn = await store.listener()
+            lost = loop.create_future()
+            pgconn = conn.pgconn
+
+            def readable() -> None:
+                # NOTE: libpq read directly when the socket has data: psycopg's own `notifies()`
+                # wakes every 0.1 s while idle, more than the poll it replaces
+                try:
+                    pgconn.consume_input()
+                    while pgconn.notifies() is not None:
+                        wake.set()
+                except Exception as exc:  # the connection broke
+                    if not lost.done():
+                        lost.set_exception(exc)
+
+            loop.add_reader(pgconn.socket, readable)
+            try:
+                told.up, warned = True, False
+                wake.set()  # a change may have come while nobody listened
+                await lost
+            finally:
+                told.up = False
+                loop.remove_reader(pgconn.socket)
+                await conn.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not warned:
+                warned = True
+                log.warning("not listening for directory changes (%s): polling every %s s until it can",
+                            type(exc).__name__, POLL)
+        await asyncio.sleep(1.0)
 
 
 async def _listen(redis, wake: asyncio.Event) -> None:

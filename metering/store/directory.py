@@ -7,6 +7,8 @@ a deactivated customer and a revoked key stay, with their events, statements and
 
 Every change bumps one version number in the same transaction, so a proxy learns that
 something changed by reading one integer (`version`), and then reloads everything (`load`).
+On PostgreSQL the same transaction also notifies `CHANNEL` (delivered when it commits), so a
+proxy listening there (`listener`) need not poll.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 
 from metering.store.bounds import is_clean
+
+CHANNEL = "payware_directory"  # PostgreSQL LISTEN/NOTIFY: "the directory's version moved"
 
 
 class CustomerRow(SQLModel, table=True):
@@ -104,6 +108,25 @@ class DirectoryStore:
             return True
         changed, self._data_version = seen != self._data_version, seen
         return changed
+
+    @property
+    def notifies(self) -> bool:
+        """Whether every change is told on `CHANNEL` (PostgreSQL): see `listener`."""
+        return self.engine.dialect.name == "postgresql"
+
+    async def listener(self):
+        """A connection of its own (psycopg, autocommit) that LISTENs on `CHANNEL`: iterate its
+        `notifies()` to hear of every committed change; close it when done."""
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        try:
+            await conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     def close(self) -> None:
         if self._watch is not None:
@@ -200,6 +223,8 @@ def _bump(conn) -> None:
     """
     conn.execute(text("INSERT INTO directory_state (id, version) VALUES (1, 1) "
                       "ON CONFLICT (id) DO UPDATE SET version = directory_state.version + 1"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"NOTIFY {CHANNEL}"))  # NOTE: sent at commit, never for a change rolled back
 
 
 def _customer(row) -> dict:

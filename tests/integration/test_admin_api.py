@@ -211,31 +211,71 @@ async def _served(session, proxy, key) -> bool:
     return await chat(session, proxy, key) == 200
 
 
-async def test_a_change_written_to_the_database_reaches_a_proxy_by_polling(proxy_factory, pg_database):
-    """Without Redis (the CLI's direct mode writes the database): the proxy polls the directory."""
+async def test_a_change_written_to_the_database_reaches_a_proxy_by_notification(proxy_factory, pg_database):
+    """Without Redis (the CLI's direct mode writes the database): PostgreSQL tells the proxy,
+    which listens (its poll, with the listener up, is only a 10 s backstop), and listens again
+    when its listening connection is lost."""
     import hashlib
 
-    from metering.store.directory import DirectoryStore
+    from metering.store.directory import CHANNEL, DirectoryStore
     from metering.store.ledger import Ledger
 
     proxy = proxy_factory(ledger=pg_database)
     ledger = Ledger(pg_database)
     store = DirectoryStore(ledger.engine)
-    key = "pw-made-in-the-database-0123456789"
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    async with aiohttp.ClientSession() as session:
-        store.create_customer(id="polled", plan="payg", settings={}, meta={})
-        store.create_key(id="key_" + digest[:12], customer="polled", digest=digest, name="", prefix=key[:8],
-                         settings={}, expires_us=None)
-        created = await _until(lambda: _served(session, proxy, key))
-        store.end_key("key_" + digest[:12], revoke=True, at_us=0)
+    async with await psycopg.AsyncConnection.connect(pg_database, autocommit=True) as admin:
+        async def listener_pid() -> int | None:
+            cursor = await admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND query = %s", (f"LISTEN {CHANNEL}",))
+            rows = await cursor.fetchall()
+            return rows[0][0] if len(rows) == 1 else None
 
-        async def refused() -> bool:
-            return await chat(session, proxy, key) == 401
-        revoked = await _until(refused)
+        terminated: list[int] = []
+
+        async def listening() -> bool:
+            return await listener_pid() not in (None, *terminated)
+
+        async with aiohttp.ClientSession() as session:
+            timings = []
+            for round in range(2):
+                await _until(listening)
+                key = f"pw-made-in-the-database-{round}-0123456789"
+                digest = hashlib.sha256(key.encode()).hexdigest()
+                store.create_customer(id=f"told{round}", plan="payg", settings={}, meta={})
+                store.create_key(id="key_" + digest[:12], customer=f"told{round}", digest=digest, name="",
+                                 prefix=key[:8], settings={}, expires_us=None)
+                created = await _until(lambda: _served(session, proxy, key))
+                store.end_key("key_" + digest[:12], revoke=True, at_us=0)
+
+                async def refused() -> bool:
+                    return await chat(session, proxy, key) == 401
+                timings.append((created, await _until(refused)))
+                terminated.append(await listener_pid())
+                await admin.execute("SELECT pg_terminate_backend(%s)", (terminated[-1],))  # lost: it listens again
     ledger.close()
-    print(f"propagation (database poll): created {created * 1000:.0f} ms, revoked {revoked * 1000:.0f} ms")
-    assert created < 1.5 and revoked < 1.5
+    print("propagation (database notification): " + ", ".join(
+        f"created {created * 1000:.0f} ms, revoked {revoked * 1000:.0f} ms" for created, revoked in timings))
+    assert all(created < 1.5 and revoked < 1.5 for created, revoked in timings)
+
+
+async def test_the_database_tells_every_committed_change_and_none_rolled_back(pg_database):
+    from metering.store.directory import DirectoryStore, _bump
+    from metering.store.ledger import Ledger
+
+    ledger = Ledger(pg_database)
+    store = DirectoryStore(ledger.engine)
+    conn = await store.listener()
+    try:
+        heard = conn.notifies(timeout=0.5)
+        with ledger.engine.connect() as db:  # a change rolled back: nothing told
+            _bump(db)
+            db.rollback()
+        assert [n async for n in heard] == []
+        assert store.create_customer(id="told", plan="payg", settings={}, meta={})
+        assert [n.channel async for n in conn.notifies(timeout=0.5)] == ["payware_directory"]
+    finally:
+        await conn.close()
+        ledger.close()
 
 
 async def test_a_second_proxy_on_memory_counters_is_refused_with_a_clear_error(proxy_factory, tmp_path):
