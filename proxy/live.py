@@ -149,7 +149,7 @@ async def follow(live: Live, redis=None) -> None:
     listeners = []
     if redis is not None:
         listeners.append(asyncio.create_task(_listen(redis, wake)))
-    if getattr(live.store, "notifies", False):
+    if live.store is not None and live.store.notifies:
         listeners.append(asyncio.create_task(_listen_database(live.store, wake, told)))
     try:
         while True:

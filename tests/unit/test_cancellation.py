@@ -43,6 +43,8 @@ class _Redis:
 
 
 class _Live:
+    store = None  # no database to listen to
+
     def __init__(self) -> None:
         self.reads = 0
 

@@ -22,6 +22,8 @@ class _Store:
     def __init__(self, *snapshots: Snapshot):
         self.snapshots = list(snapshots)
 
+    notifies = False
+
     def maybe_changed(self) -> bool:
         return True
 
