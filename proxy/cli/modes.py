@@ -5,7 +5,8 @@
 - `Local`: the ledger database of a config file, changed as the admin API changes it, with the
   API's own validators (`proxy.routes.admin`, `config.loader.read_customer`), so a refusal names
   the same field with the same words. Proxies sharing the database see a change at their next
-  directory poll (0.5 s), at once when Redis is configured.
+  directory poll (0.5 s), at once when Redis is configured or the database is PostgreSQL
+  (which notifies them).
 
 Both answer with the admin API's JSON objects; a failure is a `Failure` (a message and an exit
 code: 1 nothing found, refused or unreachable; 2 bad input).
