@@ -115,8 +115,9 @@ class DirectoryStore:
         return self.engine.dialect.name == "postgresql"
 
     async def listener(self):
-        """A connection of its own (psycopg, autocommit) that LISTENs on `CHANNEL`: iterate its
-        `notifies()` to hear of every committed change; close it when done."""
+        """A connection of its own (psycopg, autocommit) that LISTENs on `CHANNEL`: each committed
+        change is a notification on it (`pgconn.consume_input()`, then `pgconn.notifies()`, when
+        its socket is readable: see `proxy.live`); close it when done."""
         import psycopg
 
         url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -134,8 +135,8 @@ class DirectoryStore:
             self._watch, self._data_version = None, None
 
     def version(self) -> int:
-        """The directory's version. NOTE: every proxy reads it twice a second, busy or idle: the
-        driver's own SQL (SQLAlchemy's select took ~2 ms of CPU each time, most of an idle proxy's)."""
+        """The directory's version. NOTE: read by every poll that may see a change (up to twice a
+        second): the driver's own SQL (SQLAlchemy's select took ~2 ms of CPU each time)."""
         with self.engine.connect() as conn:
             return conn.exec_driver_sql("SELECT version FROM directory_state WHERE id = 1").scalar() or 0
 
