@@ -4,8 +4,9 @@ Counted where each request ends: the access-log middleware hands every finished 
 `Metrics.observe` (one call: dict increments and two histogram observations, all plain
 Python numbers turned into samples at scrape time). The relay leaves on the request what only
 it knows: the provider and when it was asked (`UPSTREAM`), when the answer was complete
-(`UPSTREAM_DONE`) and the event it recorded (`EVENT`). What is a state rather than an event (journal backlog, flush lag, the counter
-store's health) is read at scrape time by a collector, so the hot path never touches it.
+(`UPSTREAM_DONE`) and the event it recorded (`EVENT`). What is a state rather than an event
+(journal backlog, flush lag, the counter store's health) is read at scrape time by a
+collector, so the hot path never touches it.
 
 Label values are bounded: `route` is the router's canonical path (`/v1/models/{id}`, or
 `unmatched`), never the raw path; `model` and `provider` are names from the config; `status`

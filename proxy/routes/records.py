@@ -217,8 +217,10 @@ async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConf
     # the ledger check covers replays after a restart, and the budget's own list those whose
     # spend it has yet to apply (kept while the store did not answer).
     keyed = [event_id for event_id, record in zip(ids, records) if record.idempotency_key is not None]
-    known = (await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.known_events, keyed)
-             | budget.owed(keyed) if keyed else set())
+    known: set[str] = set()
+    if keyed:
+        known = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.known_events, keyed)
+        known |= budget.owed(keyed)  # NOTE: after the ledger: a spend applied meanwhile is in the store
     fresh = [i for i, event_id in enumerate(ids) if event_id not in known]
     applied, spend_error = await _together(
         budget.add_spent(customer=customer.id, period=period, scopes=scopes, units=to_units(priced[i].amount),
