@@ -26,7 +26,7 @@ from metering.billing.plans import uses_position
 from metering.store.events import money_str, utcnow
 from metering.store.owned import PROVIDER_ID
 from metering.limits.outages import counters_down
-from metering.usage.fallback import final_usage
+from metering.usage.fallback import final_usage, needs_prompt
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from proxy.serving.accesslog import note
@@ -69,7 +69,7 @@ class Call:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
         self.request.setdefault(UPSTREAM_DONE, time.perf_counter())  # the provider's part ends here (/metrics)
         prompt = self.admitted.prompt_tokens if self.admitted.counted else None
-        if reported is None and prompt is None:
+        if prompt is None and needs_prompt(reported):
             prompt = await self.request.app[GATE].count_prompt(self.fmt, self.body, self.model, self.size)
         usage, source = final_usage(reported, prompt_tokens=prompt, output_text=output_text,
                                     model=self.model.upstream, embeddings=self.model.mode == "embedding")

@@ -27,7 +27,7 @@ import json
 from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
-from metering.usage.normalized import Usage, anthropic_usage
+from metering.usage.normalized import Usage, anthropic_usage, token_count
 from metering.usage.sse import Frame, SSEFramer, frames_of, skim_named
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
@@ -403,7 +403,8 @@ class MessagesWatcher:
         output = max(self._started_output, count_text(text, _ENCODING_MODEL))
         return Usage(input_tokens=reported.input_tokens, cached_input_tokens=reported.cached_input_tokens,
                      output_tokens=output, source="estimated", cache_write_tokens=reported.cache_write_tokens,
-                     cache_write_1h_tokens=reported.cache_write_1h_tokens, raw=reported.raw)
+                     cache_write_1h_tokens=reported.cache_write_1h_tokens, raw=reported.raw,
+                     unread=tuple(kind for kind in reported.unread if kind == "input"))
 
     def skim(self, chunk: bytes, framer: SSEFramer) -> int:
         """How many leading bytes of `chunk` go to the client as they came without the relay
@@ -454,7 +455,7 @@ class MessagesWatcher:
             if isinstance(usage, dict):
                 merge_usage(self._raw_usage, usage)
                 output = usage.get("output_tokens")
-                self._started_output = output if type(output) is int and output >= 0 else 0
+                self._started_output = token_count(output)
                 self._usage = False
         elif name == "message_delta":
             usage = obj.get("usage")

@@ -30,7 +30,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from config.schema import MAX_OUTPUT_TOKENS, ModelConfig, ProviderConfig
-from metering.usage.normalized import Usage, bounded_usage
+from metering.usage.normalized import Usage, bounded_usage, token_count, unread_counts
 from metering.usage.sse import Frame, SSEFramer, first_of, frames_of
 from metering.usage.tokens import count_text
 from proxy.errors import ApiError, InvalidRequest
@@ -65,18 +65,16 @@ def rpc_status(status: int) -> str:
     return _STATUS.get(status) or ("INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
 
 
-def _count(value: object) -> int:
-    return value if type(value) is int and value >= 0 else 0
-
-
 def gemini_usage(meta: object) -> Usage | None:
     """A `usageMetadata` object in Payware's classes, or None if it is not an object."""
     if not isinstance(meta, dict):
         return None
-    thoughts = _count(meta.get("thoughtsTokenCount"))
-    return bounded_usage(_count(meta.get("promptTokenCount")) + _count(meta.get("toolUsePromptTokenCount")),
-                         _count(meta.get("cachedContentTokenCount")),
-                         _count(meta.get("candidatesTokenCount")) + thoughts, thoughts, 0, 0, meta)
+    thoughts = token_count(meta.get("thoughtsTokenCount"))
+    return bounded_usage(token_count(meta.get("promptTokenCount")) + token_count(meta.get("toolUsePromptTokenCount")),
+                         token_count(meta.get("cachedContentTokenCount")),
+                         token_count(meta.get("candidatesTokenCount")) + thoughts, thoughts, 0, 0, meta,
+                         unread_counts(meta, ("promptTokenCount", "toolUsePromptTokenCount"),
+                                       ("candidatesTokenCount", "thoughtsTokenCount")))
 
 
 class GeminiFormat:

@@ -44,15 +44,18 @@ STREAM_ERROR = {"error": {"message": "The server had an error while processing y
 
 SCENARIOS = ("fake-ok", "fake-no-usage", "fake-finish-usage", "fake-crlf", "fake-split", "fake-slow",
              "fake-error-500-text", "fake-error-429", "fake-error-400", "fake-hang", "fake-stream-error",
-             "fake-cut")
+             "fake-cut", "fake-bad-usage")
+# `fake-bad-usage` reports an output count no call can hold (2**62), in its body and its stream
+BAD_COMPLETION_TOKENS = 2 ** 62
 
 STATS = web.AppKey("stats", dict)
 
 
-def usage_object() -> dict:
-    """The usage `fake-ok` reports for chat and completions."""
-    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+def usage_object(model: str = "fake-ok") -> dict:
+    """The usage `fake-ok` reports for chat and completions (`fake-bad-usage`: its output count)."""
+    completion = BAD_COMPLETION_TOKENS if model == "fake-bad-usage" else COMPLETION_TOKENS
+    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
+            "total_tokens": PROMPT_TOKENS + completion,
             "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": REASONING_TOKENS, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
@@ -63,7 +66,7 @@ def completion_body(model: str) -> dict:
     body = {"id": "chatcmpl-fake123", "object": "chat.completion", "created": CREATED, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": REPLY, "refusal": None},
                          "logprobs": None, "finish_reason": "stop"}],
-            "usage": usage_object(), "system_fingerprint": "fp_fake"}
+            "usage": usage_object(model), "system_fingerprint": "fp_fake"}
     if model == "fake-no-usage":
         del body["usage"]
     return body
@@ -73,7 +76,7 @@ def text_completion_body(model: str) -> dict:
     """The non-streamed `/v1/completions` answer (`fake-no-usage` drops `usage`)."""
     body = {"id": "cmpl-fake123", "object": "text_completion", "created": CREATED, "model": model,
             "choices": [{"text": REPLY, "index": 0, "logprobs": None, "finish_reason": "stop"}],
-            "usage": usage_object()}
+            "usage": usage_object(model)}
     if model == "fake-no-usage":
         del body["usage"]
     return body
@@ -138,7 +141,7 @@ def stream_events(scenario: str, include_usage: bool, model: str, words: list[st
         finish["usage"] = usage_object()
     events.append(event(finish))
     if usage_field:
-        events.append(event({**_chunk(endpoint, model, None), "usage": usage_object()}))
+        events.append(event({**_chunk(endpoint, model, None), "usage": usage_object(scenario)}))
     return events + [b"data: [DONE]" + newline * 2]
 
 

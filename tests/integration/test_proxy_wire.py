@@ -76,6 +76,20 @@ async def test_a_provider_that_ignores_include_usage_is_billed_by_tiktoken_and_f
     assert event["raw_usage"] is None
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_an_output_count_no_call_can_hold_is_estimated_not_billed_as_sent(proxy, stream):
+    # 2**62 output tokens priced as sent: ~$2.8 trillion for one call, and every cap blown
+    status, _, _ = await post(proxy, {"model": "fake-bad-usage", "stream": stream,
+                                      "stream_options": {"include_usage": True} if stream else None,
+                                      "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200
+    event, = events(proxy)
+    assert (event["input_tokens"], event["output_tokens"]) == (13, 4)  # the reply's four o200k tokens
+    assert event["usage_source"] == {"input": "provider", "output": "tiktoken"} and event["estimated"] is True
+    assert event["raw_usage"]["completion_tokens"] == fake.BAD_COMPLETION_TOKENS  # the evidence, as sent
+    assert float(event["amount"]) < 0.01
+
+
 @pytest.mark.parametrize("scenario", ["fake-stream-error", "fake-cut"])
 async def test_a_stream_the_provider_breaks_off_is_billed_as_partial_for_what_was_generated(proxy, scenario):
     status, body, _ = await post(proxy, {"model": scenario, "stream": True,

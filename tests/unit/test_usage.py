@@ -10,7 +10,9 @@ import pytest
 import proxy.formats.openai_chat
 from metering.usage.sse import Frame, SSEFramer
 from metering.usage.tokens import count_text
-from metering.usage.normalized import Usage, usage_from_json
+from metering.usage.fallback import final_usage, needs_prompt
+from metering.usage.normalized import Usage, anthropic_usage, usage_from_json
+from proxy.formats.gemini import gemini_usage
 from proxy.formats.openai_chat import StreamAccumulator
 
 STREAMS = Path(__file__).parent / "streams"
@@ -52,7 +54,10 @@ def counts(usage: Usage | None) -> tuple[int, int, int, int] | None:
                  id="negative and bool are rejected"),
     pytest.param({"usage": {"prompt_tokens": 4.0, "completion_tokens": "3",
                             "prompt_tokens_details": {"cached_tokens": [1]},
-                            "completion_tokens_details": "x"}}, (0, 0, 0, 0), id="non-int values count 0"),
+                            "completion_tokens_details": "x"}}, (4, 0, 0, 0),
+                 id="an integral float is a count, other non-int values count 0"),
+    pytest.param({"usage": {"prompt_tokens": 2 ** 62, "completion_tokens": 1e30}}, (0, 0, 0, 0),
+                 id="counts no call can hold count 0"),
     pytest.param({"usage": {"prompt_tokens": 10, "completion_tokens": 5,
                             "prompt_tokens_details": {"cached_tokens": 50},
                             "completion_tokens_details": {"reasoning_tokens": 9}}}, (10, 10, 5, 5),
@@ -67,6 +72,72 @@ def counts(usage: Usage | None) -> tuple[int, int, int, int] | None:
 ])
 def test_usage_from_json_reads_every_shape_without_raising(obj, expected):
     assert counts(usage_from_json(obj)) == expected
+
+
+@pytest.mark.parametrize("usage, unread", [
+    pytest.param(OPENAI_USAGE, (), id="chat"),
+    pytest.param({"prompt_tokens": 8, "total_tokens": 8}, (), id="embeddings: no completion tokens"),
+    pytest.param({"total_tokens": 8}, (), id="embeddings: only a total"),
+    pytest.param({"prompt_tokens": 100.0, "completion_tokens": 50.0}, (), id="integral floats"),
+    pytest.param({"prompt_tokens": 100, "completion_tokens": 50.5}, ("output",), id="a fraction"),
+    pytest.param({"prompt_tokens": "100", "completion_tokens": 50}, ("input",), id="a string"),
+    pytest.param({"prompt_tokens": 100, "completion_tokens": -50}, ("output",), id="a negative count"),
+    pytest.param({"prompt_tokens": 100, "completion_tokens": True}, ("output",), id="a bool"),
+    pytest.param({"prompt_tokens": 100, "completion_tokens": 4611686018427387904}, ("output",),
+                 id="more than a call can hold"),
+    pytest.param({"prompt_tokens": 1e30, "completion_tokens": 5}, ("input",), id="a huge float"),
+    pytest.param({"prompt_tokens": None, "completion_tokens": None}, ("input", "output"), id="only nulls"),
+    pytest.param({}, ("input", "output"), id="empty"),
+    pytest.param({"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": "x"}},
+                 (), id="an unreadable part counts 0, the counts stand"),
+    pytest.param({"input_tokens": 10, "output_tokens": 2.5}, ("output",), id="responses: a fraction"),
+    pytest.param({"input_tokens": 10}, ("output",), id="responses: no output count"),
+    pytest.param({"output_tokens": 7, "cache_read_input_tokens": 3}, ("input",),
+                 id="anthropic: no input count"),
+    pytest.param({"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": -3}, ("input",),
+                 id="anthropic: an unreadable cache read is part of the input"),
+])
+def test_usage_names_the_counts_the_provider_sent_but_not_as_counts(usage, unread):
+    assert usage_from_json({"usage": usage}).unread == unread
+
+
+@pytest.mark.parametrize("meta, unread", [
+    pytest.param({"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 2}, (), id="gemini"),
+    pytest.param({"promptTokenCount": 10}, (), id="gemini: nothing generated yet"),
+    pytest.param({"promptTokenCount": 10, "candidatesTokenCount": 5.5}, ("output",), id="gemini: a fraction"),
+    pytest.param({"promptTokenCount": 10, "thoughtsTokenCount": "2"}, ("output",), id="gemini: unreadable thoughts"),
+    pytest.param({"totalTokenCount": 15}, ("input", "output"), id="gemini: no count of its own"),
+    pytest.param({}, ("input", "output"), id="gemini: empty"),
+])
+def test_gemini_usage_names_the_counts_it_could_not_read(meta, unread):
+    assert gemini_usage(meta).unread == unread
+
+
+def test_anthropic_usage_without_its_input_count_is_unread():
+    assert anthropic_usage({"output_tokens": 7}).unread == ("input",)
+    assert anthropic_usage({"input_tokens": 3, "output_tokens": 7}).unread == ()
+
+
+def test_only_the_counts_sent_but_not_as_counts_are_estimated():
+    reported = usage_from_json({"usage": {"prompt_tokens": "13", "completion_tokens": 7}})
+    assert needs_prompt(reported) and not needs_prompt(usage_from_json({"usage": OPENAI_USAGE}))
+    usage, source = final_usage(reported, prompt_tokens=11, output_text=lambda: pytest.fail("not needed"),
+                                model="gpt-4o")
+    assert (usage.input_tokens, usage.output_tokens, usage.source) == (11, 7, "estimated")
+    assert source == {"input": "tiktoken", "output": "provider"}
+    assert usage.raw == {"prompt_tokens": "13", "completion_tokens": 7}
+
+    reported = usage_from_json({"usage": {"prompt_tokens": 13, "completion_tokens": -1,
+                                          "completion_tokens_details": {"reasoning_tokens": 3}}})
+    usage, source = final_usage(reported, prompt_tokens=None, output_text=lambda: "Hello from fake.", model="gpt-4o")
+    assert (usage.input_tokens, usage.output_tokens, usage.reasoning_tokens) == (13, 4, 0)
+    assert source == {"input": "provider", "output": "tiktoken"}
+
+
+def test_an_embedding_s_unread_output_stays_zero():
+    usage, source = final_usage(usage_from_json({"usage": {}}), prompt_tokens=8, output_text=lambda: "x" * 99,
+                                model="text-embedding-3-small", embeddings=True)
+    assert (usage.input_tokens, usage.output_tokens) == (8, 0) and source["input"] == "tiktoken"
 
 
 def test_usage_from_json_keeps_the_raw_usage_as_evidence():
