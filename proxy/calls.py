@@ -33,7 +33,7 @@ from proxy.serving.accesslog import note
 from proxy.limits.admission import Admitted, rate_headers, together
 from proxy.appkeys import BRIDGES, GATE, LIVE, METER, RECORDER, UPSTREAM_CLIENT, UPSTREAMS
 from proxy.auth import Caller
-from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError
+from proxy.errors import ENVELOPE, InvalidRequest, ModelNotFound, UpstreamError, UpstreamTimeout
 from proxy.formats.base import Outgoing, WireFormat
 from proxy.jsonbody import load_json_or_none, parse_json, read_body
 from proxy.metadata import request_metadata
@@ -182,7 +182,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, evid
             response = await error_passthrough(upstream, provider.name, fmt)  # nothing generated, nothing billed
             response.headers.update(rate_headers(admitted.rate))
             return response
-        if stream:
+        if stream and not _answered_whole(upstream):
             return await _relay_stream(request, upstream, call, outgoing)
         return await _relay_json(upstream, call)
     finally:
@@ -198,16 +198,26 @@ async def _relay_json(upstream: Answer, call: Call) -> web.Response:
         upstream.close()
         await call.record(None, "partial")
         raise
-    except _UPSTREAM_CUT:
+    except asyncio.TimeoutError:
+        upstream.close()
+        raise UpstreamTimeout(f"provider {call.model.provider!r} did not finish its answer in time") from None
+    except HTTPClientError:
         upstream.close()
         raise UpstreamError(f"provider {call.model.provider!r} broke off its answer") from None
     finally:
         upstream.release()
     parsed = load_json_or_none(payload)  # whatever the provider sent, the call is still metered
     fmt = call.fmt
-    answer_id = getattr(fmt, "answer_id", None)
-    call.answer_id = answer_id(parsed) if answer_id is not None else None
-    await call.record(fmt.usage(parsed), "ok", lambda: fmt.text(parsed))
+    usage = fmt.usage(parsed)
+    if usage is None and isinstance(parsed, dict) and parsed.get("error") is not None and not fmt.text(parsed):
+        # A 200 that reports an error and holds no answer: nothing generated, nothing billed
+        # (as for a stream whose provider failed before its first text)
+        call.request["payware.error"] = "upstream_error_body"
+        await call.release()
+    else:
+        answer_id = getattr(fmt, "answer_id", None)
+        call.answer_id = answer_id(parsed) if answer_id is not None else None
+        await call.record(usage, "ok", lambda: fmt.text(parsed))
     return web.Response(status=upstream.status, body=payload, headers=_response_headers(upstream, call))
 
 
@@ -281,6 +291,13 @@ async def _relay_stream(request: web.Request, upstream: Answer, call: Call,
     finally:
         upstream.release()
     return response
+
+
+def _answered_whole(upstream: Answer) -> bool:
+    """Whether a provider answered a stream request with one JSON document (servers that ignore
+    `stream`; Gemini without `alt=sse`): relayed whole, and metered from its usage as such."""
+    media = upstream.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def _response_headers(upstream: Answer, call: Call) -> dict[str, str]:

@@ -72,7 +72,8 @@ COUNTERS = {
     "refusals": ("payware_refusals", "Calls refused before any provider: spend cap reached, rate limit "
                  "exceeded.", ("reason",)),
     "upstream_errors": ("payware_upstream_errors", "Provider failures, by provider and code (the provider's "
-                        "HTTP status; error: unreachable or broke off; timeout).", ("provider", "code")),
+                        "HTTP status; error: unreachable or broke off; timeout; error_body: a 200 whose body is an "
+                        "error).", ("provider", "code")),
     "store_errors": ("payware_counter_store_errors", "Counter-store (Redis) failures on the request path: "
                      "admission (refused), record (real-time totals), position (a tiered plan's place in the "
                      "period).", ("op",)),

@@ -122,7 +122,7 @@ def proxy_config(upstream_url: str, tmp: Path, *, extra_models: str = "", custom
         f"  {name}: {{provider: fake, cost: {{input: \"0.15\", cached_input: \"0.075\", output: \"0.60\"}}}}"
         for name in ("fake-ok", "fake-no-usage", "fake-finish-usage", "fake-crlf", "fake-split", "fake-slow",
                      "fake-error-500-text", "fake-error-429", "fake-error-400", "fake-hang", "fake-stream-error",
-                     "fake-cut", "fake-bad-usage"))
+                     "fake-cut", "fake-bad-usage", "fake-ignores-stream"))
     customers = customers if customers is not None else f"""
   acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}"]}}
   globex: {{plan: payg, keys: ["{key_hash(KEYS['globex'])}"]}}

@@ -44,8 +44,9 @@ STREAM_ERROR = {"error": {"message": "The server had an error while processing y
 
 SCENARIOS = ("fake-ok", "fake-no-usage", "fake-finish-usage", "fake-crlf", "fake-split", "fake-slow",
              "fake-error-500-text", "fake-error-429", "fake-error-400", "fake-hang", "fake-stream-error",
-             "fake-cut", "fake-bad-usage")
-# `fake-bad-usage` reports an output count no call can hold (2**62), in its body and its stream
+             "fake-cut", "fake-bad-usage", "fake-ignores-stream")
+# `fake-bad-usage` reports an output count no call can hold (2**62), in its body and its stream;
+# `fake-ignores-stream` answers a stream request whole, as a server without streaming does
 BAD_COMPLETION_TOKENS = 2 ** 62
 
 STATS = web.AppKey("stats", dict)
@@ -223,7 +224,7 @@ async def _answer(request: web.Request, endpoint: str) -> web.StreamResponse:
         failure = await _failure(request, scenario)
         if failure is not None:
             return failure
-        if body.get("stream") and endpoint != "embeddings":
+        if body.get("stream") and endpoint != "embeddings" and scenario != "fake-ignores-stream":
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return await _stream(request, scenario, include_usage, model, endpoint)

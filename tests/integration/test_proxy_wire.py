@@ -10,7 +10,7 @@ import urllib.request
 import aiohttp
 import pytest
 
-from tests.conftest import KEYS
+from tests.conftest import KEYS, proxy_config
 from tests.fakes import upstream as fake
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
@@ -88,6 +88,16 @@ async def test_an_output_count_no_call_can_hold_is_estimated_not_billed_as_sent(
     assert event["usage_source"] == {"input": "provider", "output": "tiktoken"} and event["estimated"] is True
     assert event["raw_usage"]["completion_tokens"] == fake.BAD_COMPLETION_TOKENS  # the evidence, as sent
     assert float(event["amount"]) < 0.01
+
+
+async def test_a_stream_request_answered_whole_is_relayed_as_it_came_and_billed_from_its_usage(proxy):
+    status, body, headers = await post(proxy, {"model": "fake-ignores-stream", "stream": True,
+                                               "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert body == json.dumps(fake.completion_body("fake-ignores-stream"), separators=(",", ":")).encode()
+    event, = events(proxy)
+    assert (event["input_tokens"], event["output_tokens"], event["estimated"]) == (13, 7, False)
+    assert event["stream"] is True and event["status"] == "ok"
 
 
 @pytest.mark.parametrize("scenario", ["fake-stream-error", "fake-cut"])
@@ -188,3 +198,52 @@ async def test_stream_headers_reach_the_client_before_the_first_event_and_a_burs
     assert body == without_usage_chunk(sent)  # every event, the usage chunk hidden, in one burst
     event, = events(proxy)
     assert (event["model"], event["status"], event["input_tokens"], event["output_tokens"]) == ("held", "ok", 13, 7)
+
+
+async def raw_provider(answer: bytes, *, then_stall: bool = False):
+    """A provider on 127.0.0.1 that reads a request and writes `answer` (and then waits, or
+    closes): the bytes exactly, whatever they are."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        if then_stall:
+            await asyncio.sleep(30)
+        writer.close()
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def raw_config(folder, upstream_url: str, port: int, *, read_timeout: str = "5") -> str:
+    """The tests' config with a provider `raw` on `port` (its model `raw-model`)."""
+    text = proxy_config(upstream_url, folder,
+                        extra_providers=f'  raw: {{kind: openai, base_url: "http://127.0.0.1:{port}/v1", '
+                                        'api_key: "sk-raw"}\n',
+                        extra_models='  raw-model: {provider: raw, cost: {input: "0.15", output: "0.60"}}\n')
+    return text.replace("read_timeout: 5,", f"read_timeout: {read_timeout},")
+
+
+def http_answer(status: str, body: bytes, length: int | None = None) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode() + body
+
+
+async def test_a_200_whose_body_is_an_error_is_relayed_and_not_billed(proxy_factory, fake_upstream, tmp_path):
+    body = b'{"error":{"message":"The engine is currently overloaded","type":"server_error"}}'
+    server = await raw_provider(http_answer("200 OK", body))
+    async with server:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1]))
+        status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
+        assert (status, relayed) == (200, body)
+        ok, _, _ = await post(proxy, {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}]})
+    assert ok == 200
+    assert [event["model"] for event in events(proxy)] == ["fake-ok"]  # the error answer billed nothing
+
+
+async def test_a_body_that_stops_arriving_is_a_504_and_bills_nothing(proxy_factory, fake_upstream, tmp_path):
+    server = await raw_provider(http_answer("200 OK", b'{"id":"chatcmpl-1","choi', length=400), then_stall=True)
+    async with server:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1],
+                                         read_timeout="0.5"))
+        status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 504 and json.loads(relayed)["error"]["code"] == "upstream_timeout"
+    assert events(proxy) == []
