@@ -7,6 +7,12 @@ usage: `response.completed`, `response.incomplete` or `response.failed`. Usage i
 reported, so nothing is forced on or stripped. An `event: error` (or `type: "error"`) frame
 is a mid-stream error.
 
+An event's type is its JSON's top-level `type`. OpenAI also names each frame with it (`event:`):
+a frame named `response.*` is told by its name (and parsed only if it is one the watcher reads),
+an `event: error` is parsed. A frame with no such name (a relay that dropped the `event:`
+lines, or named them all `message`) is parsed for its `type`, whatever its JSON's whitespace,
+key order or escapes: no search for bytes tells a member from text inside a string.
+
 Chains: `previous_response_id` and `conversation` make the provider bill the earlier context
 as input again, which the body does not show; the route (`proxy.routes.responses`) reserves
 for it and refuses another customer's ids.
@@ -15,12 +21,13 @@ for it and refuses another customer's ids.
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 
 from config.schema import ModelConfig, ProviderConfig
 from metering.usage.normalized import Usage, usage_from_json
-from metering.usage.sse import Frame, SSEFramer, frames_of, skim_named
+from metering.usage.sse import Frame, SSEFramer, frames_of
 from metering.usage.tokens import IMAGE_PART, PER_MESSAGE, REPLY_PRIMING, count_text
 from proxy.errors import ApiError, InvalidRequest, openai_envelope
 from proxy.formats.base import Outgoing, body_model, body_stream
@@ -28,11 +35,17 @@ from proxy.formats.openai_chat import check_max_tokens
 from proxy.jsonbody import dump_json, load_json_or_none
 
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# What `skim` stops at: the name of a frame that ends the answer, reports an error or starts a
-# response (`process` reads each of them)
-_LOOK_AT = tuple(f"event:{space}{kind}".encode() for kind in (*sorted(TERMINAL), "error", "response.created")
-                 for space in ("", " "))
+_READ_NAMED = TERMINAL | {"error", "response.created"}  # the named events `process` parses
 _CREATED = (b"event: response.created\n", b"event:response.created\n")  # the first frame, LF-ended
+# An event line `skim` may pass over: a `response.*` name that `process` does not parse (a false
+# alarm, such as `response.created_x`, only means more frames are read one by one)
+_PASSABLE = (rb"event: ?response\.(?!" + "|".join(sorted(kind.removeprefix("response.") for kind in _READ_NAMED
+                                                         if kind.startswith("response."))).encode() + rb")")
+_PASSABLE_NAME = re.compile(_PASSABLE)
+# Where `skim` stops: a frame that does not open with a passable name (unnamed, `error`, a name
+# of another API, a comment), or a line in a frame that is neither `data:` nor a passable name.
+# NOTE: so every frame skimmed is named, by its last `event:` line too, as `process` tells it.
+_STOP = re.compile(rb"\n(?:\n(?!" + _PASSABLE + rb"|\Z)|(?!\n|data:|" + _PASSABLE + rb"))")
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta",
                           "response.reasoning_summary_text.delta", "response.reasoning_text.delta",
                           "response.refusal.delta", "response.custom_tool_call_input.delta"})
@@ -118,10 +131,12 @@ RESPONSES = ResponsesFormat()
 class ResponsesStream:
     """Watches a Responses stream: the response's id, text deltas, the terminal event's usage.
 
-    Only the first frame and the terminal event are parsed; a delta (told by its event name)
-    is kept as its JSON text and read only if `output_text()` is asked for (no usage: the
-    stream was cut), as the chat watcher does. Every frame is forwarded as it came; once the
-    id is known, whole frames before the first that may end the answer pass unframed (`skim`).
+    Of named frames, only the first and the terminal event are parsed; a delta (told by its
+    event name) is kept as its JSON text and read only if `output_text()` is asked for (no
+    usage: the stream was cut), as the chat watcher does. A frame without a Responses event name
+    is parsed for its `type` (see the module docstring). Every frame is forwarded as it came;
+    once the id is known, whole frames before the first that may end the answer pass unframed
+    (`skim`).
     """
 
     __slots__ = ("usage", "error", "done", "terminal", "answer_id", "status", "_pending", "_texts")
@@ -133,22 +148,37 @@ class ResponsesStream:
         self.terminal = False
         self.answer_id: str | None = None  # from response.created
         self.status: str | None = None  # the terminal event's response status
-        self._pending: list[str | bytes] = []  # deltas' JSON, or skimmed frames, not yet read for text
+        self._pending: list[str | dict | bytes] = []  # deltas (JSON text or parsed), skimmed frames: text unread
         self._texts: list[str] = []  # text already read out of deltas
 
     def skim(self, chunk: bytes, framer: SSEFramer) -> int:
         """How many leading bytes of `chunk` go to the client as they came without the relay
         framing them: the whole frames before the first that may be terminal, an error or a
-        new response (a false alarm only means more frames are read one by one), provided each
-        is named (an unnamed frame's type is in its data). They are kept as bytes.
+        new response, provided each is named `response.*` (another frame's type is in its data:
+        `process` parses it). They are kept as bytes. One regex search finds where to stop.
 
         The first frame, `response.created`, is read here (its bytes go on as they came), so a
         read that holds most of a stream is skimmed past it too.
         """
-        start, passed = skim_named(chunk, framer, _LOOK_AT, _CREATED if self.answer_id is None else None,
-                                   self.process)
-        if passed > start:
-            self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
+        start = 0
+        if self.answer_id is None:
+            if not chunk.startswith(_CREATED):
+                return 0
+            start = chunk.find(b"\n\n") + 2
+            if start < 2 or framer.whole(chunk, start) != start:
+                return 0
+            for frame in frames_of(chunk[:start]):
+                self.process(frame)
+            stop = _STOP.search(chunk, start - 2)
+        elif _PASSABLE_NAME.match(chunk) is None:
+            return 0
+        else:
+            stop = _STOP.search(chunk)
+        look = stop.end() if stop is not None else len(chunk)
+        passed = framer.whole(chunk, look) if look > start else 0
+        if passed <= start:
+            return start
+        self._pending.append(chunk[start:passed] if start or passed < len(chunk) else chunk)
         return passed
 
     def process(self, frame: Frame) -> bytes:
@@ -156,62 +186,65 @@ class ResponsesStream:
         if data is None:
             return frame.raw
         kind = frame.event
-        if _is_delta(kind, data):
+        if kind in _TEXT_DELTAS:
             self._pending.append(data)
             return frame.raw
-        if kind == "response.created" or (self.answer_id is None and kind is None):
-            obj = _load(data)
-            response = obj.get("response") if obj else None
-            if isinstance(response, dict) and isinstance(response.get("id"), str):
-                self.answer_id = response["id"]
-            return frame.raw
-        if kind in TERMINAL or kind == "error" or (kind is None and ('"type":"response.' in data
-                                                                      or '"type":"error"' in data)):
+        if kind in _READ_NAMED:
             obj = _load(data)
             if obj is None:
                 if kind == "error":
                     self.error = {"message": data}
-                return frame.raw
-            kind = obj.get("type") if isinstance(obj.get("type"), str) else kind
-            if kind == "error":
-                self.error = obj
-            elif kind in TERMINAL:
-                response = obj.get("response")
-                usage = usage_from_json(response)
-                if usage is not None:
-                    self.usage = usage
-                if isinstance(response, dict):
-                    self.status = response.get("status") if isinstance(response.get("status"), str) else None
-                    if self.answer_id is None and isinstance(response.get("id"), str):
-                        self.answer_id = response["id"]
-                    if kind == "response.failed":
-                        error = response.get("error")
-                        self.error = error if isinstance(error, dict) else {"message": "response.failed"}
-                self.terminal = self.done = True
+            elif kind == "response.created":
+                self._read(obj, kind)
+            else:
+                self._read(obj, obj["type"] if isinstance(obj.get("type"), str) else kind)
+        elif kind is None or not kind.startswith("response."):
+            obj = _load(data)  # no Responses event name: the type is the JSON's own `type` member
+            if obj is not None:
+                self._read(obj, obj["type"] if isinstance(obj.get("type"), str) else None)
         return frame.raw
+
+    def _read(self, obj: dict, kind: str | None) -> None:
+        """One parsed event of type `kind`."""
+        if kind in _TEXT_DELTAS:
+            self._pending.append(obj)
+        elif kind == "error":
+            self.error = obj
+        elif kind in TERMINAL:
+            response = obj.get("response")
+            usage = usage_from_json(response)
+            if usage is not None:
+                self.usage = usage
+            if isinstance(response, dict):
+                self.status = response.get("status") if isinstance(response.get("status"), str) else None
+                if self.answer_id is None and isinstance(response.get("id"), str):
+                    self.answer_id = response["id"]
+                if kind == "response.failed":
+                    error = response.get("error")
+                    self.error = error if isinstance(error, dict) else {"message": "response.failed"}
+            self.terminal = self.done = True
+        elif kind == "response.created" or self.answer_id is None:
+            response = obj.get("response")  # response.created (or, first, another event that holds the Response)
+            if isinstance(response, dict) and isinstance(response.get("id"), str):
+                self.answer_id = response["id"]
 
     def output_text(self) -> str:
         if self._pending:
             for item in self._pending:
                 if isinstance(item, bytes):  # skimmed frames: deltas among others (see `skim`)
                     for frame in frames_of(item):
-                        if frame.data is not None and _is_delta(frame.event, frame.data):
+                        if frame.data is not None and frame.event in _TEXT_DELTAS:
                             self._add_delta(frame.data)
                 else:
                     self._add_delta(item)
             self._pending = []
         return "".join(self._texts)
 
-    def _add_delta(self, data: str) -> None:
-        obj = _load(data)
+    def _add_delta(self, data: str | dict) -> None:
+        obj = _load(data) if isinstance(data, str) else data
         delta = obj.get("delta") if obj else None
         if isinstance(delta, str):
             self._texts.append(delta)
-
-
-def _is_delta(kind: str | None, data: str) -> bool:
-    """Whether a frame is a text delta (named, or unnamed with its type in the data)."""
-    return kind in _TEXT_DELTAS or (kind is None and '"type":"response.output_text.delta"' in data)
 
 
 def _load(data: str) -> dict | None:
