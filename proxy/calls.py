@@ -26,7 +26,7 @@ from metering.billing.plans import uses_position
 from metering.store.events import money_str, utcnow
 from metering.store.owned import PROVIDER_ID
 from metering.limits.outages import counters_down
-from metering.usage.fallback import final_usage, needs_prompt
+from metering.usage.fallback import final_usage, needs_output, needs_prompt
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from proxy.serving.accesslog import note
@@ -68,11 +68,14 @@ class Call:
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
         self.request.setdefault(UPSTREAM_DONE, time.perf_counter())  # the provider's part ends here (/metrics)
+        gate, embeddings = self.request.app[GATE], self.model.mode == "embedding"
         prompt = self.admitted.prompt_tokens if self.admitted.counted else None
         if prompt is None and needs_prompt(reported):
-            prompt = await self.request.app[GATE].count_prompt(self.fmt, self.body, self.model, self.size)
-        usage, source = final_usage(reported, prompt_tokens=prompt, output_text=output_text,
-                                    model=self.model.upstream, embeddings=self.model.mode == "embedding")
+            prompt = await gate.count_prompt(self.fmt, self.body, self.model, self.size)
+        output = None
+        if needs_output(reported, embeddings=embeddings):
+            output = await gate.count_output(output_text(), self.model)
+        usage, source = final_usage(reported, prompt_tokens=prompt, output_tokens=output, embeddings=embeddings)
         session, feature, meta = request_metadata(self.request.headers, self.body)
         if self.answer_id is not None:
             meta[PROVIDER_ID] = self.answer_id  # evidence: the provider's own id for this answer
@@ -102,7 +105,6 @@ class Call:
         note(self.request, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
              amount=money_str(event.amount), billed=event.status)
         self.settled = True  # NOTE: before settling: a failed settle must not also release the hold
-        gate = app[GATE]
         # Counted and settled together: on Redis their scripts share one round trip.
         counted, settled = await together(
             gate.remote, count_event(app, event, self.caller.customer),

@@ -58,7 +58,6 @@ DOCUMENT_TOKENS = 3000
 # The system prompt Anthropic adds when tools are given (its pricing page: 159 to 530 tokens
 # depending on the model and tool_choice); the largest is reserved.
 TOOLS_SYSTEM_PROMPT = 530
-_ENCODING_MODEL = "claude"  # not known to tiktoken: counted with o200k_base
 
 
 class AnthropicMessagesFormat:
@@ -385,8 +384,9 @@ class MessagesWatcher:
     @property
     def usage(self) -> Usage | None:
         """The usage so far: the provider's own once message_delta came; before that, its input
-        counts with the output estimated from the text seen (source "estimated"); None if no
-        usage was seen at all, or if the stream failed before any text (nothing to bill)."""
+        counts with the output `unread` (source "estimated": the relay estimates it from the
+        text seen, message_start's count its floor); None if no usage was seen at all, or if the
+        stream failed before any text (nothing to bill)."""
         if self._usage is False:
             self._usage = self._compute_usage()
         return self._usage
@@ -397,14 +397,15 @@ class MessagesWatcher:
         reported = anthropic_usage(dict(self._raw_usage))
         if self._final:
             return reported
-        text = self.output_text()
-        if self.error is not None and not text:
+        if self.error is not None and not self.output_text():
             return None  # the provider failed before generating anything: the relay bills nothing
-        output = max(self._started_output, count_text(text, _ENCODING_MODEL))
+        # The output so far is the relay's to estimate from the text (off the event loop: it may
+        # be long); message_start's count is its floor
         return Usage(input_tokens=reported.input_tokens, cached_input_tokens=reported.cached_input_tokens,
-                     output_tokens=output, source="estimated", cache_write_tokens=reported.cache_write_tokens,
+                     output_tokens=self._started_output, source="estimated",
+                     cache_write_tokens=reported.cache_write_tokens,
                      cache_write_1h_tokens=reported.cache_write_1h_tokens, raw=reported.raw,
-                     unread=tuple(kind for kind in reported.unread if kind == "input"))
+                     unread=tuple(kind for kind in reported.unread if kind == "input") + ("output",))
 
     def skim(self, chunk: bytes, framer: SSEFramer) -> int:
         """How many leading bytes of `chunk` go to the client as they came without the relay

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from config.schema import MAX_OUTPUT_TOKENS, CustomerConfig, ModelConfig, PlanConfig
 from metering.limits.budget import MAX_UNITS, NANO, BudgetStore, Decision, Hold, MemoryBudget, Scope, to_units
-from metering.usage.tokens import encoding_for
+from metering.usage.tokens import count_text, encoding_for
 from metering.usage.tokens import loaded as tokens_loaded
 from metering.limits.reservations import Recovering, Reservations, Source
 from metering.store.events import decimal_str, money_str
@@ -262,6 +262,13 @@ class Gate:
         if size < BIG_PROMPT and tokens_loaded(model.upstream):
             return fmt.prompt_tokens(body, model.upstream)
         return await asyncio.to_thread(fmt.prompt_tokens, body, model.upstream)
+
+    async def count_output(self, text: str, model: ModelConfig) -> int:
+        """The tokens of a call's output text (an estimate's), off the event loop as a prompt's:
+        a provider's 10 MB answer without usage takes seconds to count."""
+        if len(text) < BIG_PROMPT and tokens_loaded(model.upstream):
+            return count_text(text, model.upstream)
+        return await asyncio.to_thread(count_text, text, model.upstream)
 
     async def _bound_prompt(self, fmt, body: dict, model: ModelConfig, size: int) -> tuple[int, bool]:
         """(tokens, exact) for admission, which must not wait for a tokenizer to load (~0.3 s, once):

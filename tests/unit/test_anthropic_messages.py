@@ -10,7 +10,7 @@ import pytest
 from multidict import CIMultiDict
 
 from config.schema import ModelConfig, ModelPrice, ProviderConfig
-from metering.usage.fallback import final_usage
+from metering.usage.fallback import final_usage, needs_output
 from metering.usage.normalized import Usage
 from metering.usage.sse import SSEFramer
 from metering.usage.tokens import count_text
@@ -30,6 +30,16 @@ def counts(usage: Usage | None) -> tuple | None:
         return None
     return (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens - usage.cache_write_1h_tokens,
             usage.cache_write_1h_tokens, usage.output_tokens, usage.reasoning_tokens)
+
+
+def billed(watcher: MessagesWatcher) -> Usage | None:
+    """The usage the relay bills for `watcher`'s stream: a cut stream's output counted from its
+    text, as the relay counts it (`Call.record`)."""
+    usage = watcher.usage
+    if usage is None:
+        return None
+    output = count_text(watcher.output_text(), "claude") if needs_output(usage) else None
+    return final_usage(usage, prompt_tokens=None, output_tokens=output)[0]
 
 
 def relay(pieces: list[bytes], *, skim: bool = True) -> tuple[bytes, MessagesWatcher]:
@@ -78,7 +88,7 @@ def test_recorded_streams_give_the_provider_usage_text_and_end(name, usage, sour
     stream = (STREAMS / name).read_bytes().replace(b"\n", line_end)
     received, watcher = relay(in_reads(stream, read_size))
     assert received == stream  # byte for byte: nothing to strip on this wire
-    assert counts(watcher.usage) == usage and watcher.usage.source == source
+    assert counts(billed(watcher)) == usage and billed(watcher).source == source
     assert watcher.output_text() == text
     assert watcher.done is done and watcher.terminal is done
     assert (watcher.error is not None) is (not done)
@@ -165,8 +175,8 @@ COMPLETE = ("claude-fake-ok", "claude-fake-cache", "claude-fake-thinking", "clau
 
 def check_fake(scenario: str, received: bytes, watcher: MessagesWatcher) -> None:
     assert received == b"".join(claude.stream_bytes(scenario, scenario))
-    assert counts(watcher.usage) == fake_usage(scenario)
-    assert watcher.usage.source == ("provider" if scenario in COMPLETE else "estimated")
+    assert counts(billed(watcher)) == fake_usage(scenario)
+    assert billed(watcher).source == ("provider" if scenario in COMPLETE else "estimated")
     assert watcher.output_text() == fake_text(scenario)
     assert watcher.done is watcher.terminal is (scenario in COMPLETE)
     assert (watcher.error is not None) is (scenario == "claude-fake-error-midstream")
@@ -289,7 +299,9 @@ def test_output_text_reads_tool_input_json_and_tool_names():
 
 def test_an_estimated_stream_usage_is_marked_as_such_in_the_event_sources():
     _, watcher = relay([start({"input_tokens": 25, "output_tokens": 1}), text("Once upon a time")])
-    usage, source = final_usage(watcher.usage, prompt_tokens=999, output_text=watcher.output_text, model="claude")
+    assert watcher.usage.unread == ("output",) and watcher.usage.output_tokens == 1  # message_start's: a floor
+    usage, source = final_usage(watcher.usage, prompt_tokens=999,
+                                output_tokens=count_text("Once upon a time", "claude"))
     assert (usage.input_tokens, usage.output_tokens) == (25, 4) and usage.source == "estimated"
     assert source == {"input": "provider", "output": "tiktoken"}
 

@@ -10,7 +10,7 @@ import pytest
 import proxy.formats.openai_chat
 from metering.usage.sse import Frame, SSEFramer
 from metering.usage.tokens import count_text
-from metering.usage.fallback import final_usage, needs_prompt
+from metering.usage.fallback import final_usage, needs_output, needs_prompt
 from metering.usage.normalized import Usage, anthropic_usage, usage_from_json
 from proxy.formats.gemini import gemini_usage
 from proxy.formats.openai_chat import StreamAccumulator
@@ -121,22 +121,24 @@ def test_anthropic_usage_without_its_input_count_is_unread():
 def test_only_the_counts_sent_but_not_as_counts_are_estimated():
     reported = usage_from_json({"usage": {"prompt_tokens": "13", "completion_tokens": 7}})
     assert needs_prompt(reported) and not needs_prompt(usage_from_json({"usage": OPENAI_USAGE}))
-    usage, source = final_usage(reported, prompt_tokens=11, output_text=lambda: pytest.fail("not needed"),
-                                model="gpt-4o")
+    assert not needs_output(reported)
+    usage, source = final_usage(reported, prompt_tokens=11, output_tokens=None)
     assert (usage.input_tokens, usage.output_tokens, usage.source) == (11, 7, "estimated")
     assert source == {"input": "tiktoken", "output": "provider"}
     assert usage.raw == {"prompt_tokens": "13", "completion_tokens": 7}
 
     reported = usage_from_json({"usage": {"prompt_tokens": 13, "completion_tokens": -1,
                                           "completion_tokens_details": {"reasoning_tokens": 3}}})
-    usage, source = final_usage(reported, prompt_tokens=None, output_text=lambda: "Hello from fake.", model="gpt-4o")
+    assert needs_output(reported) and not needs_prompt(reported)
+    usage, source = final_usage(reported, prompt_tokens=None, output_tokens=count_text("Hello from fake.", "gpt-4o"))
     assert (usage.input_tokens, usage.output_tokens, usage.reasoning_tokens) == (13, 4, 0)
     assert source == {"input": "provider", "output": "tiktoken"}
 
 
-def test_an_embedding_s_unread_output_stays_zero():
-    usage, source = final_usage(usage_from_json({"usage": {}}), prompt_tokens=8, output_text=lambda: "x" * 99,
-                                model="text-embedding-3-small", embeddings=True)
+def test_an_embeddings_unread_output_stays_zero():
+    reported = usage_from_json({"usage": {}})
+    assert not needs_output(reported, embeddings=True)
+    usage, source = final_usage(reported, prompt_tokens=8, output_tokens=None, embeddings=True)
     assert (usage.input_tokens, usage.output_tokens) == (8, 0) and source["input"] == "tiktoken"
 
 
