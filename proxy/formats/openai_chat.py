@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -144,17 +145,27 @@ class StreamAccumulator:
     stream was cut). Whole frames before the first one it must read pass unframed (`skim`).
     """
 
-    __slots__ = ("strip_usage", "done", "terminal", "usage", "error", "_pending", "_texts")
+    __slots__ = ("strip_usage", "done", "terminal", "error", "_usage", "_after_usage", "_pending", "_texts")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self.strip_usage = strip_usage  # the client did not ask for usage: the proxy forced it
         self.done = False
         self.terminal = False
-        self.usage: Usage | None = None
         self.error: dict | None = None  # the value of a mid-stream `{"error": ...}`
+        self._usage: Usage | None = None  # the latest usage reported
+        self._after_usage = False  # whether chunks came after it (which it cannot have counted)
         # chunks not yet read for text: a frame's JSON text or parsed JSON, or skimmed bytes
         self._pending: list[str | dict | bytes] = []
         self._texts: list[str] = []  # text already read out of chunks
+
+    @property
+    def usage(self) -> Usage | None:
+        """The latest usage reported. Chunks after it (a provider that reports usage early, then
+        is cut) make its output a floor: the relay estimates the output from the text."""
+        usage = self._usage
+        if usage is None or not self._after_usage or "output" in usage.unread:
+            return usage
+        return replace(usage, unread=(*usage.unread, "output"))
 
     def skim(self, chunk: bytes, framer: SSEFramer) -> int:
         """How many leading bytes of `chunk` go to the client unread: the whole frames before
@@ -167,6 +178,7 @@ class StreamAccumulator:
         passed = framer.whole(chunk, look)
         if passed:
             self._pending.append(chunk[:passed] if passed < len(chunk) else chunk)
+            self._after_usage = self._usage is not None
         return passed
 
     def process(self, frame: Frame) -> bytes:
@@ -179,6 +191,7 @@ class StreamAccumulator:
             return frame.raw
         if not (_may_carry_usage(data) or '"error"' in data or frame.event == "error"):
             self._pending.append(data)
+            self._after_usage = self._usage is not None
             return frame.raw
         obj = load_json_or_none(data)
         if not isinstance(obj, dict):
@@ -192,10 +205,11 @@ class StreamAccumulator:
         elif frame.event == "error":
             self.error = obj
         if obj.get("usage") is None:
+            self._after_usage = self._usage is not None
             return frame.raw
         usage = usage_from_json(obj)
         if usage is not None:
-            self.usage = usage
+            self._usage, self._after_usage = usage, False
         if not self.strip_usage:
             return frame.raw
         if not obj.get("choices"):

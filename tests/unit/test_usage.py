@@ -202,6 +202,24 @@ def test_recorded_streams_give_usage_text_and_done(name, text, usage, read_size)
         assert acc.error is None
 
 
+@pytest.mark.parametrize("read_size", [None, 1, 7, 100], ids=["whole", "bytes", "7", "100"])
+def test_text_after_the_usage_makes_its_output_a_floor_the_relay_estimates_over(read_size):
+    def chunk(obj: dict) -> bytes:
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+    early = chunk({"choices": [], "usage": {"prompt_tokens": 13, "completion_tokens": 0, "total_tokens": 13}})
+    words = [chunk({"choices": [{"index": 0, "delta": {"content": word}}], "usage": None})
+             for word in ("Once", " upon", " a", " time")]
+    _, acc = relay(early + b"".join(words), strip_usage=False, read_size=read_size)  # then cut
+    assert (acc.usage.output_tokens, acc.usage.unread) == (0, ("output",)) and not acc.done
+    usage, source = final_usage(acc.usage, prompt_tokens=None, output_tokens=count_text(acc.output_text(), "gpt-4o"))
+    assert (usage.input_tokens, usage.output_tokens) == (13, 4)
+    assert source == {"input": "provider", "output": "tiktoken"}
+
+    _, acc = relay(b"".join(words) + early + b"data: [DONE]\n\n", strip_usage=False, read_size=read_size)
+    assert acc.usage.unread == () and acc.done  # the usage came last: it stands
+
+
 def test_recorded_usage_matches_tiktoken_over_the_streamed_text():
     _, acc = relay(load("chat_include_usage.sse"), strip_usage=False)
     assert count_text(acc.output_text(), "gpt-4o-mini") == acc.usage.output_tokens
