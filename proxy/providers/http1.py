@@ -7,10 +7,17 @@ of fixed base URLs does not use); this is what is left when only what a provider
 kept: the request written in one `write()`, the status line and headers parsed once, the body
 handed over as it arrives (Content-Length, chunked, or until the connection closes).
 
+We ask for `Accept-Encoding: identity`; a provider that answers gzip or deflate anyway has its
+body decoded here as it arrives (as aiohttp's client does), up to `max_decoded` bytes, and its
+Content-Encoding and Content-Length dropped from `headers`: they described the bytes on the
+wire, not the ones handed over. Another coding (br, zstd, a stack) is left as it came, header
+and all, for the client to undo.
+
 The answer object has the shape the relay reads (`status`, `reason`, `headers`, `read()`,
 `content.iter_any()`, `close()`, `release()`), as the litellm bridge's does. Errors:
-`ConnectFailed` (nothing was answered: a 502 to the client), `AnswerCut` (the answer broke off
-midway), `TimeoutError` (no byte for `read_timeout` seconds, or no connection in
+`ConnectFailed` (nothing was answered, or a head that cannot be read: a 502 to the client),
+`AnswerCut` (the answer broke off midway, or its encoded body is corrupt or decodes to more than
+`max_decoded` bytes), `TimeoutError` (no byte for `read_timeout` seconds, or no connection in
 `connect_timeout`), `UnsafeHeader` (refused before anything is sent). A stalled consumer
 pauses the provider's socket (flow control) rather than buffering without bound.
 """
@@ -21,6 +28,7 @@ import asyncio
 import re
 import ssl
 import time
+import zlib
 from collections import deque
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -32,6 +40,12 @@ _HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the provid
 # writes each SSE event as a chunk, so a stream's pieces then start where an event does, and
 # the relay's skim (whole frames passed unread) works whatever the network's reads look like.
 _WHOLE_CHUNK = 64 * 1024
+# The most a gzip or deflate body may decode to: a few compressed kilobytes can inflate to
+# gigabytes (a decompression bomb); no model's answer comes near this.
+_MAX_DECODED = 64 * 1024 * 1024
+# Content-Encoding values this client undoes, and the zlib window bits each is read with (0:
+# deflate, told zlib-wrapped or raw by its first byte, as aiohttp's client does).
+_DECODED_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
 # What may stand unescaped in a request target (RFC 3986: unreserved, sub-delims, ":@/?%").
 _PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 
@@ -78,11 +92,12 @@ class Client:
     """Pooled connections to providers. One per app; `close()` at shutdown."""
 
     def __init__(self, *, connect_timeout: float, read_timeout: float, keepalive: float = 60.0,
-                 limit: int = 1000) -> None:
+                 limit: int = 1000, max_decoded: int = _MAX_DECODED) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive = keepalive
         self.limit = limit
+        self.max_decoded = max_decoded
         self._idle: dict[tuple, list[tuple[_Connection, float]]] = {}
         self._origins: dict[str, _Origin] = {}
         self._open = 0
@@ -233,13 +248,64 @@ _CR, _LF = 0x0D, 0x0A
 _NO_HEADERS = CIMultiDictProxy(CIMultiDict())  # an answer's headers until its head is parsed
 
 
+def _content_length(values: list[str]) -> int | None:
+    """The body's length from its Content-Length header lines; None if one is not a length or
+    two differ (RFC 9112 §6.3: such a message cannot be framed). One value repeated, in a line
+    (`10, 10`) or in several, is that length."""
+    if len(values) == 1 and values[0].isdigit() and values[0].isascii():  # the usual answer, quickly
+        return int(values[0])
+    lengths = set()
+    for value in values:
+        for text in value.split(","):
+            text = text.strip()
+            if not (text.isdigit() and text.isascii()):
+                return None
+            lengths.add(int(text))
+    return lengths.pop() if len(lengths) == 1 else None
+
+
+class _Decoder:
+    """A gzip or deflate body undone as it arrives, to at most `limit` bytes in all."""
+
+    __slots__ = ("_wbits", "_zlib", "_room", "_limit")
+
+    def __init__(self, wbits: int, limit: int) -> None:
+        self._wbits = wbits
+        self._zlib = None  # made at the body's first byte, and again for each gzip member after it
+        self._room = self._limit = limit
+
+    def decode(self, data: bytes) -> bytes:
+        """The decoded bytes of `data`; `AnswerCut` if it is corrupt or decodes past the limit."""
+        out = []
+        while data:
+            inflater = self._zlib
+            if inflater is None or inflater.eof:
+                wbits = self._wbits or (zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS)
+                inflater = self._zlib = zlib.decompressobj(wbits)
+            try:
+                # NOTE: at most one byte past the room: a bomb never takes more memory than the limit
+                piece = inflater.decompress(data, self._room + 1)
+            except zlib.error:
+                raise AnswerCut("the provider's encoded body is corrupt") from None
+            if len(piece) > self._room:
+                raise AnswerCut(f"the provider's answer decodes to more than {self._limit} bytes")
+            self._room -= len(piece)
+            out.append(piece)
+            data = inflater.unused_data  # what follows the end of a member: the next one
+        return b"".join(out)
+
+    def finished(self) -> bool:
+        """Whether the body so far ends where its encoding does (nothing of it cut off)."""
+        return self._zlib is None or self._zlib.eof
+
+
 class Answer:
     """One provider answer, its body read as it arrives."""
 
     # NOTE: one per model call: slots make it smaller and its ~20 fields quicker to set and read
     __slots__ = ("_client", "_conn", "_method", "_loop", "status", "reason", "headers", "content_length", "_head",
                  "_head_done", "_framing", "_left", "_chunk_state", "_line", "_chunks", "_buffered", "_paused",
-                 "_held", "_hold",
+                 "_held", "_hold", "_decoder",
                  "_whole", "_complete", "_error", "_keep_alive", "_waiter", "_released", "__weakref__")
 
     def __init__(self, client: Client, conn: _Connection, method: str) -> None:
@@ -260,6 +326,7 @@ class Answer:
         self._chunks: deque[bytes] = deque()
         self._held: list[bytes] = []  # the start of a chunk cut by a read, held until its end (_WHOLE_CHUNK)
         self._hold = False  # whether the current chunk is held so
+        self._decoder: _Decoder | None = None  # a gzip or deflate body's, undone before it is buffered
         self._buffered = 0
         self._paused = False
         self._whole = False
@@ -362,11 +429,12 @@ class Answer:
             waiter.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
-        if self._held:  # what arrived of a chunk cut short is handed over before the error
-            self._push(b"".join(self._held))
-            self._held.clear()
         if self._error is None:
-            self._error = error
+            self._error = error  # first: decoding what is held may fail too, and come back here
+            if self._held:  # what arrived of a chunk cut short is handed over before the error
+                held = b"".join(self._held)
+                self._held.clear()
+                self._push(held)
         self._conn.lost = True
         self._conn.transport.close()
         self._wake()
@@ -375,8 +443,9 @@ class Answer:
         if self._complete:
             return
         if self._head_done and self._framing == _UNTIL_CLOSE:
-            self._complete = True  # a body without length ends where the connection does
-            self._wake()
+            if self._decoder is None or self._ends_decoded():
+                self._complete = True  # a body without length ends where the connection does
+                self._wake()
         elif self._head_done:
             self._fail(AnswerCut("the provider closed the connection before the end of its answer"))
         else:
@@ -408,7 +477,7 @@ class Answer:
             self._left -= len(data)
             self._push(data)
             if not self._left:
-                self._complete = True
+                self._complete = self._decoder is None or self._ends_decoded()
         elif self._framing == _CHUNKED:
             self._dechunk(data)
         else:
@@ -416,6 +485,12 @@ class Answer:
         self._wake()
 
     def _push(self, data: bytes) -> None:
+        if self._decoder is not None:  # NOTE: all a body without Content-Encoding pays for decoding
+            try:
+                data = self._decoder.decode(data)
+            except AnswerCut as exc:
+                self._fail(exc)
+                return
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
@@ -423,8 +498,14 @@ class Answer:
                 self._paused = True
                 self._conn.transport.pause_reading()
 
+    def _ends_decoded(self) -> bool:
+        """At the end of an encoded body: whether its encoding ended too (else the answer is cut)."""
+        if self._error is None and not self._decoder.finished():
+            self._fail(AnswerCut("the provider's encoded body ends before its encoding does"))
+        return self._error is None
+
     def _parse_head(self, head: bytes) -> bool:
-        """Status and headers; False for an interim (1xx) answer."""
+        """Status and headers; False for an interim (1xx) answer, or a head that fails the answer."""
         try:
             text = head.decode("latin-1")
             status_line, *lines = text.split("\r\n")
@@ -445,29 +526,51 @@ class Answer:
                 self._fail(ConnectFailed("the provider sent a malformed header line"))
                 return False
             headers.add(name, value.strip())
+        length = None
+        if status in (204, 304) or self._method == "HEAD":
+            framing, length = _LENGTH, 0
+        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+            framing = _CHUNKED
+        elif "Content-Length" in headers:
+            length = _content_length(headers.getall("Content-Length"))
+            if length is None:  # failed before its head is taken: nothing of it reaches a client
+                self._fail(ConnectFailed("the provider sent an invalid or conflicting Content-Length"))
+                return False
+            framing = _LENGTH
+        else:
+            framing = _UNTIL_CLOSE
         self.status, self.reason, self.headers = status, reason, headers
         self._head_done = True
         connection = headers.get("Connection", "").lower()
         self._keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
-        if status in (204, 304) or self._method == "HEAD":
-            self.content_length = 0
-            self._framing, self._complete = _LENGTH, True
-        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
-            self._framing = _CHUNKED
-        elif "Content-Length" in headers:
-            try:
-                length = int(headers["Content-Length"])
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._fail(ConnectFailed("the provider sent an invalid Content-Length"))
-                return True
+        self._framing = framing
+        if framing == _LENGTH:
             self.content_length = self._left = length
-            self._framing = _LENGTH
             self._complete = length == 0
-        else:
-            self._framing, self._keep_alive = _UNTIL_CLOSE, False
+        elif framing == _UNTIL_CLOSE:
+            self._keep_alive = False
+        if "Content-Encoding" in headers:
+            self._take_coding(headers)
         return True
+
+    def _take_coding(self, headers: CIMultiDict) -> None:
+        """Decode a gzip or deflate body as it arrives; leave any other coding as it came."""
+        values = headers.getall("Content-Encoding")
+        codings = [c for c in (c.strip().lower() for value in values for c in value.split(","))
+                   if c and c != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in _DECODED_CODINGS):
+            # NOTE: br, zstd, a stack: the body goes on as it came and the header stays, one line,
+            # for the relay to pass on: the client decodes it (metering estimates, as for any
+            # body it cannot read)
+            if len(values) > 1:
+                headers["Content-Encoding"] = ", ".join(values)
+            return
+        if codings:
+            self._decoder = _Decoder(_DECODED_CODINGS[codings[0]], self._client.max_decoded)
+            headers.popall("Content-Length", None)  # the encoded length: not the body's any more
+            if not self._complete:
+                self.content_length = None
+        del headers["Content-Encoding"]
 
     def _dechunk(self, data: bytes) -> None:
         """Chunked transfer coding: the chunks' data, in order, without their framing.
@@ -557,6 +660,11 @@ class Answer:
                     return
                 self._chunk_state = _SIZE
             elif not line:  # _TRAILER: the empty line after the last chunk ends the body
+                if self._decoder is not None:  # its data decoded first: did the encoding end with it?
+                    self._push(b"".join(pieces))
+                    pieces.clear()
+                    if not self._ends_decoded():
+                        return
                 self._complete = True
                 if i < n:
                     self._keep_alive = False

@@ -16,8 +16,10 @@ from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from proxy.providers.http1 import Answer, Client, HTTPClientError, UnsafeHeader
 
 # Provider response headers the client may see; rate-limit headers are our account's, not the
-# customer's, and stay here.
-_PASS_HEADERS = ("Content-Type", "openai-processing-ms", "openai-version", "x-request-id",
+# customer's, and stay here. Content-Encoding is still there only on a body the provider client
+# could not decode (br, zstd: it undoes gzip and deflate and drops the header), relayed as it
+# came: the client decodes it. Content-Length never goes: the relay counts the bytes it sends.
+_PASS_HEADERS = ("Content-Type", "Content-Encoding", "openai-processing-ms", "openai-version", "x-request-id",
                  "retry-after", "retry-after-ms", "x-should-retry")
 
 
@@ -40,6 +42,7 @@ def outgoing_headers(provider: ProviderConfig) -> dict[str, str]:
 
 
 def relayed_headers(upstream: Answer) -> dict[str, str]:
+    """The provider's headers that go on to the client with its answer's body."""
     return {name: upstream.headers[name] for name in _PASS_HEADERS if name in upstream.headers}
 
 
@@ -76,6 +79,8 @@ async def error_passthrough(upstream: Answer, provider: str, fmt) -> web.Respons
 def _error_answer(upstream: Answer, body: bytes, provider: str, fmt) -> web.Response:
     """A provider's error as it sent it if it is a JSON error, else wrapped in `fmt`'s envelope."""
     headers = relayed_headers(upstream)
+    if headers.pop("Content-Encoding", None) is not None:
+        body = b""  # encoded in a coding we cannot read: its text would be noise in our envelope
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
