@@ -95,13 +95,18 @@ class WireFormat(Protocol):
         """The prompt's tokens, counted with tiktoken (the worst case and the fallback)."""
 
     def max_output(self, body: dict) -> int | None:
-        """The client's cap on output tokens, if it gave one."""
+        """The client's cap on output tokens, if it gave one: of every answer together."""
+
+    def answers(self, body: dict) -> int:
+        """How many answers the call generates side by side (OpenAI's `n`, Gemini's
+        `candidateCount`): each may use the whole output limit, so the worst case is that many
+        times it. `max_output` counts them all already; `with_max_output` shares its tokens out."""
 
     def max_output_field(self, body: dict) -> str:
         """The name of the request's output limit (for messages: "max_tokens")."""
 
     def with_max_output(self, body: dict, tokens: int) -> dict:
-        """The body with its output cap set to `tokens` (a clamped call)."""
+        """The body with its output cap set to `tokens` for every answer together (a clamped call)."""
 
     def outgoing(self, raw: bytes, body: dict, model: ModelConfig, provider: ProviderConfig, stream: bool,
                  request: web.Request) -> Outgoing:

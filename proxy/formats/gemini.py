@@ -122,6 +122,11 @@ class GeminiFormat:
             return None
         return value * _candidates(config)
 
+    def answers(self, body: dict) -> int:
+        """The candidates asked for: each may use the whole output limit."""
+        config = body.get("generationConfig")
+        return _candidates(config) if isinstance(config, dict) else 1
+
     def max_output_field(self, body: dict) -> str:
         config = body.get("generationConfig")
         if isinstance(config, dict) and _candidates(config) > 1:

@@ -24,6 +24,7 @@ from proxy.formats.base import Outgoing, body_model, body_stream
 from proxy.jsonbody import dump_json, load_json_or_none
 
 _DONE = "[DONE]"
+MAX_ANSWERS = 128  # `n` and `best_of` above this are refused (OpenAI's own limit for `n`)
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -52,6 +53,18 @@ class OpenAIFormat:
 
     def validate(self, body: dict) -> None:
         check_max_tokens(body, ("max_tokens", "max_completion_tokens"))
+        if self.endpoint != "embeddings":
+            for name in ("n", "best_of"):  # each answer may use the whole output limit: the worst case
+                value = body.get(name)
+                if value is not None and (type(value) is not int or not 1 <= value <= MAX_ANSWERS):
+                    raise InvalidRequest(f"`{name}` must be an integer from 1 to {MAX_ANSWERS}", param=name,
+                                         code="invalid_value")
+
+    def answers(self, body: dict) -> int:
+        """How many answers the provider generates (and bills): `n`, or `best_of` (completions)."""
+        if self.endpoint == "embeddings":
+            return 1
+        return max(body.get("n") or 1, body.get("best_of") or 1)
 
     def prompt_tokens(self, body: dict, model: str) -> int:
         return count_prompt(self.endpoint, body, model)
@@ -62,15 +75,17 @@ class OpenAIFormat:
         for name in ("max_completion_tokens", "max_tokens"):
             value = body.get(name)
             if type(value) is int and value > 0:
-                return value
+                return value * self.answers(body)
         return None
 
     def max_output_field(self, body: dict) -> str:
-        return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        answers = "best_of" if (body.get("best_of") or 1) > (body.get("n") or 1) else "n"
+        return f"{field} x {answers}" if self.answers(body) > 1 else field
 
     def with_max_output(self, body: dict, tokens: int) -> dict:
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        return {**body, field: tokens}
+        return {**body, field: max(1, tokens // self.answers(body))}
 
     def outgoing(self, raw: bytes, body: dict, model: ModelConfig, provider: ProviderConfig, stream: bool,
                  request: web.Request) -> Outgoing:

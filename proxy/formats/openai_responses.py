@@ -88,6 +88,9 @@ class ResponsesFormat:
         value = body.get("max_output_tokens")
         return value if type(value) is int and value > 0 else None
 
+    def answers(self, body: dict) -> int:
+        return 1  # one answer a call
+
     def max_output_field(self, body: dict) -> str:
         return "max_output_tokens"
 

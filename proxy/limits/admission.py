@@ -45,6 +45,7 @@ class Worst:
     output: int
     output_from: str | bool  # the request's field that set the output limit, or False: the model's maximum
     units: int = 0
+    answers: int = 1  # answers generated side by side: `output` is theirs together
 
 
 @dataclass(slots=True)
@@ -212,11 +213,13 @@ class Gate:
         prompt, exact = await self._bound_prompt(fmt, body, model, size) if needs_count else (0, False)
         prompt += extra_prompt if needs_count else 0
         requested = fmt.max_output(body)
-        max_out = requested if requested is not None else _model_max_output(model)
+        answers = fmt.answers(body)
+        max_out = requested if requested is not None else _model_max_output(model) * answers
         tokens = min(prompt + max_out, RATE_MAX_TOKENS)  # charged to TPM limits up front
         field = getattr(fmt, "max_output_field", None)
         worst = Worst(prompt=prompt, output=max_out,
-                      output_from=requested is not None and (field(body) if field else "the output limit"))
+                      output_from=requested is not None and (field(body) if field else "the output limit"),
+                      answers=answers)
         admitted = await self._admit(request_id, customer, key_id, plan, model, fmt.endpoint, period, now, capped,
                                      prompt, max_out, tokens, worst)
         admitted.counted = bool(needs_count) and exact
@@ -353,7 +356,7 @@ class Gate:
         cap = customer.cap
         if cap is not None and cap.clamp and model.mode != "embedding":
             clamped = await self._clamp(request_id, customer, plan, model, prompt, period, scopes, decision, now,
-                                        local)
+                                        local, why.answers)
             if clamped is not None:
                 hold, max_tokens = clamped
                 return Admitted(customer.id, key_id, period, names, hold, prompt, rate,
@@ -468,14 +471,15 @@ class Gate:
         return _granted(await limiter.acquire(customer=customer.id, limits=limits, tokens=tokens))
 
     async def _clamp(self, request_id, customer, plan, model, prompt, period, scopes, decision: Decision, now,
-                     local: bool):
-        """Reserve with the largest max_tokens the remaining budget pays for, if any."""
+                     local: bool, answers: int):
+        """Reserve with the largest max_tokens the remaining budget pays for, if any: for every
+        answer together, a whole number of tokens each."""
         if decision.limit is None:
             return None
         room = decision.limit - decision.spent - decision.held
         per_token = to_units(_amount(model, plan, 0, 1, now)) or 1
         input_units = to_units(_amount(model, plan, prompt, 0, now))
-        max_tokens = (room - input_units) // per_token
+        max_tokens = (room - input_units) // per_token // answers * answers
         if max_tokens < 1:
             return None
         worst = to_units(_amount(model, plan, prompt, max_tokens, now))
@@ -614,8 +618,10 @@ def _cap_message(decision: Decision, why: Worst) -> str:
     if decision.spent >= (decision.limit or 0):
         return (f"You have reached {scope} spend cap of ${decimal_str(limit)} for this billing period. "
                 "Raise the cap or upgrade the plan to continue.")
+    answers = f" for {why.answers} answers" if why.answers > 1 else ""
     source = (f"`{why.output_from}` of {why.output}" if why.output_from
-              else f"the model's maximum output of {why.output} tokens, as the request set no output limit")
+              else f"the model's maximum output of {why.output // why.answers} tokens{answers}, as the request set "
+                   "no output limit")
     held = f" (${decimal_str(Decimal(decision.held) / NANO)} of it held by calls in flight)" if decision.held else ""
     return (f"This request's worst case, ${decimal_str(Decimal(why.units) / NANO)} ({why.prompt} prompt tokens and "
             f"{source}), does not fit the ${decimal_str(room)} left of {scope} spend cap of "

@@ -137,6 +137,37 @@ def test_clamp_lowers_max_tokens_to_what_the_budget_pays_for(proxy_factory, fake
     assert json.loads(fake_upstream.stats()["last"][-1]["body"])["max_tokens"] == clamped
 
 
+def test_each_of_n_answers_counts_in_the_worst_case(proxy_factory, fake_upstream):
+    """A call for n answers may generate n times its output limit: all of it is reserved."""
+    proxy = proxy_factory(customers=customers('amount: "0.01", action: block, mode: hard'))
+    fake_upstream.reset()
+    with pytest.raises(openai.RateLimitError) as info:  # 128 x 1000 tokens: ~$0.096
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=1000, n=128)
+    assert "`max_tokens x n` of 128000" in info.value.body["message"]
+    with pytest.raises(openai.RateLimitError) as info:  # no output limit: the model's maximum, each answer
+        sdk(proxy, retries=0).chat.completions.create(model="fake-ok", messages=MESSAGES, n=4)
+    assert "the model's maximum output of 4096 tokens for 4 answers" in info.value.body["message"]
+    assert upstream_calls(fake_upstream) == 0
+    sdk(proxy).chat.completions.create(model="fake-ok", messages=MESSAGES, max_tokens=1000, n=2)  # fits: served
+
+
+def test_a_clamp_shares_its_tokens_among_the_n_answers(proxy_factory, fake_upstream):
+    proxy = proxy_factory(customers=customers('amount: "0.00001", action: block, clamp: true'))
+    fake_upstream.reset()
+    response = sdk(proxy).chat.completions.with_raw_response.create(
+        model="fake-ok", messages=MESSAGES, max_tokens=100_000, n=4)
+    clamped = int(response.headers["x-payware-clamped-max-tokens"])  # every answer's together
+    assert clamped % 4 == 0 and 0 < clamped < 400_000
+    assert json.loads(fake_upstream.stats()["last"][-1]["body"])["max_tokens"] == clamped // 4
+
+
+@pytest.mark.parametrize("field, value", [("n", 0), ("n", "2"), ("n", 129), ("n", 2.0), ("best_of", True)])
+def test_an_answer_count_that_is_not_one_the_worst_case_can_hold_is_refused(proxy, field, value):
+    status, body = http(proxy, "POST", "/v1/chat/completions" if field == "n" else "/v1/completions",
+                        {"model": "fake-ok", "messages": MESSAGES, "prompt": "hi", field: value})
+    assert status == 400 and body["error"]["param"] == field
+
+
 def test_rate_limits_answer_429_with_retry_after_and_openai_headers(proxy_factory, fake_upstream):
     proxy = proxy_factory(customers=customers('amount: "10.00"', extra=", rate_limit: {rpm: 2}"))
     ok = sdk(proxy).chat.completions.with_raw_response.create(model="fake-ok", messages=MESSAGES)

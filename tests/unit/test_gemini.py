@@ -371,14 +371,15 @@ def test_a_clamped_body_is_serialized_again():
                                                                               "maxOutputTokens": 100}}
 
 
-@pytest.mark.parametrize("config, worst", [
-    (None, None), ({}, None), ({"maxOutputTokens": 256}, 256),
-    ({"maxOutputTokens": 256, "candidateCount": 3}, 768), ({"candidateCount": 3}, None),
+@pytest.mark.parametrize("config, worst, answers", [
+    (None, None, 1), ({}, None, 1), ({"maxOutputTokens": 256}, 256, 1),
+    ({"maxOutputTokens": 256, "candidateCount": 3}, 768, 3), ({"candidateCount": 3}, None, 3),
 ])
-def test_the_worst_case_output_is_max_output_tokens_for_each_candidate(config, worst):
+def test_the_worst_case_output_is_max_output_tokens_for_each_candidate(config, worst, answers):
     body = {"contents": []} if config is None else {"contents": [], "generationConfig": config}
     GENERATE.validate(body)
-    assert GENERATE.max_output(body) == worst
+    # without maxOutputTokens admission reserves the model's maximum for each of the answers
+    assert (GENERATE.max_output(body), GENERATE.answers(body)) == (worst, answers)
 
 
 @pytest.mark.parametrize("config, field", [
