@@ -39,7 +39,7 @@ from proxy.jsonbody import load_json_or_none, parse_json, read_body
 from proxy.metadata import request_metadata
 from proxy.metrics import EVENT, UPSTREAM, UPSTREAM_DONE
 from proxy.recording import count_event
-from proxy.providers.http1 import Answer, HTTPClientError
+from proxy.providers.http1 import Answer, HTTPClientError, SentThenCancelled
 from proxy.providers.upstream import error_passthrough, open_upstream, outgoing_headers, relayed_headers
 
 log = logging.getLogger("payware.calls")
@@ -170,10 +170,15 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, evid
         request[UPSTREAM] = (provider.name, asked)
         bridge = app[BRIDGES].get(provider.kind)
         if bridge is None:
-            upstream = await open_upstream(app[UPSTREAM_CLIENT], app[UPSTREAMS][provider.name] + outgoing.path,
-                                           body=outgoing.body,
-                                           headers={**outgoing_headers(provider), **outgoing.headers},
-                                           provider=provider.name)
+            try:
+                upstream = await open_upstream(app[UPSTREAM_CLIENT], app[UPSTREAMS][provider.name] + outgoing.path,
+                                               body=outgoing.body,
+                                               headers={**outgoing_headers(provider), **outgoing.headers},
+                                               provider=provider.name)
+            except SentThenCancelled:
+                # The client left while the provider was answering: the prompt was processed
+                await call.record(None, "partial")
+                raise
         else:
             upstream = await bridge(provider=provider, model=model, body=body, stream=stream, fmt=fmt)
         note(request, upstream_ms=round((time.perf_counter() - asked) * 1000, 1))

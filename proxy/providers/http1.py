@@ -62,6 +62,11 @@ class AnswerCut(HTTPClientError):
     """The answer's body ended before its length (or its last chunk) was reached."""
 
 
+class SentThenCancelled(asyncio.CancelledError):
+    """The caller was cancelled (its client left) while waiting for the answer to a request the
+    provider has been sent in full: it may bill for it."""
+
+
 class UnsafeHeader(ValueError):
     """A header name or value that would break the request's framing (CR, LF or NUL in it)."""
 
@@ -118,6 +123,10 @@ class Client:
         try:
             conn.transport.write(head + body if body else head)
             await answer._wait_head()
+        except asyncio.CancelledError as exc:
+            conn.answer = None
+            self._drop(conn)  # NOTE: a close, not an abort: what is buffered of the request still goes
+            raise SentThenCancelled(*exc.args) from None
         except BaseException:
             conn.answer = None
             self._drop(conn)

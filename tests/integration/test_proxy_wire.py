@@ -208,7 +208,7 @@ async def raw_provider(answer: bytes, *, then_stall: bool = False):
         writer.write(answer)
         await writer.drain()
         if then_stall:
-            await asyncio.sleep(30)
+            await asyncio.sleep(5)
         writer.close()
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
@@ -247,3 +247,22 @@ async def test_a_body_that_stops_arriving_is_a_504_and_bills_nothing(proxy_facto
         status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 504 and json.loads(relayed)["error"]["code"] == "upstream_timeout"
     assert events(proxy) == []
+
+
+async def test_a_client_that_leaves_before_the_providers_answer_is_billed_the_prompt(proxy_factory, fake_upstream,
+                                                                                     tmp_path):
+    server = await raw_provider(b"", then_stall=True)  # reads the whole request, then thinks
+    async with server:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1]))
+        with pytest.raises(asyncio.TimeoutError):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+                await session.post(proxy.url + "/v1/chat/completions", headers=AUTH,
+                                   json={"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
+        for _ in range(50):  # the proxy notices the client's leaving, then records
+            billed = events(proxy)
+            if billed:
+                break
+            await asyncio.sleep(0.1)
+    event, = billed
+    assert (event["status"], event["input_tokens"], event["output_tokens"]) == ("partial", 8, 0)
+    assert event["usage_source"] == {"input": "tiktoken", "output": "tiktoken"}
