@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import math
 import random
+from decimal import Decimal
 
-from proxy.jsonbody import dump_json, load_json
+import pytest
+
+from proxy.errors import InvalidRequest
+from proxy.jsonbody import MAX_CONTAINERS, MAX_DECIMALS, dump_json, load_json, parse_json
 
 
 def _stdlib(value: object) -> bytes:
@@ -51,3 +55,28 @@ def test_random_bodies_read_back_equal_to_what_the_standard_library_writes():
             assert dumped == _stdlib(body)  # NaN stays NaN, as the client sent it
         else:
             assert load_json(dumped) == load_json(_stdlib(body))
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"x":[' + b"[]," * MAX_CONTAINERS + b"[]]}",
+    b'{"x":[' + b'{"a":1},' * MAX_CONTAINERS + b"{}]}",
+    b"[" * (MAX_CONTAINERS + 1),  # not even JSON: refused before any parse
+])
+def test_a_body_of_more_arrays_and_objects_than_any_api_needs_is_refused_before_it_is_parsed(raw):
+    with pytest.raises(InvalidRequest, match="more than 100,000 arrays and objects"):
+        parse_json(raw)
+
+
+def test_brackets_inside_strings_are_text_not_structure():
+    text = "[{" * MAX_CONTAINERS + '\\"]}'
+    raw = json.dumps({"messages": [{"role": "user", "content": text}], "n": [[1], [2]]}).encode()
+    assert parse_json(raw)["messages"][0]["content"] == text
+
+
+def test_decimal_numbers_are_bounded_where_they_are_parsed_as_decimals():
+    raw = b'{"meta":{"samples":[' + b"1.5," * MAX_DECIMALS + b"2.5]}}"
+    assert len(parse_json(raw)["meta"]["samples"]) == MAX_DECIMALS + 1  # as floats: cheap, accepted
+    with pytest.raises(InvalidRequest, match="more than 100,000 decimal numbers"):
+        parse_json(raw, parse_float=Decimal)
+    text = json.dumps({"quantity": "2.5", "meta": {"note": "1.5e" * MAX_DECIMALS}}).encode()
+    assert parse_json(text, parse_float=Decimal)["quantity"] == "2.5"  # dots in strings are text
