@@ -17,8 +17,8 @@ from decimal import Decimal
 from config.loader import ConfigError, read_customer, read_key_settings
 from config.schema import Config, CustomerConfig, key_id
 from metering.store.bounds import is_clean, is_clean_json
-from metering.store.directory import DirectoryStore, now_us
-from metering.store.events import utcnow
+from metering.store.directory import INSTANTS_END, INSTANTS_END_TEXT, DirectoryStore, moment_of, now_us
+from metering.store.events import to_us, utcnow
 from proxy.errors import ApiError, InvalidRequest, NotFound
 
 CUSTOMER_FIELDS = ("id", "plan", "cap", "rate_limit", "models", "metadata", "anchor_day")
@@ -74,7 +74,12 @@ def customer_settings(body: dict) -> dict:
 
 
 def instant_us(value: object, name: str) -> int | None:
-    """A future moment (ISO 8601 or a unix timestamp) in microseconds since the epoch."""
+    """A future moment (ISO 8601 or a unix timestamp) before `INSTANTS_END` (9999-01-01 UTC), in
+    microseconds since the epoch; a 400 naming `name` otherwise, before anything is written.
+
+    NOTE: bounded in UTC, after the offset: "9999-12-31T23:59:59-14:00" is in the year 10000,
+    which no `datetime` holds; kept, it failed every later read of the directory or the grants.
+    """
     if value is None:
         return None
     try:
@@ -86,15 +91,18 @@ def instant_us(value: object, name: str) -> int | None:
         else:
             raise ValueError
     except (ValueError, OverflowError, OSError):
-        raise InvalidRequest(f"{name} must be an ISO 8601 time or a unix timestamp", param=name) from None
+        raise InvalidRequest(f"{name} must be an ISO 8601 time or a unix timestamp before {INSTANTS_END_TEXT}",
+                             param=name) from None
     if moment <= utcnow():
         raise InvalidRequest(f"{name} must be in the future", param=name)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if moment >= INSTANTS_END:
+        raise InvalidRequest(f"{name} must be before {INSTANTS_END_TEXT} (in UTC, after its offset)", param=name)
+    return to_us(moment)
 
 
 def iso(us: int | None) -> str | None:
-    return None if us is None else datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat()
+    """A kept moment (microseconds since the epoch) as ISO 8601 in UTC, exactly."""
+    return None if us is None else moment_of(us).isoformat()
 
 
 def usage_moment(period: str) -> datetime | None:

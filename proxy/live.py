@@ -22,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import datetime, timezone
 from decimal import Decimal
 
 from config.loader import ConfigError, read_customer
 from config.schema import Config, CustomerConfig, KeyPolicy, RateLimitConfig
-from metering.store.directory import DirectoryStore, Snapshot
+from metering.store.directory import DirectoryStore, Snapshot, moment_of
 from proxy.auth import KeyRing
 
 log = logging.getLogger("payware.live")
@@ -124,8 +123,9 @@ def policy_of(key: dict) -> KeyPolicy:
     rate = key["settings"].get("rate_limit")
     return KeyPolicy(
         name=key["name"],
-        expires_at=None if key["expires_us"] is None else datetime.fromtimestamp(key["expires_us"] / 1e6,
-                                                                                   timezone.utc),
+        # NOTE: exact, and never failing on a row the store read: `DirectoryStore._key` reads an
+        # expiry no datetime holds as already past, so one such key cannot stop every load
+        expires_at=None if key["expires_us"] is None else moment_of(key["expires_us"]),
         rate_limit=RateLimitConfig(**rate) if rate else None,
         models=tuple(key["settings"]["models"]) if key["settings"].get("models") else None)
 

@@ -5,6 +5,11 @@ people to recognize it ("pw-3fa9…"). Customer settings (cap, rate limit, model
 are JSON: the config loader validates them, here they are only kept. Nothing is ever deleted:
 a deactivated customer and a revoked key stay, with their events, statements and evidence.
 
+Moments are kept as whole microseconds since the epoch. One taken from outside (a key's
+expiry) must be before `INSTANTS_END` (`admin_ops.instant_us` checks it before anything is
+written); one read back that no `datetime` can hold (written by an older version) makes its key
+expired, so that no single row can stop the directory from loading (see `DirectoryStore._key`).
+
 Every change bumps one version number in the same transaction, so a proxy learns that
 something changed by reading one integer (`version`), and then reloads everything (`load`).
 On PostgreSQL the same transaction also notifies `CHANNEL` (delivered when it commits), so a
@@ -13,9 +18,10 @@ proxy listening there (`listener`) need not poll.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel
 
 from metering.store.bounds import is_clean
+from metering.store.events import EPOCH, to_us
+
+log = logging.getLogger("payware.directory")
 
 CHANNEL = "payware_directory"  # PostgreSQL LISTEN/NOTIFY: "the directory's version moved"
 
@@ -71,9 +80,33 @@ class Snapshot:
     keys: list[dict]
 
 
+# The first moment refused from outside (an expiry), exclusive: a year short of the last one a
+# `datetime` holds, so that any moment kept can be read back, and shown or stepped a day or a
+# billing period either way, without leaving Python's years 1 to 9999.
+INSTANTS_END = datetime(9999, 1, 1, tzinfo=timezone.utc)
+INSTANTS_END_TEXT = "9999-01-01T00:00:00Z"
+
+
 def now_us() -> int:
-    delta = datetime.now(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return to_us(datetime.now(timezone.utc))
+
+
+def moment_of(us: int) -> datetime:
+    """The UTC moment `us` microseconds after the epoch, exactly (no float on the way);
+    ValueError if no `datetime` holds it (outside the years 1 to 9999, or not a number)."""
+    try:
+        return EPOCH + timedelta(microseconds=us)
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{us!r} microseconds since the epoch is not a moment of the years 1 to 9999") from None
+
+
+def readable(us: object) -> bool:
+    """Whether `moment_of(us)` holds (a kept moment can be read back)."""
+    try:
+        moment_of(us)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 
 
 class DirectoryStore:
@@ -83,6 +116,7 @@ class DirectoryStore:
         self.engine = engine
         self._watch: sqlite3.Connection | None = None  # see `maybe_changed`
         self._data_version: int | None = None
+        self._unreadable: set[str] = set()  # keys whose expiry could not be read, told once each
 
     def maybe_changed(self) -> bool:
         """False only when nothing was committed to a SQLite ledger since the last call: then
@@ -144,7 +178,7 @@ class DirectoryStore:
         with self.engine.connect() as conn:
             version = conn.execute(select(DirectoryStateRow.version).where(DirectoryStateRow.id == 1)).scalar() or 0
             customers = [_customer(row) for row in conn.execute(select(CustomerRow).order_by(CustomerRow.id))]
-            keys = [_key(row) for row in conn.execute(select(KeyRow).order_by(KeyRow.created_us, KeyRow.id))]
+            keys = [self._key(row) for row in conn.execute(select(KeyRow).order_by(KeyRow.created_us, KeyRow.id))]
         return Snapshot(version, customers, keys)
 
     def customer(self, customer_id: str) -> dict | None:
@@ -189,13 +223,13 @@ class DirectoryStore:
             return None
         with self.engine.connect() as conn:
             row = conn.execute(select(KeyRow).where(KeyRow.id == key_id)).first()
-        return None if row is None else _key(row)
+        return None if row is None else self._key(row)
 
     def keys_of(self, customer: str) -> list[dict]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(KeyRow).where(KeyRow.customer == customer)
                                 .order_by(KeyRow.created_us, KeyRow.id))
-            return [_key(row) for row in rows]
+            return [self._key(row) for row in rows]
 
     def end_key(self, key_id: str, *, revoke: bool, at_us: int) -> bool:
         """Revoke a key now, or let it expire at `at_us` (a rotation's grace); False if unknown."""
@@ -214,6 +248,23 @@ class DirectoryStore:
         with self.engine.begin() as conn:
             for key_id, at in used.items():
                 conn.execute(table.update().where(table.c.id == key_id).values(last_used_us=at))
+
+    def _key(self, row) -> dict:
+        """A key row as a dict; an expiry that no `datetime` holds reads as the key's creation.
+
+        NOTE: such an expiry (year 10000 in UTC, written before `admin_ops.instant_us` bounded
+        it) read as it is failed every load of the directory: the proxy would not start, and no
+        later change applied (a key revoked kept working). Read as expired, the one key is
+        refused, as the safe side, and every other is served; the admin may revoke or rotate it.
+        """
+        key = _key(row)
+        if key["expires_us"] is not None and not readable(key["expires_us"]):
+            key["expires_us"] = key["created_us"] if readable(key["created_us"]) else 0
+            if key["revoked_us"] is None and key["id"] not in self._unreadable:
+                self._unreadable.add(key["id"])
+                log.warning("key %s of %s has an expiry no date can hold (%r): it is refused as expired",
+                            key["id"], key["customer"], row.expires_us)
+        return key
 
 
 def _bump(conn) -> None:

@@ -105,7 +105,9 @@ def key_body(args) -> dict:
         body["name"] = args.name
     if args.expires_at is not None:
         value = args.expires_at.strip()
-        body["expires_at"] = int(value) if value.isdigit() else value  # a unix time, or ISO 8601
+        # a unix time (ASCII digits: int() takes other scripts' digits too), or ISO 8601; either is
+        # bounded by the API's own check (`admin_ops.instant_us`), in direct mode as through a URL
+        body["expires_at"] = int(value) if value.isascii() and value.isdigit() else value
     if args.cap is not None and not _none(args.cap):
         body["cap"] = args.cap
     rate = _rate_limit(args, None)

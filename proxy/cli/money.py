@@ -83,9 +83,13 @@ def _guarded(command, args) -> int:
 
 def _day(value: str, flag: str) -> date:
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise _Stop(f"{flag} {value!r} is not a date (YYYY-MM-DD)", EXIT_BAD_INPUT) from None
+    # NOTE: the ledger is read a day wider either side (`_reconcile`): years 1 and 9999 have no neighbour
+    if not date.min.year < day.year < date.max.year:
+        raise _Stop(f"{flag} {value!r} must be within the years 0002 to 9998", EXIT_BAD_INPUT)
+    return day
 
 
 # -- reconcile --------------------------------------------------------------------------------
