@@ -55,9 +55,9 @@ MARKUP_PLACES = 3
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__payware_env_(\d+)__")
-_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
-_STRIPE_CUSTOMER = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
+_KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
+_STRIPE_CUSTOMER = re.compile(r"cus_[A-Za-z0-9]{1,250}")
 
 
 class ConfigError(Exception):
@@ -336,7 +336,7 @@ class _Reader:
         built = {}
         for name, body in entries.items():
             path = f"{section}.{name}"
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 self.fail(path, "names may hold letters, digits and . _ : / @ - only")
                 continue
             item = build(self.mapping(body, path), path, name)
@@ -624,7 +624,7 @@ class _Reader:
             raw_keys = []
         for i, key in enumerate(raw_keys):
             key = self.expand(key, f"{path}.keys[{i}]")
-            if not isinstance(key, str) or not _KEY_HASH.match(key):
+            if not isinstance(key, str) or not _KEY_HASH.fullmatch(key):
                 self.fail(f"{path}.keys[{i}]", "must be 'sha256:' and 64 lowercase hex digits "
                                                "(the hash of the key; `payware keys create` prints it)")
             else:
@@ -644,7 +644,7 @@ class _Reader:
             if value is not None:
                 key_caps[kid] = value
         stripe_customer = self.string(data, "stripe_customer", path, None)
-        if stripe_customer is not None and not _STRIPE_CUSTOMER.match(stripe_customer):
+        if stripe_customer is not None and not _STRIPE_CUSTOMER.fullmatch(stripe_customer):
             self.fail(f"{path}.stripe_customer", f"{stripe_customer!r} is not a Stripe customer id (cus_…)")
             stripe_customer = None
         return CustomerConfig(id=name, plan=plan, cap=cap, rate_limit=rate, keys=tuple(keys),
@@ -691,7 +691,7 @@ def read_customer(name: str, data: Any, config: Config, *, path: str = "customer
     """Validate a customer given at runtime (admin API, CLI) exactly as the config file's
     `customers.<name>` is validated; ConfigError names every problem with its field path."""
     reader = _Reader({}, [])
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         reader.fail(f"{path}.id", "must be 1 to 128 letters, digits and . _ : / @ - (starting with a letter or digit)")
     customer = reader.customer(reader.mapping(data, path), path, name, config.plans, config.models)
     if reader.problems:

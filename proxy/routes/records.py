@@ -32,7 +32,7 @@ from proxy.recording import count_event
 
 log = logging.getLogger(__name__)
 
-_METRIC = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_METRIC = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 _FIELDS = {"metric", "quantity", "unit_price", "meta", "idempotency_key", "customer", "session", "feature"}
 MAX_BATCH = 1000
 MAX_DECIMALS = 9
@@ -117,7 +117,7 @@ def _record(item: dict, where: str, plan: PlanConfig) -> _Record:
     if unknown:
         raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}", param=where + sorted(unknown)[0])
     metric = item.get("metric")
-    if not isinstance(metric, str) or not _METRIC.match(metric) or metric == "tokens":
+    if not isinstance(metric, str) or not _METRIC.fullmatch(metric) or metric == "tokens":
         raise InvalidRequest("metric must be a lowercase name such as \"agent_actions\" (not \"tokens\")",
                              param=where + "metric")
     quantity = _decimal(item.get("quantity"), where + "quantity", required=True)

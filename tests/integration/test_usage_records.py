@@ -99,6 +99,7 @@ async def test_a_batch_is_recorded_whole(proxy):
     ({"metric": "teleports", "quantity": 1}, "metric"),
     ({"metric": "Agent Actions", "quantity": 1}, "metric"),
     ({"metric": "tokens", "quantity": 1}, "metric"),
+    ({"metric": "agent_actions\n", "quantity": 1}, "metric"),  # `$` matches before a last newline
     ({"metric": "agent_actions", "quantity": 1, "unit_price": "-0.1"}, "unit_price"),
     ({"metric": "agent_actions", "quantity": 1, "meta": "x"}, "meta"),
     ({"metric": "agent_actions", "quantity": 1, "meta": {"position_unknown": True}}, "meta.position_unknown"),

@@ -125,6 +125,12 @@ def test_prices_with_effective_dates_apply_from_their_date():
     assert model.price_at(datetime(2026, 6, 1, tzinfo=timezone.utc)).input == Decimal("0.10")
 
 
+def test_a_name_or_key_hash_with_a_last_newline_is_refused():
+    # a regex's `$` matches before a last newline: names are matched whole
+    assert any("customers" in p for p in problems(BASE.replace("  acme: {plan", '  "acme\\n": {plan')))
+    assert any("keys[0]" in p for p in problems(BASE.replace('"]}', '\\n"]}')))
+
+
 def test_invalid_yaml_names_the_line():
     found = problems("server: {host: [\n")
     assert "line" in found[0] and "not valid YAML" in found[0]
