@@ -93,6 +93,10 @@ class RequestTimeout(ApiError):
     close = True  # the rest of the body may never come: do not wait for it
 
 
+class Conflict(ApiError):
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
 class RateLimited(ApiError):
     status, type, code = 429, "requests", "rate_limit_exceeded"
 

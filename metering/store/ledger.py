@@ -400,14 +400,16 @@ class Ledger:
         with self.engine.begin() as conn:
             return conn.execute(statement.returning(table.c.period), [row]).first() is not None
 
-    def known_events(self, event_ids: Iterable[str]) -> set[str]:
-        """Which of `event_ids` the ledger holds (a query per 500: old SQLites bind at most 999)."""
-        ids, known = list(dict.fromkeys(event_ids)), set()
+    def events_by_id(self, event_ids: Iterable[str]) -> dict[str, UsageEvent]:
+        """The events of `event_ids` the ledger holds, by id (a query per 500: old SQLites bind at most 999)."""
+        ids, found = list(dict.fromkeys(event_ids)), {}
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
-                known.update(conn.execute(select(EventRow.id).where(EventRow.id.in_(chunk))).scalars())
-        return known
+                for row in conn.execute(select(EventRow).where(EventRow.id.in_(chunk))):
+                    event = from_row(row)
+                    found[event.id] = event
+        return found
 
     def customer_caps(self) -> dict[str, Decimal]:
         with self.engine.connect() as conn:

@@ -26,7 +26,7 @@ from metering.billing.plans import Rated, rate_metric, uses_position
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from proxy.auth import Caller
 from metering.store.bounds import PAYWARE_META, TEXT_COLUMNS, is_clean, is_clean_json
-from proxy.errors import Forbidden, InvalidRequest
+from proxy.errors import Conflict, Forbidden, InvalidRequest
 from proxy.jsonbody import parse_json, read_body
 from proxy.recording import count_event
 
@@ -59,10 +59,11 @@ async def post_records(request: web.Request) -> web.Response:
     plan = app[LIVE].config.plans[customer.plan]
     records = [_record(item, f"records[{i}]." if batch else "", plan) for i, item in enumerate(items)]
     priced = [_price(plan, record, f"records[{i}]." if batch else "") for i, record in enumerate(records)]
+    stored = await _stored(app, caller, customer, records, batch)
     # NOTE: every record is checked and priced above, before the first one is kept; once keeping
     # starts it finishes even if the client leaves (a spend applied without its event would make
     # a replay a "duplicate" that nothing bills)
-    results = await asyncio.shield(_keep_all(app, caller, customer, plan, records, priced))
+    results = await asyncio.shield(_keep_all(app, caller, customer, plan, records, priced, stored))
     return web.json_response({"object": "list", "data": results} if batch else results[0])
 
 
@@ -188,8 +189,36 @@ def _price(plan: PlanConfig, record: _Record, where: str) -> Rated:
     return rated
 
 
+async def _stored(app: web.Application, caller: Caller, customer: CustomerConfig, records: list[_Record],
+                  batch: bool) -> dict[str, UsageEvent]:
+    """The events the ledger holds for the records' idempotency keys, by id; a 409 for a key
+    used before, or twice in this call, for another record (its metric or quantity): a replay
+    repeats its record, and its answer is the record kept then, never figures billed nowhere."""
+    first: dict[str, _Record] = {}
+    for i, record in enumerate(records):
+        if record.idempotency_key is not None:
+            seen = first.setdefault(_event_id(caller, customer, record), record)
+            if (seen.metric, seen.quantity) != (record.metric, record.quantity):
+                raise _reused(record, seen.metric, seen.quantity, f"records[{i}]." if batch else "")
+    if not first:
+        return {}
+    ledger = app[RECORDER].ledger
+    stored = await asyncio.get_running_loop().run_in_executor(None, ledger.events_by_id, list(first))
+    for i, record in enumerate(records):
+        event = stored.get(_event_id(caller, customer, record)) if record.idempotency_key is not None else None
+        if event is not None and (event.metric, event.quantity) != (record.metric, record.quantity):
+            raise _reused(record, event.metric, event.quantity, f"records[{i}]." if batch else "")
+    return stored
+
+
+def _reused(record: _Record, metric: str, quantity: Decimal, where: str) -> Conflict:
+    return Conflict(f"idempotency_key {record.idempotency_key!r} names a record of {decimal_str(quantity)} "
+                    f"{metric}, not of {decimal_str(record.quantity)} {record.metric}: a key names one record",
+                    param=where + "idempotency_key", code="idempotency_key_reused")
+
+
 async def _keep_all(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
-                    records: list[_Record], priced: list[Rated]) -> list[dict]:
+                    records: list[_Record], priced: list[Rated], stored: dict[str, UsageEvent]) -> list[dict]:
     """Keep a call's records, in order, in a few round trips however many there are.
 
     A threshold plan's period may close on any record, and the next one then belongs to the
@@ -199,14 +228,15 @@ async def _keep_all(app: web.Application, caller: Caller, customer: CustomerConf
     views: list[dict] = []
     for start in range(0, len(records), step):
         views += await _keep_run(app, caller, customer, plan, records[start:start + step],
-                                 priced[start:start + step])
+                                 priced[start:start + step], stored)
     return views
 
 
 async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
-                    records: list[_Record], priced: list[Rated]) -> list[dict]:
-    """Keep `records`, all in the period open now: the ledger asked once, the spends issued
-    together, then the positions, then the counters (on Redis, a round trip each)."""
+                    records: list[_Record], priced: list[Rated], stored: dict[str, UsageEvent]) -> list[dict]:
+    """Keep `records`, all in the period open now (`stored`: what the ledger held of their
+    keys), the spends issued together, then the positions, then the counters (on Redis, a
+    round trip each)."""
     recorder, budget = app[RECORDER], app[GATE].budget
     now = utcnow()
     period = app[METER].period(customer, now).key
@@ -219,7 +249,7 @@ async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConf
     keyed = [event_id for event_id, record in zip(ids, records) if record.idempotency_key is not None]
     known: set[str] = set()
     if keyed:
-        known = await asyncio.get_running_loop().run_in_executor(None, recorder.ledger.known_events, keyed)
+        known = {event_id for event_id in keyed if event_id in stored}
         known |= budget.owed(keyed)  # NOTE: after the ledger: a spend applied meanwhile is in the store
     fresh = [i for i, event_id in enumerate(ids) if event_id not in known]
     applied, spend_error = await _together(
@@ -254,7 +284,9 @@ async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConf
         recorder.keep(event)
     await asyncio.gather(*(count_event(app, event, customer) for event in events))
     kept_ids = set(kept)
-    return [_view(ids[i], records[i], rated[i], duplicate=i not in kept_ids) for i in range(len(records))]
+    return [_view(ids[i], records[i], rated[i], duplicate=False) if i in kept_ids
+            else _stored_view(stored[ids[i]]) if ids[i] in stored
+            else _view(ids[i], records[i], rated[i], duplicate=True) for i in range(len(records))]
 
 
 async def _together(calls: Iterable[Awaitable]) -> tuple[list, BaseException | None]:
@@ -287,6 +319,12 @@ def _event(caller: Caller, customer: CustomerConfig, plan: PlanConfig, record: _
         cost=Decimal(0), amount=rated.amount, currency=plan.currency, session=record.session,
         feature=record.feature, meta=meta, pricing=rated.pricing,
         usage_source={"quantity": "api", "priced_by": "record" if record.unit_price is not None else "plan"})
+
+
+def _stored_view(event: UsageEvent) -> dict:
+    """A replay's answer: the record kept then, as billed."""
+    return {"id": event.id, "object": "usage.record", "metric": event.metric, "quantity": decimal_str(event.quantity),
+            "amount": money_str(event.amount), "duplicate": True}
 
 
 def _view(event_id: str, record: _Record, priced: Rated, *, duplicate: bool) -> dict:

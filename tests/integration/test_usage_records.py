@@ -82,6 +82,26 @@ async def test_concurrent_replays_of_one_idempotency_key_record_one_event(proxy)
         assert (await summary(session, proxy))["requests"] == 1
 
 
+async def test_an_idempotency_key_names_one_record_and_a_replay_answers_with_it_as_billed(proxy):
+    async with aiohttp.ClientSession() as session:
+        status, first = await post(session, proxy, {"metric": "agent_actions", "quantity": 1,
+                                                    "idempotency_key": "order-9"})
+        assert status == 200 and first["amount"] == "0.002"
+        assert len(await events(session, proxy)) == 1  # in the ledger now
+        status, body = await post(session, proxy, {"metric": "agent_actions", "quantity": 500,
+                                                   "idempotency_key": "order-9"})
+        assert status == 409 and body["error"]["code"] == "idempotency_key_reused"
+        assert body["error"]["param"] == "idempotency_key" and "1 agent_actions" in body["error"]["message"]
+        status, again = await post(session, proxy, {"metric": "agent_actions", "quantity": 1,
+                                                    "idempotency_key": "order-9"})
+        assert status == 200 and again == {**first, "duplicate": True}
+        twice = {"records": [{"metric": "agent_actions", "quantity": 2, "idempotency_key": "order-10"},
+                             {"metric": "agent_actions", "quantity": 3, "idempotency_key": "order-10"}]}
+        status, body = await post(session, proxy, twice)
+        assert status == 409 and body["error"]["param"] == "records[1].idempotency_key"
+        assert len(await events(session, proxy)) == 1  # nothing kept of what was refused
+
+
 async def test_a_batch_is_recorded_whole(proxy):
     batch = {"records": [{"metric": "agent_actions", "quantity": 1}, {"metric": "api_calls", "quantity": 5,
                                                                       "unit_price": "0.001"}]}
