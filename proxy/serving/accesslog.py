@@ -7,6 +7,8 @@ the provider took to answer (upstream), and the error code of a refusal or a fai
 refusal and every upstream failure has its line. Handlers leave what they know on the request
 (`note`); the middleware writes the line when the answer is done (a stream: its last byte).
 `PAYWARE_LOG_FORMAT=json` makes it (and every other log line) one JSON object per line.
+A request writes exactly one line: in the text format, what a client chose (the decoded path
+above all) has its control characters, backslashes and (in the path) spaces backslash-escaped.
 
 Inside `payware serve` (see `write_directly`) the lines skip the logging module: each is one
 f-string in the log's own format, and the lines of one event-loop turn go out in one
@@ -93,12 +95,60 @@ class _Line(NamedTuple):
                 **(self.notes or {}), "error": self.error, "latency_ms": self.latency_ms}
 
     def text(self) -> str:
-        """`req_… POST /v1/chat/completions 200 customer=acme …` (the text format's message)."""
+        """`req_… POST /v1/chat/completions 200 customer=acme …` (the text format's message).
+
+        NOTE: always one line whose fields split at spaces: what a client chose (a decoded '%0a'
+        in the path) is escaped, so no request can write a line of its own. One check of the
+        whole line is all the common case costs (for ASCII, bytes.translate: half the time of
+        str.isprintable).
+        """
+        text = self._joined()
+        if text.isascii():
+            plain = len(text.encode().translate(None, _UNSAFE_ASCII)) == len(text)
+        else:
+            plain = text.isprintable() and "\\" not in text
+        if plain and " " not in self.path:
+            return text
+        notes = {k: _escaped(str(v)) for k, v in self.notes.items() if v is not None} if self.notes else None
+        return self._replace(method=_escaped(self.method, space=True), path=_escaped(self.path, space=True),
+                             notes=notes, error=None if self.error is None else _escaped(self.error))._joined()
+
+    def _joined(self) -> str:
         rest = [f"{k}={v}" for k, v in self.notes.items() if v is not None] if self.notes else []
         if self.error is not None:
             rest.append(f"error={self.error}")
         rest.append(f"latency_ms={self.latency_ms}")
         return f"{self.request_id} {self.method} {self.path} {self.status} {' '.join(rest)}"
+
+
+_UNSAFE_ASCII = bytes(range(0x20)) + b"\x7f\\"  # C0 controls, DEL, the backslash
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", " ": "\\x20"}
+
+
+def _escaped(text: str, *, space: bool = False) -> str:
+    """`text` with a backslash escape for each character that is not printable (C0 and C1
+    controls, DEL, line and paragraph separators, format characters), for the backslash itself,
+    and with `space` for the space (the path's: the line's fields are split at spaces)."""
+    return "".join(_escape(c) if not c.isprintable() or c == "\\" or (space and c == " ") else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return _ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                                  else f"\\U{code:08x}")
+
+
+def _json_escaped(text: str) -> str:
+    """A JSON line with each character that is not printable as a `\\uXXXX` escape (the same
+    JSON): `json.dumps(ensure_ascii=False)` escapes C0 controls, not DEL, C1 or U+2028."""
+    return "".join(c if c.isprintable() else _json_escape(ord(c)) for c in text)
+
+
+def _json_escape(code: int) -> str:
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 class _ThroughLogging:
@@ -136,6 +186,9 @@ class _Direct:
         millis = int((now - second) * 1000)
         if self.json_format:
             text = json_line(f"{self._stamp}.{millis:03d}Z", "info", log.name, line.fields())
+            # NOTE: json.dumps escaped C0 controls, not DEL, C1 controls or U+2028 (ensure_ascii=False)
+            if not (text.isascii() and "\x7f" not in text) and not text.isprintable():
+                text = _json_escaped(text)
         else:  # as RedactingFormatter's "%(asctime)s %(levelname)s %(name)s %(message)s"
             text = f"{self._stamp},{millis:03d} INFO {log.name} {line.text()}"
         if not self.pending:

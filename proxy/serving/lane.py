@@ -11,9 +11,9 @@ for the rest of its life: another route, another method, a path or query that de
 change (a '%', a '+', a dot segment: Gemini's routes carry the model in the path and `alt=sse`
 or the key in the query, and the lane takes them only in the plain characters that read the
 same either way), HTTP/1.0, a chunked or compressed body, `Expect`, a head over 8 KiB or with
-anything but plain ASCII tokens and values, a second Content-Length, a body over the size
-limit... so malformed or unusual HTTP is always aiohttp's to refuse, in our envelope
-(`server.py`).
+anything but plain ASCII tokens and values, a line not ended by CRLF (a bare LF, seen while the
+head arrives), a second Content-Length, a body over the size limit... so malformed or unusual
+HTTP is always aiohttp's to refuse, in our envelope (`server.py`).
 
 What aiohttp's server does for a request, this lane does too: keep-alive with the idle timeout
 (which is also the header timeout), requests pipelined on one connection answered in order,
@@ -130,6 +130,19 @@ def _whole(response: web.StreamResponse) -> bool:
             and isinstance(response._body, bytes) and not response._chunked and not response._compression
             and not response._cookies and hdrs.CONTENT_LENGTH not in response._headers
             and 200 <= response._status and response._status not in (204, 304))
+
+
+def _bare_line_end(head: bytes) -> bool:
+    """Whether the start of a head has a CR or an LF that is not one of a CRLF (a trailing CR may
+    be one whose LF is on its way).
+
+    NOTE: such a head is aiohttp's: the lane reads CRLF lines only, and a head ended by a bare
+    LF ('\\n\\n') would have it wait for a CRLFCRLF that never comes (the idle timeout, then a
+    closed connection, where aiohttp answers at once). Checked only while a head is incomplete,
+    so the whole start each time: an LF may come in a read after its CR or its other LF.
+    """
+    crlf = head.count(b"\r\n")
+    return head.count(b"\n") != crlf or head.count(b"\r") - head.endswith(b"\r") != crlf
 
 
 class Lane:
@@ -265,7 +278,8 @@ class LaneProtocol(BaseProtocol):
             return
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
-            if len(buffer) > MAX_HEAD or not buffer.startswith(b"POST /"[:len(buffer)]):
+            if (len(buffer) > MAX_HEAD or not buffer.startswith(b"POST /"[:len(buffer)])
+                    or _bare_line_end(buffer)):
                 self._hand_over()
             return  # the head is still arriving (the idle timer bounds it, as aiohttp's does)
         parsed = self._parse(buffer, end)

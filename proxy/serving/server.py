@@ -5,7 +5,8 @@ aiohttp's HTTP parser refuses malformed requests (a NUL in a header, an over-lon
 unparsable line, bad chunking, Transfer-Encoding with Content-Length…) before any middleware
 runs, with a text/plain 400 that may quote the offending line, and logs that line with a
 traceback. A quoted line can be an `Authorization` header. Here those answers are OpenAI's
-JSON envelope with a fixed message, and the log line is one line, redacted.
+JSON envelope with a fixed message, and the log line is one line, redacted. An `Expect` it
+does not know (a 417 raised before any middleware) is refused in the envelope too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from contextlib import suppress
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from proxy.errors import ApiError, error_response
+from proxy.errors import ApiError, InvalidRequest, error_response
+from proxy.serving.accesslog import edge_middleware
 from proxy.serving.lane import LINGER, Lane
 
 log = logging.getLogger("payware.http")
@@ -45,6 +47,16 @@ class _EnvelopeHandler(RequestHandler):
         response.force_close()
         return response
 
+    async def finish_response(self, request, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        # NOTE: aiohttp meets an `Expect` header before any middleware runs, and refuses one it
+        # does not know (anything but 100-continue) by raising a text/plain 417 past them all:
+        # that refusal goes through the edge middleware after all (a request id, our envelope,
+        # an access line).
+        if isinstance(resp, web.HTTPExpectationFailed):
+            resp = await edge_middleware(request, _expectation_failed)
+        return await super().finish_response(request, resp, start_time)
+
     def log_exception(self, *args, **kwargs) -> None:
         # NOTE: a body left unread by an answered request (a 401, a GET with a body) is read by
         # aiohttp afterwards; one it cannot decode (a wrong Content-Encoding) raises there, past
@@ -57,6 +69,13 @@ class _EnvelopeHandler(RequestHandler):
                         str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__)
             return
         super().log_exception(*args, **kwargs)
+
+
+async def _expectation_failed(request: web.Request) -> web.StreamResponse:
+    error = InvalidRequest("the Expect header asks for what this server does not do (it knows 100-continue only)",
+                           code="expectation_failed")
+    error.status = 417
+    raise error
 
 
 class _EnvelopeServer(web.Server):

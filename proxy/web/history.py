@@ -61,11 +61,23 @@ def latest(ledger: Ledger, customer: str, *, limit: int, before: str | None) -> 
     return events, (f"{rows[-1].ts_us}:{rows[-1].id}" if more else None)
 
 
+_MAX_TS_US = 2**63 - 1  # the ledger's integers are 64-bit (SQLite's, PostgreSQL's BIGINT)
+
+
 def _cursor(text: str) -> tuple[int, str]:
+    """`<ts_us>:<event id>`, as `latest` gives it; ValueError for anything else.
+
+    NOTE: a time past 64 bits overflowed SQLite's parameter binding (a 500); an id that is not
+    printable ASCII (ids are) could fail its encoding there too.
+    """
     ts, sep, event_id = text.partition(":")
-    if not sep or not ts.isdigit() or not event_id or len(event_id) > 128:
+    if (not sep or not ts.isascii() or not ts.isdigit() or len(ts) > 19 or not event_id or len(event_id) > 128
+            or not event_id.isascii() or not event_id.isprintable()):
         raise ValueError("not a cursor")
-    return int(ts), event_id
+    ts_us = int(ts)
+    if ts_us > _MAX_TS_US:
+        raise ValueError("not a cursor")
+    return ts_us, event_id
 
 
 def _event(row) -> dict:

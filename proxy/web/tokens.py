@@ -80,8 +80,12 @@ def csrf_token(key: bytes, nonce: str) -> str:
 
 
 def csrf_ok(key: bytes, nonce: str, given: str | None) -> bool:
-    """Whether `given` is the CSRF token of the session `nonce` (constant time)."""
-    return isinstance(given, str) and hmac.compare_digest(given.encode(), csrf_token(key, nonce).encode())
+    """Whether `given` is the CSRF token of the session `nonce` (constant time).
+
+    NOTE: a token is base64url, so anything not ASCII is simply wrong; a header of non-UTF-8
+    bytes arrives with lone surrogates, which `str.encode` refuses (was a 500)."""
+    return (isinstance(given, str) and given.isascii()
+            and hmac.compare_digest(given.encode("ascii"), csrf_token(key, nonce).encode("ascii")))
 
 
 def _mac(key: bytes, body: str) -> bytes:

@@ -243,3 +243,59 @@ def test_a_body_in_many_reads_arrives_whole_and_pipelined_bytes_wait_their_turn(
     assert [status for status, _, _ in answers] == [200, 200]  # a byte lost or doubled: not JSON, a 400
     assert len(events(proxy)) == 2
     sock.close()
+
+
+def bare_lf(body: bytes = BODY) -> bytes:
+    """A model call whose head's lines end with a bare LF (not CRLF)."""
+    return head(body).replace(b"\r\n", b"\n") + body
+
+
+def answered_by_aiohttp(reader, started: float) -> None:
+    """aiohttp's answer, at once: a refusal in our envelope (or, should it read the head, a call)."""
+    status, headers, body = read_response(reader)
+    assert time.monotonic() - started < 5  # not the idle timeout (30 s here)
+    if status >= 400:
+        assert status < 500 and headers["content-type"].startswith("application/json")
+        assert "error" in json.loads(body)
+    else:
+        assert status == 200
+
+
+@pytest.mark.parametrize("pieces", [
+    [bare_lf()],
+    [bare_lf()[:40], bare_lf()[40:]],  # the first line ends in the first read
+    [bare_lf().split(b"\n\n")[0] + b"\n", b"\n" + BODY],  # the LFs ending the head in two reads
+], ids=["one-read", "split-in-a-line", "split-between-the-lfs"])
+def test_a_head_ended_by_bare_lfs_is_aiohttps_and_answered_at_once_not_at_the_idle_timeout(proxy_factory, pieces):
+    proxy = proxy_factory(server=", idle_timeout: 30")
+    sock, reader = connect(proxy)
+    started = time.monotonic()
+    for piece in pieces:
+        sock.sendall(piece)
+        time.sleep(0.1)
+    answered_by_aiohttp(reader, started)
+    sock.close()
+
+
+def test_a_bare_lf_head_pipelined_after_a_lane_request_is_handed_over_after_its_answer(proxy_factory):
+    proxy = proxy_factory(server=", idle_timeout: 30")
+    sock, reader = connect(proxy)
+    started = time.monotonic()
+    sock.sendall(head() + BODY + bare_lf())
+    status, _, body = read_response(reader)
+    assert status == 200 and json.loads(body)["object"] == "chat.completion"
+    answered_by_aiohttp(reader, started)
+    sock.close()
+
+
+def test_a_crlf_split_between_reads_is_still_the_lanes(proxy):
+    """The CR of a line end at the end of one read, its LF at the start of the next: no bare LF."""
+    sock, reader = connect(proxy)
+    request = head() + BODY
+    cut = request.index(b"\r\n") + 1
+    for piece in (request[:cut], request[cut:]):
+        sock.sendall(piece)
+        time.sleep(0.1)
+    status, headers, _ = read_response(reader)
+    assert status == 200 and [e["id"] for e in events(proxy)] == [headers["x-payware-request-id"]]
+    sock.close()
