@@ -1,4 +1,4 @@
-"""Red-team findings on the wire, through `payware serve`: a client cannot forge access-log lines,
+"""Hostile requests at the edges, through `payware serve`: a client cannot forge access-log lines,
 an `Expect` Payware does not meet is refused in the envelope, and the portal answers inputs it
 cannot use with a 4xx in its envelope, never a 500."""
 
