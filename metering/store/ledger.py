@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, BigInteger, Column, Numeric, String, Text, TypeDecorator, create_engine, func, text
+from sqlalchemy import (JSON, BigInteger, Column, Numeric, String, Text, TypeDecorator, and_, create_engine, func, or_,
+                        text)
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -350,9 +351,13 @@ class Ledger:
 
     def events(self, *, customer: str | None = None, start: datetime | None = None, end: datetime | None = None,
                session: str | None = None, period: str | None = None, model: str | None = None,
-               feature: str | None = None, batch: int = 1000) -> Iterator[UsageEvent]:
-        """Events in time order, filtered; `start` inclusive, `end` exclusive."""
+               feature: str | None = None, after: tuple[int, str] | None = None, limit: int | None = None,
+               batch: int = 1000) -> Iterator[UsageEvent]:
+        """Events in time order (then id), filtered; `start` inclusive, `end` exclusive; with
+        `after` (an event's `(ts_us, id)`) those past it, `limit` of them at most: a page."""
         query = select(EventRow).order_by(EventRow.ts_us, EventRow.id)
+        if after is not None:
+            query = query.where(or_(EventRow.ts_us > after[0], and_(EventRow.ts_us == after[0], EventRow.id > after[1])))
         if customer is not None:
             query = query.where(EventRow.customer == customer)
         if start is not None:
@@ -366,6 +371,8 @@ class Ledger:
         for column, value in filters:
             if value is not None:
                 query = query.where(column == value)
+        if limit is not None:
+            query = query.limit(limit)
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=batch).execute(query)
             for row in result:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from aiohttp import web
 
 from metering.limits.counters import Totals
-from metering.store.events import decimal_str, money_str, utcnow
+from metering.store.events import decimal_str, money_str, to_us, utcnow
 from metering.billing.statements import round_money
 from proxy.appkeys import GATE, LIVE, METER, RECORDER
 from metering.limits.outages import store_down
@@ -95,19 +95,44 @@ async def usage_events(request: web.Request) -> web.StreamResponse:
     except asyncio.TimeoutError:
         pass
     filters = {name: query.get(name) for name in ("session", "model", "feature", "period")}
-    events = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: list(recorder.ledger.events(customer=customer.id, start=start, end=end, **filters)))
-    if fmt == "jsonl":
-        body = "".join(e.to_json() + "\n" for e in events)
-        return web.Response(text=body, content_type="application/x-ndjson")
+    ledger, loop = recorder.ledger, asyncio.get_running_loop()
+
+    def page(after: tuple[int, str] | None) -> tuple[bytes, tuple[int, str] | None]:
+        """The next page's text, read and written in a worker thread; where the one after starts."""
+        events = list(ledger.events(customer=customer.id, start=start, end=end, after=after, limit=EXPORT_PAGE,
+                                    **filters))
+        text = "".join(e.to_json() + "\n" for e in events) if fmt == "jsonl" else _csv_rows(events)
+        last = (to_us(events[-1].ts), events[-1].id) if len(events) == EXPORT_PAGE else None
+        return text.encode(), last
+
+    # NOTE: a page at a time, each read and encoded off the event loop: one customer's 100,000
+    # events, read whole and encoded on it, held 660 MB and delayed every other call by seconds
+    text, after = await loop.run_in_executor(None, page, None)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv"})
+    await response.prepare(request)
+    if fmt == "csv":
+        await response.write(_csv_rows([], header=True).encode())
+    await response.write(text)
+    while after is not None:
+        text, after = await loop.run_in_executor(None, page, after)
+        await response.write(text)
+    await response.write_eof()
+    return response
+
+
+EXPORT_PAGE = 2000  # events read, written and sent at a time
+
+
+def _csv_rows(events: list, *, header: bool = False) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(_CSV_COLUMNS)
+    if header:
+        writer.writerow(_CSV_COLUMNS)
     for event in events:
         data = json.loads(event.to_json())
         writer.writerow([json.dumps(data[c], separators=(",", ":")) if isinstance(data[c], (dict, list))
                          else "" if data[c] is None else data[c] for c in _CSV_COLUMNS])
-    return web.Response(text=buffer.getvalue(), content_type="text/csv")
+    return buffer.getvalue()
 
 
 def _instant(value: str | None, param: str) -> datetime | None:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import create_engine
 
-from metering.store.events import UsageEvent
+from metering.store.events import UsageEvent, to_us
 from metering.store.ledger import DeadLetterRow, EventRow, Ledger, OwnedRow
 
 
@@ -229,3 +229,18 @@ def test_an_outage_is_not_mistaken_for_a_bad_row(tmp_path):
     ledger.engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")  # nothing listens
     with pytest.raises(Exception):
         ledger.write([event(1, "0.01")])
+
+
+def test_pages_of_events_join_to_the_whole_in_order_even_where_times_tie(ledger):
+    tied = [event(i // 3, "0.01") for i in range(10)]  # three events a minute: pages cut inside a tie
+    ledger.append(tied)
+    whole = [e.id for e in ledger.events(customer="acme")]
+    assert sorted(whole) == sorted(e.id for e in tied)
+    paged, after = [], None
+    while True:
+        page = list(ledger.events(customer="acme", after=after, limit=4))
+        paged += [e.id for e in page]
+        if len(page) < 4:
+            break
+        after = (to_us(page[-1].ts), page[-1].id)
+    assert paged == whole

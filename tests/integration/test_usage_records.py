@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import time
 from decimal import Decimal
@@ -11,6 +13,7 @@ import aiohttp
 import pytest
 
 from metering.limits.budget import to_units
+from proxy.routes.usage import EXPORT_PAGE
 from tests.conftest import ADMIN_KEY, KEYS
 
 PLANS = '  payg: {interval: monthly, price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n'
@@ -100,6 +103,22 @@ async def test_an_idempotency_key_names_one_record_and_a_replay_answers_with_it_
         status, body = await post(session, proxy, twice)
         assert status == 409 and body["error"]["param"] == "records[1].idempotency_key"
         assert len(await events(session, proxy)) == 1  # nothing kept of what was refused
+
+
+async def test_an_export_longer_than_a_page_comes_whole_in_order(proxy):
+    count = EXPORT_PAGE + 500
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, count, 1000):
+            batch = {"records": [{"metric": "agent_actions", "quantity": 1, "meta": {"n": n}}
+                                 for n in range(start, min(start + 1000, count))]}
+            status, _ = await post(session, proxy, batch)
+            assert status == 200
+        exported = await events(session, proxy)
+        assert len(exported) == count and len({e["id"] for e in exported}) == count
+        assert [(e["ts"], e["id"]) for e in exported] == sorted((e["ts"], e["id"]) for e in exported)
+        async with session.get(proxy.url + "/v1/usage/events?format=csv", headers=auth()) as resp:
+            rows = list(csv.reader(io.StringIO(await resp.text())))
+        assert rows[0][0] == "id" and [row[0] for row in rows[1:]] == [e["id"] for e in exported]
 
 
 async def test_a_batch_is_recorded_whole(proxy):
