@@ -88,6 +88,10 @@ class BodyTooLarge(ApiError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class UnsupportedEncoding(ApiError):
+    status, type, code = 415, "invalid_request_error", "unsupported_content_encoding"
+
+
 class RequestTimeout(ApiError):
     status, type, code = 408, "invalid_request_error", "request_timeout"
     close = True  # the rest of the body may never come: do not wait for it

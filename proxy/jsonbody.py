@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
-from proxy.errors import InvalidRequest, RequestTimeout
+from proxy.errors import InvalidRequest, RequestTimeout, UnsupportedEncoding
 
 MAX_DEPTH = 64  # deeper JSON is refused: no API we serve nests anywhere near this
 # Arrays and objects in one body: more are refused before parsing. Each costs ~0.3 µs to
@@ -31,6 +31,7 @@ MAX_DECIMALS = 100_000
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
 
 BODY_TIMEOUT = web.AppKey("body_timeout", float)  # seconds to receive a whole request body
+_CODINGS = frozenset({"identity", "gzip", "deflate", "br", "zstd", ""})  # what a request body may be encoded with
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -39,6 +40,10 @@ async def read_body(request: web.Request) -> bytes:
     NOTE: the deadline bounds a client that sends its headers and then trickles the body.
     """
     timeout = request.app.get(BODY_TIMEOUT, 30.0)
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.strip().lower() not in _CODINGS:
+        # NOTE: aiohttp decodes these only, and passes any other coding's bytes on as if plain
+        raise UnsupportedEncoding(f"Content-Encoding {coding!r} is not supported (identity, gzip, deflate, br or zstd)")
     try:
         if request.content.is_eof():  # all of it came with the headers (most bodies): nothing to wait for
             return await request.read()
@@ -69,7 +74,7 @@ def parse_json(raw: bytes, *, parse_float: Callable[[str], object] | None = None
         if structure.count(b".") + structure.count(b"e") + structure.count(b"E") > MAX_DECIMALS:
             raise InvalidRequest(f"the JSON {what} holds more than {MAX_DECIMALS:,} decimal numbers")
     try:
-        value = json.loads(raw, parse_float=parse_float) if parse_float is not None else load_json(raw)
+        value = json.loads(raw.decode(), parse_float=parse_float) if parse_float is not None else load_json(raw)
     except RecursionError:
         raise InvalidRequest(f"the JSON {what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except (ValueError, UnicodeDecodeError):
@@ -85,11 +90,12 @@ def load_json(raw: bytes | str) -> object:
     """`json.loads(raw)`, by orjson when it can (3-5x faster on the bodies and answers of every
     call). orjson accepts only strict JSON, and parses what it accepts to the same values; what
     it refuses (NaN, integers past 64 bits, a lone surrogate, other encodings than UTF-8) is left
-    to the standard library, so what is accepted and what it means do not change."""
+    to the standard library, so what is accepted and what it means do not change. Bytes are
+    UTF-8 only (the standard library would read UTF-16 and UTF-32 too: not JSON of the web)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return json.loads(raw)
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def load_json_or_none(raw: bytes | str) -> object:

@@ -170,6 +170,21 @@ async def test_a_content_encoding_the_body_does_not_have_is_a_400(proxy, encodin
         assert status == 400 and answer["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("encoding", ["x-snappy", "compress", "gzip, gzip"])
+async def test_a_content_encoding_aiohttp_does_not_decode_is_a_415(proxy, encoding):
+    """aiohttp passes the bytes of a coding it does not know on as if plain: they were billed as JSON."""
+    async with aiohttp.ClientSession() as session:
+        status, answer = await chat(session, proxy, headers={"Content-Encoding": encoding})
+        assert status == 415 and answer["error"]["code"] == "unsupported_content_encoding"
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-32"])
+async def test_a_body_in_another_encoding_than_utf8_is_a_400(proxy, codec):
+    async with aiohttp.ClientSession() as session:
+        status, answer = await chat(session, proxy, raw=json.dumps(CHAT).encode(codec))
+        assert status == 400 and answer["error"]["type"] == "invalid_request_error"
+
+
 async def test_a_gzipped_body_is_read(proxy):
     import gzip
 
