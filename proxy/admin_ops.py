@@ -19,16 +19,12 @@ from config.schema import Config, CustomerConfig, key_id
 from metering.store.bounds import is_clean, is_clean_json
 from metering.store.directory import INSTANTS_END, INSTANTS_END_TEXT, DirectoryStore, moment_of, now_us
 from metering.store.events import to_us, utcnow
-from proxy.errors import ApiError, InvalidRequest, NotFound
+from proxy.errors import Conflict, InvalidRequest, NotFound
 
 CUSTOMER_FIELDS = ("id", "plan", "cap", "rate_limit", "models", "metadata", "anchor_day")
 KEY_FIELDS = ("name", "expires_at", "cap", "rate_limit", "models")
 MAX_METADATA = 4096  # bytes of a customer's metadata JSON
 MAX_GRACE = 30 * 86400  # seconds a rotated key may keep working
-
-
-class Conflict(ApiError):
-    status, type, code = 409, "invalid_request_error", "conflict"
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -208,15 +204,23 @@ def usage_row(customer: CustomerConfig, usage: dict) -> dict:
 
 # -- keys --------------------------------------------------------------------------------------
 
+def inactive(customer: CustomerConfig) -> InvalidRequest:
+    return InvalidRequest(f"customer {customer.id!r} is deactivated", param="id", code="customer_inactive")
+
+
 def new_key() -> tuple[str, str]:
     """A new customer key and the hex SHA-256 that is all Payware keeps of it."""
     key = "pw-" + secrets.token_urlsafe(32)
     return key, hashlib.sha256(key.encode()).hexdigest()
 
 
-def issue_key(config: Config, store: DirectoryStore, customer_id: str, body: dict, *,
+def issue_key(config: Config, store: DirectoryStore, customer: CustomerConfig, body: dict, *,
               name: str | None = None) -> dict:
-    """A new key for the customer, kept as its hash; the answer is the only place the key shows."""
+    """A new key for the customer, kept as its hash; the answer is the only place the key shows.
+    A deactivated customer gets none (its keys are refused: a new one would be too)."""
+    if not customer.active:
+        raise inactive(customer)
+    customer_id = customer.id
     name = text(body.get("name"), "name", 128) if name is None else name
     expires_us = instant_us(body.get("expires_at"), "expires_at")
     try:
@@ -284,7 +288,10 @@ def rotate_key(config: Config, store: DirectoryStore, kid: str, grace: object) -
     if type(grace) is not int or not 0 <= grace <= MAX_GRACE:
         raise InvalidRequest(f"grace_seconds must be a whole number of seconds from 0 to {MAX_GRACE} (30 days)",
                              param="grace_seconds")
-    fresh = issue_key(config, store, row["customer"], {**row["settings"]}, name=row["name"])
+    owner = config.customers.get(row["customer"])
+    if owner is None:
+        raise NotFound(f"no customer {row['customer']!r} for key {kid!r}", param="key_id")
+    fresh = issue_key(config, store, owner, {**row["settings"]}, name=row["name"])
     ends_us = now_us() + grace * 1_000_000
     store.end_key(kid, revoke=False, at_us=ends_us)
     return {**fresh, "replaces": kid, "old_key_expires_at": iso(ends_us)}

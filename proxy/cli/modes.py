@@ -249,7 +249,7 @@ class Local:
     def create_key(self, customer_id: str, body: dict) -> dict:
         from proxy import admin_ops as ops
 
-        made = ops.issue_key(self.config, self.store, self._find(customer_id).id, body)
+        made = ops.issue_key(self.config, self.store, self._find(customer_id), body)
         self._changed()
         return made
 

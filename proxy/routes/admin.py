@@ -112,7 +112,7 @@ async def create_key(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     customer = _find(request)
     body = await read_fields(request, ops.KEY_FIELDS)
-    made = await in_thread(ops.issue_key, live.config, live.store, customer.id, body)
+    made = await in_thread(ops.issue_key, live.config, live.store, customer, body)
     await directory_changed(request.app)
     log.info("key %s created for %s", made["id"], customer.id)
     return web.json_response(made, status=201)

@@ -242,7 +242,7 @@ async def create_key(request: web.Request) -> web.Response:
     customer = _customer(request)
     name = request[FIELDS].get("name", "").strip() or None
     live = request.app[LIVE]
-    made = await admin.in_thread(ops.issue_key, live.config, live.store, customer.id, {"name": name})
+    made = await admin.in_thread(ops.issue_key, live.config, live.store, customer, {"name": name})
     await admin.directory_changed(request.app)
     log.info("key %s created for %s (console)", made["id"], customer.id)
     return _shown_key(request, made, customer.id, "Key created")

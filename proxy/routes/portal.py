@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
+from proxy.admin_ops import inactive
 from proxy.appkeys import LIVE
 from proxy.errors import Forbidden, InvalidRequest, NotFound
 from proxy.jsonbody import parse_json, read_body
@@ -46,7 +47,7 @@ async def create_link(request: web.Request) -> web.Response:
     if customer is None:
         raise NotFound(f"no customer {request.match_info['id']!r}", param="id", code="customer_not_found")
     if not customer.active:
-        raise InvalidRequest(f"customer {customer.id!r} is deactivated", param="id", code="customer_inactive")
+        raise inactive(customer)
     return web.json_response(link(request, customer.id, ttl), status=201)
 
 

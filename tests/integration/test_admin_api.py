@@ -117,6 +117,12 @@ async def test_customers_list_in_pages_and_update_and_deactivate(proxy):
         assert await chat(session, proxy, key["key"]) == 401  # its keys stop working
         status, still = await call(session, proxy, "GET", "/v1/admin/customers/c0")
         assert still["active"] is False and still["usage"]["requests"] == 1  # its events stay
+        for path in ("/v1/admin/customers/c0/keys", f"/v1/admin/keys/{key['id']}/rotate"):
+            status, refused = await call(session, proxy, "POST", path, {} if path.endswith("keys") else
+                                         {"grace_seconds": 0})
+            assert status == 400 and refused["error"]["code"] == "customer_inactive"  # a key it could not use
+        status, keys = await call(session, proxy, "GET", "/v1/admin/customers/c0/keys")
+        assert [k["id"] for k in keys["data"]] == [key["id"]]
 
 
 async def test_a_revoked_key_is_refused_and_a_rotated_one_works_for_its_grace_only(proxy):
