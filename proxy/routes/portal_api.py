@@ -120,11 +120,14 @@ async def statement_csv(request: web.Request) -> web.Response:
 
 def csv_download(text: str, filename: str) -> web.Response:
     """A CSV answer the browser saves as `filename`."""
+    return web.Response(text=text, headers=download_headers(filename))
+
+
+def download_headers(filename: str) -> dict[str, str]:
+    """The headers of a CSV answer the browser saves as `filename` (whole, or streamed)."""
     safe = "".join(c for c in filename if c.isalnum() or c in "-_.") or "export.csv"
-    response = web.Response(text=text, content_type="text/csv", charset="utf-8",
-                            headers={"Content-Disposition": f'attachment; filename="{safe}"',
-                                     "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
-    return response
+    return {"Content-Type": "text/csv; charset=utf-8", "Content-Disposition": f'attachment; filename="{safe}"',
+            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 @portal_api

@@ -9,6 +9,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -81,14 +82,25 @@ async def summary_of(app: web.Application, customer, *, at=None) -> dict:
 
 async def usage_events(request: web.Request) -> web.StreamResponse:
     """`GET /v1/usage/events`: every event with its full metadata, as JSON lines or CSV."""
-    app = request.app
-    customer = app[LIVE].keyring.subject(request)
-    query = request.query
-    fmt = query.get("format", "jsonl")
+    customer = request.app[LIVE].keyring.subject(request)
+    fmt = request.query.get("format", "jsonl")
     if fmt not in ("jsonl", "csv"):
         raise InvalidRequest("format must be jsonl or csv", param="format")
+    kind = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+    return await send_events(request, customer.id, request.query, web.StreamResponse(headers={"Content-Type": kind}),
+                             csv_format=fmt == "csv")
+
+
+async def send_events(request: web.Request, customer: str, query, response: web.StreamResponse, *,
+                      csv_format: bool) -> web.StreamResponse:
+    """`customer`'s events, filtered by `query` (from, to, session, model, feature, period), sent
+    in `response` (not yet prepared: its headers are the caller's) as JSON lines or CSV.
+
+    NOTE: a page at a time, each read and encoded off the event loop: one customer's 100,000
+    events, read whole and encoded on it, held 660 MB and delayed every other call by seconds.
+    """
     start, end = _instant(query.get("from"), "from"), _instant(query.get("to"), "to")
-    recorder = app[RECORDER]
+    recorder = request.app[RECORDER]
     try:
         async with asyncio.timeout(5):
             await recorder.flush()  # the ledger holds every ended response
@@ -99,19 +111,14 @@ async def usage_events(request: web.Request) -> web.StreamResponse:
 
     def page(after: tuple[int, str] | None) -> tuple[bytes, tuple[int, str] | None]:
         """The next page's text, read and written in a worker thread; where the one after starts."""
-        events = list(ledger.events(customer=customer.id, start=start, end=end, after=after, limit=EXPORT_PAGE,
+        events = list(ledger.events(customer=customer, start=start, end=end, after=after, limit=EXPORT_PAGE,
                                     **filters))
-        text = "".join(e.to_json() + "\n" for e in events) if fmt == "jsonl" else _csv_rows(events)
+        text = _csv_rows(events, header=after is None) if csv_format else "".join(e.to_json() + "\n" for e in events)
         last = (to_us(events[-1].ts), events[-1].id) if len(events) == EXPORT_PAGE else None
         return text.encode(), last
 
-    # NOTE: a page at a time, each read and encoded off the event loop: one customer's 100,000
-    # events, read whole and encoded on it, held 660 MB and delayed every other call by seconds
-    text, after = await loop.run_in_executor(None, page, None)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv"})
+    text, after = await loop.run_in_executor(None, page, None)  # a bad filter fails here, before any byte
     await response.prepare(request)
-    if fmt == "csv":
-        await response.write(_csv_rows([], header=True).encode())
     await response.write(text)
     while after is not None:
         text, after = await loop.run_in_executor(None, page, after)
@@ -131,8 +138,19 @@ def _csv_rows(events: list, *, header: bool = False) -> str:
     for event in events:
         data = json.loads(event.to_json())
         writer.writerow([json.dumps(data[c], separators=(",", ":")) if isinstance(data[c], (dict, list))
-                         else "" if data[c] is None else data[c] for c in _CSV_COLUMNS])
+                         else "" if data[c] is None else _cell(data[c]) for c in _CSV_COLUMNS])
     return buffer.getvalue()
+
+
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def _cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, a tab or a CR first:
+    a customer's session header, say) with a `'` before it (OWASP's advice); numbers as they are."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def _instant(value: str | None, param: str) -> datetime | None:

@@ -439,6 +439,7 @@ async def test_the_console_exports_a_customers_evidence_as_the_api_gives_it(prox
                                headers={"Cookie": f"pw_console={cookie}"}) as resp:
             assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/csv")
             assert "attachment" in resp.headers["Content-Disposition"]
+            assert (resp.headers["Cache-Control"], resp.headers["X-Content-Type-Options"]) == ("no-store", "nosniff")
             exported = await resp.text()
         status, api = await call(session, proxy, "GET", "/v1/usage/events?customer=acme&format=csv&session=s2")
         assert status == 200 and exported == api and len(exported.strip().splitlines()) == 2

@@ -121,6 +121,19 @@ async def test_an_export_longer_than_a_page_comes_whole_in_order(proxy):
         assert rows[0][0] == "id" and [row[0] for row in rows[1:]] == [e["id"] for e in exported]
 
 
+async def test_the_csv_export_never_hands_a_spreadsheet_a_formula(proxy):
+    async with aiohttp.ClientSession() as session:
+        record = {"metric": "agent_actions", "quantity": 1, "session": '=HYPERLINK("http://evil.example","x")',
+                  "feature": "@SUM(A1)"}
+        assert (await post(session, proxy, record))[0] == 200
+        async with session.get(proxy.url + "/v1/usage/events?format=csv", headers=auth()) as resp:
+            row = dict(zip(*list(csv.reader(io.StringIO(await resp.text())))))
+        assert row["session"] == "'" + record["session"] and row["feature"] == "'@SUM(A1)"
+        assert row["amount"] == "0.002"
+        event, = await events(session, proxy)
+        assert event["session"] == record["session"]  # the evidence itself as it came
+
+
 async def test_a_batch_is_recorded_whole(proxy):
     batch = {"records": [{"metric": "agent_actions", "quantity": 1}, {"metric": "api_calls", "quantity": 5,
                                                                       "unit_price": "0.001"}]}
