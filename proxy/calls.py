@@ -186,7 +186,7 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, evid
             request["payware.error"] = f"upstream_{upstream.status}"
             log.warning("provider %s answered %d to %s (model %s)", provider.name, upstream.status,
                         request["request_id"], model.name)
-            response = await error_passthrough(upstream, provider.name, fmt)  # nothing generated, nothing billed
+            response = await error_passthrough(upstream, provider, fmt)  # nothing generated, nothing billed
             response.headers.update(rate_headers(admitted.rate))
             return response
         if stream and not _answered_whole(upstream):

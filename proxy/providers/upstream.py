@@ -14,6 +14,7 @@ from aiohttp import web
 from config.schema import ProviderConfig, ServerConfig
 from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from proxy.providers.http1 import Answer, Client, HTTPClientError, UnsafeHeader
+from proxy.serving.redact import MARK
 
 # Provider response headers the client may see; rate-limit headers are our account's, not the
 # customer's, and stay here. Content-Encoding is still there only on a body the provider client
@@ -65,7 +66,7 @@ async def _request(client: Client, method: str, url: str, *, headers: dict[str, 
         raise InvalidRequest("a request header holds a character that cannot be relayed") from None
 
 
-async def error_passthrough(upstream: Answer, provider: str, fmt) -> web.Response:
+async def error_passthrough(upstream: Answer, provider: ProviderConfig, fmt) -> web.Response:
     """The provider's own status and body; a non-JSON body is wrapped in the route's envelope."""
     try:
         body = await upstream.read()
@@ -76,11 +77,16 @@ async def error_passthrough(upstream: Answer, provider: str, fmt) -> web.Respons
     return _error_answer(upstream, body, provider, fmt)
 
 
-def _error_answer(upstream: Answer, body: bytes, provider: str, fmt) -> web.Response:
-    """A provider's error as it sent it if it is a JSON error, else wrapped in `fmt`'s envelope."""
+def _error_answer(upstream: Answer, body: bytes, provider: ProviderConfig, fmt) -> web.Response:
+    """A provider's error as it sent it if it is a JSON error, else wrapped in `fmt`'s envelope;
+    never with the provider's key in it."""
     headers = relayed_headers(upstream)
     if headers.pop("Content-Encoding", None) is not None:
         body = b""  # encoded in a coding we cannot read: its text would be noise in our envelope
+    if provider.api_key and provider.api_key.encode() in body:
+        # NOTE: a provider may quote the key it was sent ("Invalid API key: sk-…"): it is ours, not
+        # the client's (the mark holds no quote or backslash: a JSON string stays one)
+        body = body.replace(provider.api_key.encode(), MARK.encode())
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
@@ -89,22 +95,22 @@ def _error_answer(upstream: Answer, body: bytes, provider: str, fmt) -> web.Resp
         headers["Content-Type"] = "application/json"
         return web.Response(status=upstream.status, body=body, headers=headers)
     text = body.decode("utf-8", "replace").strip()[:500] or upstream.reason or "no body"
-    envelope = fmt.upstream_error(upstream.status, text, provider)
+    envelope = fmt.upstream_error(upstream.status, text, provider.name)
     headers["Content-Type"] = "application/json"
     return web.Response(status=upstream.status, body=json.dumps(envelope).encode(), headers=headers)
 
 
 async def forward(client: Client, method: str, url: str, *, headers: dict[str, str],
-                  provider: str, fmt, params=None, body: bytes | None = None) -> web.Response:
+                  provider: ProviderConfig, fmt, params=None, body: bytes | None = None) -> web.Response:
     """A call that generates nothing (retrieve, delete, list): the provider's answer, relayed whole
     (an error that is not JSON wrapped in `fmt`'s envelope, as `error_passthrough` does)."""
-    upstream = await _request(client, method, url, headers=headers, provider=provider, body=body, params=params)
+    upstream = await _request(client, method, url, headers=headers, provider=provider.name, body=body, params=params)
     try:
         payload = await upstream.read()
     except asyncio.TimeoutError:
-        raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from None
+        raise UpstreamTimeout(f"provider {provider.name!r} did not answer in time") from None
     except HTTPClientError as exc:
-        raise UpstreamError(f"could not reach provider {provider!r}: {type(exc).__name__}") from None
+        raise UpstreamError(f"could not reach provider {provider.name!r}: {type(exc).__name__}") from None
     finally:
         upstream.release()
     if upstream.status >= 400:

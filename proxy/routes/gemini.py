@@ -50,7 +50,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         body = {**body, "generateContentRequest": {**inner, "model": resource_name(model)}}
         raw = dump_json(body)
     url = app[UPSTREAMS][provider.name] + upstream_path(model, provider, request, "countTokens")
-    response = await forward(app[UPSTREAM_CLIENT], "POST", url, headers=outgoing_headers(provider), provider=provider.name,
+    response = await forward(app[UPSTREAM_CLIENT], "POST", url, headers=outgoing_headers(provider), provider=provider,
                              fmt=GENERATE, body=raw)
     response.headers["X-Payware-Request-Id"] = request["request_id"]
     return response

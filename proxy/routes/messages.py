@@ -34,7 +34,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         raw = dump_json({**body, "model": model.upstream})
     url = app[UPSTREAMS][provider.name] + api_path(provider, "/messages/count_tokens")
     headers = {**outgoing_headers(provider), **anthropic_headers(request)}
-    response = await forward(app[UPSTREAM_CLIENT], "POST", url, headers=headers, provider=provider.name, fmt=MESSAGES, body=raw)
+    response = await forward(app[UPSTREAM_CLIENT], "POST", url, headers=headers, provider=provider, fmt=MESSAGES, body=raw)
     response.headers["X-Payware-Request-Id"] = request["request_id"]
     return response
 

@@ -124,7 +124,7 @@ def _stored_route(method: str, suffix: str = "", *, on_success=None):
         # NOTE: every pair kept (`include` may repeat), but a Payware key given as ?key= never goes on
         params = [(name, value) for name, value in request.query.items() if name != "key"]
         response = await forward(app[UPSTREAM_CLIENT], method, f"{app[UPSTREAMS][provider.name]}/responses/{response_id}{suffix}",
-                                 headers=outgoing_headers(provider), provider=provider.name, fmt=RESPONSES,
+                                 headers=outgoing_headers(provider), provider=provider, fmt=RESPONSES,
                                  params=params, body=body)
         if on_success is not None and response.status < 300:
             await on_success(app, owned)

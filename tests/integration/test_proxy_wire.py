@@ -266,3 +266,19 @@ async def test_a_client_that_leaves_before_the_providers_answer_is_billed_the_pr
     event, = billed
     assert (event["status"], event["input_tokens"], event["output_tokens"]) == ("partial", 8, 0)
     assert event["usage_source"] == {"input": "tiktoken", "output": "tiktoken"}
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b'{"error":{"message":"Incorrect API key provided: sk-raw","type":"invalid_request_error"}}', "json"),
+    (b"unauthorized: Bearer sk-raw", "text"),
+])
+async def test_a_provider_quoting_our_key_in_its_error_never_shows_it_to_the_client(proxy_factory, fake_upstream,
+                                                                                      tmp_path, body, kind):
+    answer = (f"HTTP/1.1 401 Unauthorized\r\nContent-Type: {'application/json' if kind == 'json' else 'text/plain'}"
+              f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    server = await raw_provider(answer)
+    async with server:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1]))
+        status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 401 and b"sk-raw" not in relayed and b"[redacted]" in relayed
+    json.loads(relayed)  # still JSON
