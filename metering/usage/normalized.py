@@ -83,8 +83,10 @@ def usage_from_json(obj: object) -> Usage | None:
         return None
     get = usage.get
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        input_tokens = token_count(get("prompt_tokens"))
-        output_tokens = token_count(get("completion_tokens"))
+        prompt, completion = get("prompt_tokens"), get("completion_tokens")
+        input_tokens, output_tokens = token_count(prompt), token_count(completion)
+        # NOTE: both counts taken as sent (every call's case) need no closer look
+        read = input_tokens == prompt and output_tokens == completion
         cached = (_sub(usage, "prompt_tokens_details", "cached_tokens")
                   or token_count(get("prompt_cache_hit_tokens")))  # DeepSeek's name
         reasoning = _sub(usage, "completion_tokens_details", "reasoning_tokens")
@@ -96,18 +98,19 @@ def usage_from_json(obj: object) -> Usage | None:
             if isinstance(details, dict) else 0
         if not input_tokens and "completion_tokens" not in usage:
             input_tokens = token_count(get("total_tokens"))  # embeddings servers sending only a total
-        unread = unread_counts(usage, ("prompt_tokens",), ("completion_tokens",))
+        unread = () if read else unread_counts(usage, ("prompt_tokens",), ("completion_tokens",))
     elif "input_tokens" in usage or "output_tokens" in usage:
         if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
             return anthropic_usage(usage)
         # OpenAI's Responses API: input_tokens counts cache reads (and writes) already.
-        input_tokens = token_count(get("input_tokens"))
-        output_tokens = token_count(get("output_tokens"))
+        given_input, given_output = get("input_tokens"), get("output_tokens")
+        input_tokens, output_tokens = token_count(given_input), token_count(given_output)
         cached = _sub(usage, "input_tokens_details", "cached_tokens")
         reasoning = _sub(usage, "output_tokens_details", "reasoning_tokens")
         written = _sub(usage, "input_tokens_details", "cache_write_tokens")
-        return bounded_usage(input_tokens, cached, output_tokens, reasoning, written, 0, usage,
-                             unread_counts(usage, ("input_tokens",), ("output_tokens",), required=True))
+        unread = () if input_tokens == given_input and output_tokens == given_output else \
+            unread_counts(usage, ("input_tokens",), ("output_tokens",), required=True)
+        return bounded_usage(input_tokens, cached, output_tokens, reasoning, written, 0, usage, unread)
     else:
         input_tokens = token_count(get("total_tokens"))  # embeddings with only a total
         output_tokens = cached = reasoning = written = written_1h = 0
