@@ -235,7 +235,7 @@ async def _keep_all(app: web.Application, caller: Caller, customer: CustomerConf
 async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConfig, plan: PlanConfig,
                     records: list[_Record], priced: list[Rated], stored: dict[str, UsageEvent]) -> list[dict]:
     """Keep `records`, all in the period open now (`stored`: what the ledger held of their
-    keys), the spends issued together, then the positions, then the counters (on Redis, a
+    keys): the positions claimed together, then the spends, then the counters (on Redis, a
     round trip each)."""
     recorder, budget = app[RECORDER], app[GATE].budget
     now = utcnow()
@@ -251,9 +251,28 @@ async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConf
     if keyed:
         known = {event_id for event_id in keyed if event_id in stored}
         known |= budget.owed(keyed)  # NOTE: after the ledger: a spend applied meanwhile is in the store
-    fresh = [i for i, event_id in enumerate(ids) if event_id not in known]
+    fresh, seen = [], set(known)
+    for i, event_id in enumerate(ids):
+        if event_id not in seen:  # NOTE: a key twice in one batch: the first is the record, the rest replays
+            seen.add(event_id)
+            fresh.append(i)
+    # Quota or tiers on the metric: each record priced where it lands, before its spend counts
+    # against the caps (priced at the period's start, 100 included actions made 8 more free)
+    rated = list(priced)
+    placed = [i for i in fresh if records[i].unit_price is None and uses_position(plan, records[i].metric)]
+    positions, claim_error = await _together(
+        recorder.counters.claim(customer.id, period, records[i].metric, records[i].quantity) for i in placed)
+    unknown = set()
+    for i, position in zip(placed, positions):
+        if isinstance(position, BaseException):  # NOTE: never lose the record: billed past the quota, flagged
+            position = Decimal(plan.included.get(records[i].metric, 0))
+            unknown.add(i)
+        rated[i] = rate_metric(plan, records[i].metric, records[i].quantity, position, None)
+    if claim_error is not None:
+        log.error("the quota position of %d usage record(s) of %s is unknown (%s): billed past the included "
+                  "quota", len(unknown), customer.id, type(claim_error).__name__)
     applied, spend_error = await _together(
-        budget.add_spent(customer=customer.id, period=period, scopes=scopes, units=to_units(priced[i].amount),
+        budget.add_spent(customer=customer.id, period=period, scopes=scopes, units=to_units(rated[i].amount),
                          event_id=ids[i]) for i in fresh)
     # NOTE: a spend whose answer did not come may have been applied all the same (the answer
     # lost on the way), and the budget applies it by id once the store answers anyway: its
@@ -265,25 +284,17 @@ async def _keep_run(app: web.Application, caller: Caller, customer: CustomerConf
         log.error("the spend of %d usage record(s) of %s did not reach the budget store (%s): kept, and "
                   "counted against caps once the store answers", sum(isinstance(o, BaseException) for o in applied),
                   customer.id, type(spend_error).__name__)
-    rated = list(priced)
-    placed = [i for i in kept if records[i].unit_price is None and uses_position(plan, records[i].metric)]
-    positions, claim_error = await _together(  # quota or tiers on the metric: priced where each one lands
-        recorder.counters.claim(customer.id, period, records[i].metric, records[i].quantity) for i in placed)
-    unknown = set()
-    for i, position in zip(placed, positions):
-        if isinstance(position, BaseException):  # NOTE: never lose the record: billed past the quota, flagged
-            position = Decimal(plan.included.get(records[i].metric, 0))
-            unknown.add(i)
-        rated[i] = rate_metric(plan, records[i].metric, records[i].quantity, position, None)
-    if claim_error is not None:
-        log.error("the quota position of %d usage record(s) of %s is unknown (%s): billed past the included "
-                  "quota", len(unknown), customer.id, type(claim_error).__name__)
+    kept_ids = set(kept)
+    # A replay racing its first (another request, at once) took a place it must give back
+    given_back = [i for i in placed if i not in kept_ids and i not in unknown]
+    if given_back:
+        await _together(recorder.counters.claim(customer.id, period, records[i].metric, -records[i].quantity)
+                        for i in given_back)
     events = [_event(caller, customer, plan, records[i], rated[i], ids[i], period, now, i in unknown)
               for i in kept]
     for event in events:
         recorder.keep(event)
     await asyncio.gather(*(count_event(app, event, customer) for event in events))
-    kept_ids = set(kept)
     return [_view(ids[i], records[i], rated[i], duplicate=False) if i in kept_ids
             else _stored_view(stored[ids[i]]) if ids[i] in stored
             else _view(ids[i], records[i], rated[i], duplicate=True) for i in range(len(records))]

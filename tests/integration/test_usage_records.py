@@ -14,7 +14,7 @@ import pytest
 
 from metering.limits.budget import to_units
 from proxy.routes.usage import EXPORT_PAGE
-from tests.conftest import ADMIN_KEY, KEYS
+from tests.conftest import ADMIN_KEY, KEYS, key_hash
 
 PLANS = '  payg: {interval: monthly, price: {markup: "1.25", metrics: {agent_actions: "0.002"}}}\n'
 
@@ -246,6 +246,23 @@ async def test_a_batch_takes_quota_positions_in_order_and_an_id_twice_is_kept_on
             0, 0, Decimal("0.004"), Decimal("0.008"), Decimal("0.008")]
         now = await summary(session, proxy)
         assert now["requests"] == 5 and Decimal(now["amount_due_exact"]) == Decimal("0.02")
+
+
+async def test_records_past_the_included_quota_count_against_the_cap_at_their_price(proxy_factory,
+                                                                                     counters_storage):
+    customers = f"""
+  acme: {{plan: payg, keys: ["{key_hash(KEYS['acme'])}"], cap: {{amount: "0.01", action: block}}}}
+"""
+    proxy = proxy_factory(plans=QUOTA, storage=counters_storage, customers=customers)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # 10 included, then 10 at $0.002: $0.02, past the $0.01 cap
+            assert (await post(session, proxy, {"metric": "acts", "quantity": 10}))[0] == 200
+        async with session.post(proxy.url + "/v1/chat/completions", headers=auth(),
+                                json={"model": "fake-ok", "max_tokens": 5,
+                                      "messages": [{"role": "user", "content": "hi"}]}) as resp:
+            assert resp.status == 429 and (await resp.json())["error"]["code"] == "spend_cap_reached"
+        async with session.get(proxy.url + "/v1/billing/cap", headers=auth()) as resp:
+            assert Decimal((await resp.json())["spent"]) == Decimal("0.02")
 
 
 async def test_a_batch_of_1000_records_on_redis_is_a_few_round_trips(proxy_factory, redis_url):
