@@ -85,6 +85,14 @@ def _classes(entry: dict, suffix: str, fallback: dict | None = None) -> dict | N
     write = per_token("cache_creation_input_token_cost")
     write_1h = _decimal(entry.get("cache_creation_input_token_cost_above_1hr" + suffix))
     prices["output"] = per_million(out) if out is not None else (fallback or {}).get("output", Decimal(0))
+    if suffix:
+        # NOTE: a tier above a prompt size without its own cache prices keeps those the entry
+        # gives below it, as litellm prices it (its input price there overcharged cache reads
+        # ~12x on some entries); a class the entry does not price at all costs the tier's input
+        cached = cached if cached is not None else _decimal(entry.get("cache_read_input_token_cost"))
+        write = write if write is not None else _decimal(entry.get("cache_creation_input_token_cost"))
+        if write_1h is None:
+            write_1h = _decimal(entry.get("cache_creation_input_token_cost_above_1hr"))
     prices["cached_input"] = per_million(cached) if cached is not None else prices["input"]
     prices["cache_write"] = per_million(write) if write is not None else prices["input"]
     prices["cache_write_1h"] = per_million(write_1h) if write_1h is not None else prices["cache_write"]

@@ -180,6 +180,21 @@ def test_a_customer_with_rate_limits_keeps_its_own_id():
     assert set(config.customers) == {"acme"} and config.customers["acme"].rate_limit.tpm == 100
 
 
+def test_a_litellm_tier_above_a_prompt_size_keeps_the_cache_prices_it_does_not_give():
+    from config import pricedb
+
+    entry = {name: Decimal(value) for name, value in (  # as the price map is read: its numbers as Decimals
+        ("input_cost_per_token", "1.25e-06"), ("output_cost_per_token", "2.5e-06"),
+        ("cache_read_input_token_cost", "2e-07"), ("input_cost_per_token_above_200k_tokens", "2.5e-06"),
+        ("output_cost_per_token_above_200k_tokens", "5e-06"))}
+    (threshold, above), = pricedb.price_of(entry).above
+    assert threshold == 200_000 and above.input == Decimal("2.5")
+    assert above.cached_input == Decimal("0.2")  # as litellm prices it: the base read, not the tier's input
+    assert above.cache_write == Decimal("2.5")  # no write price anywhere: the tier's input
+    entry["cache_read_input_token_cost_above_200k_tokens"] = Decimal("4e-07")
+    assert pricedb.price_of(entry).above[0][1].cached_input == Decimal("0.4")
+
+
 def test_every_litellm_price_fits_the_ledgers_precision():
     """Finding 9: litellm's float prices (e.g. bigmodel/glm-5.3) at markup 1.25 gave amounts with
     more than 18 places, and every call of such a model failed after the provider answered."""
