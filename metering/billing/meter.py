@@ -99,14 +99,33 @@ class Meter:
         return Period(start, calendar.end, plan.interval)
 
     def restore_thresholds(self, ledger) -> None:
-        """Resume each threshold period from the newest period the ledger holds (blocking)."""
+        """Resume each threshold period from the newest period the ledger holds, or after it if
+        it had reached its threshold (blocking)."""
         now = utcnow()
         for customer in self.config.customers.values():
             if self.config.plans[customer.plan].interval != "threshold":
                 continue
             latest = ledger.latest_period(customer.id, since=self.period(customer, now).start)
             if latest is not None:
-                self.adopt(customer, datetime.fromisoformat(latest))
+                self.adopt(customer, self._closed_at(customer, ledger, latest) or datetime.fromisoformat(latest))
+
+    def _closed_at(self, customer: CustomerConfig, ledger, key: str) -> datetime | None:
+        """When the threshold period `key` closed, if it did: its frozen statement's end, else the
+        time of the event that reached the threshold (its close is known to the counters only:
+        on memory counters a restart lost it, and the next calls joined the closed period)."""
+        statement = ledger.statements(customer.id).get(key)
+        if statement is not None:
+            end = datetime.fromisoformat(statement["period"]["end"])
+            return end if end < self.bounds(customer, key, None).end else None
+        threshold = self.config.plans[customer.plan].threshold
+        if threshold is None:
+            return None
+        spent = Decimal(0)
+        for event in ledger.events(customer=customer.id, period=key):  # in time order, as they were counted
+            spent += event.amount
+            if spent >= threshold:
+                return event.ts
+        return None
 
     def open_periods(self, now: datetime) -> tuple[dict[str, str], datetime]:
         """Each customer's open period key, and the earliest start among them."""

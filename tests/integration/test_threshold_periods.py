@@ -52,10 +52,25 @@ async def test_a_threshold_period_closes_mid_burst_and_every_event_is_in_exactly
 
 async def test_the_open_threshold_period_survives_a_restart(proxy_factory):
     proxy = proxy_factory(plans=PLANS)
-    await burst(proxy, 6)  # 6 x 0.0000073125 = 0.000043875: the first period closed at the 5th
+    await burst(proxy, 5)  # 5 x 0.0000073125 = 0.0000365625: the first period closed at the 5th
+    await burst(proxy, 1)  # the next period's first call
     before = list(await periods(proxy))
+    assert len(before) == 2
     proxy.stop()
     proxy.start()
     await burst(proxy, 1)
     after = list(await periods(proxy))
     assert after == before  # the 7th call joined the period that was open before the restart
+
+
+async def test_a_threshold_period_closed_just_before_a_restart_stays_closed(proxy_factory):
+    proxy = proxy_factory(plans=PLANS)  # memory counters: the close was known to this process only
+    await burst(proxy, 5)  # 5 x 0.0000073125 = 0.0000365625: the 5th call closed the period
+    first, = list(await periods(proxy))
+    proxy.stop()
+    proxy.start()
+    await burst(proxy, 1)
+    grouped = await periods(proxy)
+    assert list(grouped)[0] == first and len(grouped[first]) == 5
+    second, = [key for key in grouped if key != first]  # the 6th call opened the next period
+    assert second > first and len(grouped[second]) == 1
