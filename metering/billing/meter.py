@@ -87,6 +87,18 @@ class Meter:
         plan = self.config.plans[customer.plan]
         return period_of(now, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone)).key
 
+    def periods_between(self, customer: CustomerConfig, first: str, last: str) -> list[str]:
+        """The keys of every calendar period from the one `first` starts to the one `last` starts,
+        `last` excluded: those with no usage too (a base fee is due for each). Not for threshold
+        plans, whose periods exist only as their usage makes them."""
+        plan = self.config.plans[customer.plan]
+        keys, at, end = [], datetime.fromisoformat(first), datetime.fromisoformat(last)
+        while at < end:
+            period = period_of(at, plan.interval, anchor_day=customer.anchor_day, tz=_zone(plan.timezone))
+            keys.append(period.key)
+            at = period.end
+        return keys
+
     def bounds(self, customer: CustomerConfig, key: str, next_key: str | None) -> Period:
         """The period whose key is `key`; a threshold period ends where the next one starts."""
         plan = self.config.plans[customer.plan]

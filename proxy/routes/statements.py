@@ -41,6 +41,10 @@ async def close_periods(app: web.Application, customers: list[CustomerConfig] | 
         open_key = meter.period(customer, now).key
         keys = await loop.run_in_executor(None, recorder.ledger.periods, customer.id)
         frozen = await loop.run_in_executor(None, recorder.ledger.statements, customer.id)
+        plan = config.plans[customer.plan]
+        if keys and plan.base_fee and plan.interval != "threshold":
+            # NOTE: a period without usage owes its base fee too: every one since the first
+            keys = sorted(set(keys) | set(meter.periods_between(customer, keys[0], open_key)))
         for index, key in enumerate(keys):
             if key in frozen or key == open_key:
                 continue
@@ -51,7 +55,6 @@ async def close_periods(app: web.Application, customers: list[CustomerConfig] | 
                 continue
             events = await loop.run_in_executor(
                 None, lambda k=key: list(recorder.ledger.events(customer=customer.id, period=k)))
-            plan = config.plans[customer.plan]
             drawn, balance = (None, None)
             if plan.credits is not None:  # what the period's usage drew from each grant
                 drawn, balance = await app[GATE].credits.at_period_end(customer.id, events, period.end)
