@@ -176,13 +176,20 @@ def _check_config(args) -> int:
 
 
 def _statements(args) -> int:
+    from metering.store.directory import DirectoryStore
     from metering.store.ledger import Ledger
 
     config = _config(args)
-    if args.customer not in config.customers:
-        print(f"payware: no customer {args.customer!r} in {config.source}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    frozen = Ledger(config.storage.ledger).statements(args.customer)
+    ledger = Ledger(config.storage.ledger)
+    try:
+        # a customer of the file, or one made at runtime (kept in the ledger's database)
+        if args.customer not in config.customers and DirectoryStore(ledger.engine).customer(args.customer) is None:
+            print(f"payware: no customer {args.customer!r} in {config.source} or in the ledger's directory",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        frozen = ledger.statements(args.customer)
+    finally:
+        ledger.close()
     for key in sorted(frozen, reverse=True):
         print(json.dumps(frozen[key]))
     return 0

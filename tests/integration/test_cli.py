@@ -41,6 +41,14 @@ def test_usage_summary_export_statements_and_prices_read_what_the_proxy_wrote(pr
                                      "cache_write_1h": "0.15", "output": "0.6"}
 
 
+def test_statements_of_a_customer_made_at_runtime(proxy_factory):
+    proxy = proxy_factory()
+    config = str(proxy.config_path)
+    assert payware("customers", "create", "rtacme", "--plan", "payg", "--config", config).returncode == 0
+    result = payware("statements", "rtacme", "--config", config)
+    assert result.returncode == 0 and result.stdout == ""  # known, nothing closed yet
+
+
 def test_bad_cli_input_gets_a_clear_error_and_an_exit_code(proxy_factory):
     proxy = proxy_factory()
     config = str(proxy.config_path)
