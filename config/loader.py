@@ -458,8 +458,10 @@ class _Reader:
             classes = self.cost_classes(item, where)
             if classes is None:
                 continue
-            above = []
-            for threshold, body in self.mapping(item.get("above"), f"{where}.above").items():
+            above, tiers = [], item.get("above")
+            if isinstance(tiers, dict):  # `{200000: …}`: YAML reads an unquoted threshold as an int
+                tiers = {str(k) if type(k) is int else k: v for k, v in tiers.items()}
+            for threshold, body in self.mapping(tiers, f"{where}.above").items():
                 at = f"{where}.above.{threshold}"
                 if not threshold.isdigit() or int(threshold) < 1:
                     self.fail(at, "the threshold must be a number of input tokens, e.g. 200000")

@@ -180,6 +180,12 @@ def test_a_customer_with_rate_limits_keeps_its_own_id():
     assert set(config.customers) == {"acme"} and config.customers["acme"].rate_limit.tpm == 100
 
 
+def test_a_price_above_a_prompt_size_may_name_its_threshold_unquoted():
+    text = BASE.replace('output: "0.60"}', 'output: "0.60", above: {200000: {input: "0.30", output: "1.20"}}}')
+    (threshold, above), = parse(text).models["gpt-4o-mini"].prices[0].above
+    assert threshold == 200_000 and (above.input, above.output) == (Decimal("0.30"), Decimal("1.20"))
+
+
 def test_a_litellm_tier_above_a_prompt_size_keeps_the_cache_prices_it_does_not_give():
     from config import pricedb
 
