@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -73,12 +74,17 @@ class CreditBook:
             self._states[customer] = state
             return state
 
-    async def _compute(self, customer: str, now: datetime, until: datetime | None = None) -> CreditState:
+    async def _compute(self, customer: str, now: datetime, until: datetime | None = None,
+                       also: Sequence[UsageEvent] = ()) -> CreditState:
+        """The grants and what the events before `until` (all, without it), and `also`, drew."""
         loop = asyncio.get_running_loop()
         grants = await loop.run_in_executor(None, self.store.grants, customer)
         first = min((g.created for g in grants), default=None)
         events = await self.events(customer, first, until) if first is not None else []
-        at = until or now
+        if also:
+            known = {event.id for event in events}
+            events = events + [event for event in also if event.id not in known]
+        at = max([until or now, *(event.ts for event in also)])
         allocation = allocate(grants, [(e.id, e.ts, e.amount) for e in events], at)
         limit = min(max(to_units(available(grants, allocation)), 0), MAX_UNITS)
         upcoming = [g.expires for g in grants if g.expires is not None and g.expires > now]
@@ -88,9 +94,14 @@ class CreditBook:
 
     async def at_period_end(self, customer: str, events: list[UsageEvent], end: datetime
                             ) -> tuple[dict[str, Decimal] | None, Decimal | None]:
-        """What a closed period's `events` drew from each grant, and the balance at its `end`;
-        (None, None) for a customer without grants."""
-        state = await self._compute(customer, end, until=end)
+        """What a closed period's `events` drew from each grant, and the balance at its `end`
+        (after its last event); (None, None) for a customer without grants.
+
+        NOTE: a call admitted before the end that ended after it is the period's, and draws here
+        at its own time, as every later computation sees it draw: allocated by the time before
+        the end only, it was invoiced in this statement and drawn from credit in the next.
+        """
+        state = await self._compute(customer, end, until=end, also=events)
         if not state.grants:
             return None, None
         drawn: dict[str, Decimal] = {}

@@ -86,3 +86,30 @@ async def test_a_statement_takes_off_what_its_period_drew_from_each_grant_and_ca
     assert statement["subtotal"] == "10.50" and statement["credits_applied"] == "8.50"
     assert statement["total"] == "2.00" and statement["credit_balance_carried"] == "0.50"
     assert statement["credits"] == [{"grant": "paid", "amount": "6.00"}, {"grant": "promo", "amount": "2.50"}]
+
+
+async def test_a_call_that_ended_after_its_period_is_drawn_in_its_statement_once():
+    from metering.store.events import UsageEvent
+    from proxy.limits.credits import CreditBook
+
+    grants = [Grant("paid", D("10"), at(0))]
+
+    class Store:
+        def grants(self, customer):
+            return grants
+
+    def event(name: str, hours: float, amount: str, period: str) -> UsageEvent:
+        return UsageEvent(id=name, ts=at(hours), customer="acme", key_id=None, metric="tokens", quantity=D(1),
+                          period=period, amount=D(amount), cost=D(amount))
+
+    # a daily period ends at 24 h: the second call was admitted before and ended after it
+    every = [event("first", 23, "1", "day1"), event("late", 24.01, "2", "day1"), event("next", 30, "0.5", "day2")]
+
+    async def events(customer, since, until):
+        return [e for e in every if since <= e.ts and (until is None or e.ts < until)]
+
+    book = CreditBook(store=Store(), events=events)
+    drawn, left = await book.at_period_end("acme", every[:2], at(24))
+    assert drawn == {"paid": D("3")} and left == D("7")  # both of day 1's calls covered
+    drawn, left = await book.at_period_end("acme", every[2:], at(48))
+    assert drawn == {"paid": D("0.5")} and left == D("6.5")  # not drawn again on day 2
