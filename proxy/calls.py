@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from aiohttp import web
@@ -64,6 +65,7 @@ class Call:
     settled: bool = False
     evidence: Callable[[dict], dict] | None = None  # the route's own facts for the event's meta, from the body
     answer_id: str | None = None  # the provider's id of its answer, when the format reads one
+    late_after: datetime | None = None  # from then on, the statement of the call's period may be frozen
 
     async def record(self, reported: Usage | None, status: str, output_text=lambda: "") -> None:
         """Price, record and settle the call. NOTE: runs before the response's last byte is sent."""
@@ -82,24 +84,30 @@ class Call:
         if self.evidence is not None:
             meta.update(self.evidence(self.body))
         app = self.request.app
+        ts, period = utcnow(), self.admitted.period
+        if self.late_after is not None and ts >= self.late_after:
+            # NOTE: a call longer than its period's statement grace ended after that statement
+            # could be frozen: billed in the period open now, else it would be billed nowhere
+            period = app[METER].period(self.caller.customer, ts).key
+            meta["admitted_in_period"] = self.admitted.period
         facts = CallFacts(
             request_id=self.request["request_id"], customer=self.caller.customer, key_id=self.caller.key_id,
             model=self.model, endpoint=self.fmt.endpoint, stream=self.stream, usage=usage, usage_source=source,
             status=status, latency_ms=int((time.perf_counter() - self.started) * 1000),
-            session=session, feature=feature, meta=meta, period=self.admitted.period, plan=self.plan,
+            session=session, feature=feature, meta=meta, period=period, plan=self.plan,
         )
         plan = self.plan
         position = 0
         if uses_position(plan, "tokens"):  # included quota or tiers: take this call's place in the period
             tokens = Decimal(usage.input_tokens + usage.output_tokens)
             try:
-                position = int(await app[RECORDER].counters.claim(self.caller.customer.id, self.admitted.period,
+                position = int(await app[RECORDER].counters.claim(self.caller.customer.id, period,
                                                                   "tokens", tokens))
             except counters_down():
                 # NOTE: never lose the event: bill it past the included quota, flagged in its meta
                 position = plan.included.get("tokens", 0)
                 facts.meta = {**facts.meta, "position_unknown": True}
-        event = app[METER].call_event(facts, position=position)
+        event = app[METER].call_event(facts, position=position, ts=ts)
         app[RECORDER].keep(event)  # NOTE: durable first; nothing below can lose it
         self.request[EVENT] = event  # counted by /metrics when the request ends
         note(self.request, input_tokens=event.input_tokens, output_tokens=event.output_tokens,
@@ -154,17 +162,19 @@ async def model_call(request: web.Request, fmt: WireFormat, *, before=None, evid
         extra_prompt = await before(app, caller, body)
     customer = caller.customer
     now = utcnow()
+    period = app[METER].period(customer, now)
     admitted = await app[GATE].admit(
         request_id=request["request_id"], customer=customer, key_id=caller.key_id,
         plan=config.plans[customer.plan], model=model, fmt=fmt, body=body,
-        period=app[METER].period(customer, now).key, now=now, size=size, extra_prompt=extra_prompt)
+        period=period.key, now=now, size=size, extra_prompt=extra_prompt)
     if admitted.clamped_max_tokens is not None:
         body = fmt.with_max_output(body, admitted.clamped_max_tokens)
         raw = b""  # the body changed: it must be serialized again
     provider = config.providers[model.provider]
     outgoing = fmt.outgoing(raw, body, model, provider, stream, request)
     call = Call(request=request, fmt=fmt, caller=caller, model=model, stream=stream, body=body, started=started,
-                admitted=admitted, plan=config.plans[customer.plan], size=size, evidence=evidence)
+                admitted=admitted, plan=config.plans[customer.plan], size=size, evidence=evidence,
+                late_after=period.end + timedelta(seconds=config.server.statement_grace))
     try:
         asked = time.perf_counter()
         request[UPSTREAM] = (provider.name, asked)

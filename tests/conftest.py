@@ -162,6 +162,7 @@ class ProxyProcess:
     log_path: Path | None = None
     extra_env: dict = field(default_factory=dict)
     workers: int = 1  # one process, whatever the counters: tests kill and signal it by its pid
+    module: str = "proxy.cli"  # what runs `serve` (tests.fakes.clock_serve: on a moved clock)
 
     @property
     def url(self) -> str:
@@ -171,7 +172,7 @@ class ProxyProcess:
         env = python_env() | self.extra_env
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path), "--port", str(self.port),
+            [sys.executable, "-m", self.module, "serve", "--config", str(self.config_path), "--port", str(self.port),
              "--workers", str(self.workers)],
             cwd=ROOT, env=env, stdout=log, stderr=log)
         wait_http(self.url + "/healthz", proc=self.proc)

@@ -31,7 +31,7 @@ TEXT_COLUMNS = {"id": 128, "customer": 128, "key_id": 64, "metric": 128, "model"
 JSON_BYTES = {"meta": 16_384, "raw_usage": 16_384}
 # Meta entries Payware writes itself (the provider's answer id, `stored: false`, a flag): a client's
 # metadata too large for the budget is replaced by a note, and these are kept beside it.
-PAYWARE_META = frozenset({"provider_id", "stored", "position_unknown"})
+PAYWARE_META = frozenset({"provider_id", "stored", "position_unknown", "admitted_in_period"})
 INT_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                "output_tokens", "reasoning_tokens", "latency_ms")
 MAX_COUNT = 2**53  # tokens of one call: far beyond any context window, exact in a double

@@ -34,7 +34,8 @@ EMBEDDING_TOKENS = 5
 REPLY = "Hello from fake."
 WORDS = ["Hello", " from", " fake", "."]  # one o200k token each
 SLOW_WORDS = [f" w{i}" for i in range(200)]
-SLOW_DELAY_MS = 20  # between writes of `fake-slow`; a request header `x-fake-delay-ms` overrides it
+SLOW_DELAY_MS = 20  # between writes of `fake-slow`; a request header `x-fake-delay-ms` overrides it, or
+# the body's `x_fake_delay_ms` (through a proxy, which relays the body but not such a header)
 SPLIT_BYTES = 7  # the write size of `fake-split`
 CRLF_EVENTS_PER_WRITE = 3  # `fake-crlf` packs this many events into one network write
 CUT_AFTER_WORDS = 2  # `fake-stream-error` and `fake-cut` break off after these many content chunks
@@ -200,10 +201,11 @@ async def _failure(request: web.Request, scenario: str) -> web.Response | None:
 
 
 async def _stream(request: web.Request, scenario: str, include_usage: bool, model: str,
-                  endpoint: str) -> web.StreamResponse:
+                  endpoint: str, body_delay: object = None) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     await response.prepare(request)
-    delay = int(request.headers.get("x-fake-delay-ms", SLOW_DELAY_MS)) / 1000 if scenario == "fake-slow" else 0
+    delay_ms = int(request.headers.get("x-fake-delay-ms", body_delay if type(body_delay) is int else SLOW_DELAY_MS))
+    delay = delay_ms / 1000 if scenario == "fake-slow" else 0
     for piece in stream_bytes(scenario, include_usage, model, endpoint=endpoint):
         await response.write(piece)
         await asyncio.sleep(delay)  # 0: still yields, so `fake-split` pieces leave one by one
@@ -227,7 +229,7 @@ async def _answer(request: web.Request, endpoint: str) -> web.StreamResponse:
         if body.get("stream") and endpoint != "embeddings" and scenario != "fake-ignores-stream":
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            return await _stream(request, scenario, include_usage, model, endpoint)
+            return await _stream(request, scenario, include_usage, model, endpoint, body.get("x_fake_delay_ms"))
     except (asyncio.CancelledError, ConnectionResetError):
         request.app[STATS]["cancelled"] += 1  # the client left before the answer was complete
         raise
