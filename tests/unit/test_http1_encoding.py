@@ -11,6 +11,7 @@ import zlib
 
 import pytest
 
+from config.schema import ProviderConfig
 from proxy.providers.http1 import AnswerCut, Client, ConnectFailed
 from proxy.providers.upstream import error_passthrough, forward, relayed_headers
 
@@ -190,6 +191,9 @@ async def test_an_identity_coding_is_no_coding():
     await http.close()
 
 
+OPENAI = ProviderConfig(name="openai", kind="openai", base_url=None, api_key=None)
+
+
 class Envelope:
     """The part of a wire format `error_passthrough` and `forward` use."""
 
@@ -204,7 +208,7 @@ async def test_a_gzip_error_answer_is_relayed_decoded():
     head = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
             b"Retry-After: 3\r\nContent-Length: %d\r\n\r\n" % len(body))
     answer, http = await answer_of([head + body])
-    response = await error_passthrough(answer, "openai", Envelope)
+    response = await error_passthrough(answer, OPENAI, Envelope)
     assert (response.status, response.body) == (429, error)
     assert "Content-Encoding" not in response.headers and response.headers["Retry-After"] == "3"
     await http.close()
@@ -214,7 +218,7 @@ async def test_an_error_answer_in_a_coding_we_cannot_decode_is_wrapped_without_i
     head = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Encoding: br\r\n"
             b"Content-Length: 4\r\n\r\n\x8b\x01\x80\x03")
     answer, http = await answer_of([head])
-    response = await error_passthrough(answer, "openai", Envelope)
+    response = await error_passthrough(answer, OPENAI, Envelope)
     assert response.status == 500 and "Content-Encoding" not in response.headers
     assert json.loads(response.body) == {"error": {"message": "Internal Server Error", "code": 500}}
     await http.close()
@@ -226,9 +230,9 @@ async def test_a_forwarded_answer_is_relayed_decoded_or_as_it_came_with_its_codi
              % (coding, len(body)) for coding, body in ((b"gzip", decoded), (b"br", b"\x8b\x00"))]
     async with Scripted([heads[0] + decoded], [heads[1] + b"\x8b\x00"]) as url:
         http = client()
-        response = await forward(http, "GET", url + "/v1/responses/r", headers={}, provider="openai", fmt=Envelope)
+        response = await forward(http, "GET", url + "/v1/responses/r", headers={}, provider=OPENAI, fmt=Envelope)
         assert response.body == ANSWER and "Content-Encoding" not in response.headers
-        response = await forward(http, "GET", url + "/v1/responses/r", headers={}, provider="openai", fmt=Envelope)
+        response = await forward(http, "GET", url + "/v1/responses/r", headers={}, provider=OPENAI, fmt=Envelope)
         assert response.body == b"\x8b\x00" and response.headers["Content-Encoding"] == "br"
         await http.close()
 
