@@ -43,7 +43,8 @@ async def read_body(request: web.Request) -> bytes:
     coding = request.headers.get("Content-Encoding")
     if coding is not None and coding.strip().lower() not in _CODINGS:
         # NOTE: aiohttp decodes these only, and passes any other coding's bytes on as if plain
-        raise UnsupportedEncoding(f"Content-Encoding {coding!r} is not supported (identity, gzip, deflate, br or zstd)")
+        raise UnsupportedEncoding(f"Content-Encoding {coding!r} is not supported "
+                                  "(identity, gzip, deflate, br or zstd)")
     try:
         if request.content.is_eof():  # all of it came with the headers (most bodies): nothing to wait for
             return await request.read()

@@ -357,7 +357,8 @@ class Ledger:
         `after` (an event's `(ts_us, id)`) those past it, `limit` of them at most: a page."""
         query = select(EventRow).order_by(EventRow.ts_us, EventRow.id)
         if after is not None:
-            query = query.where(or_(EventRow.ts_us > after[0], and_(EventRow.ts_us == after[0], EventRow.id > after[1])))
+            ts_us, event_id = after
+            query = query.where(or_(EventRow.ts_us > ts_us, and_(EventRow.ts_us == ts_us, EventRow.id > event_id)))
         if customer is not None:
             query = query.where(EventRow.customer == customer)
         if start is not None:
