@@ -112,7 +112,14 @@ def statement_csv(body: dict) -> str:
     for line in body.get("lines", []):
         writer.writerow(["usage", line.get("metric"), line.get("model") or "", line.get("tier") or "",
                          line.get("quantity"), line.get("unit_price") or "", line.get("amount"), currency])
-    for name in ("base_fee", "subtotal", "total"):
+    for name in ("base_fee", "subtotal"):
         writer.writerow([name, "", "", "", "", "", body.get(name, ""), currency])
+    for credit in body.get("credits", []):  # what prepaid grants took off (subtotal - credits = total)
+        writer.writerow(["credit", credit.get("grant"), "", "", "", "", "-" + credit.get("amount", "0"), currency])
+    if "credits_applied" in body:
+        writer.writerow(["credits_applied", "", "", "", "", "", body["credits_applied"], currency])
+    writer.writerow(["total", "", "", "", "", "", body.get("total", ""), currency])
+    if "credit_balance_carried" in body:
+        writer.writerow(["credit_balance_carried", "", "", "", "", "", body["credit_balance_carried"], currency])
     writer.writerow(["period", "", "", "", "", "", json.dumps(body.get("period", {}), separators=(",", ":")), ""])
     return buffer.getvalue()

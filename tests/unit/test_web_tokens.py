@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from decimal import Decimal
 
 import pytest
 
@@ -102,6 +103,20 @@ def test_a_statement_as_csv_has_its_lines_and_the_rounded_total():
     assert rows[0] == ["line", "metric", "model", "tier", "quantity", "unit_price", "amount", "currency"]
     assert rows[1] == ["usage", "tokens", "fake-ok", "", "60", "", "1.11", "USD"]
     assert ["total", "", "", "", "", "", "1.11", "USD"] in rows
+
+
+def test_a_statement_with_credits_as_csv_adds_up_to_its_total():
+    body = {"currency": "USD", "period": {"start": "2026-11-01T00:00:00+00:00", "end": "2026-12-01T00:00:00+00:00"},
+            "lines": [], "base_fee": "2.00", "subtotal": "10.50", "total": "2.00",
+            "credits": [{"grant": "paid", "amount": "6.00"}, {"grant": "promo", "amount": "2.50"}],
+            "credits_applied": "8.50", "credit_balance_carried": "0.50"}
+    rows = list(csv.reader(io.StringIO(statement_csv(body))))
+    credits = [row for row in rows if row[0] == "credit"]
+    assert [(row[1], row[6]) for row in credits] == [("paid", "-6.00"), ("promo", "-2.50")]
+    subtotal = next(row[6] for row in rows if row[0] == "subtotal")
+    total = next(row[6] for row in rows if row[0] == "total")
+    assert Decimal(subtotal) + sum(Decimal(row[6]) for row in credits) == Decimal(total)
+    assert ["credit_balance_carried", "", "", "", "", "", "0.50", "USD"] in rows
 
 
 def test_templates_escape_values_and_every_asset_they_name_is_shipped():
