@@ -5,7 +5,6 @@ out of bounds by an older version (year 10000 in UTC) neither stops the director
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from datetime import datetime, timezone
@@ -21,9 +20,9 @@ from metering.store.directory import DirectoryStore
 from metering.store.events import to_us
 from metering.store.ledger import Ledger
 from tests.conftest import ADMIN_KEY, KEYS, key_hash, proxy_config
+from tests.integration.test_admin_api import call, chat
 from tests.integration.test_cli_admin import Cli, run_cli
 
-CHAT = {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 PAST_THE_BOUND = ["9999-12-31T23:59:59-14:00", "+10000-01-01", "10000-01-01T00:00:00Z", "9999-01-01T00:00:00Z",
                   253402300800]
 JUST_INSIDE = ("9998-12-31T23:59:59Z", "9998-12-31T23:59:59+00:00")
@@ -34,20 +33,6 @@ CUSTOMERS = f"""
   acme: {{plan: prepaid, keys: ["{key_hash(KEYS['acme'])}"]}}
   globex: {{plan: payg, keys: ["{key_hash(KEYS['globex'])}"]}}
 """
-
-
-async def call(session, proxy, method: str, path: str, body=None, key: str = ADMIN_KEY):
-    headers = {"Authorization": f"Bearer {key}"}
-    async with session.request(method, proxy.url + path, json=body, headers=headers) as resp:
-        text = await resp.text()
-        try:
-            return resp.status, json.loads(text)
-        except ValueError:
-            return resp.status, text
-
-
-async def chat(session, proxy, key: str) -> int:
-    return (await call(session, proxy, "POST", "/v1/chat/completions", CHAT, key=key))[0]
 
 
 async def until(check, bound: float = 5.0) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import KEYS, proxy_config
 from tests.fakes import upstream as fake
+from tests.fakes.scripted import Scripted
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
 
@@ -200,23 +201,10 @@ async def test_stream_headers_reach_the_client_before_the_first_event_and_a_burs
     assert (event["model"], event["status"], event["input_tokens"], event["output_tokens"]) == ("held", "ok", 13, 7)
 
 
-async def raw_provider(answer: bytes, *, then_stall: bool = False):
-    """A provider on 127.0.0.1 that reads a request and writes `answer` (and then waits, or
-    closes): the bytes exactly, whatever they are."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        if then_stall:
-            await asyncio.sleep(5)
-        writer.close()
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
-
-
-def raw_config(folder, upstream_url: str, port: int, *, read_timeout: str = "5") -> str:
-    """The tests' config with a provider `raw` on `port` (its model `raw-model`)."""
+def raw_config(folder, upstream_url: str, raw_url: str, *, read_timeout: str = "5") -> str:
+    """The tests' config with a provider `raw` at `raw_url` (a `Scripted` one; its model `raw-model`)."""
     text = proxy_config(upstream_url, folder,
-                        extra_providers=f'  raw: {{kind: openai, base_url: "http://127.0.0.1:{port}/v1", '
+                        extra_providers=f'  raw: {{kind: openai, base_url: "{raw_url}/v1", '
                                         'api_key: "sk-raw"}\n',
                         extra_models='  raw-model: {provider: raw, cost: {input: "0.15", output: "0.60"}}\n')
     return text.replace("read_timeout: 5,", f"read_timeout: {read_timeout},")
@@ -229,9 +217,8 @@ def http_answer(status: str, body: bytes, length: int | None = None) -> bytes:
 
 async def test_a_200_whose_body_is_an_error_is_relayed_and_not_billed(proxy_factory, fake_upstream, tmp_path):
     body = b'{"error":{"message":"The engine is currently overloaded","type":"server_error"}}'
-    server = await raw_provider(http_answer("200 OK", body))
-    async with server:
-        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1]))
+    async with Scripted([[http_answer("200 OK", body), None]]) as raw_url:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, raw_url))
         status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
         assert (status, relayed) == (200, body)
         ok, _, _ = await post(proxy, {"model": "fake-ok", "messages": [{"role": "user", "content": "hi"}]})
@@ -240,10 +227,9 @@ async def test_a_200_whose_body_is_an_error_is_relayed_and_not_billed(proxy_fact
 
 
 async def test_a_body_that_stops_arriving_is_a_504_and_bills_nothing(proxy_factory, fake_upstream, tmp_path):
-    server = await raw_provider(http_answer("200 OK", b'{"id":"chatcmpl-1","choi', length=400), then_stall=True)
-    async with server:
-        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1],
-                                         read_timeout="0.5"))
+    # a body that stops arriving: the provider writes part of it and waits
+    async with Scripted([[http_answer("200 OK", b'{"id":"chatcmpl-1","choi', length=400)]]) as raw_url:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, raw_url, read_timeout="0.5"))
         status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 504 and json.loads(relayed)["error"]["code"] == "upstream_timeout"
     assert events(proxy) == []
@@ -251,9 +237,8 @@ async def test_a_body_that_stops_arriving_is_a_504_and_bills_nothing(proxy_facto
 
 async def test_a_client_that_leaves_before_the_providers_answer_is_billed_the_prompt(proxy_factory, fake_upstream,
                                                                                      tmp_path):
-    server = await raw_provider(b"", then_stall=True)  # reads the whole request, then thinks
-    async with server:
-        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1]))
+    async with Scripted([[]]) as raw_url:  # reads the whole request, then thinks
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, raw_url))
         with pytest.raises(asyncio.TimeoutError):
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
                 await session.post(proxy.url + "/v1/chat/completions", headers=AUTH,
@@ -276,9 +261,8 @@ async def test_a_provider_quoting_our_key_in_its_error_never_shows_it_to_the_cli
                                                                                       tmp_path, body, kind):
     answer = (f"HTTP/1.1 401 Unauthorized\r\nContent-Type: {'application/json' if kind == 'json' else 'text/plain'}"
               f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-    server = await raw_provider(answer)
-    async with server:
-        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, server.sockets[0].getsockname()[1]))
+    async with Scripted([[answer, None]]) as raw_url:
+        proxy = proxy_factory(raw_config(tmp_path, fake_upstream.url, raw_url))
         status, relayed, _ = await post(proxy, {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]})
     assert status == 401 and b"sk-raw" not in relayed and b"[redacted]" in relayed
     json.loads(relayed)  # still JSON

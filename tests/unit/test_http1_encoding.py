@@ -4,7 +4,6 @@ written as raw bytes by a scripted server on a real socket, in the pieces a netw
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import zlib
@@ -12,50 +11,13 @@ import zlib
 import pytest
 
 from config.schema import ProviderConfig
-from proxy.providers.http1 import AnswerCut, Client, ConnectFailed
+from proxy.providers.http1 import AnswerCut, ConnectFailed
 from proxy.providers.upstream import error_passthrough, forward, relayed_headers
+from tests.fakes.scripted import Scripted, client
 
 ANSWER = json.dumps({"id": "chatcmpl-1", "choices": [{"message": {"content": "Hello " * 50}}],
                      "usage": {"prompt_tokens": 13, "completion_tokens": 7}}).encode()
 EVENTS = [b'data: {"n":%d,"text":"%s"}\n\n' % (i, b"word " * i) for i in range(12)] + [b"data: [DONE]\n\n"]
-
-
-class Scripted:
-    """A TCP server that reads each request whole and answers with the next script: byte
-    strings written with a pause between them (`None`: close the connection)."""
-
-    def __init__(self, *scripts: list[bytes | None]) -> None:
-        self.scripts = list(scripts)
-
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def __aexit__(self, *exc) -> None:
-        self.server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while self.scripts:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
-                for piece in self.scripts.pop(0):
-                    if piece is None:
-                        return
-                    writer.write(piece)
-                    await writer.drain()
-                    await asyncio.sleep(0.005)
-            await reader.read(1)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-def client(**kw) -> Client:
-    return Client(connect_timeout=5, read_timeout=5, **kw)
 
 
 def split(wire: bytes, step: int) -> list[bytes]:
@@ -81,14 +43,14 @@ def deflated(data: bytes, wbits: int) -> bytes:
 
 async def answer_of(pieces: list[bytes | None], **kw):
     """The answer to one request (its server closed after), and the client it came from."""
-    async with Scripted(pieces) as url:
+    async with Scripted([pieces]) as url:
         http = client(**kw)
         return await http.post(url + "/v1/chat/completions", body=b"{}", headers={}), http
 
 
 async def received_before_the_cut(pieces: list[bytes | None], **kw) -> bytes:
     """The body's bytes handed over before `AnswerCut`, which must come."""
-    async with Scripted(pieces) as url:
+    async with Scripted([pieces]) as url:
         http = client(**kw)
         answer = await http.post(url, body=b"{}", headers={})
         received = b""
@@ -114,7 +76,7 @@ async def test_a_gzip_or_deflate_body_is_read_decoded_and_its_encoding_headers_d
     body = encode(ANSWER)
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: %s\r\n"
             b"Content-Length: %d\r\n\r\n" % (coding.encode(), len(body)))
-    async with Scripted([head + body[:5], body[5:]], [head + body]) as url:
+    async with Scripted([[head + body[:5], body[5:]], [head + body]]) as url:
         http = client()
         for _ in range(2):
             answer = await http.post(url + "/v1/chat/completions", body=b"{}", headers={})
@@ -228,7 +190,7 @@ async def test_a_forwarded_answer_is_relayed_decoded_or_as_it_came_with_its_codi
     decoded = gzip.compress(ANSWER)
     heads = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
              % (coding, len(body)) for coding, body in ((b"gzip", decoded), (b"br", b"\x8b\x00"))]
-    async with Scripted([heads[0] + decoded], [heads[1] + b"\x8b\x00"]) as url:
+    async with Scripted([[heads[0] + decoded], [heads[1] + b"\x8b\x00"]]) as url:
         http = client()
         response = await forward(http, "GET", url + "/v1/responses/r", headers={}, provider=OPENAI, fmt=Envelope)
         assert response.body == ANSWER and "Content-Encoding" not in response.headers
@@ -302,7 +264,7 @@ async def test_a_body_that_decodes_to_exactly_the_limit_is_read_whole():
 async def test_content_lengths_that_disagree_are_no_answer(lengths):
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
     head += b"".join(b"Content-Length: %s\r\n" % length for length in lengths) + b"\r\n"
-    async with Scripted([head + ANSWER[:222]]) as url:
+    async with Scripted([[head + ANSWER[:222]]]) as url:
         http = client()
         with pytest.raises(ConnectFailed, match="Content-Length"):
             await http.post(url, body=b"{}", headers={})
