@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 from decimal import Decimal
 
 from config.schema import Config, CustomerConfig, ModelConfig, PlanConfig
-from metering.store.events import UsageEvent, utcnow
+from metering.store.events import EPOCH, UsageEvent, utcnow
 from metering.billing.periods import Period, period_of
 from metering.billing.plans import rate_tokens
 from metering.usage.normalized import Usage
@@ -133,10 +133,10 @@ class Meter:
         if threshold is None:
             return None
         spent = Decimal(0)
-        for event in ledger.events(customer=customer.id, period=key):  # in time order, as they were counted
-            spent += event.amount
+        for ts_us, amount in ledger.amounts(customer.id, key):  # in time order, as they were counted
+            spent += amount
             if spent >= threshold:
-                return event.ts
+                return EPOCH + timedelta(microseconds=ts_us)
         return None
 
     def open_periods(self, now: datetime) -> tuple[dict[str, str], datetime]:

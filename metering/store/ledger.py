@@ -386,6 +386,14 @@ class Ledger:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one_or_none()
 
+    def amounts(self, customer: str, period: str) -> Iterator[tuple[int, Decimal]]:
+        """(ts_us, amount) of the period's events in time order: two columns, not whole rows."""
+        query = (select(EventRow.ts_us, EventRow.amount)
+                 .where(EventRow.customer == customer, EventRow.period == period)
+                 .order_by(EventRow.ts_us, EventRow.id))
+        with self.engine.connect() as conn:
+            yield from conn.execute(query)
+
     def periods(self, customer: str) -> list[str]:
         """Every period key the customer has events in, oldest first."""
         query = select(EventRow.period).where(EventRow.customer == customer).distinct()
